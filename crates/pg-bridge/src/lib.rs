@@ -1,0 +1,1 @@
+//! pg-bridge (placeholder while the crate is written).

@@ -1,0 +1,1 @@
+//! pglite-fetch (placeholder while the crate is written).

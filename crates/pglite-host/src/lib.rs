@@ -1,0 +1,1 @@
+//! pglite-host (placeholder while the crate is written).

@@ -1,0 +1,5 @@
+//! Project automation: `cargo xtask ci`, `update-pins`, `bench`.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
