@@ -1,1 +1,114 @@
-//! pglite-host (placeholder while the crate is written).
+//! Runs PGlite's Emscripten build of PostgreSQL inside wasmtime with no JavaScript.
+//!
+//! [`Pglite::start`] takes an extracted artifact and a data directory, boots PostgreSQL on a
+//! dedicated thread that owns the wasm store, and returns a handle. Protocol bytes go in and
+//! out with [`Pglite::exec_protocol`]: one or more frontend messages in, every backend message
+//! they produce out. The startup phase (StartupMessage, SSLRequest, CancelRequest) is the
+//! caller's business: those packets never reach the backend.
+//!
+//! This crate never opens a socket and never touches the network.
+
+mod engine;
+mod errno;
+mod imports;
+mod instance;
+mod mem;
+mod profile;
+mod template;
+mod vfs;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use worker::{BootInfo, BootKind, Pglite};
+
+/// SQL that gives a session the usual defaults. PGlite's backend arguments set `search_path`
+/// to `pg_catalog` and, by accident, `enable_seqscan` off, at command-line priority; its
+/// single-user boot ignores per-database settings, so this is applied at boot and must be
+/// applied again after anything that resets session settings (`RESET ALL`, `DISCARD ALL`).
+pub const SESSION_BASELINE: &str =
+    "SET search_path TO \"$user\", public; SET enable_seqscan TO on;";
+
+/// A verified PGlite release, extracted on disk.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    /// The release, e.g. `0.2.17`.
+    pub version: String,
+    /// The main module (`postgres.wasm`).
+    pub wasm: PathBuf,
+    /// Its SHA-256 (hex), the key of the compiled-module cache.
+    pub wasm_sha256: String,
+    /// The extracted file package: `tmp/pglite/{bin,lib,share}` beneath it.
+    pub package_root: PathBuf,
+}
+
+/// How to run an instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The cluster's directory; created (mode 0700) when missing.
+    pub data_dir: PathBuf,
+    /// Where the pristine cluster for this artifact is kept; `None` runs initdb for every new
+    /// data directory.
+    pub template_dir: Option<PathBuf>,
+    /// Where compiled modules are cached; `None` compiles at every start.
+    pub module_cache_dir: Option<PathBuf>,
+    /// Bounds start-up (compile, initdb, boot); the boot goes on in the background and is
+    /// stopped cleanly if the caller has given up.
+    pub startup_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for `data_dir`: no template, no module cache, a two-minute start-up bound.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            template_dir: None,
+            module_cache_dir: None,
+            startup_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What can go wrong hosting PGlite.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PGlite {version} is not supported by this host (supported: 0.2.x)")]
+    UnsupportedVersion { version: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is in use by another process")]
+    Locked { path: PathBuf },
+    #[error(
+        "data directory {path} holds a PostgreSQL {found} cluster; PGlite {version} runs PostgreSQL {expected}"
+    )]
+    IncompatibleDataDir {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+        version: String,
+    },
+    #[error("compiling the PostgreSQL module failed: {message}")]
+    Compile { message: String },
+    #[error("instantiating the PostgreSQL module failed: {message}")]
+    Instantiate { message: String },
+    #[error("initdb failed (pg_initdb returned {code})")]
+    InitdbFailed { code: i32 },
+    #[error("PostgreSQL exited with code {code}")]
+    GuestExit { code: i32 },
+    #[error("PostgreSQL crashed: {message}")]
+    Trap { message: String },
+    #[error("request of {len} bytes is larger than this PGlite release accepts ({max} bytes)")]
+    RequestTooLarge { len: usize, max: usize },
+    #[error("reply of {len} bytes overflowed the {max}-byte transfer buffer")]
+    ReplyOverflow { len: usize, max: usize },
+    #[error("the request failed because PostgreSQL crashed and was restarted from disk: {cause}")]
+    Restarted { cause: Box<Error> },
+    #[error("start-up did not finish within {0:?}")]
+    StartupTimeout(Duration),
+    #[error("the PostgreSQL instance is not running")]
+    NotRunning,
+}

@@ -1,0 +1,149 @@
+//! The wasmtime engine and the compiled-module cache. Compiling the 8 MB PostgreSQL module
+//! takes seconds, so its compiled form is kept on disk keyed by the wasm's SHA-256 and the
+//! engine's compatibility hash, written atomically and checked by a receipt before use.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, Module};
+
+/// Wasm stack for PostgreSQL's recursion (parser, plpgsql); the thread that runs the guest has
+/// a native stack comfortably larger than this.
+pub(crate) const MAX_WASM_STACK: usize = 16 << 20;
+
+/// The process-wide engine: one configuration, so compiled modules can be shared.
+pub(crate) fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.max_wasm_stack(MAX_WASM_STACK);
+        // Checked against max_wasm_stack even without async support compiled in.
+        config.async_stack_size(MAX_WASM_STACK + (1 << 20));
+        // A longjmp is an error unwinding through wasm: capturing backtraces would make every
+        // SQL error pay for one.
+        config.wasm_backtrace_max_frames(None);
+        config.parallel_compilation(true);
+        Engine::new(&config).expect("static engine configuration is valid")
+    })
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn engine_key(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Where the compiled form of the module with this SHA-256 lives.
+pub(crate) fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
+    dir.join(format!(
+        "{}-{}.cwasm",
+        &wasm_sha256[..wasm_sha256.len().min(32)],
+        engine_key(engine)
+    ))
+}
+
+/// Compiles `wasm`, or loads its cached compiled form; a missing, stale or corrupt entry is
+/// (re)compiled and rewritten. Cache failures never fail the load, they only cost time.
+pub(crate) fn compile_cached(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> wasmtime::Result<Module> {
+    let Some(dir) = cache_dir else {
+        return Module::new(engine, wasm);
+    };
+    let path = cache_path(engine, dir, &sha256_hex(wasm));
+    if let Some(module) = load_verified(engine, &path) {
+        return Ok(module);
+    }
+    let module = Module::new(engine, wasm)?;
+    if let Err(err) = store(&module, &path) {
+        tracing::warn!(path = %path.display(), %err, "could not write the compiled-module cache");
+    }
+    Ok(module)
+}
+
+fn receipt_path(path: &Path) -> PathBuf {
+    path.with_extension("cwasm.receipt")
+}
+
+/// The receipt records size, mtime and SHA-256 of the compiled file. A matching size and mtime
+/// is trusted without re-hashing (cheap warm start); otherwise the file is hashed again.
+fn load_verified(engine: &Engine, path: &Path) -> Option<Module> {
+    let meta = std::fs::metadata(path).ok()?;
+    let receipt = std::fs::read_to_string(receipt_path(path)).ok()?;
+    let mut fields = receipt.split_whitespace();
+    let (size, mtime, sha) = (fields.next()?, fields.next()?, fields.next()?);
+    let stamp_matches = size == meta.len().to_string() && mtime == mtime_ns(&meta).to_string();
+    if !stamp_matches {
+        let bytes = std::fs::read(path).ok()?;
+        if sha256_hex(&bytes) != sha {
+            tracing::warn!(path = %path.display(), "compiled-module cache is corrupt; recompiling");
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        let _ = write_atomic(
+            &receipt_path(path),
+            format!("{} {} {sha}\n", meta.len(), mtime_ns(&meta)).as_bytes(),
+        );
+    }
+    deserialize(engine, path)
+        .inspect_err(|err| tracing::warn!(path = %path.display(), %err, "compiled module rejected; recompiling"))
+        .ok()
+}
+
+#[expect(
+    unsafe_code,
+    reason = "deserializing a module we compiled and hash-addressed ourselves"
+)]
+fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
+    // SAFETY: the file was written by `store` from `Module::serialize` under a name keyed by
+    // the engine's compatibility hash, and its SHA-256 matches the receipt written with it.
+    unsafe { Module::deserialize_file(engine, path) }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+fn store(module: &Module, path: &Path) -> std::io::Result<()> {
+    let bytes = module.serialize().map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_atomic(path, &bytes)?;
+    let meta = std::fs::metadata(path)?;
+    write_atomic(
+        &receipt_path(path),
+        format!(
+            "{} {} {}\n",
+            meta.len(),
+            mtime_ns(&meta),
+            sha256_hex(&bytes)
+        )
+        .as_bytes(),
+    )
+}
+
+/// Writes `bytes` to a unique temp file beside `path`, syncs it, renames it into place and
+/// syncs the directory, so readers see the old file or the whole new one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,248 @@
+//! The rest of `env`: time, heap growth, `mmap` emulation, memcpy, and the ways the guest ends
+//! (abort, assert, exit), plus the handful of JS hooks that are constants outside a browser.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wasmtime::{Caller, Linker};
+
+use super::{Ctx, GuestExit, split, syscall};
+use crate::errno::Errno;
+
+type C<'a> = Caller<'a, Ctx>;
+
+/// The guest aborted (`abort()`, a failed assertion, PANIC): the instance is dead.
+#[derive(Debug)]
+pub(crate) struct Abort(pub(crate) String);
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "guest aborted: {}", self.0)
+    }
+}
+
+impl std::error::Error for Abort {}
+
+const MAX_HEAP: u64 = 2 << 30;
+const WASM_PAGE: u64 = 65536;
+
+pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "emscripten_date_now", || -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    })?;
+    linker.func_wrap("env", "emscripten_get_now", |c: C<'_>| -> f64 {
+        c.data().started.elapsed().as_secs_f64() * 1000.0
+    })?;
+    linker.func_wrap(
+        "env",
+        "_emscripten_memcpy_js",
+        |mut c: C<'_>, dst: i32, src: i32, n: i32| -> wasmtime::Result<()> {
+            let (g, _) = split(&mut c);
+            let (dst, src, n) = (dst as u32 as usize, src as u32 as usize, n as u32 as usize);
+            if src.checked_add(n).is_none_or(|e| e > g.0.len())
+                || dst.checked_add(n).is_none_or(|e| e > g.0.len())
+            {
+                return Err(wasmtime::Error::msg("memcpy out of bounds"));
+            }
+            g.0.copy_within(src..src + n, dst);
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "emscripten_resize_heap",
+        |mut c: C<'_>, requested: i32| -> i32 {
+            let memory = c.data().shared().memory;
+            let requested = requested as u32 as u64;
+            let old = memory.data_size(&c) as u64;
+            if requested > MAX_HEAP {
+                return 0;
+            }
+            // As the JS runtime: over-allocate by up to 20 % (at most 96 MiB past the request),
+            // cutting the surplus down until the growth succeeds.
+            for cut in 1..=4u64 {
+                let overgrown = (old + old / (5 * cut)).min(requested + 96 * 1024 * 1024);
+                let want = requested.max(overgrown).min(MAX_HEAP).div_ceil(WASM_PAGE) * WASM_PAGE;
+                let pages = want.saturating_sub(old) / WASM_PAGE;
+                if pages == 0 || memory.grow(&mut c, pages).is_ok() {
+                    return 1;
+                }
+            }
+            0
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "_mmap_js",
+        |mut c: C<'_>,
+         len: i32,
+         _prot: i32,
+         _flags: i32,
+         fd: i32,
+         off: i64,
+         allocated: i32,
+         addr: i32|
+         -> wasmtime::Result<i32> {
+            let memalign = c.data().exports().memalign;
+            let ptr = memalign.call(&mut c, (65536, len))?;
+            if ptr == 0 {
+                return Ok(Errno::NOMEM.0);
+            }
+            Ok(syscall(&mut c, |g, ctx| {
+                let buf = g.slice_mut(ptr as u32, len as u32)?;
+                ctx.vfs.read_for_mmap(fd, buf, off as u64)?;
+                g.put_i32(allocated as u32, 1)?;
+                g.put_u32(addr as u32, ptr as u32)?;
+                Ok(0)
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "_munmap_js",
+        |mut c: C<'_>, addr: i32, len: i32, prot: i32, flags: i32, fd: i32, off: i64| {
+            syscall(&mut c, |g, ctx| {
+                // PROT_WRITE and not MAP_PRIVATE: write the mapping back, as the JS `doMsync`.
+                if prot & 2 != 0 && flags & 2 == 0 {
+                    ctx.vfs
+                        .write_for_munmap(fd, g.slice(addr as u32, len as u32)?, off as u64)?;
+                }
+                Ok(0)
+            })
+        },
+    )?;
+    // libc's own time zone is UTC; PostgreSQL uses its bundled tz database regardless.
+    linker.func_wrap(
+        "env",
+        "_tzset_js",
+        |mut c: C<'_>, timezone: i32, daylight: i32, std_name: i32, dst_name: i32| {
+            syscall(&mut c, |g, _| {
+                g.put_i32(timezone as u32, 0)?;
+                g.put_i32(daylight as u32, 0)?;
+                g.write(std_name as u32, b"UTC\0")?;
+                g.write(dst_name as u32, b"UTC\0")?;
+                Ok(0)
+            });
+        },
+    )?;
+    for name in ["_localtime_js", "_gmtime_js"] {
+        linker.func_wrap("env", name, |mut c: C<'_>, time: i64, tm: i32| {
+            syscall(&mut c, |g, _| {
+                for (i, v) in broken_down_utc(time).iter().enumerate() {
+                    g.put_i32(tm as u32 + 4 * i as u32, *v)?;
+                }
+                Ok(0)
+            });
+        })?;
+    }
+    linker.func_wrap("env", "_abort_js", || -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(Abort("abort()".into())))
+    })?;
+    linker.func_wrap(
+        "env",
+        "__assert_fail",
+        |mut c: C<'_>, cond: i32, file: i32, line: i32, _func: i32| -> wasmtime::Result<()> {
+            let (g, _) = split(&mut c);
+            let msg = format!(
+                "assertion `{}` failed at {}:{line}",
+                g.cstr(cond as u32).unwrap_or_default(),
+                g.cstr(file as u32).unwrap_or_default()
+            );
+            Err(wasmtime::Error::new(Abort(msg)))
+        },
+    )?;
+    for name in ["exit", "emscripten_force_exit"] {
+        linker.func_wrap("env", name, |_: C<'_>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(GuestExit(code)))
+        })?;
+    }
+    linker.func_wrap(
+        "env",
+        "__call_sighandler",
+        |mut c: C<'_>, fp: i32, sig: i32| -> wasmtime::Result<()> {
+            let table = c.data().shared().table;
+            let func = table
+                .get(&mut c, fp as u32 as u64)
+                .and_then(|r| r.as_func().flatten().copied())
+                .ok_or_else(|| wasmtime::Error::msg("signal handler is not a function"))?;
+            func.typed::<i32, ()>(&c)?.call(&mut c, sig)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "emscripten_asm_const_int",
+        |_: C<'_>, _code: i32, _sig: i32, _argbuf: i32| 0i32,
+    )?;
+    linker.func_wrap("env", "is_web_env", || 0i32)?;
+    linker.func_wrap("env", "_emscripten_system", |_: C<'_>, cmd: i32| {
+        if cmd == 0 { 0i32 } else { 127 << 8 }
+    })?;
+    linker.func_wrap("env", "_setitimer_js", |_: C<'_>, _which: i32, _ms: f64| {
+        0i32
+    })?;
+    linker.func_wrap("env", "_emscripten_runtime_keepalive_clear", || {})?;
+    linker.func_wrap(
+        "env",
+        "emscripten_set_main_loop",
+        |_: C<'_>, _f: i32, _fps: i32, _inf: i32| {},
+    )?;
+    // EAI_FAIL: there is no network inside the guest.
+    linker.func_wrap(
+        "env",
+        "getaddrinfo",
+        |_: C<'_>, _n: i32, _s: i32, _h: i32, _r: i32| -4i32,
+    )?;
+    Ok(())
+}
+
+/// `struct tm` fields (sec, min, hour, mday, mon, year-1900, wday, yday, isdst, gmtoff) in UTC.
+fn broken_down_utc(time: i64) -> [i32; 10] {
+    let days = time.div_euclid(86_400);
+    let secs = time.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let mday = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    const CUMULATIVE: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = CUMULATIVE[(month - 1) as usize] + mday - 1 + i64::from(leap && month > 2);
+    let wday = (days + 4).rem_euclid(7);
+    [
+        (secs % 60) as i32,
+        (secs / 60 % 60) as i32,
+        (secs / 3600) as i32,
+        mday as i32,
+        (month - 1) as i32,
+        (year - 1900) as i32,
+        wday as i32,
+        yday as i32,
+        0,
+        0,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broken_down_utc;
+
+    #[test]
+    fn utc_breakdown_matches_known_dates() {
+        // 2024-02-29 12:34:56 UTC, a Thursday, day 59 of a leap year.
+        assert_eq!(
+            broken_down_utc(1_709_210_096),
+            [56, 34, 12, 29, 1, 124, 4, 59, 0, 0]
+        );
+        // The epoch: Thursday 1970-01-01.
+        assert_eq!(broken_down_utc(0), [0, 0, 0, 1, 0, 70, 4, 0, 0, 0]);
+        // 1969-12-31 23:59:59, before the epoch.
+        assert_eq!(broken_down_utc(-1), [59, 59, 23, 31, 11, 69, 3, 364, 0, 0]);
+    }
+}

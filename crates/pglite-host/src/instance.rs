@@ -1,0 +1,353 @@
+//! One running PGlite instance: store, imports, boot, protocol exchange and shutdown. Lives on
+//! the worker thread; knows nothing of channels, locks or templates.
+
+use std::path::{Path, PathBuf};
+
+use wasmtime::{
+    Extern, Global, GlobalType, Linker, Memory, MemoryType, Module, Mutability, Ref, RefType,
+    Store, Table, TableType, TypedFunc, Val, ValType,
+};
+
+use crate::Error;
+use crate::imports::{self, Ctx, Exports, GuestExit, Shared};
+use crate::profile::{Profile, Transport};
+use crate::vfs::{Mount, Vfs};
+
+/// `pg_initdb` result bits.
+pub(crate) mod initdb_bits {
+    pub(crate) const FAILED: i32 = 1;
+    /// The cluster existed before this boot (resumed rather than made by initdb).
+    pub(crate) const HAS_DB: i32 = 4;
+}
+
+/// Host directories the guest file system is made of.
+pub(crate) struct Dirs<'a> {
+    /// Backs `/tmp/pglite/base` (PGDATA).
+    pub(crate) data: &'a Path,
+    /// The extracted package: `tmp/pglite/{bin,lib,share}` beneath it.
+    pub(crate) package: &'a Path,
+    /// Per-instance scratch backing `/` (`/tmp`, `/home/web_user`, `/dev/shm`).
+    pub(crate) scratch: &'a Path,
+    pub(crate) module_cache: Option<PathBuf>,
+}
+
+struct Entry {
+    interactive_write: TypedFunc<i32, ()>,
+    interactive_one: TypedFunc<(), ()>,
+    interactive_read: TypedFunc<(), i32>,
+    pg_shutdown: TypedFunc<(), ()>,
+}
+
+pub(crate) struct Instance {
+    store: Store<Ctx>,
+    entry: Entry,
+    memory: Memory,
+    profile: &'static Profile,
+}
+
+/// Why an exchange failed.
+pub(crate) enum ExecError {
+    /// Refused before reaching the guest; the instance is fine.
+    Refused(Error),
+    /// The instance is dead and must be rebuilt from disk.
+    Dead(Error),
+}
+
+fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
+    let pkg = dirs.package.join("tmp/pglite");
+    let mut mounts = vec![
+        Mount {
+            guest: "/".into(),
+            host: dirs.scratch.to_path_buf(),
+            read_only: false,
+        },
+        Mount {
+            guest: "/tmp/pglite/base".into(),
+            host: dirs.data.to_path_buf(),
+            read_only: false,
+        },
+    ];
+    for name in ["bin", "lib", "share", "password"] {
+        mounts.push(Mount {
+            guest: format!("/tmp/pglite/{name}"),
+            host: pkg.join(name),
+            read_only: true,
+        });
+    }
+    mounts
+}
+
+fn trap(err: wasmtime::Error) -> Error {
+    if let Some(GuestExit(code)) = err.downcast_ref::<GuestExit>() {
+        return Error::GuestExit { code: *code };
+    }
+    Error::Trap {
+        message: format!("{err:#}"),
+    }
+}
+
+impl Instance {
+    /// Instantiates the module and runs PGlite's boot up to and including `pg_initdb`,
+    /// returning its result bits.
+    pub(crate) fn boot(
+        module: &Module,
+        profile: &'static Profile,
+        dirs: &Dirs<'_>,
+        durable: bool,
+    ) -> Result<(Instance, i32), Error> {
+        for sub in ["tmp/pglite", "home/web_user", "dev/shm"] {
+            std::fs::create_dir_all(dirs.scratch.join(sub)).map_err(|source| Error::Io {
+                path: dirs.scratch.join(sub),
+                source,
+            })?;
+        }
+        let engine = module.engine();
+        let mut ctx = Ctx::new(Vfs::new(mounts(dirs), durable));
+        ctx.dylink.module_cache = dirs.module_cache.clone();
+        let mut store = Store::new(engine, ctx);
+        let wasm = |e: wasmtime::Error| Error::Instantiate {
+            message: format!("{e:#}"),
+        };
+
+        let memory = Memory::new(
+            &mut store,
+            MemoryType::new(profile.initial_pages, Some(32768)),
+        )
+        .map_err(wasm)?;
+        let table = Table::new(
+            &mut store,
+            TableType::new(RefType::FUNCREF, profile.table_initial, None),
+            Ref::Func(None),
+        )
+        .map_err(wasm)?;
+        let global = |store: &mut Store<Ctx>, mutability, value: u32| {
+            Global::new(
+                store,
+                GlobalType::new(ValType::I32, mutability),
+                Val::I32(value as i32),
+            )
+        };
+        let memory_base =
+            global(&mut store, Mutability::Const, profile.memory_base).map_err(wasm)?;
+        let table_base = global(&mut store, Mutability::Const, profile.table_base).map_err(wasm)?;
+        let stack_pointer =
+            global(&mut store, Mutability::Var, profile.stack_pointer).map_err(wasm)?;
+        let heap_base = global(&mut store, Mutability::Var, profile.heap_base).map_err(wasm)?;
+        store.data_mut().shared = Some(Shared {
+            memory,
+            table,
+            stack_pointer,
+        });
+
+        let mut linker = Linker::new(engine);
+        imports::add_to_linker(&mut linker, module).map_err(wasm)?;
+        linker
+            .define(&store, "env", "memory", memory)
+            .map_err(wasm)?;
+        linker
+            .define(&store, "env", "__indirect_function_table", table)
+            .map_err(wasm)?;
+        linker
+            .define(&store, "env", "__memory_base", memory_base)
+            .map_err(wasm)?;
+        linker
+            .define(&store, "env", "__table_base", table_base)
+            .map_err(wasm)?;
+        linker
+            .define(&store, "env", "__stack_pointer", stack_pointer)
+            .map_err(wasm)?;
+        linker
+            .define(&store, "GOT.mem", "__heap_base", heap_base)
+            .map_err(wasm)?;
+        // The start function applies global relocations.
+        let instance = linker.instantiate(&mut store, module).map_err(wasm)?;
+
+        // Symbols side modules may import: main exports (data relocated) and host functions.
+        let exports: Vec<(String, Extern)> = instance
+            .exports(&mut store)
+            .map(|e| (e.name().to_owned(), e.into_extern()))
+            .collect();
+        for (name, ext) in exports {
+            match ext {
+                Extern::Func(func) => {
+                    store.data_mut().dylink.main_funcs.insert(name, func);
+                }
+                Extern::Global(g) => {
+                    if let Val::I32(offset) = g.get(&mut store) {
+                        store
+                            .data_mut()
+                            .dylink
+                            .main_data
+                            .insert(name, (profile.memory_base as i32).wrapping_add(offset));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for import in module.imports() {
+            if let (true, Some(Extern::Func(func))) = (
+                import.module() == "env",
+                linker.get(&mut store, "env", import.name()).ok(),
+            ) {
+                store
+                    .data_mut()
+                    .dylink
+                    .host_funcs
+                    .insert(import.name().to_owned(), func);
+            }
+        }
+        let typed = |store: &mut Store<Ctx>, name: &str| -> Result<wasmtime::Func, Error> {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| Error::Instantiate {
+                    message: format!("module does not export {name}"),
+                })
+        };
+        macro_rules! typed {
+            ($name:expr) => {
+                typed(&mut store, $name)?.typed(&store).map_err(wasm)?
+            };
+        }
+        let exports = Exports {
+            set_threw: typed!("setThrew"),
+            malloc: typed!("malloc"),
+            calloc: typed!("calloc"),
+            free: typed!("free"),
+            memalign: typed!("emscripten_builtin_memalign"),
+            dl_seterr: typed!("__dl_seterr"),
+            tempret_set: typed(&mut store, "_emscripten_tempret_set")?,
+            tempret_get: typed(&mut store, "_emscripten_tempret_get")?,
+        };
+        store.data_mut().exports = Some(exports.clone());
+        let entry = match profile.transport {
+            Transport::Cma => Entry {
+                interactive_write: typed!("interactive_write"),
+                interactive_one: typed!("interactive_one"),
+                interactive_read: typed!("interactive_read"),
+                pg_shutdown: typed!("pg_shutdown"),
+            },
+        };
+        let apply_relocs: TypedFunc<(), ()> = typed!("__wasm_apply_data_relocs");
+        let ctors: TypedFunc<(), ()> = typed!("__wasm_call_ctors");
+        let main: TypedFunc<(i32, i32), i32> = typed!("__main_argc_argv");
+        let initdb: TypedFunc<(), i32> = typed!("pg_initdb");
+
+        apply_relocs.call(&mut store, ()).map_err(trap)?;
+        ctors.call(&mut store, ()).map_err(trap)?;
+
+        // argv lives in malloc'ed memory: PGlite keeps the pointer and reads it again later.
+        let args = [
+            "./this.program",
+            "PGDATA=/tmp/pglite/base",
+            "PREFIX=/tmp/pglite",
+            "PGUSER=postgres",
+            "PGDATABASE=postgres",
+            "MODE=REACT",
+            "REPL=N",
+        ];
+        let mut pointers = Vec::new();
+        for arg in args {
+            let ptr = exports
+                .malloc
+                .call(&mut store, arg.len() as i32 + 1)
+                .map_err(trap)?;
+            memory
+                .write(&mut store, ptr as usize, arg.as_bytes())
+                .map_err(|e| Error::Trap {
+                    message: e.to_string(),
+                })?;
+            memory
+                .write(&mut store, ptr as usize + arg.len(), &[0])
+                .map_err(|e| Error::Trap {
+                    message: e.to_string(),
+                })?;
+            pointers.extend_from_slice(&(ptr as u32).to_le_bytes());
+        }
+        pointers.extend_from_slice(&[0; 4]);
+        let argv = exports
+            .malloc
+            .call(&mut store, pointers.len() as i32)
+            .map_err(trap)?;
+        memory
+            .write(&mut store, argv as usize, &pointers)
+            .map_err(|e| Error::Trap {
+                message: e.to_string(),
+            })?;
+        match main.call(&mut store, (args.len() as i32, argv)) {
+            Ok(_) => {}
+            Err(err) if matches!(err.downcast_ref::<GuestExit>(), Some(GuestExit(0))) => {
+                stack_pointer
+                    .set(&mut store, Val::I32(profile.stack_pointer as i32))
+                    .map_err(wasm)?;
+            }
+            Err(err) => return Err(trap(err)),
+        }
+        let rc = initdb.call(&mut store, ()).map_err(trap)?;
+        if rc == 0 || rc & initdb_bits::FAILED != 0 {
+            return Err(Error::InitdbFailed { code: rc });
+        }
+        Ok((
+            Instance {
+                store,
+                entry,
+                memory,
+                profile,
+            },
+            rc,
+        ))
+    }
+
+    /// One protocol exchange: frontend messages in, every backend message they produce out.
+    pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+        if request.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = self.profile.max_request();
+        if request.len() > max {
+            return Err(ExecError::Refused(Error::RequestTooLarge {
+                len: request.len(),
+                max,
+            }));
+        }
+        let dead = |e: wasmtime::Error| ExecError::Dead(trap(e));
+        self.entry
+            .interactive_write
+            .call(&mut self.store, request.len() as i32)
+            .map_err(dead)?;
+        self.memory.data_mut(&mut self.store)[1..1 + request.len()].copy_from_slice(request);
+        self.entry
+            .interactive_one
+            .call(&mut self.store, ())
+            .map_err(dead)?;
+        let n = self
+            .entry
+            .interactive_read
+            .call(&mut self.store, ())
+            .map_err(dead)? as u32 as usize;
+        let start = request.len() + 2;
+        let room = self.profile.memory_base as usize - start;
+        if n > room {
+            // The reply ran over PostgreSQL's static data: nothing in this instance can be trusted.
+            return Err(ExecError::Dead(Error::ReplyOverflow { len: n, max: room }));
+        }
+        Ok(self.memory.data(&self.store)[start..start + n].to_vec())
+    }
+
+    /// Terminate, shutdown checkpoint, then close (and sync) every file.
+    pub(crate) fn shutdown(mut self) -> Result<(), Error> {
+        let result = self
+            .exec(b"X\0\0\0\x04")
+            .map(drop)
+            .map_err(|e| match e {
+                ExecError::Refused(e) | ExecError::Dead(e) => e,
+            })
+            .and_then(|()| {
+                self.entry
+                    .pg_shutdown
+                    .call(&mut self.store, ())
+                    .map_err(trap)
+            });
+        self.store.data_mut().vfs.close_all();
+        result
+    }
+}
