@@ -1,1 +1,293 @@
-//! pglite-fetch (placeholder while the crate is written).
+//! pglite-fetch: bytes in, verified files out.
+//!
+//! Ensures a pinned PGlite release (the PostgreSQL WebAssembly module, its Emscripten data
+//! bundle and JS glue) is in a local cache, verified against SHA-256 pins compiled into this
+//! crate, and that the data bundle is unpacked into a directory tree the host can mount.
+//!
+//! Layout: `pins` (generated table) and `pin` (its types), `glue` (JS file-list parser),
+//! `archive` (tarball reading), `hash` and `source` are sans-IO; `http` (network), `cache`
+//! (disk) and `fill` (trying sources in order) are the edges. This crate never runs the code
+//! it downloads and knows nothing about wasmtime or PostgreSQL.
+//!
+//! Tests of other crates can share one warm cache by setting `NSELF_CACHE_DIR` to
+//! `<workspace>/target/test-cache` and calling [`fetch_or_cached`]: the first run downloads,
+//! later runs verify from receipts without touching the network.
+
+mod archive;
+mod cache;
+mod error;
+mod fill;
+mod glue;
+mod hash;
+mod http;
+mod options;
+mod pin;
+mod pins;
+mod source;
+
+#[cfg(test)]
+mod tests;
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+pub use crate::{
+    archive::{dist_file_name, validate_entry_path},
+    error::{Attempt, Error, Reason},
+    glue::{GlueError, PackageFile, check_ranges, parse_package_files, validate_guest_path},
+    hash::sha256_hex,
+    options::{FetchOptions, Progress, ProgressFn, default_cache_dir},
+    pin::{FilePin, PinnedRelease, pinned_release, pinned_releases},
+    source::{
+        NSELF_CDN, Source, UNPKG, default_sources, expand_template, npm_registry, npm_tarball_url,
+        parse_sources, registry_from_npmrc,
+    },
+};
+
+/// The PGlite release used unless `NSELF_PGLITE_VERSION` or the API says otherwise.
+pub const DEFAULT_PGLITE_VERSION: &str = "0.2.17";
+
+/// A verified, unpacked PGlite release in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// npm version, e.g. `0.2.17`.
+    pub version: String,
+    /// `<cache>/<version>/`.
+    pub dir: Utf8PathBuf,
+    /// The WebAssembly module.
+    pub wasm: Utf8PathBuf,
+    /// Lowercase hex SHA-256 of `wasm` (the pin it was verified against).
+    pub wasm_sha256: String,
+    /// The Emscripten data bundle.
+    pub data: Utf8PathBuf,
+    /// The JS glue.
+    pub js: Utf8PathBuf,
+    /// The data bundle unpacked: guest `/tmp/pglite/bin/postgres` is `<root>/tmp/pglite/bin/postgres`.
+    /// Shared by every user of the cache: treat it as read-only.
+    pub root: Utf8PathBuf,
+    /// The bundle's file list, as parsed from the JS glue.
+    pub files: Vec<PackageFile>,
+}
+
+/// Ensures `opts.version` is cached, verified and unpacked; downloads only what is missing
+/// or corrupt. A warm cache is checked without any network access.
+pub async fn ensure(opts: &FetchOptions) -> Result<Artifact, Error> {
+    let release = pinned_release(&opts.version)?;
+    ensure_with_pins(opts, &release).await
+}
+
+/// [`ensure`] for the version and configuration from the environment (see
+/// [`FetchOptions::from_env`]), with `version` taking precedence.
+pub async fn fetch_or_cached(version: &str) -> Result<Artifact, Error> {
+    let mut opts = FetchOptions::from_env()?;
+    opts.version = version.to_owned();
+    ensure(&opts).await
+}
+
+/// Ensures the named extension bundles (`pgcrypto`, ...) of `opts.version` are cached and
+/// verified; returns their paths in the order asked. Unknown names are an error that lists
+/// the available ones.
+pub async fn ensure_extensions(
+    opts: &FetchOptions,
+    names: &[&str],
+) -> Result<Vec<Utf8PathBuf>, Error> {
+    let release = pinned_release(&opts.version)?;
+    ensure_extensions_with_pins(opts, &release, names).await
+}
+
+/// [`ensure`] against an explicit pin table entry; for tests that serve synthetic files.
+#[doc(hidden)]
+pub async fn ensure_with_pins(
+    opts: &FetchOptions,
+    release: &PinnedRelease,
+) -> Result<Artifact, Error> {
+    let dir = version_dir(opts, release)?;
+    let files = {
+        let (dir, release) = (dir.clone(), release.clone());
+        blocking(move || warm_files(&dir, &release)).await?
+    };
+    if let Some(files) = files {
+        return Ok(artifact(&dir, release, files));
+    }
+    cache::create_dir_all(&dir)?;
+    let lock = {
+        let dir = dir.clone();
+        blocking(move || cache::lock(&dir)).await?
+    };
+    // Under the lock: another process may have filled the cache while we waited.
+    let missing = {
+        let (dir, release) = (dir.clone(), release.clone());
+        blocking(move || {
+            cache::remove_leftovers(&dir)?;
+            missing_pins(&dir, release.core_files())
+        })
+        .await?
+    };
+    if !missing.is_empty() {
+        tracing::info!(version = %release.version, n_missing = missing.len(), "fetching PGlite");
+        fill::fill(opts, &dir, missing).await?;
+    }
+    let files = {
+        let (dir, release) = (dir.clone(), release.clone());
+        blocking(move || {
+            let files = read_file_list(&dir, &release)?;
+            if !cache::is_root_complete(&dir, &release.data, &files) {
+                cache::extract_root(&dir, &release.data, &files)?;
+            }
+            Ok(files)
+        })
+        .await?
+    };
+    drop(lock);
+    Ok(artifact(&dir, release, files))
+}
+
+/// [`ensure_extensions`] against an explicit pin table entry; for tests.
+#[doc(hidden)]
+pub async fn ensure_extensions_with_pins(
+    opts: &FetchOptions,
+    release: &PinnedRelease,
+    names: &[&str],
+) -> Result<Vec<Utf8PathBuf>, Error> {
+    let pins = names
+        .iter()
+        .map(|name| {
+            release
+                .extension(name)
+                .cloned()
+                .ok_or_else(|| Error::UnknownExtension {
+                    version: release.version.clone(),
+                    name: (*name).to_owned(),
+                    available: release.extension_names(),
+                })
+        })
+        .collect::<Result<Vec<FilePin>, Error>>()?;
+    let version_dir = version_dir(opts, release)?;
+    let dir = version_dir.join("extensions");
+    let paths: Vec<Utf8PathBuf> = pins.iter().map(|pin| dir.join(&pin.name)).collect();
+    let missing = {
+        let (dir, pins) = (dir.clone(), pins.clone());
+        blocking(move || missing_pins(&dir, &pins)).await?
+    };
+    if missing.is_empty() {
+        return Ok(paths);
+    }
+    cache::create_dir_all(&dir)?;
+    let lock = {
+        let version_dir = version_dir.clone();
+        blocking(move || cache::lock(&version_dir)).await?
+    };
+    let missing = {
+        let dir = dir.clone();
+        blocking(move || {
+            cache::remove_leftovers(&dir)?;
+            missing_pins(&dir, &pins)
+        })
+        .await?
+    };
+    if !missing.is_empty() {
+        fill::fill(opts, &dir, missing).await?;
+    }
+    drop(lock);
+    Ok(paths)
+}
+
+fn version_dir(opts: &FetchOptions, release: &PinnedRelease) -> Result<Utf8PathBuf, Error> {
+    if opts.cache_dir.as_str().is_empty() {
+        return Err(Error::NoHomeDir);
+    }
+    Ok(opts.cache_dir.join(&release.version))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("cache task panicked")
+}
+
+/// The file list when every core file verifies and `root/` is complete; no writes needed.
+fn warm_files(dir: &Utf8Path, release: &PinnedRelease) -> Result<Option<Vec<PackageFile>>, Error> {
+    if !dir.is_dir() || !missing_pins(dir, release.core_files())?.is_empty() {
+        return Ok(None);
+    }
+    let files = read_file_list(dir, release)?;
+    Ok(cache::is_root_complete(dir, &release.data, &files).then_some(files))
+}
+
+fn missing_pins<'a>(
+    dir: &Utf8Path,
+    pins: impl IntoIterator<Item = &'a FilePin>,
+) -> Result<Vec<FilePin>, Error> {
+    let mut res = Vec::new();
+    for pin in pins {
+        if !cache::is_verified(dir, pin)? {
+            res.push(pin.clone());
+        }
+    }
+    Ok(res)
+}
+
+/// Parses the verified JS glue and checks every range against the verified data size.
+fn read_file_list(dir: &Utf8Path, release: &PinnedRelease) -> Result<Vec<PackageFile>, Error> {
+    let js_path = dir.join(&release.js.name);
+    let js = std::fs::read(&js_path).map_err(cache::cache_err(&js_path))?;
+    let js = String::from_utf8_lossy(&js);
+    let glue_err = |source| Error::Glue {
+        path: js_path.clone(),
+        source,
+    };
+    let files = parse_package_files(&js).map_err(glue_err)?;
+    check_ranges(&files, release.data.size).map_err(glue_err)?;
+    Ok(files)
+}
+
+fn artifact(dir: &Utf8Path, release: &PinnedRelease, files: Vec<PackageFile>) -> Artifact {
+    Artifact {
+        version: release.version.clone(),
+        dir: dir.to_owned(),
+        wasm: dir.join(&release.wasm.name),
+        wasm_sha256: release.wasm.sha256.clone(),
+        data: dir.join(&release.data.name),
+        js: dir.join(&release.js.name),
+        root: dir.join("root"),
+        files,
+    }
+}
+
+/// Downloads `url` into `sink` under this crate's HTTP policy (https or loopback http,
+/// platform roots, `opts`' timeouts, `opts.max_archive_size` cap). For `cargo xtask
+/// update-pins`, which must see the registry exactly as [`ensure`] does. Verifies nothing.
+#[doc(hidden)]
+pub async fn download(
+    opts: &FetchOptions,
+    url: &str,
+    sink: &mut dyn std::io::Write,
+) -> Result<u64, Error> {
+    let http = http::Http::new(opts.connect_timeout, opts.read_timeout)?;
+    let file = url.rsplit('/').next().unwrap_or(url).to_owned();
+    let mut progress = |done, total| {
+        if let Some(progress) = &opts.progress {
+            progress(Progress {
+                file: file.clone(),
+                done,
+                total,
+                source: url.to_owned(),
+            });
+        }
+    };
+    http.download(url, opts.max_archive_size, sink, &mut progress)
+        .await
+        .map_err(|reason| {
+            let attempt = Attempt {
+                file: file.clone(),
+                url: url.to_owned(),
+                reason,
+            };
+            Error::AllSourcesFailed {
+                version: opts.version.clone(),
+                file: Some(file.clone()),
+                attempts: vec![attempt],
+            }
+        })
+}

@@ -1,0 +1,1 @@
+//! Integration tests for pglite-fetch (one test binary; modules per concern).

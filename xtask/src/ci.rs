@@ -1,0 +1,35 @@
+//! `cargo xtask ci`: the whole CI gate, runnable locally with the same result.
+//!
+//! fmt, clippy (warnings denied here, not in Cargo.toml), tests (nextest when installed),
+//! cargo-deny (when installed) and the pin drift check.
+
+use xshell::{Shell, cmd};
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(crate::project_root());
+    cmd!(sh, "cargo fmt --all -- --check").run()?;
+    cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
+    if is_installed(&sh, "nextest") {
+        cmd!(sh, "cargo nextest run --workspace --no-fail-fast").run()?;
+    } else {
+        cmd!(sh, "cargo test --workspace").run()?;
+    }
+    if is_installed(&sh, "deny") {
+        cmd!(sh, "cargo deny check").run()?;
+    } else {
+        eprintln!(
+            "cargo-deny is not installed; skipping `cargo deny check` (cargo install cargo-deny --locked)"
+        );
+    }
+    crate::update_pins::run(&[], true)
+}
+
+fn is_installed(sh: &Shell, cargo_subcommand: &str) -> bool {
+    cmd!(sh, "cargo {cargo_subcommand} --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+}

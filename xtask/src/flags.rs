@@ -1,0 +1,18 @@
+//! Command-line flags for `cargo xtask`, declared with xflags.
+//!
+//! Add a subcommand by adding a `cmd` block here and a module with its `run`.
+
+xflags::xflags! {
+    cmd xtask {
+        /// Recompute SHA-256 pins from the npm registry tarballs and regenerate
+        /// crates/pglite-fetch/src/pins.rs (older versions' pins are kept).
+        cmd update-pins {
+            /// A version to (re)pin; repeatable. Defaults to 0.2.17 and 0.3.16.
+            repeated --version version: String
+            /// Recompute and fail if the committed file differs.
+            optional --check
+        }
+        /// Run what CI runs: fmt, clippy, tests, cargo-deny, update-pins --check.
+        cmd ci {}
+    }
+}
