@@ -1,1 +1,89 @@
-//! pg-bridge (placeholder while the crate is written).
+//! pg-bridge: ordinary PostgreSQL clients on a Unix (or TCP) socket, multiplexed onto ONE
+//! single-session backend.
+//!
+//! # Layout
+//!
+//! - [`Backend`] (`backend.rs`): the session behind the bridge; [`UpstreamBackend`]
+//!   (`upstream.rs`) implements it over a socket to a real server, the facade crate implements it
+//!   over PGlite.
+//! - `server.rs`: [`Config`], [`Bridge::listen`] / [`Bridge::close`] and [`serve`], which takes
+//!   its listeners and shutdown future from the caller.
+//! - `startup.rs`: the startup phase, answered by the bridge itself (SSL/GSS refusal, protocol
+//!   negotiation, database check, trust or SCRAM, per-client BackendKeyData, cancel requests).
+//! - `conn.rs`: one client after startup: frames, the command filter, renaming, the lease.
+//! - `lease.rs`: the backend lease and everything done while holding it (settings switches,
+//!   output filtering, cleanup after a client).
+//! - Sans-IO cores: `frame.rs` (limits, splitting), `message.rs` (structural decoding),
+//!   `lexer.rs` + `classify.rs` (the COPY/LISTEN/NOTIFY filter and session-state statements),
+//!   `settings.rs` (per-client settings and the SQL that switches them), `scram.rs`.
+//!
+//! # Invariants
+//!
+//! - The bridge never links wasmtime or pglite-host; PGlite is only ever a [`Backend`].
+//! - A Sync group, and a transaction, runs on the backend without any other client's messages
+//!   in between: the client holds the lease from its first forwarded message until the backend
+//!   reports `ReadyForQuery 'I'` with no extended-protocol sequence open.
+//! - No COPY, LISTEN or NOTIFY reaches the backend from a client, and no COPY or notification
+//!   frame reaches a client.
+//! - Malformed input ends that one connection with `08P01`; it never panics and never
+//!   allocates the size a frame advertises.
+
+mod backend;
+mod classify;
+mod conn;
+mod frame;
+mod lease;
+mod lexer;
+mod message;
+mod reply;
+mod scram;
+mod server;
+mod settings;
+mod startup;
+mod upstream;
+
+pub use backend::Backend;
+pub use frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
+pub use server::{Bridge, Config, Listeners, bind, serve};
+pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};
+
+/// Everything that can go wrong in the bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Socket or file I/O failed.
+    #[error("i/o error")]
+    Io(#[from] std::io::Error),
+    /// A client was turned away with this SQLSTATE.
+    #[error("client rejected with {sqlstate}: {reason}")]
+    Rejected {
+        /// The SQLSTATE sent to the client.
+        sqlstate: &'static str,
+        /// The message sent to the client.
+        reason: String,
+    },
+    /// A synthetic message could not be encoded.
+    #[error("encoding a message")]
+    Encode {
+        /// pgwire's error.
+        #[source]
+        source: Box<pgwire::error::PgWireError>,
+    },
+    /// The upstream PostgreSQL server misbehaved or refused the session.
+    #[error("upstream server: {reason}")]
+    Upstream {
+        /// What happened.
+        reason: String,
+    },
+    /// A [`Backend`] implementation failed; the backend is unusable from then on.
+    #[error("backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend failed earlier and no longer serves clients.
+    #[error("the backend is no longer available")]
+    BackendGone,
+    /// The bridge's configuration cannot work.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+}

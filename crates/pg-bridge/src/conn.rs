@@ -1,0 +1,680 @@
+//! One client connection after its startup: frames in, filtered backend output out.
+//!
+//! Messages are collected into a batch until a message the client waits on (`Sync`, `Query`,
+//! `Flush`, `FunctionCall`), then the batch is exchanged with the backend under the lease. The
+//! lease is taken for the first exchange and kept while the client is in a transaction or in an
+//! extended-protocol sequence not yet ended by `Sync`; everyone else queues on it. On the way
+//! in, statement and portal names are renamed per client, session-scoped commands are scoped to
+//! this client, and COPY, LISTEN and NOTIFY are refused. This module must not block the backend
+//! on anything but this client's own messages and output.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, watch};
+
+use crate::classify::{self, Classified, StatementKind, Verdict};
+use crate::frame::{self, Frame};
+use crate::lease::{self, Plan, Session};
+use crate::lexer::LexOptions;
+use crate::message::{self, FrontendMessage, Part};
+use crate::reply::{Replies, Severity, TxStatus};
+use crate::server::Shared;
+use crate::settings::{self, Settings};
+use crate::{Backend, Error};
+
+/// A batch larger than this is sent even before the client asks for results, so a client
+/// streaming messages without `Sync` cannot make the bridge buffer without bound.
+const BATCH_SOFT_LIMIT: usize = 1 << 20;
+
+/// Per-client session state that outlives single messages.
+pub(crate) struct Client {
+    pub(crate) id: u32,
+    pub(crate) pid: i32,
+    /// Settings from the startup packet (and the role), restored after `RESET`.
+    startup: Settings,
+    /// The settings this client has now, as overrides of the baseline.
+    overrides: Settings,
+    running: Arc<AtomicBool>,
+    _permit: OwnedSemaphorePermit,
+    /// Bytes read but not yet framed (startup may have read ahead).
+    buf: BytesMut,
+    standard_strings: bool,
+    /// Backend names of this client's prepared statements, closed when it leaves.
+    statements: HashSet<Vec<u8>>,
+    /// This client's last unnamed Parse, replayed if another client's replaced it since.
+    unnamed_parse: Option<Bytes>,
+    tx: TxStatus,
+    /// Extended-protocol messages were forwarded and their `Sync` has not been.
+    pending: bool,
+    /// A statement may have changed settings; take a snapshot when idle.
+    settings_dirty: bool,
+    /// Settings reset by `RESET`, to restore to the startup values when idle.
+    restore: BTreeSet<String>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        id: u32,
+        pid: i32,
+        startup: Settings,
+        running: Arc<AtomicBool>,
+        permit: OwnedSemaphorePermit,
+        buf: BytesMut,
+        standard_strings: bool,
+    ) -> Client {
+        Client {
+            id,
+            pid,
+            overrides: startup.clone(),
+            startup,
+            running,
+            _permit: permit,
+            buf,
+            standard_strings,
+            statements: HashSet::new(),
+            unnamed_parse: None,
+            tx: TxStatus::Idle,
+            pending: false,
+            settings_dirty: false,
+            restore: BTreeSet::new(),
+        }
+    }
+
+    /// The backend's name for this client's statement or portal `name`.
+    fn backend_name(&self, name: &[u8]) -> Vec<u8> {
+        let mut res = format!("_pgb{}_", self.id).into_bytes();
+        // Names longer than NAMEDATALEN - 1 are truncated by the backend; hash instead, so two
+        // long names sharing a prefix stay apart.
+        if res.len() + name.len() > 63 {
+            res.extend_from_slice(format!("h{:016x}", fnv1a(name)).as_bytes());
+        } else {
+            res.extend_from_slice(name);
+        }
+        res
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// What the unnamed statement is after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unnamed {
+    Unchanged,
+    Mine,
+    Dropped,
+}
+
+/// The messages collected for the next exchange.
+struct Batch {
+    frames: BytesMut,
+    plan: Plan,
+    /// Closes and the like that must run before the client's messages.
+    prefix: BytesMut,
+    /// The batch refers to the unnamed statement before parsing one of its own.
+    uses_unnamed: bool,
+    unnamed: Unnamed,
+    /// The last message waits for results (`Sync`, `Query`, `FunctionCall`).
+    terminated: bool,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            frames: BytesMut::new(),
+            plan: Plan::default(),
+            prefix: BytesMut::new(),
+            uses_unnamed: false,
+            unnamed: Unnamed::Unchanged,
+            terminated: false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.prefix.is_empty()
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.frames.extend_from_slice(bytes);
+        self.terminated = false;
+    }
+}
+
+enum Next {
+    Frame(Frame),
+    Closed,
+    Stop { sqlstate: &'static str, message: String },
+}
+
+/// A client connection being served.
+pub(crate) struct Connection<B, S> {
+    shared: Arc<Shared<B>>,
+    stream: S,
+    client: Client,
+    shutdown: watch::Receiver<bool>,
+    lease: Option<OwnedMutexGuard<Session>>,
+    batch: Batch,
+    /// A refused command; client messages are discarded until `Sync`.
+    discarding: Option<&'static str>,
+}
+
+fn refusal_message(command: &str) -> String {
+    format!("{command} is not supported by this server")
+}
+
+impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
+    pub(crate) fn new(shared: Arc<Shared<B>>, stream: S, client: Client, shutdown: watch::Receiver<bool>) -> Self {
+        Connection { shared, stream, client, shutdown, lease: None, batch: Batch::new(), discarding: None }
+    }
+
+    /// Serves messages until the client leaves or must be ended.
+    pub(crate) async fn serve(&mut self) -> Result<(), Error> {
+        loop {
+            match self.next_frame().await? {
+                Next::Frame(frame) => {
+                    if !self.handle(frame).await? {
+                        return Ok(());
+                    }
+                }
+                Next::Closed => return Ok(()),
+                Next::Stop { sqlstate, message } => {
+                    self.write_error(Severity::Fatal, sqlstate, &message).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn write_error(&mut self, severity: Severity, sqlstate: &str, message: &str) {
+        if let Ok(bytes) = crate::reply::error_frame(severity, sqlstate, message) {
+            let _ = self.stream.write_all(&bytes).await;
+        }
+    }
+
+    async fn next_frame(&mut self) -> Result<Next, Error> {
+        loop {
+            match frame::split_frame(&mut self.client.buf, frame::MAX_MESSAGE_LEN) {
+                Ok(Some(frame)) => return Ok(Next::Frame(frame)),
+                Ok(None) => {}
+                Err(error) => {
+                    return Ok(Next::Stop { sqlstate: "08P01", message: format!("invalid message: {error}") });
+                }
+            }
+            if *self.shutdown.borrow() {
+                return Ok(Next::Stop {
+                    sqlstate: "57P01",
+                    message: "terminating connection due to administrator command".to_owned(),
+                });
+            }
+            let idle_limit = self.shared.config.idle_in_transaction_timeout;
+            let holding = self.lease.is_some();
+            let read = self.stream.read_buf(&mut self.client.buf);
+            tokio::select! {
+                res = read => match res {
+                    Ok(0) => return Ok(Next::Closed),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "reading from client");
+                        return Ok(Next::Closed);
+                    }
+                },
+                _ = self.shutdown.changed() => {}
+                () = tokio::time::sleep(idle_limit), if holding => {
+                    return Ok(Next::Stop {
+                        sqlstate: "25P03",
+                        message: "terminating connection due to idle-in-transaction timeout".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `false` ends the connection.
+    async fn handle(&mut self, frame: Frame) -> Result<bool, Error> {
+        let msg = match message::decode(frame.tag(), frame.body()) {
+            Ok(msg) => msg,
+            Err(malformed) => {
+                self.write_error(Severity::Fatal, "08P01", &malformed.reason).await;
+                return Ok(false);
+            }
+        };
+        if let Some(command) = self.discarding {
+            if msg == FrontendMessage::Sync {
+                self.discarding = None;
+                self.finish_refusal(command).await?;
+            } else if msg == FrontendMessage::Terminate {
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        match msg {
+            FrontendMessage::Terminate => return Ok(false),
+            FrontendMessage::CopyStray => {}
+            FrontendMessage::Query { sql } => self.query(sql).await?,
+            FrontendMessage::Parse { statement, sql, param_types } => {
+                self.parse(statement, sql, param_types).await?;
+            }
+            FrontendMessage::Bind { portal, statement, rest } => {
+                if statement.is_empty() {
+                    self.use_unnamed();
+                }
+                let portal = self.portal_name(portal);
+                let statement = self.statement_name(statement);
+                let bytes = message::build(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
+                self.batch.push(&bytes);
+            }
+            FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
+                let close = frame.tag() == b'C';
+                let renamed = if kind == b'S' {
+                    if name.is_empty() {
+                        if close {
+                            self.client.unnamed_parse = None;
+                            self.batch.unnamed = Unnamed::Dropped;
+                        } else {
+                            self.use_unnamed();
+                        }
+                    }
+                    let renamed = self.statement_name(name);
+                    if close {
+                        self.client.statements.remove(&renamed);
+                    }
+                    renamed
+                } else {
+                    self.portal_name(name)
+                };
+                let bytes = message::build(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
+                self.batch.push(&bytes);
+            }
+            FrontendMessage::Execute { portal, max_rows } => {
+                let portal = self.portal_name(portal);
+                let bytes = message::build(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
+                self.batch.push(&bytes);
+            }
+            FrontendMessage::Flush => {
+                self.batch.push(frame.bytes());
+                self.send().await?;
+            }
+            FrontendMessage::Sync | FrontendMessage::FunctionCall => {
+                self.batch.push(frame.bytes());
+                self.batch.terminated = true;
+                self.send().await?;
+            }
+        }
+        if self.batch.frames.len() > BATCH_SOFT_LIMIT {
+            self.send().await?;
+        }
+        Ok(true)
+    }
+
+    fn statement_name(&self, name: &[u8]) -> Vec<u8> {
+        if name.is_empty() { Vec::new() } else { self.client.backend_name(name) }
+    }
+
+    fn portal_name(&self, name: &[u8]) -> Vec<u8> {
+        self.statement_name(name)
+    }
+
+    fn use_unnamed(&mut self) {
+        if self.batch.unnamed == Unnamed::Unchanged {
+            self.batch.uses_unnamed = true;
+        }
+    }
+
+    fn lex_options(&self) -> LexOptions {
+        LexOptions { standard_strings: self.client.standard_strings }
+    }
+
+    /// Applies the per-statement treatment to SQL text; returns the text to send.
+    fn rewrite(&mut self, sql: &[u8], statements: &[Classified], simple: bool) -> Vec<u8> {
+        let mut res = Vec::with_capacity(sql.len());
+        let mut copied = 0;
+        let replace = |res: &mut Vec<u8>, copied: &mut usize, range: std::ops::Range<usize>, with: &[u8]| {
+            res.extend_from_slice(&sql[*copied..range.start]);
+            res.extend_from_slice(with);
+            *copied = range.end;
+        };
+        for (idx, statement) in statements.iter().enumerate() {
+            if statement.kind.touches_settings() {
+                self.client.settings_dirty = true;
+            }
+            match &statement.kind {
+                StatementKind::Plain | StatementKind::Settings | StatementKind::AdvisoryUnlockAll => {}
+                StatementKind::Reset { name } => {
+                    self.client.restore.insert(name.clone());
+                }
+                StatementKind::ResetAll => self.restore_all(),
+                StatementKind::DeallocateAll | StatementKind::DiscardAll => {
+                    for name in self.client.statements.drain() {
+                        self.batch.prefix.extend_from_slice(&message::close_statement(&name));
+                        self.batch.plan.drop_leading += 1;
+                    }
+                    let (with, tag): (&[u8], &str) = if statement.kind == StatementKind::DeallocateAll {
+                        // Any harmless statement would do; this one needs nothing from the
+                        // catalog and does nothing when nobody listens.
+                        (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
+                    } else {
+                        self.restore_all();
+                        (b" RESET ALL", "DISCARD ALL")
+                    };
+                    replace(&mut res, &mut copied, statement.span.clone(), with);
+                    if simple {
+                        self.batch.plan.tags.push((idx, tag.to_owned()));
+                    }
+                }
+                StatementKind::NamedStatement { name, value } => {
+                    let renamed = self.client.backend_name(value);
+                    let is_prepare = sql[statement.span.clone()]
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())
+                        .is_some_and(|at| {
+                            sql[statement.span.start + at..].len() >= 7
+                                && sql[statement.span.start + at..statement.span.start + at + 7]
+                                    .eq_ignore_ascii_case(b"PREPARE")
+                        });
+                    if is_prepare {
+                        self.client.statements.insert(renamed.clone());
+                    }
+                    let mut quoted = Vec::with_capacity(renamed.len() + 2);
+                    quoted.push(b'"');
+                    for &b in &renamed {
+                        if b == b'"' {
+                            quoted.push(b'"');
+                        }
+                        quoted.push(b);
+                    }
+                    quoted.push(b'"');
+                    replace(&mut res, &mut copied, name.clone(), &quoted);
+                }
+            }
+        }
+        res.extend_from_slice(&sql[copied..]);
+        res
+    }
+
+    fn restore_all(&mut self) {
+        let names = self.client.startup.keys().chain(self.shared.baseline_changes.keys());
+        self.client.restore.extend(names.cloned());
+    }
+
+    async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
+        match classify::classify(sql, self.lex_options()) {
+            Verdict::Refuse { command } => {
+                if !self.batch.is_empty() {
+                    self.send().await?;
+                }
+                if self.lease.is_some() {
+                    // Let the backend raise the error, so an open transaction is aborted
+                    // exactly as PostgreSQL would.
+                    self.batch.push(&message::query(&raise_sql(command)));
+                    self.batch.terminated = true;
+                    self.batch.unnamed = Unnamed::Dropped;
+                    self.send().await
+                } else {
+                    let mut replies = Replies::new();
+                    replies.error(Severity::Error, "0A000", &refusal_message(command))?;
+                    replies.ready(self.client.tx)?;
+                    self.stream.write_all(&replies.into_bytes()).await?;
+                    Ok(())
+                }
+            }
+            Verdict::Allow { statements } => {
+                let rewritten = self.rewrite(sql, &statements, true);
+                self.batch.push(&message::build(b'Q', &[Part::Cstr(&rewritten)]));
+                self.batch.terminated = true;
+                // A simple query drops the unnamed statement, the client's own included.
+                self.client.unnamed_parse = None;
+                self.batch.unnamed = Unnamed::Dropped;
+                self.send().await
+            }
+        }
+    }
+
+    async fn parse(&mut self, statement: &[u8], sql: &[u8], param_types: &[u8]) -> Result<(), Error> {
+        match classify::classify(sql, self.lex_options()) {
+            Verdict::Refuse { command } => {
+                if !self.batch.is_empty() {
+                    self.send().await?;
+                }
+                if self.lease.is_none() {
+                    self.write_error(Severity::Error, "0A000", &refusal_message(command)).await;
+                }
+                self.discarding = Some(command);
+                Ok(())
+            }
+            Verdict::Allow { statements } => {
+                let rewritten = self.rewrite(sql, &statements, false);
+                let name = self.statement_name(statement);
+                let bytes = message::build(
+                    b'P',
+                    &[Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)],
+                );
+                if statement.is_empty() {
+                    self.client.unnamed_parse = Some(bytes.clone());
+                    self.batch.unnamed = Unnamed::Mine;
+                } else {
+                    self.client.statements.insert(name);
+                }
+                self.batch.push(&bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers the `Sync` that ends a group with a refused Parse.
+    async fn finish_refusal(&mut self, command: &str) -> Result<(), Error> {
+        if self.lease.is_none() {
+            let mut replies = Replies::new();
+            replies.ready(self.client.tx)?;
+            self.stream.write_all(&replies.into_bytes()).await?;
+            return Ok(());
+        }
+        // Something of this group already ran, or a transaction is open: the backend raises
+        // the error itself so the group or transaction fails as it would in PostgreSQL.
+        let sql = raise_sql(command);
+        self.batch.push(&message::build(b'P', &[Part::Cstr(b""), Part::Cstr(sql.as_bytes()), Part::Raw(&[0, 0])]));
+        self.batch.push(&message::build(b'B', &[Part::Cstr(b""), Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0, 0, 0])]));
+        self.batch.push(&message::build(b'E', &[Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0])]));
+        self.batch.push(&message::sync());
+        self.batch.terminated = true;
+        self.batch.plan.drop_leading += 2;
+        self.batch.unnamed = Unnamed::Dropped;
+        self.send().await
+    }
+
+    /// Takes the lease if this client does not hold it, and puts its settings on the backend.
+    async fn acquire(&mut self) -> Result<(), Error> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let mut session = self.shared.lease.clone().lock_owned().await;
+        if session.broken {
+            return Err(Error::BackendGone);
+        }
+        if let Some(sql) = settings::switch_sql(&session.applied, &self.client.overrides, &self.shared.baseline) {
+            let mut reported = session.reported.clone();
+            match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
+                Err(error) => {
+                    session.broken = true;
+                    return Err(error);
+                }
+                Ok(Err((code, message))) => {
+                    // The client's settings stopped being valid (a dropped role, say); it
+                    // runs with whatever the backend has, which is logged.
+                    tracing::warn!(code, message, client = self.client.id, "re-applying a client's settings failed");
+                }
+                Ok(Ok(_)) => session.applied = self.client.overrides.clone(),
+            }
+            session.reported = reported;
+            session.unnamed_owner = None;
+        }
+        self.lease = Some(session);
+        Ok(())
+    }
+
+    /// Exchanges the batch with the backend and forwards the filtered output.
+    async fn send(&mut self) -> Result<(), Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.acquire().await?;
+        let mut batch = std::mem::replace(&mut self.batch, Batch::new());
+        let id = self.client.id;
+        let Some(session) = self.lease.as_mut() else { return Err(Error::BackendGone) };
+        let mut frames = std::mem::take(&mut batch.prefix);
+        if batch.uses_unnamed && session.unnamed_owner != Some(id) {
+            if let Some(parse) = &self.client.unnamed_parse {
+                let mut replay = BytesMut::from(&parse[..]);
+                replay.extend_from_slice(&frames);
+                frames = replay;
+                batch.plan.drop_leading += 1;
+                session.unnamed_owner = Some(id);
+            }
+        }
+        frames.extend_from_slice(&batch.frames);
+        self.client.running.store(true, Ordering::SeqCst);
+        let output = self.shared.backend.exchange(frames.freeze()).await;
+        self.client.running.store(false, Ordering::SeqCst);
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                session.broken = true;
+                return Err(error);
+            }
+        };
+        let filtered = lease::filter(&output, &batch.plan, session)?;
+        match batch.unnamed {
+            Unnamed::Unchanged => {}
+            Unnamed::Mine => session.unnamed_owner = Some(id),
+            Unnamed::Dropped => session.unnamed_owner = None,
+        }
+        for (name, value) in &filtered.parameters {
+            if name == "standard_conforming_strings" {
+                self.client.standard_strings = value == "on";
+            }
+        }
+        if let Some(status) = filtered.ready {
+            self.client.tx = status;
+            self.client.pending = false;
+        }
+        if !batch.terminated {
+            self.client.pending = true;
+        }
+        self.stream.write_all(&filtered.out).await?;
+        if self.client.tx == TxStatus::Idle && !self.client.pending {
+            self.settle_settings().await?;
+            self.lease = None;
+        }
+        Ok(())
+    }
+
+    /// After a batch that may have changed settings, restores what `RESET` reset to the
+    /// startup values and records the client's settings, while still holding the lease.
+    async fn settle_settings(&mut self) -> Result<(), Error> {
+        if !self.client.settings_dirty && self.client.restore.is_empty() {
+            return Ok(());
+        }
+        let Some(session) = self.lease.as_mut() else { return Ok(()) };
+        let mut calls = Vec::new();
+        for name in std::mem::take(&mut self.client.restore) {
+            let value = self.client.startup.get(&name).or_else(|| self.shared.baseline_changes.get(&name));
+            if let Some(value) = value {
+                calls.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    settings::literal(&name),
+                    settings::literal(value)
+                ));
+            }
+        }
+        let mut status_frames = BytesMut::new();
+        if !calls.is_empty() {
+            let sql = format!("SELECT {}", calls.join(", "));
+            let mut reported = session.reported.clone();
+            let out = match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
+                Ok(out) => out,
+                Err(error) => {
+                    session.broken = true;
+                    return Err(error);
+                }
+            };
+            if let Err((code, message)) = out {
+                tracing::warn!(code, message, "restoring a client's startup settings failed");
+            } else if let Ok(out) = out {
+                for (tag, bytes) in frame::backend_frames(&out).flatten() {
+                    if tag == b'S' {
+                        status_frames.extend_from_slice(bytes);
+                    }
+                }
+            }
+            session.reported = reported;
+        }
+        let mut reported = session.reported.clone();
+        let snapshot = match lease::internal_query(&self.shared.backend, settings::SNAPSHOT_SQL, &mut reported).await {
+            Ok(out) => out,
+            Err(error) => {
+                session.broken = true;
+                return Err(error);
+            }
+        };
+        session.reported = reported;
+        session.unnamed_owner = None;
+        if let Ok(out) = snapshot {
+            self.client.overrides = settings::overrides(&settings::rows(&out), &self.shared.baseline);
+            session.applied = self.client.overrides.clone();
+        }
+        self.client.settings_dirty = false;
+        if !status_frames.is_empty() {
+            // ParameterStatus may arrive at any time; these tell the client about values
+            // RESET put back to its startup settings.
+            self.stream.write_all(&status_frames).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes everything the client left on the backend: an open extended sequence or
+    /// transaction, its prepared statements. Runs once the connection is over.
+    pub(crate) async fn finish(&mut self) {
+        let _ = self.stream.flush().await;
+        let stateless = self.lease.is_none()
+            && self.client.statements.is_empty()
+            && self.client.tx == TxStatus::Idle
+            && !self.client.pending;
+        if stateless {
+            return;
+        }
+        let session = match self.lease.take() {
+            Some(session) => session,
+            None => self.shared.lease.clone().lock_owned().await,
+        };
+        let mut session = session;
+        if session.broken {
+            return;
+        }
+        let frames = lease::cleanup_frames(self.client.pending, self.client.statements.drain());
+        match self.shared.backend.exchange(frames).await {
+            Ok(out) => {
+                settings::parameter_statuses(&out, &mut session.reported);
+                if session.unnamed_owner == Some(self.client.id) {
+                    session.unnamed_owner = None;
+                }
+                // `Query` drops the unnamed statement.
+                session.unnamed_owner = None;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cleaning up after a client failed");
+                session.broken = true;
+            }
+        }
+    }
+}
+
+fn raise_sql(command: &str) -> String {
+    format!(
+        "DO $pgb$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END$pgb$",
+        refusal_message(command)
+    )
+}

@@ -1,0 +1,185 @@
+//! The backend lease and the work done while holding it.
+//!
+//! `Session` is the backend's state as the bridge knows it (whose settings are applied, the
+//! reported parameters, who owns the unnamed statement). It lives inside the lease mutex, so
+//! only the owning client can read or change it. This module also filters backend output on its
+//! way to a client: notifications and COPY frames never pass, injected responses are dropped,
+//! and `CommandComplete` tags of rewritten statements are restored.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::reply::{Replies, Severity, TxStatus};
+use crate::settings::{self, Settings};
+use crate::{Backend, Error, frame, message};
+
+/// The backend's session state, guarded by the lease.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Overrides of the baseline currently in effect on the backend.
+    pub(crate) applied: Settings,
+    /// `ParameterStatus` values currently in effect on the backend.
+    pub(crate) reported: Settings,
+    /// Which client's Parse the backend's unnamed statement holds, if it is known.
+    pub(crate) unnamed_owner: Option<u32>,
+    /// Set once an exchange failed: the backend's state is unknown and it is not used again.
+    pub(crate) broken: bool,
+}
+
+/// What `bootstrap` learnt about the backend.
+pub(crate) struct Boot {
+    pub(crate) session: Session,
+    pub(crate) baseline: Settings,
+    pub(crate) baseline_changes: Settings,
+    pub(crate) backend_user: String,
+}
+
+/// Runs one internal simple query; returns its output or the backend's error.
+pub(crate) async fn internal_query<B: Backend>(
+    backend: &B,
+    sql: &str,
+    reported: &mut Settings,
+) -> Result<Result<BytesMut, (String, String)>, Error> {
+    let out = backend.exchange(message::query(sql)).await?;
+    settings::parameter_statuses(&out, reported);
+    Ok(match settings::first_error(&out) {
+        Some(error) => Err(error),
+        None => Ok(out),
+    })
+}
+
+fn failed(what: &str, (code, message): (String, String)) -> Error {
+    Error::Upstream { reason: format!("{what}: {code} {message}") }
+}
+
+/// Applies the session baseline and records the settings it leaves.
+pub(crate) async fn bootstrap<B: Backend>(backend: &B) -> Result<Boot, Error> {
+    let mut reported: Settings = backend.parameter_status().into_iter().collect();
+    let defaults = internal_query(backend, settings::SNAPSHOT_SQL, &mut reported)
+        .await?
+        .map_err(|e| failed("reading the backend's settings", e))?;
+    let defaults = settings::rows(&defaults);
+    let sql = backend.session_baseline();
+    let baseline = if sql.trim().is_empty() {
+        defaults.clone()
+    } else {
+        internal_query(backend, sql, &mut reported)
+            .await?
+            .map_err(|e| failed("applying the session baseline", e))?;
+        let out = internal_query(backend, settings::SNAPSHOT_SQL, &mut reported)
+            .await?
+            .map_err(|e| failed("reading the backend's settings", e))?;
+        settings::rows(&out)
+    };
+    let baseline_changes = settings::overrides(&baseline, &defaults);
+    let backend_user = baseline.get("session_authorization").cloned().unwrap_or_default();
+    Ok(Boot {
+        session: Session { applied: Settings::new(), reported, unnamed_owner: None, broken: false },
+        baseline,
+        baseline_changes,
+        backend_user,
+    })
+}
+
+/// How to post-process the output of one exchange for its client.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Responses to messages the bridge prepended (`ParseComplete`, `BindComplete`,
+    /// `CloseComplete`) that the client must not see.
+    pub(crate) drop_leading: usize,
+    /// For a simple query: `CommandComplete` tags to replace, by statement index.
+    pub(crate) tags: Vec<(usize, String)>,
+}
+
+/// The result of filtering one exchange's output.
+#[derive(Debug)]
+pub(crate) struct Filtered {
+    /// Bytes for the client.
+    pub(crate) out: BytesMut,
+    /// The status of the last `ReadyForQuery`, if any.
+    pub(crate) ready: Option<TxStatus>,
+    /// `ParameterStatus` changes seen, for the client's own bookkeeping.
+    pub(crate) parameters: Vec<(String, String)>,
+}
+
+/// Filters backend output for a client according to `plan`.
+pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Result<Filtered, Error> {
+    let mut res = Filtered { out: BytesMut::with_capacity(output.len()), ready: None, parameters: Vec::new() };
+    let mut to_drop = plan.drop_leading;
+    let mut statement_idx = 0usize;
+    let mut in_copy_out = false;
+    for item in frame::backend_frames(output) {
+        let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
+        if to_drop > 0 {
+            if matches!(tag, b'1' | b'2' | b'3') {
+                to_drop -= 1;
+                continue;
+            }
+            to_drop = 0;
+        }
+        match tag {
+            // Notifications belong to nobody here; the backend key is the bridge's business.
+            b'A' | b'K' => {}
+            // COPY IN / BOTH was already aborted by the backend; its error follows.
+            b'G' | b'W' => {}
+            b'H' => in_copy_out = true,
+            b'd' | b'c' if in_copy_out => {}
+            b'C' if in_copy_out => {
+                in_copy_out = false;
+                statement_idx += 1;
+                let mut replies = Replies::new();
+                replies.error(Severity::Error, "0A000", "COPY is not supported by this server")?;
+                res.out.extend_from_slice(&replies.into_bytes());
+            }
+            b'S' => {
+                if let Some((name, value)) = settings::parameter_status(bytes) {
+                    session.reported.insert(name.clone(), value.clone());
+                    res.parameters.push((name, value));
+                }
+                res.out.extend_from_slice(bytes);
+            }
+            b'C' | b'I' => {
+                match plan.tags.iter().find(|(idx, _)| *idx == statement_idx) {
+                    Some((_, new_tag)) if tag == b'C' => {
+                        let mut replies = Replies::new();
+                        replies.command_complete(new_tag)?;
+                        res.out.extend_from_slice(&replies.into_bytes());
+                    }
+                    _ => res.out.extend_from_slice(bytes),
+                }
+                statement_idx += 1;
+            }
+            b'Z' => {
+                res.ready = bytes.get(5).copied().and_then(TxStatus::from_byte);
+                statement_idx = 0;
+                res.out.extend_from_slice(bytes);
+            }
+            _ => res.out.extend_from_slice(bytes),
+        }
+    }
+    Ok(res)
+}
+
+/// Frames that end whatever the client left open on the backend: an unfinished extended
+/// sequence (forced into an error, then synced), a transaction (rolled back) and its prepared
+/// statements (closed). 
+pub(crate) fn cleanup_frames(pending_extended: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
+    let mut batch = BytesMut::new();
+    if pending_extended {
+        // Executing a portal that cannot exist fails the open sequence, so the Sync that
+        // follows never commits its implicit transaction. If the sequence had already failed,
+        // both are swallowed until the Sync, which answers either way.
+        batch.extend_from_slice(&message::build(
+            b'E',
+            &[message::Part::Cstr(b"_pgb_no_such_portal"), message::Part::Raw(&[0, 0, 0, 0])],
+        ));
+        batch.extend_from_slice(&message::sync());
+    }
+    batch.extend_from_slice(&message::query("ROLLBACK"));
+    // LISTEN is refused, but a function can still run it; notifications are dropped anyway.
+    batch.extend_from_slice(&message::query("UNLISTEN *"));
+    for name in statements {
+        batch.extend_from_slice(&message::close_statement(&name));
+    }
+    batch.extend_from_slice(&message::sync());
+    batch.freeze()
+}

@@ -1,0 +1,279 @@
+//! Listening and shutdown: [`Config`], [`Bridge`] and [`serve`].
+//!
+//! `serve` takes its listeners and a shutdown future from the caller (mini-redis style) and owns
+//! every connection task in a `JoinSet`, so nothing outlives it. `Bridge::listen` is the
+//! convenience wrapper: it creates the sockets and runs `serve` on a task whose handle it keeps;
+//! `Bridge::close` stops accepting, lets each connection finish the message it is running,
+//! ends the rest with `57P01` (rolling back their transactions) and waits for all of it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::lease::{Session, bootstrap};
+use crate::settings::Settings;
+use crate::{Backend, Error, scram, startup};
+
+/// How the bridge listens and treats clients.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the Unix socket; created with mode 0700 if it does not exist.
+    pub socket_dir: PathBuf,
+    /// File name of the Unix socket; the default lets `psql -h <socket_dir>` connect.
+    pub socket_name: String,
+    /// A TCP address to listen on too; off unless set (use a loopback address).
+    pub tcp: Option<SocketAddr>,
+    /// Password required over TCP (SCRAM-SHA-256); the Unix socket always trusts.
+    pub tcp_password: Option<String>,
+    /// The one database name served; any other gets `3D000`.
+    pub database: String,
+    /// Most clients at once; one more gets `53300`.
+    pub max_connections: usize,
+    /// How long a client may hold the backend idle inside a transaction (or an unfinished
+    /// extended-protocol sequence) before it is ended with `25P03` and rolled back.
+    pub idle_in_transaction_timeout: Duration,
+    /// How long a new connection may take to finish its startup phase.
+    pub startup_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a socket in `socket_dir`.
+    pub fn new(socket_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            socket_dir: socket_dir.into(),
+            socket_name: ".s.PGSQL.5432".to_owned(),
+            tcp: None,
+            tcp_password: None,
+            database: "postgres".to_owned(),
+            max_connections: 100,
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The Unix socket's full path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_dir.join(&self.socket_name)
+    }
+}
+
+/// The sockets `serve` accepts on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The Unix socket (trust authentication).
+    pub unix: UnixListener,
+    /// The optional TCP socket (SCRAM when a password is configured).
+    pub tcp: Option<TcpListener>,
+}
+
+/// A registered client, for cancel requests.
+pub(crate) struct CancelEntry {
+    pub(crate) secret: i32,
+    pub(crate) running: Arc<AtomicBool>,
+}
+
+/// State shared by all connections of one bridge.
+pub(crate) struct Shared<B> {
+    pub(crate) backend: B,
+    pub(crate) config: Config,
+    /// The lease: whoever holds the guard owns the backend. tokio's mutex queues waiters in
+    /// FIFO order, which is the fairness we promise.
+    pub(crate) lease: Arc<tokio::sync::Mutex<Session>>,
+    /// All settings after the session baseline, in `current_setting` form.
+    pub(crate) baseline: Settings,
+    /// The settings the baseline SQL changed from the backend's own defaults, restored after
+    /// `RESET`.
+    pub(crate) baseline_changes: Settings,
+    /// The backend's own role.
+    pub(crate) backend_user: String,
+    pub(crate) verifier: Option<scram::Verifier>,
+    pub(crate) cancel_keys: StdMutex<HashMap<i32, CancelEntry>>,
+    pub(crate) next_client: AtomicU32,
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+/// A running bridge: its sockets and the task serving them.
+#[derive(Debug)]
+pub struct Bridge {
+    socket_path: PathBuf,
+    tcp_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+}
+
+impl Bridge {
+    /// Prepares the backend session, creates the sockets and starts serving; returns as soon
+    /// as clients can connect.
+    pub async fn listen<B: Backend>(backend: B, config: Config) -> Result<Bridge, Error> {
+        let listeners = bind(&config).await?;
+        let socket_path = config.socket_path();
+        let tcp_addr = match &listeners.tcp {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let shared = prepare(backend, config).await?;
+        let (shutdown, mut signal) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            };
+            run(listeners, shared, stop).await
+        });
+        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task) })
+    }
+
+    /// The Unix socket's path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The TCP address actually bound, if TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Stops accepting, ends every connection once its current message is done (open
+    /// transactions are rolled back) and waits until all are gone.
+    pub async fn close(mut self) -> Result<(), Error> {
+        let _ = self.shutdown.send(true);
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|join| {
+                Err(Error::Io(std::io::Error::other(format!("bridge task failed: {join}"))))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Dropping without `close` still stops the service; it just is not awaited.
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Creates the Unix socket (and the TCP one if configured) as `Config` describes.
+pub async fn bind(config: &Config) -> Result<Listeners, Error> {
+    let dir = &config.socket_dir;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let path = config.socket_path();
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(Error::Config {
+                reason: format!("{} exists and is not a socket", path.display()),
+            });
+        }
+        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+            return Err(Error::Config {
+                reason: format!("another server is listening on {}", path.display()),
+            });
+        }
+        // A stale socket from a previous run.
+        std::fs::remove_file(&path)?;
+    }
+    let unix = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let tcp = match config.tcp {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { unix, tcp })
+}
+
+/// Serves clients on `listeners` until `shutdown` completes, then ends every connection as
+/// [`Bridge::close`] describes and returns.
+pub async fn serve<B: Backend>(
+    listeners: Listeners,
+    backend: B,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let shared = prepare(backend, config).await?;
+    run(listeners, shared, shutdown).await
+}
+
+async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>>, Error> {
+    if config.tcp.is_some() && config.tcp_password.is_none() && !config.tcp.is_some_and(|a| a.ip().is_loopback()) {
+        return Err(Error::Config {
+            reason: "a TCP listener on a non-loopback address needs a password".to_owned(),
+        });
+    }
+    let boot = bootstrap(&backend).await?;
+    let verifier = config.tcp_password.as_deref().map(scram::Verifier::new);
+    Ok(Arc::new(Shared {
+        backend,
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        lease: Arc::new(tokio::sync::Mutex::new(boot.session)),
+        baseline: boot.baseline,
+        baseline_changes: boot.baseline_changes,
+        backend_user: boot.backend_user,
+        verifier,
+        cancel_keys: StdMutex::new(HashMap::new()),
+        next_client: AtomicU32::new(1),
+    }))
+}
+
+async fn run<B: Backend>(
+    listeners: Listeners,
+    shared: Arc<Shared<B>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let unix_path = listeners.unix.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listeners.unix.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tasks.spawn(startup::run(shared.clone(), stream, false, stop_rx.clone()));
+                }
+                Err(error) => tracing::warn!(%error, "accepting on the unix socket"),
+            },
+            accepted = accept_tcp(&listeners.tcp) => match accepted {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    tasks.spawn(startup::run(shared.clone(), stream, true, stop_rx.clone()));
+                }
+                Err(error) => tracing::warn!(%error, "accepting on the tcp socket"),
+            },
+            Some(done) = tasks.join_next() => {
+                if let Err(error) = done {
+                    tracing::error!(%error, "a connection task failed");
+                }
+            }
+        }
+    }
+    drop(listeners);
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Err(error) = done {
+            tracing::error!(%error, "a connection task failed");
+        }
+    }
+    Ok(())
+}
+
+async fn accept_tcp(listener: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}

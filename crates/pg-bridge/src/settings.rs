@@ -1,0 +1,240 @@
+//! Per-client session settings: what a client asked for at startup and with `SET`, and the SQL
+//! that moves the shared backend from one client's settings to another's.
+//!
+//! A client's settings are kept as overrides of the bridge's baseline (the backend's defaults
+//! plus the session baseline SQL). Only the difference between the overrides applied on the
+//! backend and the next owner's is sent, so clients with equal settings switch for free.
+
+use std::collections::BTreeMap;
+
+use crate::frame;
+
+/// Setting names mapped to values, in `current_setting` form when they came from the backend.
+pub(crate) type Settings = BTreeMap<String, String>;
+
+/// Names whose values follow from the identity and must be applied first (to regain privilege)
+/// and last (to drop it), in this order.
+const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+
+/// SQL listing every setting a session can change, with its current value.
+///
+/// `role` and `session_authorization` are hidden from `pg_settings` (`GUC_NO_SHOW_ALL`), and the
+/// `transaction_*` settings only mirror `default_transaction_*` outside a transaction.
+pub(crate) const SNAPSHOT_SQL: &str = "SELECT name, current_setting(name) FROM pg_catalog.pg_settings \
+     WHERE context IN ('user', 'superuser') AND name NOT LIKE 'transaction\\_%' \
+     UNION ALL SELECT 'role', current_setting('role') \
+     UNION ALL SELECT 'session_authorization', current_setting('session_authorization')";
+
+/// Startup-packet parameters that are not settings.
+const NOT_SETTINGS: [&str; 5] = ["user", "database", "options", "replication", "_pq_"];
+
+/// Splits a client's startup parameters into settings overrides.
+///
+/// `options` is parsed like PostgreSQL's `pg_split_opts`: whitespace separates arguments, a
+/// backslash escapes the next character, and `-c name=value` or `--name=value` set a value.
+pub(crate) fn from_startup(params: &[(String, String)]) -> Result<Settings, String> {
+    let mut res = Settings::new();
+    for (name, value) in params {
+        if name == "options" {
+            parse_options(value, &mut res)?;
+        } else if !NOT_SETTINGS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
+            res.insert(name.to_ascii_lowercase(), value.clone());
+        }
+    }
+    Ok(res)
+}
+
+fn parse_options(options: &str, res: &mut Settings) -> Result<(), String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut chars = options.chars();
+    let mut in_arg = false;
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            if in_arg {
+                args.push(std::mem::take(&mut current));
+                in_arg = false;
+            }
+        } else if c == '\\' {
+            in_arg = true;
+            if let Some(next) = chars.next() {
+                current.push(next);
+            }
+        } else {
+            in_arg = true;
+            current.push(c);
+        }
+    }
+    if in_arg {
+        args.push(current);
+    }
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let assignment = if arg == "-c" {
+            args.next().ok_or_else(|| "missing argument for -c in options".to_owned())?
+        } else if let Some(rest) = arg.strip_prefix("-c") {
+            rest.to_owned()
+        } else if let Some(rest) = arg.strip_prefix("--") {
+            rest.to_owned()
+        } else {
+            return Err(format!("unsupported command-line option \"{arg}\" in options"));
+        };
+        let Some((name, value)) = assignment.split_once('=') else {
+            return Err(format!("-c {assignment} requires a value"));
+        };
+        res.insert(name.replace('-', "_").to_ascii_lowercase(), value.to_owned());
+    }
+    Ok(())
+}
+
+/// Quotes `s` as an SQL string literal (standard conforming: only quotes are doubled).
+pub(crate) fn literal(s: &str) -> String {
+    let mut res = String::with_capacity(s.len() + 2);
+    if s.contains('\\') {
+        // E'' works whatever standard_conforming_strings is.
+        res.push_str("E'");
+        for c in s.chars() {
+            if c == '\'' || c == '\\' {
+                res.push(c);
+            }
+            res.push(c);
+        }
+    } else {
+        res.push('\'');
+        for c in s.chars() {
+            if c == '\'' {
+                res.push(c);
+            }
+            res.push(c);
+        }
+    }
+    res.push('\'');
+    res
+}
+
+/// The `set_config` calls that move the backend from overrides `applied` to `target`, given
+/// the `baseline` values, or `None` when they are equal.
+///
+/// Identity settings go back to the baseline first (so the rest runs privileged) and are set
+/// last; everything else is set in name order.
+pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Settings) -> Option<String> {
+    if applied == target {
+        return None;
+    }
+    let mut calls = Vec::new();
+    let identity_changes = IDENTITY.iter().any(|n| applied.get(*n) != target.get(*n));
+    if identity_changes {
+        for name in IDENTITY.iter().rev() {
+            if applied.contains_key(*name) {
+                calls.push(reset_call(name, baseline));
+            }
+        }
+    }
+    for name in applied.keys() {
+        if !IDENTITY.contains(&name.as_str()) && !target.contains_key(name) {
+            calls.push(reset_call(name, baseline));
+        }
+    }
+    for (name, value) in target {
+        if !IDENTITY.contains(&name.as_str()) && applied.get(name) != Some(value) {
+            calls.push(set_call(name, value));
+        }
+    }
+    if identity_changes {
+        for name in IDENTITY {
+            if let Some(value) = target.get(name) {
+                calls.push(set_call(name, value));
+            }
+        }
+    }
+    Some(format!("SELECT {}", calls.join(", ")))
+}
+
+fn set_call(name: &str, value: &str) -> String {
+    format!("pg_catalog.set_config({}, {}, false)", literal(name), literal(value))
+}
+
+fn reset_call(name: &str, baseline: &Settings) -> String {
+    match baseline.get(name) {
+        Some(value) => set_call(name, value),
+        // A name the baseline snapshot does not list (a custom `app.x` setting): an empty
+        // value is what `RESET` leaves for placeholders.
+        None => set_call(name, ""),
+    }
+}
+
+/// The overrides in `snapshot` relative to `baseline`.
+pub(crate) fn overrides(snapshot: &Settings, baseline: &Settings) -> Settings {
+    snapshot
+        .iter()
+        .filter(|(name, value)| baseline.get(*name) != Some(*value))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// Reads the two-column text rows (`DataRow`s) of a backend output into a map.
+pub(crate) fn rows(output: &[u8]) -> Settings {
+    let mut res = Settings::new();
+    for frame in frame::backend_frames(output).flatten() {
+        if frame.0 != b'D' {
+            continue;
+        }
+        let body = &frame.1[5..];
+        let mut cols = Vec::new();
+        let mut at = 2usize;
+        while cols.len() < 2 && at + 4 <= body.len() {
+            let len = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+            at += 4;
+            if len < 0 {
+                cols.push(String::new());
+                continue;
+            }
+            let end = (at + len as usize).min(body.len());
+            cols.push(String::from_utf8_lossy(&body[at..end]).into_owned());
+            at = end;
+        }
+        if let Ok([name, value]) = <[String; 2]>::try_from(cols) {
+            if !name.is_empty() {
+                // Keys are lower case everywhere (`DateStyle` is `datestyle`), as GUC names
+                // are case-insensitive.
+                res.insert(name.to_ascii_lowercase(), value);
+            }
+        }
+    }
+    res
+}
+
+/// Collects the `ParameterStatus` frames of a backend output.
+pub(crate) fn parameter_statuses(output: &[u8], into: &mut Settings) {
+    for frame in frame::backend_frames(output).flatten() {
+        if frame.0 == b'S' {
+            if let Some((name, value)) = parameter_status(frame.1) {
+                into.insert(name, value);
+            }
+        }
+    }
+}
+
+/// Decodes one `ParameterStatus` frame.
+pub(crate) fn parameter_status(frame: &[u8]) -> Option<(String, String)> {
+    let body = frame.get(5..)?;
+    let mut parts = body.split(|&b| b == 0);
+    let name = String::from_utf8_lossy(parts.next()?).into_owned();
+    let value = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((name, value))
+}
+
+/// Whether a backend output holds an `ErrorResponse`; returns its SQLSTATE and message.
+pub(crate) fn first_error(output: &[u8]) -> Option<(String, String)> {
+    let frame = frame::backend_frames(output).flatten().find(|f| f.0 == b'E')?;
+    let mut code = String::new();
+    let mut message = String::new();
+    for field in frame.1[5..].split(|&b| b == 0) {
+        match field.first() {
+            Some(b'C') => code = String::from_utf8_lossy(&field[1..]).into_owned(),
+            Some(b'M') => message = String::from_utf8_lossy(&field[1..]).into_owned(),
+            _ => {}
+        }
+    }
+    Some((code, message))
+}

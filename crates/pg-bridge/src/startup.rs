@@ -1,0 +1,323 @@
+//! The startup phase of one connection, answered by the bridge itself.
+//!
+//! SSLRequest and GSSENCRequest get `N`; a CancelRequest is matched against the per-client
+//! keys and the connection closed without a reply; protocol 3.0 is accepted and newer 3.x
+//! minors or `_pq_.*` options get NegotiateProtocolVersion; the database name is checked; the
+//! Unix socket trusts and TCP asks for SCRAM-SHA-256 when a password is configured. The
+//! client's settings are then applied once on the backend (an invalid one is FATAL, as in
+//! PostgreSQL) so its ParameterStatus values are the ones the backend really reports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Buf, BytesMut};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use crate::conn::{Client, Connection};
+use crate::reply::{Replies, Severity, TxStatus, error_frame};
+use crate::server::{CancelEntry, Shared};
+use crate::{Backend, Error, frame, scram, settings};
+
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+
+/// Ends a connection with a FATAL error; the error is also returned for the caller's log.
+async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, sqlstate: &'static str, reason: String) -> Error {
+    if let Ok(bytes) = error_frame(Severity::Fatal, sqlstate, &reason) {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.flush().await;
+    }
+    Error::Rejected { sqlstate, reason }
+}
+
+/// Reads one startup-phase packet body.
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Option<bytes::Bytes>, Result<frame::FrameError, std::io::Error>> {
+    loop {
+        match frame::split_startup(buf) {
+            Ok(Some(packet)) => return Ok(Some(packet)),
+            Ok(None) => {}
+            Err(e) => return Err(Ok(e)),
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(Err(e)),
+        }
+    }
+}
+
+/// Reads one typed frame during authentication (small limit).
+async fn read_auth_frame<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Option<frame::Frame> {
+    loop {
+        match frame::split_frame(buf, frame::MAX_STARTUP_LEN) {
+            Ok(Some(frame)) => return Some(frame),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn startup_params(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut res = Vec::new();
+    let mut parts = body.split(|&b| b == 0);
+    loop {
+        let name = parts.next()?;
+        if name.is_empty() {
+            // The terminating empty name must be the very last byte.
+            return (parts.next() == Some(&[][..]) && parts.next().is_none()).then_some(res);
+        }
+        let value = parts.next()?;
+        res.push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
+    }
+}
+
+/// Serves one accepted connection from its first byte to its end.
+pub(crate) async fn run<B: Backend, S>(shared: Arc<Shared<B>>, mut stream: S, tcp: bool, shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Taken before the startup packet so a flood of half-open connections counts too.
+    let permit = shared.slots.clone().try_acquire_owned().ok();
+    let timeout = shared.config.startup_timeout;
+    let started = tokio::time::timeout(timeout, startup(&shared, &mut stream, tcp, permit)).await;
+    let client = match started {
+        Ok(Ok(Some(client))) => client,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection refused during startup");
+            return;
+        }
+        Err(_) => {
+            let _ = fatal(&mut stream, "08P01", "timeout expired during the startup phase".to_owned()).await;
+            return;
+        }
+    };
+    let pid = client.pid;
+    let mut connection = Connection::new(shared.clone(), stream, client, shutdown);
+    if let Err(error) = connection.serve().await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+    connection.finish().await;
+    shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+}
+
+async fn startup<B: Backend, S>(
+    shared: &Arc<Shared<B>>,
+    stream: &mut S,
+    tcp: bool,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<Option<Client>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut negotiations = 0;
+    let (minor, params) = loop {
+        let packet = match read_packet(stream, &mut buf).await {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Ok(None),
+            Err(Ok(error)) => return Err(fatal(stream, "08P01", format!("invalid startup packet: {error}")).await),
+            Err(Err(error)) => return Err(error.into()),
+        };
+        let mut body = &packet[..];
+        let code = body.get_u32();
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST if body.is_empty() && negotiations < 2 => {
+                negotiations += 1;
+                if !buf.is_empty() {
+                    // Bytes after the request but before our answer: a client trying to
+                    // smuggle a plaintext message past a TLS upgrade.
+                    return Err(fatal(stream, "08P01", "received unencrypted data after SSL request".to_owned()).await);
+                }
+                stream.write_all(b"N").await?;
+            }
+            CANCEL_REQUEST if body.len() == 8 => {
+                let pid = body.get_i32();
+                let secret = body.get_i32();
+                cancel(shared, pid, secret).await;
+                return Ok(None);
+            }
+            _ => {
+                let major = code >> 16;
+                let minor = code & 0xffff;
+                if major != 3 {
+                    return Err(fatal(
+                        stream,
+                        "0A000",
+                        format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+                    )
+                    .await);
+                }
+                let Some(params) = startup_params(body) else {
+                    return Err(fatal(stream, "08P01", "invalid startup packet layout".to_owned()).await);
+                };
+                break (minor, params);
+            }
+        }
+    };
+
+    let mut replies = Replies::new();
+    let unsupported: Vec<String> =
+        params.iter().filter(|(name, _)| name.starts_with("_pq_.")).map(|(name, _)| name.clone()).collect();
+    if minor > 0 || !unsupported.is_empty() {
+        replies.negotiate_protocol(unsupported)?;
+    }
+    let param = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let Some(user) = param("user").filter(|u| !u.is_empty()) else {
+        return Err(fatal(stream, "28000", "no PostgreSQL user name specified in startup packet".to_owned()).await);
+    };
+    if param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off" && r != "no") {
+        return Err(fatal(stream, "0A000", "replication connections are not supported".to_owned()).await);
+    }
+    let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    if database != shared.config.database {
+        return Err(fatal(stream, "3D000", format!("database \"{database}\" does not exist")).await);
+    }
+
+    if tcp {
+        if let Some(verifier) = &shared.verifier {
+            stream.write_all(&replies.into_bytes()).await?;
+            replies = Replies::new();
+            if let Err(reason) = authenticate(stream, &mut buf, verifier, &mut replies).await? {
+                return Err(fatal(stream, "28P01", format!("password authentication failed for user \"{user}\": {reason}")).await);
+            }
+        }
+    }
+    replies.auth_ok()?;
+
+    let Some(permit) = permit else {
+        return Err(fatal(stream, "53300", "sorry, too many clients already".to_owned()).await);
+    };
+
+    let mut startup = match settings::from_startup(&params) {
+        Ok(startup) => startup,
+        Err(reason) => return Err(fatal(stream, "42704", reason).await),
+    };
+    if user != shared.backend_user {
+        startup.insert("session_authorization".to_owned(), user.clone());
+    }
+
+    // Apply the settings once, now: an invalid one ends the connection like in PostgreSQL,
+    // and the ParameterStatus values must be the backend's answers for this client.
+    let reported = {
+        let mut session = shared.lease.lock().await;
+        if session.broken {
+            return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
+        }
+        match settings::switch_sql(&session.applied, &startup, &shared.baseline) {
+            None => session.reported.clone(),
+            Some(sql) => {
+                let mut reported = session.reported.clone();
+                match crate::lease::internal_query(&shared.backend, &sql, &mut reported).await {
+                    Err(error) => {
+                        session.broken = true;
+                        return Err(error);
+                    }
+                    Ok(Err((code, message))) => {
+                        session.reported = reported;
+                        let code: &'static str = match code.as_str() {
+                            "42704" if startup.contains_key("session_authorization") => "28000",
+                            "22023" => "22023",
+                            "42704" => "42704",
+                            _ => "08P01",
+                        };
+                        return Err(fatal(stream, code, message).await);
+                    }
+                    Ok(Ok(_)) => {
+                        session.applied = startup.clone();
+                        // A simple query drops the unnamed statement.
+                        session.unnamed_owner = None;
+                        session.reported = reported;
+                        session.reported.clone()
+                    }
+                }
+            }
+        }
+    };
+    for (name, value) in &reported {
+        replies.parameter_status(name, value)?;
+    }
+
+    let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    // The pid only has to be unique among our clients; keep it clear of real pids' range.
+    let pid = 0x4000_0000 | (id as i32 & 0x3fff_ffff);
+    let secret: i32 = rand::rng().random();
+    let running = Arc::new(AtomicBool::new(false));
+    shared
+        .cancel_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(pid, CancelEntry { secret, running: running.clone() });
+    replies.backend_key(pid, secret)?;
+    replies.ready(TxStatus::Idle)?;
+    stream.write_all(&replies.into_bytes()).await?;
+    let standard_strings = reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
+    Ok(Some(Client::new(id, pid, startup, running, permit, buf, standard_strings)))
+}
+
+/// SCRAM-SHA-256 over the startup connection; `Ok(Err(reason))` when the password is wrong.
+async fn authenticate<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    verifier: &scram::Verifier,
+    replies: &mut Replies,
+) -> Result<Result<(), String>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut out = Replies::new();
+    out.auth_sasl()?;
+    stream.write_all(&out.into_bytes()).await?;
+    let Some(first) = read_auth_frame(stream, buf).await else {
+        return Ok(Err("connection closed".to_owned()));
+    };
+    if first.tag() != b'p' {
+        return Ok(Err("expected SASL response".to_owned()));
+    }
+    let body = first.body();
+    let Some(nul) = body.iter().position(|&b| b == 0) else {
+        return Ok(Err("malformed SASL message".to_owned()));
+    };
+    if &body[..nul] != b"SCRAM-SHA-256" || body.len() < nul + 5 {
+        return Ok(Err("unsupported SASL mechanism".to_owned()));
+    }
+    let data = &body[nul + 5..];
+    let (exchange, server_first) = match scram::ServerExchange::start(verifier, data) {
+        Ok(started) => started,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let mut out = Replies::new();
+    out.auth_sasl_continue(server_first.as_bytes())?;
+    stream.write_all(&out.into_bytes()).await?;
+    let Some(last) = read_auth_frame(stream, buf).await else {
+        return Ok(Err("connection closed".to_owned()));
+    };
+    if last.tag() != b'p' {
+        return Ok(Err("expected SASL response".to_owned()));
+    }
+    match exchange.finish(last.body()) {
+        Ok(server_final) => {
+            replies.auth_sasl_final(server_final.as_bytes())?;
+            Ok(Ok(()))
+        }
+        Err(reason) => Ok(Err(reason)),
+    }
+}
+
+/// Cancels the client with this key if it is running something now; never replies.
+async fn cancel<B: Backend>(shared: &Arc<Shared<B>>, pid: i32, secret: i32) {
+    let running = {
+        let keys = shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.get(&pid).filter(|entry| entry.secret == secret).map(|entry| entry.running.clone())
+    };
+    if running.is_some_and(|running| running.load(Ordering::SeqCst)) {
+        shared.backend.cancel().await;
+    }
+}

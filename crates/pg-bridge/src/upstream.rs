@@ -1,0 +1,302 @@
+//! `UpstreamBackend`: one session on a real PostgreSQL server, used exactly like PGlite.
+//!
+//! It performs the startup once (trust, cleartext password or SCRAM-SHA-256) and is from then
+//! on a single shared session, so the bridge in front of it is a filtering, multiplexing proxy
+//! and its tests can run against a native server. It knows nothing about clients.
+
+use std::path::PathBuf;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::{Backend, Error, frame, scram};
+
+/// Where the upstream server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// A Unix socket file, e.g. `/run/postgresql/.s.PGSQL.5432`.
+    Unix(PathBuf),
+    /// A `host:port` TCP address.
+    Tcp(String),
+}
+
+/// How to open the upstream session.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The server's address.
+    pub addr: UpstreamAddr,
+    /// The role to log in as.
+    pub user: String,
+    /// The database to connect to.
+    pub database: String,
+    /// The password, for cleartext or SCRAM-SHA-256 authentication.
+    pub password: Option<String>,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+struct Conn {
+    stream: Box<dyn Stream>,
+    buf: BytesMut,
+}
+
+/// A shared session on a real PostgreSQL server.
+pub struct UpstreamBackend {
+    conn: Mutex<Conn>,
+    params: Vec<(String, String)>,
+    addr: UpstreamAddr,
+    pid: i32,
+    secret: i32,
+}
+
+async fn open(addr: &UpstreamAddr) -> Result<Box<dyn Stream>, Error> {
+    Ok(match addr {
+        UpstreamAddr::Unix(path) => Box::new(UnixStream::connect(path).await?),
+        UpstreamAddr::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+    })
+}
+
+fn upstream_error(reason: impl Into<String>) -> Error {
+    Error::Upstream { reason: reason.into() }
+}
+
+impl Conn {
+    /// Reads one whole backend frame.
+    async fn read_frame(&mut self) -> Result<Bytes, Error> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                if len < 4 {
+                    return Err(upstream_error("invalid message length from server"));
+                }
+                if self.buf.len() > len as usize {
+                    return Ok(self.buf.split_to(len as usize + 1).freeze());
+                }
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(upstream_error("server closed the connection"));
+            }
+        }
+    }
+}
+
+impl UpstreamBackend {
+    /// Connects and logs in; the session is ready for queries when this returns.
+    pub async fn connect(config: UpstreamConfig) -> Result<UpstreamBackend, Error> {
+        let stream = open(&config.addr).await?;
+        let mut conn = Conn { stream, buf: BytesMut::with_capacity(8192) };
+        let mut body = BytesMut::new();
+        body.put_u32(196_608);
+        for (name, value) in [
+            ("user", config.user.as_str()),
+            ("database", config.database.as_str()),
+            ("application_name", "pg-bridge"),
+            ("client_encoding", "UTF8"),
+        ] {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_slice(value.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut packet = BytesMut::new();
+        packet.put_u32(body.len() as u32 + 4);
+        packet.put_slice(&body);
+        conn.stream.write_all(&packet).await?;
+
+        let mut params = Vec::new();
+        let (mut pid, mut secret) = (0, 0);
+        let mut sasl = None;
+        loop {
+            let frame = conn.read_frame().await?;
+            let mut body = &frame[5..];
+            match frame[0] {
+                b'R' if body.len() >= 4 => match body.get_u32() {
+                    0 => {}
+                    3 => {
+                        let password = config.password.as_deref().ok_or_else(|| {
+                            upstream_error("server asked for a password and none is configured")
+                        })?;
+                        let mut msg = BytesMut::new();
+                        msg.put_u8(b'p');
+                        msg.put_u32(password.len() as u32 + 5);
+                        msg.put_slice(password.as_bytes());
+                        msg.put_u8(0);
+                        conn.stream.write_all(&msg).await?;
+                    }
+                    10 => {
+                        let password = config.password.as_deref().ok_or_else(|| {
+                            upstream_error("server asked for a password and none is configured")
+                        })?;
+                        let client = scram::Client::new(password);
+                        let first = client.first_message();
+                        let mut msg = BytesMut::new();
+                        let mech = b"SCRAM-SHA-256\0";
+                        msg.put_u8(b'p');
+                        msg.put_u32((4 + mech.len() + 4 + first.len()) as u32);
+                        msg.put_slice(mech);
+                        msg.put_u32(first.len() as u32);
+                        msg.put_slice(first.as_bytes());
+                        conn.stream.write_all(&msg).await?;
+                        sasl = Some(client);
+                    }
+                    11 => {
+                        let client = sasl.as_mut().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        let reply = client
+                            .final_message(body)
+                            .map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
+                        let mut msg = BytesMut::new();
+                        msg.put_u8(b'p');
+                        msg.put_u32(reply.len() as u32 + 4);
+                        msg.put_slice(reply.as_bytes());
+                        conn.stream.write_all(&msg).await?;
+                    }
+                    12 => {
+                        let client = sasl.as_ref().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        client
+                            .verify_server(body)
+                            .map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
+                    }
+                    other => {
+                        return Err(upstream_error(format!("unsupported authentication method {other}")));
+                    }
+                },
+                b'S' => {
+                    if let Some(param) = crate::settings::parameter_status(&frame) {
+                        params.push(param);
+                    }
+                }
+                b'K' if body.len() >= 8 => {
+                    pid = body.get_i32();
+                    secret = body.get_i32();
+                }
+                b'Z' => break,
+                b'E' => {
+                    let (code, message) = crate::settings::first_error(&frame).unwrap_or_default();
+                    return Err(upstream_error(format!("server refused the session: {code} {message}")));
+                }
+                b'N' | b'v' => {}
+                other => {
+                    return Err(upstream_error(format!("unexpected message {} during startup", other.escape_ascii())));
+                }
+            }
+        }
+        Ok(UpstreamBackend { conn: Mutex::new(conn), params, addr: config.addr, pid, secret })
+    }
+}
+
+/// What the exchange still waits for.
+struct Expect {
+    /// `ReadyForQuery` messages still due, one per `Query`, `Sync` or `FunctionCall`.
+    ready: usize,
+    /// The kinds of unit in order (`b'Q'`, `b'S'`, `b'F'`), to know how to abort a COPY.
+    units: Vec<u8>,
+    /// Responses still due for the trailing messages after the last `Sync`.
+    trailing: usize,
+}
+
+fn expectations(frames: &[u8]) -> Result<(Expect, bool), Error> {
+    let mut expect = Expect { ready: 0, units: Vec::new(), trailing: 0 };
+    let mut ends_with_flush = false;
+    let mut at = 0;
+    while at < frames.len() {
+        let (tag, whole) = frame::backend_frames(&frames[at..])
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| upstream_error("the bridge passed an incomplete frame"))?;
+        at += whole.len();
+        ends_with_flush = tag == b'H';
+        match tag {
+            b'Q' | b'S' | b'F' => {
+                expect.ready += 1;
+                expect.units.push(tag);
+                expect.trailing = 0;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => expect.trailing += 1,
+            _ => {}
+        }
+    }
+    Ok((expect, ends_with_flush))
+}
+
+impl Backend for UpstreamBackend {
+    async fn exchange(&self, frames: Bytes) -> Result<BytesMut, Error> {
+        let (mut expect, ends_with_flush) = expectations(&frames)?;
+        let mut conn = self.conn.lock().await;
+        conn.stream.write_all(&frames).await?;
+        if expect.trailing > 0 && !ends_with_flush {
+            // Without a Flush the server would keep these responses buffered.
+            conn.stream.write_all(b"H\0\0\0\x04").await?;
+        }
+        let mut out = BytesMut::new();
+        let mut units_done = 0;
+        while expect.ready > 0 || expect.trailing > 0 {
+            let frame = conn.read_frame().await?;
+            let tag = frame[0];
+            out.extend_from_slice(&frame);
+            match tag {
+                b'Z' => {
+                    expect.ready = expect.ready.saturating_sub(1);
+                    units_done += 1;
+                }
+                b'G' | b'W' => {
+                    // A COPY slipped past the filter (e.g. run from a function): abort it now,
+                    // the session must never wait for copy data.
+                    let extended = expect.units.get(units_done).is_none_or(|u| *u == b'S');
+                    let mut abort = BytesMut::new();
+                    let reason = b"COPY is not supported by this server\0";
+                    abort.put_u8(b'f');
+                    abort.put_u32(reason.len() as u32 + 4);
+                    abort.put_slice(reason);
+                    if extended {
+                        abort.put_slice(b"S\0\0\0\x04");
+                        if expect.units.get(units_done).is_none() {
+                            // The trailing part had no Sync of its own; ours will answer.
+                            expect.ready += 1;
+                            expect.trailing = 0;
+                        }
+                    }
+                    conn.stream.write_all(&abort).await?;
+                }
+                _ if expect.ready == 0 => match tag {
+                    b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b's' | b'I' => {
+                        expect.trailing = expect.trailing.saturating_sub(1);
+                    }
+                    b'E' => expect.trailing = 0,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn parameter_status(&self) -> Vec<(String, String)> {
+        self.params.clone()
+    }
+
+    async fn cancel(&self) -> bool {
+        let Ok(mut stream) = open(&self.addr).await else {
+            return false;
+        };
+        let mut packet = BytesMut::new();
+        packet.put_u32(16);
+        packet.put_u32(80_877_102);
+        packet.put_i32(self.pid);
+        packet.put_i32(self.secret);
+        if stream.write_all(&packet).await.is_err() {
+            return false;
+        }
+        // The server closes without replying; wait for that so the cancel has been delivered.
+        let mut sink = [0u8; 16];
+        let _ = stream.read(&mut sink).await;
+        true
+    }
+}

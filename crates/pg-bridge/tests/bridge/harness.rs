@@ -1,0 +1,166 @@
+//! Test harness: one throwaway PostgreSQL cluster per test binary, and bridges in front of it.
+//!
+//! PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` OS user.
+//! The server is started through a shell that stops it when this process's end of a pipe
+//! closes, so it does not outlive the test binary even though statics are never dropped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use pg_bridge::{Bridge, Config, UpstreamAddr, UpstreamBackend, UpstreamConfig};
+
+const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub(crate) struct Cluster {
+    pub(crate) socket_dir: PathBuf,
+    _server: Mutex<Child>,
+}
+
+fn pg_bin() -> PathBuf {
+    let dir = PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| DEFAULT_BIN.to_owned()));
+    assert!(
+        dir.join("postgres").exists() && dir.join("initdb").exists(),
+        "PostgreSQL server binaries not found in {} (set PG_BIN, or install postgresql-15: \
+         these tests need a real server and must not pass without one)",
+        dir.display()
+    );
+    dir
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+}
+
+/// Runs `program` as the `postgres` user when we are root, directly otherwise.
+fn as_pg_user(program: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+pub(crate) fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(start_cluster)
+}
+
+fn start_cluster() -> Cluster {
+    let bin = pg_bin();
+    let base = tempfile::Builder::new().prefix("pg-bridge-cluster").tempdir().unwrap().keep();
+    let data = base.join("data");
+    let socket_dir = base.join("sock");
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&base).status().unwrap();
+        assert!(status.success(), "chown of the cluster directory to postgres failed");
+    }
+    let out = as_pg_user(&bin.join("initdb"))
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let postgres = bin.join("postgres");
+    let script = format!(
+        "'{}' -D '{}' -k '{}' -c listen_addresses='' -c fsync=off -c max_connections=50 \
+         -c synchronous_commit=off > '{}' 2>&1 & pid=$!; cat > /dev/null; kill -INT $pid; wait $pid",
+        postgres.display(),
+        data.display(),
+        socket_dir.display(),
+        base.join("server.log").display(),
+    );
+    let mut cmd = as_pg_user(Path::new("/bin/sh"));
+    let server = cmd.arg("-c").arg(script).stdin(Stdio::piped()).spawn().unwrap();
+    // Poll for readiness: the socket file appears once the server accepts connections.
+    let socket = socket_dir.join(".s.PGSQL.5432");
+    let mut ready = false;
+    for _ in 0..400 {
+        if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            let probe = Command::new(bin.join("pg_isready")).arg("-h").arg(&socket_dir).arg("-q").status();
+            if probe.map(|s| s.success()).unwrap_or(true) {
+                ready = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(ready, "PostgreSQL did not become ready; see {}", base.join("server.log").display());
+    let _ = std::io::stderr().flush();
+    Cluster { socket_dir, _server: Mutex::new(server) }
+}
+
+pub(crate) struct TestBridge {
+    pub(crate) bridge: Option<Bridge>,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl TestBridge {
+    pub(crate) fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn socket_path(&self) -> PathBuf {
+        self.dir.path().join(".s.PGSQL.5432")
+    }
+
+    pub(crate) async fn close(mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.close().await.unwrap();
+        }
+    }
+}
+
+pub(crate) async fn upstream() -> UpstreamBackend {
+    let cluster = cluster();
+    UpstreamBackend::connect(UpstreamConfig {
+        addr: UpstreamAddr::Unix(cluster.socket_dir.join(".s.PGSQL.5432")),
+        user: "postgres".to_owned(),
+        database: "postgres".to_owned(),
+        password: None,
+    })
+    .await
+    .expect("connecting to the test cluster")
+}
+
+pub(crate) async fn bridge_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
+    let dir = tempfile::Builder::new().prefix("pg-bridge-sock").tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    configure(&mut config);
+    let bridge = Bridge::listen(upstream().await, config).await.unwrap();
+    TestBridge { bridge: Some(bridge), dir }
+}
+
+pub(crate) async fn bridge() -> TestBridge {
+    bridge_with(|_| {}).await
+}
+
+pub(crate) fn client_config(bridge: &TestBridge) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(bridge.socket_dir()).port(5432).user("postgres").dbname("postgres");
+    config
+}
+
+pub(crate) async fn connect_with(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+pub(crate) async fn connect(bridge: &TestBridge) -> tokio_postgres::Client {
+    connect_with(&client_config(bridge)).await.expect("connecting through the bridge")
+}
+
+/// A table name unique to this test run.
+pub(crate) fn table(name: &str) -> String {
+    format!("t_{name}_{}", std::process::id())
+}

@@ -1,0 +1,5 @@
+//! The bridge's integration tests: real clients and raw sockets against a bridge in front of a
+//! throwaway native PostgreSQL cluster.
+
+mod harness;
+mod smoke;
