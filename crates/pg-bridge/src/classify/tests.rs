@@ -1,1 +1,124 @@
-//! Unit tests for `classify`.
+//! Verdict table for the command filter.
+
+use super::{StatementKind, Verdict, classify};
+use crate::lexer::LexOptions;
+
+/// A compact verdict: `refuse COPY`, or the statement kinds joined by `;`.
+fn verdict(sql: &str, options: LexOptions) -> String {
+    match classify(sql.as_bytes(), options) {
+        Verdict::Refuse { command } => format!("refuse {command}"),
+        Verdict::Allow { statements } => statements
+            .iter()
+            .map(|s| match &s.kind {
+                StatementKind::Plain => "plain".to_owned(),
+                StatementKind::Settings => "settings".to_owned(),
+                StatementKind::ResetAll => "reset-all".to_owned(),
+                StatementKind::Reset { name } => format!("reset {name}"),
+                StatementKind::DiscardAll => "discard-all".to_owned(),
+                StatementKind::DeallocateAll => "deallocate-all".to_owned(),
+                StatementKind::AdvisoryUnlockAll => "unlock-all".to_owned(),
+                StatementKind::NamedStatement { name, value } => format!(
+                    "named {}={}",
+                    &sql[name.clone()],
+                    String::from_utf8_lossy(value)
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+#[track_caller]
+fn check(table: &[(&str, &str)]) {
+    for (sql, expected) in table {
+        assert_eq!(verdict(sql, LexOptions::default()), *expected, "for {sql:?}");
+    }
+}
+
+#[test]
+fn copy_variants_are_refused() {
+    check(&[
+        ("COPY t FROM STDIN", "refuse COPY"),
+        ("copy t to stdout", "refuse COPY"),
+        ("  /* c /* nested */ */ -- x\n\tCoPy t TO STDOUT", "refuse COPY"),
+        ("COPY (SELECT 1) TO STDOUT", "refuse COPY"),
+        ("COPY t TO '/tmp/x'", "refuse COPY"),
+        (";;COPY t FROM STDIN", "refuse COPY"),
+        ("COPY/**/t FROM STDIN", "refuse COPY"),
+        ("SELECT 1; COPY t TO STDOUT; SELECT 2", "refuse COPY"),
+        ("SELECT 1;\ncopy\nt from stdin", "refuse COPY"),
+        ("SELECT 'it''s'; COPY t TO STDOUT", "refuse COPY"),
+        ("SELECT E'\\\\'; COPY t TO STDOUT", "refuse COPY"),
+        ("SELECT $$a$$; COPY t TO STDOUT", "refuse COPY"),
+    ]);
+}
+
+#[test]
+fn listen_and_notify_are_refused() {
+    check(&[
+        ("LISTEN ch", "refuse LISTEN"),
+        ("listen\"ch\"", "refuse LISTEN"),
+        ("NOTIFY ch, 'x'", "refuse NOTIFY"),
+        ("NOTIFY\tch", "refuse NOTIFY"),
+        ("SELECT 1; listen x", "refuse LISTEN"),
+    ]);
+}
+
+#[test]
+fn near_misses_are_allowed() {
+    check(&[
+        ("SELECT ';COPY t FROM STDIN'", "plain"),
+        ("SELECT $$;COPY$$", "plain"),
+        ("SELECT $fn$ ; copy t to stdout; $fn$", "plain"),
+        ("SELECT E'\\';COPY'", "plain"),
+        ("SELECT e'\\'' ; 'x'", "plain; plain"),
+        ("SELECT U&'d\\0061t'; SELECT 1", "plain; plain"),
+        ("SELECT 1 AS \"copy\"", "plain"),
+        ("\"COPY\" t", "plain"),
+        ("CREATE TABLE copy_log(listen int)", "plain"),
+        ("SELECT * FROM notify_queue", "plain"),
+        ("copy_log", "plain"),
+        ("SELECT pg_notify('ch', 'x')", "plain"),
+        ("-- COPY t FROM STDIN\nSELECT 1", "plain"),
+        ("/* COPY /* nested */ still comment ; COPY */ SELECT 1", "plain"),
+        (
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $fn$BEGIN COPY t TO STDOUT; NOTIFY x; END$fn$",
+            "plain",
+        ),
+        ("SELECT $1::int; SELECT a$b FROM t", "plain; plain"),
+        ("SELECT B'101', X'ff', N'copy'", "plain"),
+        ("UNLISTEN *", "plain"),
+        ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", "unlock-all; plain; plain; reset-all"),
+    ]);
+}
+
+#[test]
+fn session_statements_are_recognised() {
+    check(&[
+        ("SET TimeZone = 'UTC'", "settings"),
+        ("SET LOCAL statement_timeout = 5", "plain"),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "plain"),
+        ("select set_config('a.b', 'c', false)", "settings"),
+        ("RESET search_path", "reset search_path"),
+        ("RESET TIME ZONE", "reset timezone"),
+        ("RESET ALL", "reset-all"),
+        ("DISCARD ALL", "discard-all"),
+        ("DISCARD PLANS", "plain"),
+        ("DEALLOCATE ALL", "deallocate-all"),
+        ("deallocate prepare all", "deallocate-all"),
+        ("PREPARE Foo AS SELECT 1", "named Foo=foo"),
+        ("EXECUTE \"Foo\"(1)", "named \"Foo\"=Foo"),
+        ("DEALLOCATE PREPARE p1", "named p1=p1"),
+        ("", ""),
+        (";", ""),
+    ]);
+}
+
+#[test]
+fn backslash_strings_follow_the_session() {
+    let old = LexOptions { standard_strings: false };
+    // With standard_conforming_strings off, \' escapes the quote: the COPY is outside.
+    let sql = "SELECT '\\'' ; COPY t TO STDOUT; -- '";
+    assert_eq!(verdict(sql, old), "refuse COPY");
+    assert_eq!(verdict(sql, LexOptions::default()), "plain");
+}
