@@ -251,17 +251,48 @@ impl Parser<'_> {
         String::from_utf8(bytes).map_err(|_| self.syntax("UTF-8 in a string"))
     }
 
+    /// A non-negative integer as a minifier writes it: `5037e3` is 5037000, `1.5e3` is 1500.
     fn number(&mut self) -> Result<u64, GlueError> {
+        let bad = GlueError::Syntax {
+            offset: self.pos,
+            expected: "a non-negative integer",
+        };
+        let integer = self.digits();
+        let fraction = if self.eat(b'.') {
+            self.digits()
+        } else {
+            String::new()
+        };
+        if integer.is_empty() && fraction.is_empty() {
+            return Err(bad);
+        }
+        let mut exponent = -(fraction.len() as i64);
+        if self.eat(b'e') || self.eat(b'E') {
+            self.eat(b'+');
+            exponent += self.digits().parse::<i64>().map_err(|_| bad.clone())?;
+        }
+        let mut mantissa = integer + &fraction;
+        while exponent < 0 && mantissa.ends_with('0') {
+            mantissa.pop();
+            exponent += 1;
+        }
+        let mantissa = mantissa.trim_start_matches('0');
+        if mantissa.is_empty() {
+            return Ok(0);
+        }
+        if exponent < 0 || mantissa.len() as i64 + exponent > 20 {
+            return Err(bad);
+        }
+        let value =
+            mantissa.parse::<u128>().map_err(|_| bad.clone())? * 10u128.pow(exponent as u32);
+        u64::try_from(value).map_err(|_| bad)
+    }
+
+    fn digits(&mut self) -> String {
         let begin = self.pos;
         while self.src.get(self.pos).is_some_and(u8::is_ascii_digit) {
             self.pos += 1;
         }
-        std::str::from_utf8(&self.src[begin..self.pos])
-            .ok()
-            .and_then(|digits| digits.parse().ok())
-            .ok_or(GlueError::Syntax {
-                offset: begin,
-                expected: "an unsigned integer",
-            })
+        String::from_utf8_lossy(&self.src[begin..self.pos]).into_owned()
     }
 }

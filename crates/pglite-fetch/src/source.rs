@@ -123,10 +123,10 @@ pub fn npm_tarball_url(registry: &str, version: &str) -> String {
 /// `npm config get registry` when npm is on PATH. `None` when nothing is configured.
 pub fn npm_registry() -> Option<String> {
     for name in ["NPM_CONFIG_REGISTRY", "npm_config_registry"] {
-        if let Ok(value) = std::env::var(name) {
-            if is_http_url(value.trim()) {
-                return Some(value.trim().to_owned());
-            }
+        if let Ok(value) = std::env::var(name)
+            && is_http_url(value.trim())
+        {
+            return Some(value.trim().to_owned());
         }
     }
     let npmrc =

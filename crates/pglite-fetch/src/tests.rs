@@ -47,6 +47,25 @@ mod glue {
     }
 
     #[test]
+    fn minified_numbers() {
+        check(
+            r#"loadPackage({files:[{filename:"/a",start:5036405,end:5037e3},{filename:"/b",start:0,end:1.5e3},{filename:"/c",start:0,end:0}]})"#,
+            Ok(vec![
+                ("/a", 5036405, 5037000),
+                ("/b", 0, 1500),
+                ("/c", 0, 0),
+            ]),
+        );
+        for bad in ["1.5", "1e-3", "e3", "99999999999999999999"] {
+            let js = format!(r#"loadPackage({{files:[{{filename:"/a",start:0,end:{bad}}}]}})"#);
+            assert!(
+                matches!(parse_package_files(&js), Err(GlueError::Syntax { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn empty_list() {
         check("loadPackage({files:[]})", Ok(vec![]));
     }
