@@ -100,14 +100,15 @@ pub(crate) fn is_verified(dir: &Utf8Path, pin: &FilePin) -> Result<bool, Error> 
         tracing::warn!(%path, expected = %pin.sha256, %actual, "cached file is corrupt; fetching it again");
         return Ok(false);
     }
-    let file = File::options()
+    // The receipt only saves the next start some hashing: a read-only cache stays usable.
+    let stamped = File::options()
         .write(true)
         .open(&path)
-        .map_err(cache_err(&path))?;
-    let mtime = stamp(&file).map_err(cache_err(&path))?;
-    write_receipt(dir, pin, mtime)
-        .map_err(cache_err(&receipt_path))
-        .map(|()| true)
+        .and_then(|file| stamp(&file));
+    if let Err(err) = stamped.and_then(|mtime| write_receipt(dir, pin, mtime)) {
+        tracing::debug!(%path, %err, "no receipt recorded; the file will be hashed again next time");
+    }
+    Ok(true)
 }
 
 fn receipt_path(dir: &Utf8Path, name: &str) -> Utf8PathBuf {
