@@ -122,9 +122,10 @@ impl Replies {
         put(&mut self.buf, &BackendKeyData::new(pid, SecretKey::I32(secret)))
     }
 
-    /// Appends `NegotiateProtocolVersion` offering 3.0 and listing unsupported options.
+    /// Appends `NegotiateProtocolVersion` offering 3.0 (as the full version number, like the
+    /// PostgreSQL server) and listing unsupported options.
     pub(crate) fn negotiate_protocol(&mut self, unsupported: Vec<String>) -> Result<(), Error> {
-        put(&mut self.buf, &NegotiateProtocolVersion::new(0, unsupported))
+        put(&mut self.buf, &NegotiateProtocolVersion::new(196_608, unsupported))
     }
 
     /// The encoded messages.

@@ -94,10 +94,10 @@ impl UpstreamBackend {
         let mut conn = Conn { stream, buf: BytesMut::with_capacity(8192) };
         let mut body = BytesMut::new();
         body.put_u32(196_608);
+        // No application_name: whatever is set here becomes every client's default.
         for (name, value) in [
             ("user", config.user.as_str()),
             ("database", config.database.as_str()),
-            ("application_name", "pg-bridge"),
             ("client_encoding", "UTF8"),
         ] {
             body.put_slice(name.as_bytes());

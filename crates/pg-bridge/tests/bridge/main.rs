@@ -1,5 +1,9 @@
 //! The bridge's integration tests: real clients and raw sockets against a bridge in front of a
 //! throwaway native PostgreSQL cluster.
 
+mod filter;
 mod harness;
+mod protocol;
+mod raw;
+mod sessions;
 mod smoke;
