@@ -57,7 +57,7 @@ pub enum Error {
     #[error("client rejected with {sqlstate}: {reason}")]
     Rejected {
         /// The SQLSTATE sent to the client.
-        sqlstate: &'static str,
+        sqlstate: String,
         /// The message sent to the client.
         reason: String,
     },

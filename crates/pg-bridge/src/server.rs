@@ -97,6 +97,10 @@ pub(crate) struct Shared<B> {
     pub(crate) backend_user: String,
     pub(crate) verifier: Option<scram::Verifier>,
     pub(crate) cancel_keys: StdMutex<HashMap<i32, CancelEntry>>,
+    /// ParameterStatus values of clients by startup settings, once the backend accepted
+    /// them: a pool's next connection then starts without waiting for the lease, which an
+    /// open transaction may hold for long.
+    pub(crate) startup_cache: StdMutex<HashMap<Settings, Settings>>,
     pub(crate) next_client: AtomicU32,
     pub(crate) slots: Arc<Semaphore>,
 }
@@ -222,6 +226,7 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         backend_user: boot.backend_user,
         verifier,
         cancel_keys: StdMutex::new(HashMap::new()),
+        startup_cache: StdMutex::new(HashMap::new()),
         next_client: AtomicU32::new(1),
     }))
 }

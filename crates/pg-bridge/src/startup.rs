@@ -18,19 +18,23 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use crate::conn::{Client, Connection};
 use crate::reply::{Replies, Severity, TxStatus, error_frame};
 use crate::server::{CancelEntry, Shared};
+use crate::settings::Settings;
 use crate::{Backend, Error, frame, scram, settings};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
+/// Distinct startup settings remembered; pools use a handful.
+const STARTUP_CACHE_LIMIT: usize = 256;
+
 /// Ends a connection with a FATAL error; the error is also returned for the caller's log.
-async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, sqlstate: &'static str, reason: String) -> Error {
+async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, sqlstate: &str, reason: String) -> Error {
     if let Ok(bytes) = error_frame(Severity::Fatal, sqlstate, &reason) {
         let _ = stream.write_all(&bytes).await;
         let _ = stream.flush().await;
     }
-    Error::Rejected { sqlstate, reason }
+    Error::Rejected { sqlstate: sqlstate.to_owned(), reason }
 }
 
 /// Reads one startup-phase packet body.
@@ -204,41 +208,17 @@ where
         startup.insert("session_authorization".to_owned(), user.clone());
     }
 
-    // Apply the settings once, now: an invalid one ends the connection like in PostgreSQL,
-    // and the ParameterStatus values must be the backend's answers for this client.
-    let reported = {
-        let mut session = shared.lease.lock().await;
-        if session.broken {
-            return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
-        }
-        match settings::switch_sql(&session.applied, &startup, &shared.baseline) {
-            None => session.reported.clone(),
-            Some(sql) => {
-                let mut reported = session.reported.clone();
-                match crate::lease::internal_query(&shared.backend, &sql, &mut reported).await {
-                    Err(error) => {
-                        session.broken = true;
-                        return Err(error);
-                    }
-                    Ok(Err((code, message))) => {
-                        session.reported = reported;
-                        let code: &'static str = match code.as_str() {
-                            "42704" if startup.contains_key("session_authorization") => "28000",
-                            "22023" => "22023",
-                            "42704" => "42704",
-                            _ => "08P01",
-                        };
-                        return Err(fatal(stream, code, message).await);
-                    }
-                    Ok(Ok(_)) => {
-                        session.applied = startup.clone();
-                        // A simple query drops the unnamed statement.
-                        session.unnamed_owner = None;
-                        session.reported = reported;
-                        session.reported.clone()
-                    }
-                }
+    let cached = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&startup).cloned();
+    let reported = match cached {
+        Some(reported) => reported,
+        None => {
+            let reported = validate_settings(shared, stream, &startup).await?;
+            let mut cache = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= STARTUP_CACHE_LIMIT {
+                cache.clear();
             }
+            cache.insert(startup.clone(), reported.clone());
+            reported
         }
     };
     for (name, value) in &reported {
@@ -260,6 +240,45 @@ where
     stream.write_all(&replies.into_bytes()).await?;
     let standard_strings = reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
     Ok(Some(Client::new(id, pid, startup, running, permit, buf, standard_strings)))
+}
+
+/// Applies a client's startup settings once on the backend: an invalid one ends the
+/// connection like in PostgreSQL, and the ParameterStatus values must be the backend's answers.
+async fn validate_settings<B: Backend, S>(shared: &Arc<Shared<B>>, stream: &mut S, startup: &Settings) -> Result<Settings, Error>
+where
+    S: AsyncWrite + Unpin + Send,
+{
+    let mut session = shared.lease.lock().await;
+    if session.broken {
+        return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
+    }
+    let Some(sql) = settings::switch_sql(&session.applied, startup, &shared.baseline) else {
+        return Ok(session.reported.clone());
+    };
+    let mut reported = session.reported.clone();
+    match crate::lease::internal_query(&shared.backend, &sql, &mut reported).await {
+        Err(error) => {
+            session.broken = true;
+            Err(error)
+        }
+        Ok(Err((code, message))) => {
+            session.reported = reported;
+            let code = if startup.contains_key("session_authorization") && code == "42704" {
+                // PostgreSQL reports an unknown login role as an authorization failure.
+                "28000".to_owned()
+            } else {
+                code
+            };
+            Err(fatal(stream, &code, message).await)
+        }
+        Ok(Ok(_)) => {
+            session.applied = startup.clone();
+            // A simple query drops the unnamed statement.
+            session.unnamed_owner = None;
+            session.reported = reported;
+            Ok(session.reported.clone())
+        }
+    }
 }
 
 /// SCRAM-SHA-256 over the startup connection; `Ok(Err(reason))` when the password is wrong.

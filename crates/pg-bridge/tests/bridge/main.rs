@@ -1,6 +1,7 @@
 //! The bridge's integration tests: real clients and raw sockets against a bridge in front of a
 //! throwaway native PostgreSQL cluster.
 
+mod concurrency;
 mod filter;
 mod harness;
 mod protocol;
