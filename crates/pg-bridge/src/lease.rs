@@ -48,7 +48,9 @@ pub(crate) async fn internal_query<B: Backend>(
 }
 
 fn failed(what: &str, (code, message): (String, String)) -> Error {
-    Error::Upstream { reason: format!("{what}: {code} {message}") }
+    Error::Upstream {
+        reason: format!("{what}: {code} {message}"),
+    }
 }
 
 /// Applies the session baseline and records the settings it leaves.
@@ -71,9 +73,17 @@ pub(crate) async fn bootstrap<B: Backend>(backend: &B) -> Result<Boot, Error> {
         settings::rows(&out)
     };
     let baseline_changes = settings::overrides(&baseline, &defaults);
-    let backend_user = baseline.get("session_authorization").cloned().unwrap_or_default();
+    let backend_user = baseline
+        .get("session_authorization")
+        .cloned()
+        .unwrap_or_default();
     Ok(Boot {
-        session: Session { applied: Settings::new(), reported, unnamed_owner: None, broken: false },
+        session: Session {
+            applied: Settings::new(),
+            reported,
+            unnamed_owner: None,
+            broken: false,
+        },
         baseline,
         baseline_changes,
         backend_user,
@@ -103,12 +113,18 @@ pub(crate) struct Filtered {
 
 /// Filters backend output for a client according to `plan`.
 pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Result<Filtered, Error> {
-    let mut res = Filtered { out: BytesMut::with_capacity(output.len()), ready: None, parameters: Vec::new() };
+    let mut res = Filtered {
+        out: BytesMut::with_capacity(output.len()),
+        ready: None,
+        parameters: Vec::new(),
+    };
     let mut to_drop = plan.drop_leading;
     let mut statement_idx = 0usize;
     let mut in_copy_out = false;
     for item in frame::backend_frames(output) {
-        let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
+        let (tag, bytes) = item.map_err(|e| Error::Upstream {
+            reason: format!("backend output: {e}"),
+        })?;
         if to_drop > 0 {
             if matches!(tag, b'1' | b'2' | b'3') {
                 to_drop -= 1;
@@ -127,7 +143,11 @@ pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Resul
                 in_copy_out = false;
                 statement_idx += 1;
                 let mut replies = Replies::new();
-                replies.error(Severity::Error, "0A000", "COPY is not supported by this server")?;
+                replies.error(
+                    Severity::Error,
+                    "0A000",
+                    "COPY is not supported by this server",
+                )?;
                 res.out.extend_from_slice(&replies.into_bytes());
             }
             b'S' => {
@@ -161,8 +181,11 @@ pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Resul
 
 /// Frames that end whatever the client left open on the backend: an unfinished extended
 /// sequence (forced into an error, then synced), a transaction (rolled back) and its prepared
-/// statements (closed). 
-pub(crate) fn cleanup_frames(pending_extended: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
+/// statements (closed).
+pub(crate) fn cleanup_frames(
+    pending_extended: bool,
+    statements: impl Iterator<Item = Vec<u8>>,
+) -> Bytes {
     let mut batch = BytesMut::new();
     if pending_extended {
         // Executing a portal that cannot exist fails the open sequence, so the Sync that
@@ -170,7 +193,10 @@ pub(crate) fn cleanup_frames(pending_extended: bool, statements: impl Iterator<I
         // both are swallowed until the Sync, which answers either way.
         batch.extend_from_slice(&message::build(
             b'E',
-            &[message::Part::Cstr(b"_pgb_no_such_portal"), message::Part::Raw(&[0, 0, 0, 0])],
+            &[
+                message::Part::Cstr(b"_pgb_no_such_portal"),
+                message::Part::Raw(&[0, 0, 0, 0]),
+            ],
         ));
         batch.extend_from_slice(&message::sync());
     }

@@ -3,9 +3,10 @@
 //! It knows whitespace, `--` and nested `/* */` comments, `'..'` (with `''`), `E'..'` (with
 //! backslash escapes), `U&'..'`, `B'..'`, `X'..'`, `N'..'`, `".."` and `U&".."` identifiers, and
 //! `$tag$..$tag$` dollar quotes, which is what it takes to tell `COPY t ...` from
-//! `SELECT ';COPY'`. It works on raw bytes (the text is in the client's encoding; every byte
-//! >= 0x80 counts as an identifier letter, as in `scan.l`) and never fails: an unterminated
-//! quote or comment simply runs to the end, where PostgreSQL would raise a syntax error.
+//! `SELECT ';COPY'`. It works on raw bytes (the text is in the client's encoding; every
+//! non-ASCII byte counts as an identifier letter, as in `scan.l`) and never fails: an
+//! unterminated quote or comment simply runs to the end, where PostgreSQL would raise a
+//! syntax error.
 
 use std::ops::Range;
 
@@ -65,7 +66,9 @@ pub(crate) struct LexOptions {
 
 impl Default for LexOptions {
     fn default() -> LexOptions {
-        LexOptions { standard_strings: true }
+        LexOptions {
+            standard_strings: true,
+        }
     }
 }
 
@@ -84,16 +87,28 @@ fn is_space(b: u8) -> bool {
 /// Splits `sql` into statements. An input with no statements yields one empty statement, as
 /// PostgreSQL answers an empty query with `EmptyQueryResponse`.
 pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Vec<Statement> {
-    let mut lexer = Lexer { sql, pos: 0, options };
+    let mut lexer = Lexer {
+        sql,
+        pos: 0,
+        options,
+    };
     let mut res = Vec::new();
-    let mut current = Statement { span: 0..0, head: Vec::new(), mentions: Mentions::default() };
+    let mut current = Statement {
+        span: 0..0,
+        head: Vec::new(),
+        mentions: Mentions::default(),
+    };
     while let Some(token) = lexer.next_token() {
         if token.kind == TokenKind::Punct && sql[token.span.start] == b';' {
             current.span.end = token.span.start;
             let next_start = token.span.end;
             res.push(std::mem::replace(
                 &mut current,
-                Statement { span: next_start..next_start, head: Vec::new(), mentions: Mentions::default() },
+                Statement {
+                    span: next_start..next_start,
+                    head: Vec::new(),
+                    mentions: Mentions::default(),
+                },
             ));
             continue;
         }
@@ -166,7 +181,10 @@ impl Lexer<'_> {
                 }
             }
             b'0'..=b'9' => {
-                while self.peek(0).is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_') {
+                while self
+                    .peek(0)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
+                {
                     self.pos += 1;
                 }
                 TokenKind::Word
@@ -188,7 +206,11 @@ impl Lexer<'_> {
                     (b'u', Some(b'&'), Some(q @ (b'\'' | b'"'))) => {
                         self.pos += 3;
                         self.quoted(q, false);
-                        if q == b'"' { TokenKind::QuotedIdent } else { TokenKind::Str }
+                        if q == b'"' {
+                            TokenKind::QuotedIdent
+                        } else {
+                            TokenKind::Str
+                        }
                     }
                     _ => {
                         while self.peek(0).is_some_and(is_ident_cont) {
@@ -203,7 +225,10 @@ impl Lexer<'_> {
                 TokenKind::Punct
             }
         };
-        Some(Token { kind, span: start..self.pos })
+        Some(Token {
+            kind,
+            span: start..self.pos,
+        })
     }
 
     /// Skips whitespace and comments, nested block comments included.
@@ -261,10 +286,11 @@ impl Lexer<'_> {
     /// If a dollar-quote tag (`$`, optional identifier, `$`) starts at `at`, returns its end.
     fn dollar_tag_end(&self, at: usize) -> Option<usize> {
         let mut i = at + 1;
-        if let Some(&first) = self.sql.get(i) {
-            if first != b'$' && !is_ident_start(first) {
-                return None;
-            }
+        if let Some(&first) = self.sql.get(i)
+            && first != b'$'
+            && !is_ident_start(first)
+        {
+            return None;
         }
         while let Some(&b) = self.sql.get(i) {
             if b == b'$' {

@@ -13,9 +13,17 @@ pub(crate) enum FrontendMessage<'a> {
     /// `Q`: a simple query.
     Query { sql: &'a [u8] },
     /// `P`: statement name, query text, then the parameter type OIDs kept as raw bytes.
-    Parse { statement: &'a [u8], sql: &'a [u8], param_types: &'a [u8] },
+    Parse {
+        statement: &'a [u8],
+        sql: &'a [u8],
+        param_types: &'a [u8],
+    },
     /// `B`: portal and statement names, then formats, values and result formats as raw bytes.
-    Bind { portal: &'a [u8], statement: &'a [u8], rest: &'a [u8] },
+    Bind {
+        portal: &'a [u8],
+        statement: &'a [u8],
+        rest: &'a [u8],
+    },
     /// `D`: `b'S'` for a statement or `b'P'` for a portal.
     Describe { kind: u8, name: &'a [u8] },
     /// `E`: portal name and row limit.
@@ -43,7 +51,12 @@ pub(crate) struct Malformed {
 
 impl Malformed {
     fn new(tag: u8, what: &str) -> Malformed {
-        Malformed { reason: format!("invalid frontend message type {}: {what}", tag.escape_ascii()) }
+        Malformed {
+            reason: format!(
+                "invalid frontend message type {}: {what}",
+                tag.escape_ascii()
+            ),
+        }
     }
 }
 
@@ -105,7 +118,11 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
             let n = r.count()?;
             r.take(n * 4)?;
             let param_types = &start[..2 + n * 4];
-            FrontendMessage::Parse { statement, sql, param_types }
+            FrontendMessage::Parse {
+                statement,
+                sql,
+                param_types,
+            }
         }
         b'B' => {
             let portal = r.cstr()?;
@@ -125,7 +142,11 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
             let n_results = r.count()?;
             r.take(n_results * 2)?;
             let rest = &start[..start.len() - r.buf.len()];
-            FrontendMessage::Bind { portal, statement, rest }
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            }
         }
         b'D' | b'C' => {
             let kind = r.byte()?;

@@ -32,8 +32,9 @@ fn nonce() -> String {
     BASE64.encode(bytes)
 }
 
-fn attribute<'a>(msg: &'a str, key: char) -> Option<&'a str> {
-    msg.split(',').find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+fn attribute(msg: &str, key: char) -> Option<&str> {
+    msg.split(',')
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The stored verifier for the one configured password.
@@ -74,7 +75,10 @@ pub(crate) struct ServerExchange<'v> {
 
 impl<'v> ServerExchange<'v> {
     /// Takes the client-first message; returns the exchange and the server-first message.
-    pub(crate) fn start(verifier: &'v Verifier, client_first: &[u8]) -> Result<(Self, String), String> {
+    pub(crate) fn start(
+        verifier: &'v Verifier,
+        client_first: &[u8],
+    ) -> Result<(Self, String), String> {
         let client_first = std::str::from_utf8(client_first).map_err(|_| "invalid encoding")?;
         let mut parts = client_first.splitn(3, ',');
         let cbind = parts.next().unwrap_or_default();
@@ -85,8 +89,10 @@ impl<'v> ServerExchange<'v> {
         let bare = parts.next().ok_or("malformed SCRAM message")?;
         let client_nonce = attribute(bare, 'r').ok_or("malformed SCRAM message")?;
         let nonce = format!("{client_nonce}{}", self::nonce());
-        let server_first =
-            format!("r={nonce},s={},i={ITERATIONS}", BASE64.encode(verifier.salt));
+        let server_first = format!(
+            "r={nonce},s={},i={ITERATIONS}",
+            BASE64.encode(verifier.salt)
+        );
         let exchange = ServerExchange {
             verifier,
             client_first_bare: bare.to_owned(),
@@ -99,8 +105,9 @@ impl<'v> ServerExchange<'v> {
     /// Checks the client-final message; returns the server-final message on success.
     pub(crate) fn finish(self, client_final: &[u8]) -> Result<String, String> {
         let client_final = std::str::from_utf8(client_final).map_err(|_| "invalid encoding")?;
-        let (without_proof, proof) =
-            client_final.rsplit_once(",p=").ok_or("malformed SCRAM message")?;
+        let (without_proof, proof) = client_final
+            .rsplit_once(",p=")
+            .ok_or("malformed SCRAM message")?;
         if attribute(without_proof, 'r') != Some(self.nonce.as_str()) {
             return Err("SCRAM nonce mismatch".to_owned());
         }
@@ -108,13 +115,18 @@ impl<'v> ServerExchange<'v> {
         if proof.len() != 32 {
             return Err("malformed SCRAM proof".to_owned());
         }
-        let auth_message =
-            format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let client_key: Vec<u8> = proof.iter().zip(signature).map(|(a, b)| a ^ b).collect();
         let stored: [u8; 32] = Sha256::digest(&client_key).into();
         // Constant time is not needed for a hash of attacker-unknown input, but cheap anyway.
-        let diff = stored.iter().zip(self.verifier.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = stored
+            .iter()
+            .zip(self.verifier.stored_key)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {
             return Err("password authentication failed".to_owned());
         }
@@ -133,7 +145,11 @@ pub(crate) struct Client {
 impl Client {
     /// Starts an exchange for `password`.
     pub(crate) fn new(password: &str) -> Client {
-        Client { password: password.to_owned(), nonce: nonce(), expected_server_signature: None }
+        Client {
+            password: password.to_owned(),
+            nonce: nonce(),
+            expected_server_signature: None,
+        }
     }
 
     /// The client-first message.
@@ -160,7 +176,11 @@ impl Client {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("n=,r={},{server_first},{without_proof}", self.nonce);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         self.expected_server_signature =
             Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", BASE64.encode(proof)))
@@ -170,7 +190,9 @@ impl Client {
     pub(crate) fn verify_server(&self, server_final: &[u8]) -> Result<(), String> {
         let server_final = std::str::from_utf8(server_final).map_err(|_| "invalid encoding")?;
         let signature = attribute(server_final, 'v').ok_or("malformed SCRAM message")?;
-        let signature = BASE64.decode(signature).map_err(|_| "malformed SCRAM signature")?;
+        let signature = BASE64
+            .decode(signature)
+            .map_err(|_| "malformed SCRAM signature")?;
         match self.expected_server_signature {
             Some(expected) if expected.as_slice() == signature.as_slice() => Ok(()),
             _ => Err("server signature mismatch".to_owned()),

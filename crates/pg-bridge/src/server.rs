@@ -132,7 +132,12 @@ impl Bridge {
             };
             run(listeners, shared, stop).await
         });
-        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task) })
+        Ok(Bridge {
+            socket_path,
+            tcp_addr,
+            shutdown,
+            task: Some(task),
+        })
     }
 
     /// The Unix socket's path.
@@ -151,7 +156,9 @@ impl Bridge {
         let _ = self.shutdown.send(true);
         match self.task.take() {
             Some(task) => task.await.unwrap_or_else(|join| {
-                Err(Error::Io(std::io::Error::other(format!("bridge task failed: {join}"))))
+                Err(Error::Io(std::io::Error::other(format!(
+                    "bridge task failed: {join}"
+                ))))
             }),
             None => Ok(()),
         }
@@ -169,7 +176,10 @@ impl Drop for Bridge {
 pub async fn bind(config: &Config) -> Result<Listeners, Error> {
     let dir = &config.socket_dir;
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let path = config.socket_path();
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -209,7 +219,10 @@ pub async fn serve<B: Backend>(
 }
 
 async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>>, Error> {
-    if config.tcp.is_some() && config.tcp_password.is_none() && !config.tcp.is_some_and(|a| a.ip().is_loopback()) {
+    if config.tcp.is_some()
+        && config.tcp_password.is_none()
+        && !config.tcp.is_some_and(|a| a.ip().is_loopback())
+    {
         return Err(Error::Config {
             reason: "a TCP listener on a non-loopback address needs a password".to_owned(),
         });
@@ -238,7 +251,11 @@ async fn run<B: Backend>(
 ) -> Result<(), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let unix_path = listeners.unix.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let unix_path = listeners
+        .unix
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -71,18 +71,24 @@ fn parse_options(options: &str, res: &mut Settings) -> Result<(), String> {
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let assignment = if arg == "-c" {
-            args.next().ok_or_else(|| "missing argument for -c in options".to_owned())?
+            args.next()
+                .ok_or_else(|| "missing argument for -c in options".to_owned())?
         } else if let Some(rest) = arg.strip_prefix("-c") {
             rest.to_owned()
         } else if let Some(rest) = arg.strip_prefix("--") {
             rest.to_owned()
         } else {
-            return Err(format!("unsupported command-line option \"{arg}\" in options"));
+            return Err(format!(
+                "unsupported command-line option \"{arg}\" in options"
+            ));
         };
         let Some((name, value)) = assignment.split_once('=') else {
             return Err(format!("-c {assignment} requires a value"));
         };
-        res.insert(name.replace('-', "_").to_ascii_lowercase(), value.to_owned());
+        res.insert(
+            name.replace('-', "_").to_ascii_lowercase(),
+            value.to_owned(),
+        );
     }
     Ok(())
 }
@@ -117,7 +123,11 @@ pub(crate) fn literal(s: &str) -> String {
 ///
 /// Identity settings go back to the baseline first (so the rest runs privileged) and are set
 /// last; everything else is set in name order.
-pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Settings) -> Option<String> {
+pub(crate) fn switch_sql(
+    applied: &Settings,
+    target: &Settings,
+    baseline: &Settings,
+) -> Option<String> {
     if applied == target {
         return None;
     }
@@ -151,7 +161,11 @@ pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Setti
 }
 
 fn set_call(name: &str, value: &str) -> String {
-    format!("pg_catalog.set_config({}, {}, false)", literal(name), literal(value))
+    format!(
+        "pg_catalog.set_config({}, {}, false)",
+        literal(name),
+        literal(value)
+    )
 }
 
 fn reset_call(name: &str, baseline: &Settings) -> String {
@@ -193,12 +207,12 @@ pub(crate) fn rows(output: &[u8]) -> Settings {
             cols.push(String::from_utf8_lossy(&body[at..end]).into_owned());
             at = end;
         }
-        if let Ok([name, value]) = <[String; 2]>::try_from(cols) {
-            if !name.is_empty() {
-                // Keys are lower case everywhere (`DateStyle` is `datestyle`), as GUC names
-                // are case-insensitive.
-                res.insert(name.to_ascii_lowercase(), value);
-            }
+        if let Ok([name, value]) = <[String; 2]>::try_from(cols)
+            && !name.is_empty()
+        {
+            // Keys are lower case everywhere (`DateStyle` is `datestyle`), as GUC names
+            // are case-insensitive.
+            res.insert(name.to_ascii_lowercase(), value);
         }
     }
     res
@@ -207,10 +221,10 @@ pub(crate) fn rows(output: &[u8]) -> Settings {
 /// Collects the `ParameterStatus` frames of a backend output.
 pub(crate) fn parameter_statuses(output: &[u8], into: &mut Settings) {
     for frame in frame::backend_frames(output).flatten() {
-        if frame.0 == b'S' {
-            if let Some((name, value)) = parameter_status(frame.1) {
-                into.insert(name, value);
-            }
+        if frame.0 == b'S'
+            && let Some((name, value)) = parameter_status(frame.1)
+        {
+            into.insert(name, value);
         }
     }
 }
@@ -226,7 +240,9 @@ pub(crate) fn parameter_status(frame: &[u8]) -> Option<(String, String)> {
 
 /// Whether a backend output holds an `ErrorResponse`; returns its SQLSTATE and message.
 pub(crate) fn first_error(output: &[u8]) -> Option<(String, String)> {
-    let frame = frame::backend_frames(output).flatten().find(|f| f.0 == b'E')?;
+    let frame = frame::backend_frames(output)
+        .flatten()
+        .find(|f| f.0 == b'E')?;
     let mut code = String::new();
     let mut message = String::new();
     for field in frame.1[5..].split(|&b| b == 0) {

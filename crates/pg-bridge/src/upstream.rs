@@ -64,7 +64,9 @@ async fn open(addr: &UpstreamAddr) -> Result<Box<dyn Stream>, Error> {
 }
 
 fn upstream_error(reason: impl Into<String>) -> Error {
-    Error::Upstream { reason: reason.into() }
+    Error::Upstream {
+        reason: reason.into(),
+    }
 }
 
 impl Conn {
@@ -91,7 +93,10 @@ impl UpstreamBackend {
     /// Connects and logs in; the session is ready for queries when this returns.
     pub async fn connect(config: UpstreamConfig) -> Result<UpstreamBackend, Error> {
         let stream = open(&config.addr).await?;
-        let mut conn = Conn { stream, buf: BytesMut::with_capacity(8192) };
+        let mut conn = Conn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+        };
         let mut body = BytesMut::new();
         body.put_u32(196_608);
         // No application_name: whatever is set here becomes every client's default.
@@ -148,7 +153,9 @@ impl UpstreamBackend {
                         sasl = Some(client);
                     }
                     11 => {
-                        let client = sasl.as_mut().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        let client = sasl
+                            .as_mut()
+                            .ok_or_else(|| upstream_error("unexpected SASL message"))?;
                         let reply = client
                             .final_message(body)
                             .map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
@@ -159,13 +166,17 @@ impl UpstreamBackend {
                         conn.stream.write_all(&msg).await?;
                     }
                     12 => {
-                        let client = sasl.as_ref().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        let client = sasl
+                            .as_ref()
+                            .ok_or_else(|| upstream_error("unexpected SASL message"))?;
                         client
                             .verify_server(body)
                             .map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
                     }
                     other => {
-                        return Err(upstream_error(format!("unsupported authentication method {other}")));
+                        return Err(upstream_error(format!(
+                            "unsupported authentication method {other}"
+                        )));
                     }
                 },
                 b'S' => {
@@ -180,15 +191,26 @@ impl UpstreamBackend {
                 b'Z' => break,
                 b'E' => {
                     let (code, message) = crate::settings::first_error(&frame).unwrap_or_default();
-                    return Err(upstream_error(format!("server refused the session: {code} {message}")));
+                    return Err(upstream_error(format!(
+                        "server refused the session: {code} {message}"
+                    )));
                 }
                 b'N' | b'v' => {}
                 other => {
-                    return Err(upstream_error(format!("unexpected message {} during startup", other.escape_ascii())));
+                    return Err(upstream_error(format!(
+                        "unexpected message {} during startup",
+                        other.escape_ascii()
+                    )));
                 }
             }
         }
-        Ok(UpstreamBackend { conn: Mutex::new(conn), params, addr: config.addr, pid, secret })
+        Ok(UpstreamBackend {
+            conn: Mutex::new(conn),
+            params,
+            addr: config.addr,
+            pid,
+            secret,
+        })
     }
 }
 
@@ -203,7 +225,11 @@ struct Expect {
 }
 
 fn expectations(frames: &[u8]) -> Result<(Expect, bool), Error> {
-    let mut expect = Expect { ready: 0, units: Vec::new(), trailing: 0 };
+    let mut expect = Expect {
+        ready: 0,
+        units: Vec::new(),
+        trailing: 0,
+    };
     let mut ends_with_flush = false;
     let mut at = 0;
     while at < frames.len() {

@@ -4,6 +4,7 @@
 mod concurrency;
 mod filter;
 mod harness;
+mod lifecycle;
 mod protocol;
 mod raw;
 mod sessions;
