@@ -47,20 +47,12 @@ fn engine_key(engine: &Engine) -> String {
 
 /// Where the compiled form of the module with this SHA-256 lives.
 pub(crate) fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
-    dir.join(format!(
-        "{}-{}.cwasm",
-        &wasm_sha256[..wasm_sha256.len().min(32)],
-        engine_key(engine)
-    ))
+    dir.join(format!("{}-{}.cwasm", &wasm_sha256[..wasm_sha256.len().min(32)], engine_key(engine)))
 }
 
 /// Compiles `wasm`, or loads its cached compiled form; a missing, stale or corrupt entry is
 /// (re)compiled and rewritten. Cache failures never fail the load, they only cost time.
-pub(crate) fn compile_cached(
-    engine: &Engine,
-    wasm: &[u8],
-    cache_dir: Option<&Path>,
-) -> wasmtime::Result<Module> {
+pub(crate) fn compile_cached(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<Module> {
     let Some(dir) = cache_dir else {
         return Module::new(engine, wasm);
     };
@@ -94,20 +86,14 @@ fn load_verified(engine: &Engine, path: &Path) -> Option<Module> {
             let _ = std::fs::remove_file(path);
             return None;
         }
-        let _ = write_atomic(
-            &receipt_path(path),
-            format!("{} {} {sha}\n", meta.len(), mtime_ns(&meta)).as_bytes(),
-        );
+        let _ = write_atomic(&receipt_path(path), format!("{} {} {sha}\n", meta.len(), mtime_ns(&meta)).as_bytes());
     }
     deserialize(engine, path)
         .inspect_err(|err| tracing::warn!(path = %path.display(), %err, "compiled module rejected; recompiling"))
         .ok()
 }
 
-#[expect(
-    unsafe_code,
-    reason = "deserializing a module we compiled and hash-addressed ourselves"
-)]
+#[expect(unsafe_code, reason = "deserializing a module we compiled and hash-addressed ourselves")]
 fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
     // SAFETY: the file was written by `store` from `Module::serialize` under a name keyed by
     // the engine's compatibility hash, and its SHA-256 matches the receipt written with it.
@@ -125,16 +111,7 @@ fn store(module: &Module, path: &Path) -> std::io::Result<()> {
     }
     write_atomic(path, &bytes)?;
     let meta = std::fs::metadata(path)?;
-    write_atomic(
-        &receipt_path(path),
-        format!(
-            "{} {} {}\n",
-            meta.len(),
-            mtime_ns(&meta),
-            sha256_hex(&bytes)
-        )
-        .as_bytes(),
-    )
+    write_atomic(&receipt_path(path), format!("{} {} {}\n", meta.len(), mtime_ns(&meta), sha256_hex(&bytes)).as_bytes())
 }
 
 /// Writes `bytes` to a unique temp file beside `path`, syncs it, renames it into place and

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use wasmtime::{
-    Extern, Global, GlobalType, Linker, Memory, MemoryType, Module, Mutability, Ref, RefType,
-    Store, Table, TableType, TypedFunc, Val, ValType,
+    Extern, Global, GlobalType, Linker, Memory, MemoryType, Module, Mutability, Ref, RefType, Store, Table, TableType,
+    TypedFunc, Val, ValType,
 };
 
 use crate::Error;
@@ -56,23 +56,11 @@ pub(crate) enum ExecError {
 fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
     let pkg = dirs.package.join("tmp/pglite");
     let mut mounts = vec![
-        Mount {
-            guest: "/".into(),
-            host: dirs.scratch.to_path_buf(),
-            read_only: false,
-        },
-        Mount {
-            guest: "/tmp/pglite/base".into(),
-            host: dirs.data.to_path_buf(),
-            read_only: false,
-        },
+        Mount { guest: "/".into(), host: dirs.scratch.to_path_buf(), read_only: false },
+        Mount { guest: "/tmp/pglite/base".into(), host: dirs.data.to_path_buf(), read_only: false },
     ];
     for name in ["bin", "lib", "share", "password"] {
-        mounts.push(Mount {
-            guest: format!("/tmp/pglite/{name}"),
-            host: pkg.join(name),
-            read_only: true,
-        });
+        mounts.push(Mount { guest: format!("/tmp/pglite/{name}"), host: pkg.join(name), read_only: true });
     }
     mounts
 }
@@ -81,9 +69,7 @@ fn trap(err: wasmtime::Error) -> Error {
     if let Some(GuestExit(code)) = err.downcast_ref::<GuestExit>() {
         return Error::GuestExit { code: *code };
     }
-    Error::Trap {
-        message: format!("{err:#}"),
-    }
+    Error::Trap { message: format!("{err:#}") }
 }
 
 impl Instance {
@@ -96,77 +82,42 @@ impl Instance {
         durable: bool,
     ) -> Result<(Instance, i32), Error> {
         for sub in ["tmp/pglite", "home/web_user", "dev/shm"] {
-            std::fs::create_dir_all(dirs.scratch.join(sub)).map_err(|source| Error::Io {
-                path: dirs.scratch.join(sub),
-                source,
-            })?;
+            std::fs::create_dir_all(dirs.scratch.join(sub))
+                .map_err(|source| Error::Io { path: dirs.scratch.join(sub), source })?;
         }
         let engine = module.engine();
         let mut ctx = Ctx::new(Vfs::new(mounts(dirs), durable));
         ctx.dylink.module_cache = dirs.module_cache.clone();
         let mut store = Store::new(engine, ctx);
-        let wasm = |e: wasmtime::Error| Error::Instantiate {
-            message: format!("{e:#}"),
-        };
+        let wasm = |e: wasmtime::Error| Error::Instantiate { message: format!("{e:#}") };
 
-        let memory = Memory::new(
-            &mut store,
-            MemoryType::new(profile.initial_pages, Some(32768)),
-        )
-        .map_err(wasm)?;
-        let table = Table::new(
-            &mut store,
-            TableType::new(RefType::FUNCREF, profile.table_initial, None),
-            Ref::Func(None),
-        )
-        .map_err(wasm)?;
+        let memory = Memory::new(&mut store, MemoryType::new(profile.initial_pages, Some(32768))).map_err(wasm)?;
+        let table =
+            Table::new(&mut store, TableType::new(RefType::FUNCREF, profile.table_initial, None), Ref::Func(None))
+                .map_err(wasm)?;
         let global = |store: &mut Store<Ctx>, mutability, value: u32| {
-            Global::new(
-                store,
-                GlobalType::new(ValType::I32, mutability),
-                Val::I32(value as i32),
-            )
+            Global::new(store, GlobalType::new(ValType::I32, mutability), Val::I32(value as i32))
         };
-        let memory_base =
-            global(&mut store, Mutability::Const, profile.memory_base).map_err(wasm)?;
+        let memory_base = global(&mut store, Mutability::Const, profile.memory_base).map_err(wasm)?;
         let table_base = global(&mut store, Mutability::Const, profile.table_base).map_err(wasm)?;
-        let stack_pointer =
-            global(&mut store, Mutability::Var, profile.stack_pointer).map_err(wasm)?;
+        let stack_pointer = global(&mut store, Mutability::Var, profile.stack_pointer).map_err(wasm)?;
         let heap_base = global(&mut store, Mutability::Var, profile.heap_base).map_err(wasm)?;
-        store.data_mut().shared = Some(Shared {
-            memory,
-            table,
-            stack_pointer,
-        });
+        store.data_mut().shared = Some(Shared { memory, table, stack_pointer });
 
         let mut linker = Linker::new(engine);
         imports::add_to_linker(&mut linker, module).map_err(wasm)?;
-        linker
-            .define(&store, "env", "memory", memory)
-            .map_err(wasm)?;
-        linker
-            .define(&store, "env", "__indirect_function_table", table)
-            .map_err(wasm)?;
-        linker
-            .define(&store, "env", "__memory_base", memory_base)
-            .map_err(wasm)?;
-        linker
-            .define(&store, "env", "__table_base", table_base)
-            .map_err(wasm)?;
-        linker
-            .define(&store, "env", "__stack_pointer", stack_pointer)
-            .map_err(wasm)?;
-        linker
-            .define(&store, "GOT.mem", "__heap_base", heap_base)
-            .map_err(wasm)?;
+        linker.define(&store, "env", "memory", memory).map_err(wasm)?;
+        linker.define(&store, "env", "__indirect_function_table", table).map_err(wasm)?;
+        linker.define(&store, "env", "__memory_base", memory_base).map_err(wasm)?;
+        linker.define(&store, "env", "__table_base", table_base).map_err(wasm)?;
+        linker.define(&store, "env", "__stack_pointer", stack_pointer).map_err(wasm)?;
+        linker.define(&store, "GOT.mem", "__heap_base", heap_base).map_err(wasm)?;
         // The start function applies global relocations.
         let instance = linker.instantiate(&mut store, module).map_err(wasm)?;
 
         // Symbols side modules may import: main exports (data relocated) and host functions.
-        let exports: Vec<(String, Extern)> = instance
-            .exports(&mut store)
-            .map(|e| (e.name().to_owned(), e.into_extern()))
-            .collect();
+        let exports: Vec<(String, Extern)> =
+            instance.exports(&mut store).map(|e| (e.name().to_owned(), e.into_extern())).collect();
         for (name, ext) in exports {
             match ext {
                 Extern::Func(func) => {
@@ -185,23 +136,16 @@ impl Instance {
             }
         }
         for import in module.imports() {
-            if let (true, Some(Extern::Func(func))) = (
-                import.module() == "env",
-                linker.get(&mut store, "env", import.name()).ok(),
-            ) {
-                store
-                    .data_mut()
-                    .dylink
-                    .host_funcs
-                    .insert(import.name().to_owned(), func);
+            if let (true, Some(Extern::Func(func))) =
+                (import.module() == "env", linker.get(&mut store, "env", import.name()).ok())
+            {
+                store.data_mut().dylink.host_funcs.insert(import.name().to_owned(), func);
             }
         }
         let typed = |store: &mut Store<Ctx>, name: &str| -> Result<wasmtime::Func, Error> {
             instance
                 .get_func(&mut *store, name)
-                .ok_or_else(|| Error::Instantiate {
-                    message: format!("module does not export {name}"),
-                })
+                .ok_or_else(|| Error::Instantiate { message: format!("module does not export {name}") })
         };
         macro_rules! typed {
             ($name:expr) => {
@@ -247,38 +191,22 @@ impl Instance {
         ];
         let mut pointers = Vec::new();
         for arg in args {
-            let ptr = exports
-                .malloc
-                .call(&mut store, arg.len() as i32 + 1)
-                .map_err(trap)?;
+            let ptr = exports.malloc.call(&mut store, arg.len() as i32 + 1).map_err(trap)?;
             memory
                 .write(&mut store, ptr as usize, arg.as_bytes())
-                .map_err(|e| Error::Trap {
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| Error::Trap { message: e.to_string() })?;
             memory
                 .write(&mut store, ptr as usize + arg.len(), &[0])
-                .map_err(|e| Error::Trap {
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| Error::Trap { message: e.to_string() })?;
             pointers.extend_from_slice(&(ptr as u32).to_le_bytes());
         }
         pointers.extend_from_slice(&[0; 4]);
-        let argv = exports
-            .malloc
-            .call(&mut store, pointers.len() as i32)
-            .map_err(trap)?;
-        memory
-            .write(&mut store, argv as usize, &pointers)
-            .map_err(|e| Error::Trap {
-                message: e.to_string(),
-            })?;
+        let argv = exports.malloc.call(&mut store, pointers.len() as i32).map_err(trap)?;
+        memory.write(&mut store, argv as usize, &pointers).map_err(|e| Error::Trap { message: e.to_string() })?;
         match main.call(&mut store, (args.len() as i32, argv)) {
             Ok(_) => {}
             Err(err) if matches!(err.downcast_ref::<GuestExit>(), Some(GuestExit(0))) => {
-                stack_pointer
-                    .set(&mut store, Val::I32(profile.stack_pointer as i32))
-                    .map_err(wasm)?;
+                stack_pointer.set(&mut store, Val::I32(profile.stack_pointer as i32)).map_err(wasm)?;
             }
             Err(err) => return Err(trap(err)),
         }
@@ -286,15 +214,7 @@ impl Instance {
         if rc == 0 || rc & initdb_bits::FAILED != 0 {
             return Err(Error::InitdbFailed { code: rc });
         }
-        Ok((
-            Instance {
-                store,
-                entry,
-                memory,
-                profile,
-            },
-            rc,
-        ))
+        Ok((Instance { store, entry, memory, profile }, rc))
     }
 
     /// One protocol exchange: frontend messages in, every backend message they produce out.
@@ -304,26 +224,13 @@ impl Instance {
         }
         let max = self.profile.max_request();
         if request.len() > max {
-            return Err(ExecError::Refused(Error::RequestTooLarge {
-                len: request.len(),
-                max,
-            }));
+            return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
         let dead = |e: wasmtime::Error| ExecError::Dead(trap(e));
-        self.entry
-            .interactive_write
-            .call(&mut self.store, request.len() as i32)
-            .map_err(dead)?;
+        self.entry.interactive_write.call(&mut self.store, request.len() as i32).map_err(dead)?;
         self.memory.data_mut(&mut self.store)[1..1 + request.len()].copy_from_slice(request);
-        self.entry
-            .interactive_one
-            .call(&mut self.store, ())
-            .map_err(dead)?;
-        let n = self
-            .entry
-            .interactive_read
-            .call(&mut self.store, ())
-            .map_err(dead)? as u32 as usize;
+        self.entry.interactive_one.call(&mut self.store, ()).map_err(dead)?;
+        let n = self.entry.interactive_read.call(&mut self.store, ()).map_err(dead)? as u32 as usize;
         let start = request.len() + 2;
         let room = self.profile.memory_base as usize - start;
         if n > room {
@@ -341,12 +248,7 @@ impl Instance {
             .map_err(|e| match e {
                 ExecError::Refused(e) | ExecError::Dead(e) => e,
             })
-            .and_then(|()| {
-                self.entry
-                    .pg_shutdown
-                    .call(&mut self.store, ())
-                    .map_err(trap)
-            });
+            .and_then(|()| self.entry.pg_shutdown.call(&mut self.store, ()).map_err(trap));
         self.store.data_mut().vfs.close_all();
         result
     }

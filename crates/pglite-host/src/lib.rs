@@ -27,8 +27,7 @@ pub use worker::{BootInfo, BootKind, Pglite};
 /// to `pg_catalog` and, by accident, `enable_seqscan` off, at command-line priority; its
 /// single-user boot ignores per-database settings, so this is applied at boot and must be
 /// applied again after anything that resets session settings (`RESET ALL`, `DISCARD ALL`).
-pub const SESSION_BASELINE: &str =
-    "SET search_path TO \"$user\", public; SET enable_seqscan TO on;";
+pub const SESSION_BASELINE: &str = "SET search_path TO \"$user\", public; SET enable_seqscan TO on;";
 
 /// A verified PGlite release, extracted on disk.
 #[derive(Clone, Debug)]
@@ -76,21 +75,11 @@ pub enum Error {
     #[error("PGlite {version} is not supported by this host (supported: 0.2.x)")]
     UnsupportedVersion { version: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("data directory {path} is in use by another process")]
     Locked { path: PathBuf },
-    #[error(
-        "data directory {path} holds a PostgreSQL {found} cluster; PGlite {version} runs PostgreSQL {expected}"
-    )]
-    IncompatibleDataDir {
-        path: PathBuf,
-        found: String,
-        expected: u32,
-        version: String,
-    },
+    #[error("data directory {path} holds a PostgreSQL {found} cluster; PGlite {version} runs PostgreSQL {expected}")]
+    IncompatibleDataDir { path: PathBuf, found: String, expected: u32, version: String },
     #[error("compiling the PostgreSQL module failed: {message}")]
     Compile { message: String },
     #[error("instantiating the PostgreSQL module failed: {message}")]

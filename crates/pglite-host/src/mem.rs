@@ -20,8 +20,7 @@ impl Guest<'_> {
     }
 
     pub(crate) fn write(&mut self, addr: u32, bytes: &[u8]) -> SysResult<()> {
-        self.slice_mut(addr, bytes.len() as u32)?
-            .copy_from_slice(bytes);
+        self.slice_mut(addr, bytes.len() as u32)?.copy_from_slice(bytes);
         Ok(())
     }
 
@@ -63,9 +62,7 @@ impl Guest<'_> {
     pub(crate) fn iovecs(&self, iov: u32, count: u32) -> SysResult<Vec<(u32, u32)>> {
         (0..count)
             .map(|i| {
-                let at = iov
-                    .checked_add(i.checked_mul(8).ok_or(Errno::FAULT)?)
-                    .ok_or(Errno::FAULT)?;
+                let at = iov.checked_add(i.checked_mul(8).ok_or(Errno::FAULT)?).ok_or(Errno::FAULT)?;
                 Ok((self.u32(at)?, self.u32(at + 4)?))
             })
             .collect()

@@ -10,31 +10,21 @@ use crate::Error;
 const COMPLETE: &str = ".nself-template-complete";
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 /// Makes sure `template` holds a complete cluster, building it with `make` (which fills the
 /// empty directory it is given) when missing. Concurrent callers, threads or processes, wait
 /// for one builder; a half-built template from a crash is discarded.
-pub(crate) fn ensure(
-    template: &Path,
-    make: impl FnOnce(&Path) -> Result<(), Error>,
-) -> Result<(), Error> {
+pub(crate) fn ensure(template: &Path, make: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
     if template.join(COMPLETE).exists() {
         return Ok(());
     }
     let parent = template.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err(parent))?;
     let lock_path = template.with_extension("lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
+    let lock =
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
     if template.join(COMPLETE).exists() {
         return Ok(());
@@ -42,19 +32,14 @@ pub(crate) fn ensure(
     if template.exists() {
         fs::remove_dir_all(template).map_err(io_err(template))?;
     }
-    let building = tempfile::Builder::new()
-        .prefix(".template-")
-        .tempdir_in(parent)
-        .map_err(io_err(parent))?;
+    let building = tempfile::Builder::new().prefix(".template-").tempdir_in(parent).map_err(io_err(parent))?;
     make(building.path())?;
     sync_tree(building.path()).map_err(io_err(building.path()))?;
     let marker = building.path().join(COMPLETE);
     fs::write(&marker, b"").map_err(io_err(&marker))?;
     let built = building.keep();
     fs::rename(&built, template).map_err(io_err(template))?;
-    fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(parent))?;
+    fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io_err(parent))?;
     Ok(())
 }
 
@@ -64,12 +49,8 @@ pub(crate) fn copy_into(template: &Path, data: &Path) -> Result<(), Error> {
     copy_dir(template, data, true).map_err(io_err(data))?;
     let version = data.join("PG_VERSION");
     fs::copy(template.join("PG_VERSION"), &version).map_err(io_err(&version))?;
-    fs::File::open(&version)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&version))?;
-    fs::File::open(data)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(data))?;
+    fs::File::open(&version).and_then(|f| f.sync_all()).map_err(io_err(&version))?;
+    fs::File::open(data).and_then(|d| d.sync_all()).map_err(io_err(data))?;
     Ok(())
 }
 

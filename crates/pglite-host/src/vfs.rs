@@ -59,11 +59,7 @@ pub(crate) enum Device {
 /// What an open file description refers to.
 pub(crate) enum Kind {
     File(File),
-    Dir {
-        host: Option<PathBuf>,
-        entries: Option<Vec<(String, u8)>>,
-        file: Option<File>,
-    },
+    Dir { host: Option<PathBuf>, entries: Option<Vec<(String, u8)>>, file: Option<File> },
     PipeRead(Rc<RefCell<VecDeque<u8>>>),
     PipeWrite(Rc<RefCell<VecDeque<u8>>>),
     Device(Device),
@@ -148,11 +144,7 @@ impl Vfs {
         if path.starts_with('/') {
             return Ok(normalize(path));
         }
-        let base = if dirfd == AT_FDCWD {
-            self.cwd.clone()
-        } else {
-            self.get(dirfd)?.borrow().guest_path.clone()
-        };
+        let base = if dirfd == AT_FDCWD { self.cwd.clone() } else { self.get(dirfd)?.borrow().guest_path.clone() };
         Ok(normalize(&format!("{base}/{path}")))
     }
 
@@ -172,22 +164,15 @@ impl Vfs {
             .mounts
             .iter()
             .enumerate()
-            .find(|(_, m)| {
-                m.guest == "/" || guest == m.guest || guest.starts_with(&format!("{}/", m.guest))
-            })
+            .find(|(_, m)| m.guest == "/" || guest == m.guest || guest.starts_with(&format!("{}/", m.guest)))
             .ok_or(Errno::NOENT)?;
         let rel = guest[mount.guest.len()..].trim_start_matches('/');
-        let path = if rel.is_empty() {
-            mount.host.clone()
-        } else {
-            mount.host.join(rel)
-        };
+        let path = if rel.is_empty() { mount.host.clone() } else { mount.host.join(rel) };
         let root = mount.host.clone();
-        if let Some(parent) = path.parent() {
-            if path != root {
+        if let Some(parent) = path.parent()
+            && path != root {
                 self.check_beneath(parent, &root)?;
             }
-        }
         Ok(Node::Host { path, mount: idx })
     }
 
@@ -226,17 +211,11 @@ impl Vfs {
     // ----- fd table
 
     pub(crate) fn get(&self, fd: i32) -> SysResult<&Desc> {
-        usize::try_from(fd)
-            .ok()
-            .and_then(|i| self.fds.get(i))
-            .and_then(Option::as_ref)
-            .ok_or(Errno::BADF)
+        usize::try_from(fd).ok().and_then(|i| self.fds.get(i)).and_then(Option::as_ref).ok_or(Errno::BADF)
     }
 
     fn insert_from(&mut self, desc: Desc, lowest: usize) -> SysResult<i32> {
-        let slot = (lowest..)
-            .find(|&i| self.fds.get(i).is_none_or(Option::is_none))
-            .ok_or(Errno::MFILE)?;
+        let slot = (lowest..).find(|&i| self.fds.get(i).is_none_or(Option::is_none)).ok_or(Errno::MFILE)?;
         if slot >= 4096 {
             return Err(Errno::MFILE);
         }
@@ -252,10 +231,7 @@ impl Vfs {
     }
 
     pub(crate) fn close(&mut self, fd: i32) -> SysResult<()> {
-        let slot = usize::try_from(fd)
-            .ok()
-            .and_then(|i| self.fds.get_mut(i))
-            .ok_or(Errno::BADF)?;
+        let slot = usize::try_from(fd).ok().and_then(|i| self.fds.get_mut(i)).ok_or(Errno::BADF)?;
         slot.take().ok_or(Errno::BADF)?;
         Ok(())
     }
@@ -263,11 +239,10 @@ impl Vfs {
     /// Closes every descriptor, syncing files first when durable (clean shutdown).
     pub(crate) fn close_all(&mut self) {
         for desc in self.fds.drain(..).flatten() {
-            if let Kind::File(file) = &desc.borrow().kind {
-                if self.durable {
+            if let Kind::File(file) = &desc.borrow().kind
+                && self.durable {
                     let _ = file.sync_all();
                 }
-            }
         }
     }
 
@@ -316,25 +291,11 @@ impl Vfs {
         let writes = acc != 0 || flags & (oflags::CREAT | oflags::TRUNC | oflags::APPEND) != 0;
         let host = match self.node(&guest)? {
             Node::Device(dev) => {
-                return self.insert(Description {
-                    kind: Kind::Device(dev),
-                    guest_path: guest,
-                    flags,
-                    pos: 0,
-                });
+                return self.insert(Description { kind: Kind::Device(dev), guest_path: guest, flags, pos: 0 });
             }
             Node::DevDir => {
-                let kind = Kind::Dir {
-                    host: None,
-                    entries: None,
-                    file: None,
-                };
-                return self.insert(Description {
-                    kind,
-                    guest_path: guest,
-                    flags,
-                    pos: 0,
-                });
+                let kind = Kind::Dir { host: None, entries: None, file: None };
+                return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
             }
             Node::Host { path, mount } => {
                 if writes && self.mounts[mount].read_only {
@@ -344,33 +305,19 @@ impl Vfs {
             }
         };
         let meta = fs::metadata(&host);
-        if let Ok(meta) = &meta {
-            if meta.is_dir() {
+        if let Ok(meta) = &meta
+            && meta.is_dir() {
                 if acc != 0 {
                     return Err(Errno::ISDIR);
                 }
                 if flags & oflags::CREAT != 0 && flags & oflags::EXCL != 0 {
                     return Err(Errno::EXIST);
                 }
-                let kind = Kind::Dir {
-                    host: Some(host),
-                    entries: None,
-                    file: None,
-                };
-                return self.insert(Description {
-                    kind,
-                    guest_path: guest,
-                    flags,
-                    pos: 0,
-                });
+                let kind = Kind::Dir { host: Some(host), entries: None, file: None };
+                return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
             }
-        }
         if flags & oflags::DIRECTORY != 0 {
-            return Err(if meta.is_ok() {
-                Errno::NOTDIR
-            } else {
-                Errno::NOENT
-            });
+            return Err(if meta.is_ok() { Errno::NOTDIR } else { Errno::NOENT });
         }
         let mut opts = OpenOptions::new();
         opts.read(acc != oflags::WRONLY)
@@ -389,12 +336,7 @@ impl Vfs {
             }
         }
         let file = opts.open(&host)?;
-        self.insert(Description {
-            kind: Kind::File(file),
-            guest_path: guest,
-            flags,
-            pos: 0,
-        })
+        self.insert(Description { kind: Kind::File(file), guest_path: guest, flags, pos: 0 })
     }
 
     pub(crate) fn stat_path(&mut self, guest: &str, follow: bool) -> SysResult<Stat> {
@@ -402,11 +344,7 @@ impl Vfs {
             Node::Device(_) => Ok(Stat::device()),
             Node::DevDir => Ok(Stat::synthetic(0o40755)),
             Node::Host { path, .. } => {
-                let meta = if follow {
-                    fs::metadata(&path)?
-                } else {
-                    fs::symlink_metadata(&path)?
-                };
+                let meta = if follow { fs::metadata(&path)? } else { fs::symlink_metadata(&path)? };
                 Ok(Stat::from_meta(&meta))
             }
         }
@@ -416,9 +354,7 @@ impl Vfs {
         let desc = self.get(fd)?.borrow();
         match &desc.kind {
             Kind::File(file) => Ok(Stat::from_meta(&file.metadata()?)),
-            Kind::Dir {
-                host: Some(host), ..
-            } => Ok(Stat::from_meta(&fs::metadata(host)?)),
+            Kind::Dir { host: Some(host), .. } => Ok(Stat::from_meta(&fs::metadata(host)?)),
             Kind::Dir { host: None, .. } => Ok(Stat::synthetic(0o40755)),
             Kind::PipeRead(_) | Kind::PipeWrite(_) => Ok(Stat::synthetic(0o10600)),
             Kind::Device(_) => Ok(Stat::device()),
@@ -579,15 +515,11 @@ impl Vfs {
             (_, 2) => 0,
             _ => return Err(Errno::INVAL),
         };
-        let new = base
-            .checked_add(offset)
-            .filter(|&p| p >= 0)
-            .ok_or(Errno::INVAL)?;
-        if let Kind::Dir { entries, .. } = &mut desc.kind {
-            if new == 0 {
+        let new = base.checked_add(offset).filter(|&p| p >= 0).ok_or(Errno::INVAL)?;
+        if let Kind::Dir { entries, .. } = &mut desc.kind
+            && new == 0 {
                 *entries = None;
             }
-        }
         desc.pos = new as u64;
         Ok(desc.pos)
     }
@@ -599,11 +531,7 @@ impl Vfs {
         let mut desc = self.get(fd)?.borrow_mut();
         match &mut desc.kind {
             Kind::File(file) => file.sync_data()?,
-            Kind::Dir {
-                host: Some(host),
-                file,
-                ..
-            } => {
+            Kind::Dir { host: Some(host), file, .. } => {
                 if file.is_none() {
                     *file = Some(File::open(&*host)?);
                 }
@@ -637,11 +565,7 @@ impl Vfs {
     }
 
     /// Directory records from the descriptor's position: `(d_ino, d_off, type, name)`.
-    pub(crate) fn dirents(
-        &mut self,
-        fd: i32,
-        max: usize,
-    ) -> SysResult<Vec<(u64, u64, u8, String)>> {
+    pub(crate) fn dirents(&mut self, fd: i32, max: usize) -> SysResult<Vec<(u64, u64, u8, String)>> {
         let mut desc = self.get(fd)?.borrow_mut();
         let start = (desc.pos / DIRENT_SIZE) as usize;
         let Kind::Dir { host, entries, .. } = &mut desc.kind else {
@@ -668,11 +592,9 @@ impl Vfs {
                     list.extend(names);
                 }
                 None => list.extend(
-                    [
-                        "null", "random", "urandom", "shm", "stdin", "stdout", "stderr", "tty",
-                    ]
-                    .iter()
-                    .map(|n| (n.to_string(), if *n == "shm" { 4 } else { 2 })),
+                    ["null", "random", "urandom", "shm", "stdin", "stdout", "stderr", "tty"]
+                        .iter()
+                        .map(|n| (n.to_string(), if *n == "shm" { 4 } else { 2 })),
                 ),
             }
             *entries = Some(list);
@@ -707,24 +629,22 @@ impl Vfs {
 
     /// Reads `len` bytes at `off` of the file behind `fd` (for `mmap`); short files read as zeros.
     pub(crate) fn read_for_mmap(&self, fd: i32, buf: &mut [u8], off: u64) -> SysResult<()> {
-        if let Ok(desc) = self.get(fd) {
-            if let Kind::File(file) = &desc.borrow().kind {
+        if let Ok(desc) = self.get(fd)
+            && let Kind::File(file) = &desc.borrow().kind {
                 let n = read_at_full(file, buf, off)?;
                 buf[n..].fill(0);
                 return Ok(());
             }
-        }
         buf.fill(0);
         Ok(())
     }
 
     /// Writes back a shared writable mapping on `munmap`.
     pub(crate) fn write_for_munmap(&self, fd: i32, data: &[u8], off: u64) -> SysResult<()> {
-        if let Ok(desc) = self.get(fd) {
-            if let Kind::File(file) = &desc.borrow().kind {
+        if let Ok(desc) = self.get(fd)
+            && let Kind::File(file) = &desc.borrow().kind {
                 file.write_all_at(data, off)?;
             }
-        }
         Ok(())
     }
 
@@ -806,17 +726,7 @@ impl Stat {
     }
 
     fn synthetic(mode: u32) -> Stat {
-        Stat {
-            mode,
-            nlink: 1,
-            size: 0,
-            blocks: 0,
-            atime: (0, 0),
-            mtime: (0, 0),
-            ctime: (0, 0),
-            ino: 1,
-            dev: 5,
-        }
+        Stat { mode, nlink: 1, size: 0, blocks: 0, atime: (0, 0), mtime: (0, 0), ctime: (0, 0), ino: 1, dev: 5 }
     }
 
     fn device() -> Stat {

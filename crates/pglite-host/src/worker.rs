@@ -62,10 +62,8 @@ impl Pglite {
     /// (from the template when there is one). Blocks until a session is ready, an error, or
     /// `config.startup_timeout`.
     pub fn start(artifact: Artifact, config: Config) -> Result<Pglite, Error> {
-        let profile =
-            profile::for_version(&artifact.version).ok_or_else(|| Error::UnsupportedVersion {
-                version: artifact.version.clone(),
-            })?;
+        let profile = profile::for_version(&artifact.version)
+            .ok_or_else(|| Error::UnsupportedVersion { version: artifact.version.clone() })?;
         let (commands, inbox) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(false));
@@ -94,17 +92,9 @@ impl Pglite {
                 }
                 worker.serve(inbox, &worker_alive);
             })
-            .map_err(|source| Error::Io {
-                path: PathBuf::from("<thread>"),
-                source,
-            })?;
+            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), source })?;
         match ready_rx.recv_timeout(timeout) {
-            Ok(Ok(info)) => Ok(Pglite {
-                commands,
-                thread: Mutex::new(Some(thread)),
-                alive,
-                info,
-            }),
+            Ok(Ok(info)) => Ok(Pglite { commands, thread: Mutex::new(Some(thread)), alive, info }),
             Ok(Err(err)) => {
                 let _ = thread.join();
                 Err(err)
@@ -127,29 +117,20 @@ impl Pglite {
         self.alive.load(Ordering::SeqCst)
     }
 
-    fn send_exec(
-        &self,
-        request: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>, Error>>, Error> {
+    fn send_exec(&self, request: Vec<u8>) -> Result<oneshot::Receiver<Result<Vec<u8>, Error>>, Error> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Exec(request, tx))
-            .map_err(|_| Error::NotRunning)?;
+        self.commands.send(Command::Exec(request, tx)).map_err(|_| Error::NotRunning)?;
         Ok(rx)
     }
 
     /// One exchange, blocking the calling thread.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.send_exec(request)?
-            .blocking_recv()
-            .map_err(|_| Error::NotRunning)?
+        self.send_exec(request)?.blocking_recv().map_err(|_| Error::NotRunning)?
     }
 
     /// One exchange, awaiting the worker without blocking an async runtime.
     pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.send_exec(request)?
-            .await
-            .map_err(|_| Error::NotRunning)?
+        self.send_exec(request)?.await.map_err(|_| Error::NotRunning)?
     }
 
     /// Stops cleanly: Terminate, shutdown checkpoint, files synced and closed, lock released.
@@ -189,28 +170,18 @@ struct Worker {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 impl Worker {
-    fn open(
-        artifact: Artifact,
-        config: Config,
-        profile: &'static Profile,
-    ) -> Result<Worker, Error> {
+    fn open(artifact: Artifact, config: Config, profile: &'static Profile) -> Result<Worker, Error> {
         let lock = lock_data_dir(&config.data_dir)?;
         check_compatible(&config.data_dir, profile, &artifact.version)?;
 
         let t0 = Instant::now();
         let wasm = fs::read(&artifact.wasm).map_err(io_err(&artifact.wasm))?;
-        let module =
-            engine::compile_cached(engine::engine(), &wasm, config.module_cache_dir.as_deref())
-                .map_err(|e| Error::Compile {
-                    message: format!("{e:#}"),
-                })?;
+        let module = engine::compile_cached(engine::engine(), &wasm, config.module_cache_dir.as_deref())
+            .map_err(|e| Error::Compile { message: format!("{e:#}") })?;
         drop(wasm);
         let module_load = t0.elapsed();
 
@@ -224,11 +195,7 @@ impl Worker {
                     let built_here = !template_dir.exists();
                     template::ensure(template_dir, make)?;
                     template::copy_into(template_dir, &config.data_dir)?;
-                    if built_here {
-                        BootKind::Initdb
-                    } else {
-                        BootKind::FromTemplate
-                    }
+                    if built_here { BootKind::Initdb } else { BootKind::FromTemplate }
                 }
                 None => {
                     make(&config.data_dir)?;
@@ -236,10 +203,7 @@ impl Worker {
                 }
             }
         };
-        let scratch = tempfile::Builder::new()
-            .prefix("pglite-")
-            .tempdir()
-            .map_err(io_err(Path::new("<tempdir>")))?;
+        let scratch = tempfile::Builder::new().prefix("pglite-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
         let mut worker = Worker {
             module,
             profile,
@@ -248,12 +212,7 @@ impl Worker {
             instance: None,
             scratch,
             _lock: lock,
-            info: BootInfo {
-                kind,
-                module_load,
-                total: Duration::ZERO,
-                version: String::new(),
-            },
+            info: BootInfo { kind, module_load, total: Duration::ZERO, version: String::new() },
         };
         worker.info.version = worker.artifact.version.clone();
         worker.boot()?;
@@ -316,9 +275,7 @@ impl Worker {
                 // Drop the dead store (closing its files) before recovering from the same files.
                 self.instance = None;
                 match self.boot() {
-                    Ok(()) => Err(Error::Restarted {
-                        cause: Box::new(cause),
-                    }),
+                    Ok(()) => Err(Error::Restarted { cause: Box::new(cause) }),
                     Err(err) => {
                         tracing::error!(%err, "restart failed");
                         Err(cause)
@@ -347,10 +304,8 @@ fn make_cluster(
 ) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("pglite-initdb-")
-        .tempdir()
-        .map_err(io_err(Path::new("<tempdir>")))?;
+    let scratch =
+        tempfile::Builder::new().prefix("pglite-initdb-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
     let dirs = Dirs {
         data: dir,
         package: &artifact.package_root,
@@ -368,26 +323,15 @@ fn make_cluster(
 fn lock_data_dir(dir: &Path) -> Result<fs::File, Error> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
     }
     // PostgreSQL refuses a data directory readable by others.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
     let path = dir.join(LOCK_FILE);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_path_buf() }),
         Err(fs::TryLockError::Error(source)) => Err(Error::Io { path, source }),
     }
 }

@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use wasmtime::{
-    Caller, Extern, ExternType, Func, Global, GlobalType, Linker, Mutability, Ref, Val, ValType,
-};
+use wasmtime::{Caller, Extern, ExternType, Func, Global, GlobalType, Linker, Mutability, Ref, Val, ValType};
 
 use super::{Ctx, split};
 use crate::errno::Errno;
@@ -37,40 +35,43 @@ struct Library {
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "_dlopen_js", |mut c: Caller<'_, Ctx>, handle: i32| -> wasmtime::Result<i32> {
+        match dlopen(&mut c, handle as u32) {
+            Ok(()) => Ok(handle),
+            Err(Failure::Guest(msg)) => {
+                tracing::warn!("dlopen failed: {msg}");
+                set_error(&mut c, &msg)?;
+                Ok(0)
+            }
+            Err(Failure::Trap(err)) => Err(err),
+        }
+    })?;
     linker.func_wrap(
         "env",
-        "_dlopen_js",
-        |mut c: Caller<'_, Ctx>, handle: i32| -> wasmtime::Result<i32> {
-            match dlopen(&mut c, handle as u32) {
-                Ok(()) => Ok(handle),
-                Err(Failure::Guest(msg)) => {
-                    tracing::warn!("dlopen failed: {msg}");
-                    set_error(&mut c, &msg)?;
+        "_dlsym_js",
+        |mut c: Caller<'_, Ctx>, handle: i32, sym: i32, _index: i32| -> wasmtime::Result<i32> {
+            let (g, ctx) = split(&mut c);
+            let symbol = g.cstr(sym as u32).unwrap_or_default();
+            let Some(lib_name) = ctx.dylink.handles.get(&(handle as u32)).cloned() else {
+                set_error(&mut c, "dlsym on a handle that is not open")?;
+                return Ok(0);
+            };
+            let lib = &ctx.dylink.libs[&lib_name];
+            if let Some(addr) = lib.data.get(&symbol) {
+                return Ok(*addr);
+            }
+            match lib.funcs.get(&symbol).copied() {
+                Some(func) => Ok(slot_for(&mut c, (lib_name, symbol), func)? as i32),
+                None => {
+                    set_error(
+                        &mut c,
+                        &format!("Tried to lookup unknown symbol \"{symbol}\" in dynamic library: {lib_name}"),
+                    )?;
                     Ok(0)
                 }
-                Err(Failure::Trap(err)) => Err(err),
             }
         },
     )?;
-    linker.func_wrap("env", "_dlsym_js", |mut c: Caller<'_, Ctx>, handle: i32, sym: i32, _index: i32| -> wasmtime::Result<i32> {
-        let (g, ctx) = split(&mut c);
-        let symbol = g.cstr(sym as u32).unwrap_or_default();
-        let Some(lib_name) = ctx.dylink.handles.get(&(handle as u32)).cloned() else {
-            set_error(&mut c, "dlsym on a handle that is not open")?;
-            return Ok(0);
-        };
-        let lib = &ctx.dylink.libs[&lib_name];
-        if let Some(addr) = lib.data.get(&symbol) {
-            return Ok(*addr);
-        }
-        match lib.funcs.get(&symbol).copied() {
-            Some(func) => Ok(slot_for(&mut c, (lib_name, symbol), func)? as i32),
-            None => {
-                set_error(&mut c, &format!("Tried to lookup unknown symbol \"{symbol}\" in dynamic library: {lib_name}"))?;
-                Ok(0)
-            }
-        }
-    })?;
     Ok(())
 }
 
@@ -127,11 +128,7 @@ fn got_entry(c: &mut Caller<'_, Ctx>, name: &str) -> wasmtime::Result<Global> {
     if let Some(global) = c.data().dylink.got.get(name) {
         return Ok(*global);
     }
-    let global = Global::new(
-        &mut *c,
-        GlobalType::new(ValType::I32, Mutability::Var),
-        Val::I32(0),
-    )?;
+    let global = Global::new(&mut *c, GlobalType::new(ValType::I32, Mutability::Var), Val::I32(0))?;
     c.data_mut().dylink.got.insert(name.to_owned(), global);
     Ok(global)
 }
@@ -168,11 +165,7 @@ fn mem_info(wasm: &[u8]) -> Option<(u32, u32, u32)> {
         let len = leb(wasm, &mut at)? as usize;
         let next = at + len;
         if kind == 1 {
-            return Some((
-                leb(wasm, &mut at)?,
-                leb(wasm, &mut at)?,
-                leb(wasm, &mut at)?,
-            ));
+            return Some((leb(wasm, &mut at)?, leb(wasm, &mut at)?, leb(wasm, &mut at)?));
         }
         at = next;
     }
@@ -196,22 +189,15 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
         c.data_mut().dylink.handles.insert(handle, name);
         return Ok(());
     }
-    let (mem_size, align_log2, table_size) = mem_info(&wasm).ok_or_else(|| {
-        Failure::Guest(format!(
-            "Could not load dynamic lib: {name}: not a side module"
-        ))
-    })?;
+    let (mem_size, align_log2, table_size) = mem_info(&wasm)
+        .ok_or_else(|| Failure::Guest(format!("Could not load dynamic lib: {name}: not a side module")))?;
     let exports = c.data().exports();
     let shared = c.data().shared();
     let align = 1u32 << align_log2.min(16);
     let memory_base = if mem_size > 0 {
-        let raw = exports
-            .calloc
-            .call(&mut *c, ((mem_size + align) as i32, 1))? as u32;
+        let raw = exports.calloc.call(&mut *c, ((mem_size + align) as i32, 1))? as u32;
         if raw == 0 {
-            return Err(Failure::Guest(format!(
-                "Could not load dynamic lib: {name}: out of memory"
-            )));
+            return Err(Failure::Guest(format!("Could not load dynamic lib: {name}: out of memory")));
         }
         raw.div_ceil(align) * align
     } else {
@@ -219,19 +205,12 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
     };
     let table_base = shared.table.size(&*c) as u32;
     if table_size > 0 {
-        shared
-            .table
-            .grow(&mut *c, u64::from(table_size), Ref::Func(None))?;
+        shared.table.grow(&mut *c, u64::from(table_size), Ref::Func(None))?;
     }
     {
         let (mut g, _) = split(c);
         g.write(handle + 8, &[1])?;
-        for (off, v) in [
-            (12, memory_base),
-            (16, mem_size),
-            (20, table_base),
-            (24, table_size),
-        ] {
+        for (off, v) in [(12, memory_base), (16, mem_size), (20, table_base), (24, table_size)] {
             g.put_u32(handle + off, v)?;
         }
     }
@@ -268,23 +247,15 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
             }
             (_, _, ExternType::Func(ty)) => resolve_func(c, field, ty).into(),
             (m, f, _) => {
-                return Err(Failure::Guest(format!(
-                    "Could not load dynamic lib: {name}: unsupported import {m}.{f}"
-                )));
+                return Err(Failure::Guest(format!("Could not load dynamic lib: {name}: unsupported import {m}.{f}")));
             }
         };
         imports.push(ext);
     }
     let instance = wasmtime::Instance::new(&mut *c, &module, &imports)?;
 
-    let mut lib = Library {
-        funcs: HashMap::new(),
-        data: HashMap::new(),
-    };
-    let export_list: Vec<_> = instance
-        .exports(&mut *c)
-        .map(|e| (e.name().to_owned(), e.into_extern()))
-        .collect();
+    let mut lib = Library { funcs: HashMap::new(), data: HashMap::new() };
+    let export_list: Vec<_> = instance.exports(&mut *c).map(|e| (e.name().to_owned(), e.into_extern())).collect();
     for (export, ext) in export_list {
         match ext {
             Extern::Func(func) => {
@@ -292,8 +263,7 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
             }
             Extern::Global(global) => {
                 if let Val::I32(offset) = global.get(&mut *c) {
-                    lib.data
-                        .insert(export, (memory_base as i32).wrapping_add(offset));
+                    lib.data.insert(export, (memory_base as i32).wrapping_add(offset));
                 }
             }
             _ => {}
@@ -335,11 +305,7 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
 }
 
 fn const_global(c: &mut Caller<'_, Ctx>, value: u32) -> wasmtime::Result<Global> {
-    Global::new(
-        &mut *c,
-        GlobalType::new(ValType::I32, Mutability::Const),
-        Val::I32(value as i32),
-    )
+    Global::new(&mut *c, GlobalType::new(ValType::I32, Mutability::Const), Val::I32(value as i32))
 }
 
 /// A side module's function import: the main module's export, a host import of the same name,
@@ -351,9 +317,8 @@ fn resolve_func(c: &mut Caller<'_, Ctx>, field: &str, ty: wasmtime::FuncType) ->
         "getTempRet0" => Some(c.data().exports().tempret_get),
         _ => None,
     };
-    if let Some(func) = alias
-        .or_else(|| reg.main_funcs.get(field).copied())
-        .or_else(|| reg.host_funcs.get(field).copied())
+    if let Some(func) =
+        alias.or_else(|| reg.main_funcs.get(field).copied()).or_else(|| reg.host_funcs.get(field).copied())
     {
         return func;
     }
@@ -362,17 +327,10 @@ fn resolve_func(c: &mut Caller<'_, Ctx>, field: &str, ty: wasmtime::FuncType) ->
     }
     let symbol = field.to_owned();
     Func::new(&mut *c, ty, move |mut caller, params, results| {
-        let func = caller
-            .data()
-            .dylink
-            .libs
-            .values()
-            .find_map(|lib| lib.funcs.get(&symbol).copied());
+        let func = caller.data().dylink.libs.values().find_map(|lib| lib.funcs.get(&symbol).copied());
         match func {
             Some(func) => func.call(&mut caller, params, results),
-            None => Err(wasmtime::Error::msg(format!(
-                "call to unresolved symbol {symbol}"
-            ))),
+            None => Err(wasmtime::Error::msg(format!("call to unresolved symbol {symbol}"))),
         }
     })
 }

@@ -27,10 +27,7 @@ const WASM_PAGE: u64 = 65536;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "emscripten_date_now", || -> f64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
     })?;
     linker.func_wrap("env", "emscripten_get_now", |c: C<'_>| -> f64 {
         c.data().started.elapsed().as_secs_f64() * 1000.0
@@ -41,38 +38,32 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         |mut c: C<'_>, dst: i32, src: i32, n: i32| -> wasmtime::Result<()> {
             let (g, _) = split(&mut c);
             let (dst, src, n) = (dst as u32 as usize, src as u32 as usize, n as u32 as usize);
-            if src.checked_add(n).is_none_or(|e| e > g.0.len())
-                || dst.checked_add(n).is_none_or(|e| e > g.0.len())
-            {
+            if src.checked_add(n).is_none_or(|e| e > g.0.len()) || dst.checked_add(n).is_none_or(|e| e > g.0.len()) {
                 return Err(wasmtime::Error::msg("memcpy out of bounds"));
             }
             g.0.copy_within(src..src + n, dst);
             Ok(())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "emscripten_resize_heap",
-        |mut c: C<'_>, requested: i32| -> i32 {
-            let memory = c.data().shared().memory;
-            let requested = requested as u32 as u64;
-            let old = memory.data_size(&c) as u64;
-            if requested > MAX_HEAP {
-                return 0;
+    linker.func_wrap("env", "emscripten_resize_heap", |mut c: C<'_>, requested: i32| -> i32 {
+        let memory = c.data().shared().memory;
+        let requested = requested as u32 as u64;
+        let old = memory.data_size(&c) as u64;
+        if requested > MAX_HEAP {
+            return 0;
+        }
+        // As the JS runtime: over-allocate by up to 20 % (at most 96 MiB past the request),
+        // cutting the surplus down until the growth succeeds.
+        for cut in 1..=4u64 {
+            let overgrown = (old + old / (5 * cut)).min(requested + 96 * 1024 * 1024);
+            let want = requested.max(overgrown).min(MAX_HEAP).div_ceil(WASM_PAGE) * WASM_PAGE;
+            let pages = want.saturating_sub(old) / WASM_PAGE;
+            if pages == 0 || memory.grow(&mut c, pages).is_ok() {
+                return 1;
             }
-            // As the JS runtime: over-allocate by up to 20 % (at most 96 MiB past the request),
-            // cutting the surplus down until the growth succeeds.
-            for cut in 1..=4u64 {
-                let overgrown = (old + old / (5 * cut)).min(requested + 96 * 1024 * 1024);
-                let want = requested.max(overgrown).min(MAX_HEAP).div_ceil(WASM_PAGE) * WASM_PAGE;
-                let pages = want.saturating_sub(old) / WASM_PAGE;
-                if pages == 0 || memory.grow(&mut c, pages).is_ok() {
-                    return 1;
-                }
-            }
-            0
-        },
-    )?;
+        }
+        0
+    })?;
     linker.func_wrap(
         "env",
         "_mmap_js",
@@ -106,8 +97,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             syscall(&mut c, |g, ctx| {
                 // PROT_WRITE and not MAP_PRIVATE: write the mapping back, as the JS `doMsync`.
                 if prot & 2 != 0 && flags & 2 == 0 {
-                    ctx.vfs
-                        .write_for_munmap(fd, g.slice(addr as u32, len as u32)?, off as u64)?;
+                    ctx.vfs.write_for_munmap(fd, g.slice(addr as u32, len as u32)?, off as u64)?;
                 }
                 Ok(0)
             })
@@ -158,42 +148,22 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             Err(wasmtime::Error::new(GuestExit(code)))
         })?;
     }
-    linker.func_wrap(
-        "env",
-        "__call_sighandler",
-        |mut c: C<'_>, fp: i32, sig: i32| -> wasmtime::Result<()> {
-            let table = c.data().shared().table;
-            let func = table
-                .get(&mut c, fp as u32 as u64)
-                .and_then(|r| r.as_func().flatten().copied())
-                .ok_or_else(|| wasmtime::Error::msg("signal handler is not a function"))?;
-            func.typed::<i32, ()>(&c)?.call(&mut c, sig)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "emscripten_asm_const_int",
-        |_: C<'_>, _code: i32, _sig: i32, _argbuf: i32| 0i32,
-    )?;
+    linker.func_wrap("env", "__call_sighandler", |mut c: C<'_>, fp: i32, sig: i32| -> wasmtime::Result<()> {
+        let table = c.data().shared().table;
+        let func = table
+            .get(&mut c, fp as u32 as u64)
+            .and_then(|r| r.as_func().flatten().copied())
+            .ok_or_else(|| wasmtime::Error::msg("signal handler is not a function"))?;
+        func.typed::<i32, ()>(&c)?.call(&mut c, sig)
+    })?;
+    linker.func_wrap("env", "emscripten_asm_const_int", |_: C<'_>, _code: i32, _sig: i32, _argbuf: i32| 0i32)?;
     linker.func_wrap("env", "is_web_env", || 0i32)?;
-    linker.func_wrap("env", "_emscripten_system", |_: C<'_>, cmd: i32| {
-        if cmd == 0 { 0i32 } else { 127 << 8 }
-    })?;
-    linker.func_wrap("env", "_setitimer_js", |_: C<'_>, _which: i32, _ms: f64| {
-        0i32
-    })?;
+    linker.func_wrap("env", "_emscripten_system", |_: C<'_>, cmd: i32| if cmd == 0 { 0i32 } else { 127 << 8 })?;
+    linker.func_wrap("env", "_setitimer_js", |_: C<'_>, _which: i32, _ms: f64| 0i32)?;
     linker.func_wrap("env", "_emscripten_runtime_keepalive_clear", || {})?;
-    linker.func_wrap(
-        "env",
-        "emscripten_set_main_loop",
-        |_: C<'_>, _f: i32, _fps: i32, _inf: i32| {},
-    )?;
+    linker.func_wrap("env", "emscripten_set_main_loop", |_: C<'_>, _f: i32, _fps: i32, _inf: i32| {})?;
     // EAI_FAIL: there is no network inside the guest.
-    linker.func_wrap(
-        "env",
-        "getaddrinfo",
-        |_: C<'_>, _n: i32, _s: i32, _h: i32, _r: i32| -4i32,
-    )?;
+    linker.func_wrap("env", "getaddrinfo", |_: C<'_>, _n: i32, _s: i32, _h: i32, _r: i32| -4i32)?;
     Ok(())
 }
 
@@ -236,10 +206,7 @@ mod tests {
     #[test]
     fn utc_breakdown_matches_known_dates() {
         // 2024-02-29 12:34:56 UTC, a Thursday, day 59 of a leap year.
-        assert_eq!(
-            broken_down_utc(1_709_210_096),
-            [56, 34, 12, 29, 1, 124, 4, 59, 0, 0]
-        );
+        assert_eq!(broken_down_utc(1_709_210_096), [56, 34, 12, 29, 1, 124, 4, 59, 0, 0]);
         // The epoch: Thursday 1970-01-01.
         assert_eq!(broken_down_utc(0), [0, 0, 0, 1, 0, 70, 4, 0, 0, 0]);
         // 1969-12-31 23:59:59, before the epoch.

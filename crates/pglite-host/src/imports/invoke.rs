@@ -8,15 +8,11 @@ use wasmtime::{Caller, FuncType, Linker, Module, Val, ValType};
 use super::{Ctx, LongJmp};
 
 pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "_emscripten_throw_longjmp",
-        |_: Caller<'_, Ctx>| -> wasmtime::Result<()> { Err(wasmtime::Error::new(LongJmp)) },
-    )?;
+    linker.func_wrap("env", "_emscripten_throw_longjmp", |_: Caller<'_, Ctx>| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(LongJmp))
+    })?;
     for import in module.imports() {
-        if let (true, wasmtime::ExternType::Func(ty)) =
-            (import.name().starts_with("invoke_"), import.ty())
-        {
+        if let (true, wasmtime::ExternType::Func(ty)) = (import.name().starts_with("invoke_"), import.ty()) {
             let invoke = trampoline(&ty);
             linker.func_new(import.module(), import.name(), ty, invoke)?;
         }
@@ -37,9 +33,7 @@ pub(crate) fn trampoline(
             .table
             .get(&mut caller, index)
             .and_then(|r| r.as_func().flatten().copied())
-            .ok_or_else(|| {
-                wasmtime::Error::msg(format!("invoke of null function pointer {index}"))
-            })?;
+            .ok_or_else(|| wasmtime::Error::msg(format!("invoke of null function pointer {index}")))?;
         match func.call(&mut caller, &params[1..], results) {
             Ok(()) => Ok(()),
             Err(err) if err.is::<LongJmp>() => {

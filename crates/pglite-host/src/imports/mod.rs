@@ -73,24 +73,15 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(crate) fn new(vfs: Vfs) -> Ctx {
-        Ctx {
-            vfs,
-            shared: None,
-            exports: None,
-            dylink: dylink::Registry::default(),
-            started: Instant::now(),
-        }
+        Ctx { vfs, shared: None, exports: None, dylink: dylink::Registry::default(), started: Instant::now() }
     }
 
     pub(crate) fn shared(&self) -> Shared {
-        self.shared
-            .expect("shared handles are set before instantiation")
+        self.shared.expect("shared handles are set before instantiation")
     }
 
     pub(crate) fn exports(&self) -> Exports {
-        self.exports
-            .clone()
-            .expect("exports are set right after instantiation")
+        self.exports.clone().expect("exports are set right after instantiation")
     }
 }
 
@@ -111,10 +102,7 @@ pub(crate) fn syscall(
 }
 
 /// Adds every import of the main module to `linker`.
-pub(crate) fn add_to_linker(
-    linker: &mut wasmtime::Linker<Ctx>,
-    module: &wasmtime::Module,
-) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut wasmtime::Linker<Ctx>, module: &wasmtime::Module) -> wasmtime::Result<()> {
     // Every function import first gets a fallback that fails like the JS runtime without a
     // network: -ENOSYS for syscalls, never 0 (a 0 from socket() once handed out fd 0 and
     // corrupted the catalog). The real implementations below shadow the fallbacks.
@@ -123,27 +111,18 @@ pub(crate) fn add_to_linker(
         if let wasmtime::ExternType::Func(ty) = import.ty() {
             let name = import.name().to_owned();
             let results: Vec<_> = ty.results().collect();
-            linker.func_new(
-                import.module(),
-                import.name(),
-                ty.clone(),
-                move |_caller, _params, out| {
-                    tracing::trace!(import = %name, "unimplemented import called");
-                    for (slot, ty) in out.iter_mut().zip(&results) {
-                        *slot = match ty {
-                            wasmtime::ValType::I64 => wasmtime::Val::I64(0),
-                            wasmtime::ValType::F32 => wasmtime::Val::F32(0),
-                            wasmtime::ValType::F64 => wasmtime::Val::F64(0),
-                            _ => wasmtime::Val::I32(if name.starts_with("__syscall_") {
-                                Errno::NOSYS.neg()
-                            } else {
-                                0
-                            }),
-                        };
-                    }
-                    Ok(())
-                },
-            )?;
+            linker.func_new(import.module(), import.name(), ty.clone(), move |_caller, _params, out| {
+                tracing::trace!(import = %name, "unimplemented import called");
+                for (slot, ty) in out.iter_mut().zip(&results) {
+                    *slot = match ty {
+                        wasmtime::ValType::I64 => wasmtime::Val::I64(0),
+                        wasmtime::ValType::F32 => wasmtime::Val::F32(0),
+                        wasmtime::ValType::F64 => wasmtime::Val::F64(0),
+                        _ => wasmtime::Val::I32(if name.starts_with("__syscall_") { Errno::NOSYS.neg() } else { 0 }),
+                    };
+                }
+                Ok(())
+            })?;
         }
     }
     syscalls::add_to_linker(linker)?;

@@ -30,14 +30,7 @@ fn wasi(caller: &mut C<'_>, body: impl FnOnce(&mut Guest<'_>, &mut Ctx) -> SysRe
     }
 }
 
-fn read_iovs(
-    g: &mut Guest<'_>,
-    ctx: &mut Ctx,
-    fd: i32,
-    iov: i32,
-    n: i32,
-    offset: Option<u64>,
-) -> SysResult<u32> {
+fn read_iovs(g: &mut Guest<'_>, ctx: &mut Ctx, fd: i32, iov: i32, n: i32, offset: Option<u64>) -> SysResult<u32> {
     let mut total: u64 = 0;
     for (ptr, len) in g.iovecs(iov as u32, n as u32)? {
         if len == 0 {
@@ -59,14 +52,7 @@ fn read_iovs(
     Ok(total as u32)
 }
 
-fn write_iovs(
-    g: &mut Guest<'_>,
-    ctx: &mut Ctx,
-    fd: i32,
-    iov: i32,
-    n: i32,
-    offset: Option<u64>,
-) -> SysResult<u32> {
+fn write_iovs(g: &mut Guest<'_>, ctx: &mut Ctx, fd: i32, iov: i32, n: i32, offset: Option<u64>) -> SysResult<u32> {
     let mut total: u64 = 0;
     for (ptr, len) in g.iovecs(iov as u32, n as u32)? {
         let at = offset.map(|o| o + total);
@@ -77,62 +63,38 @@ fn write_iovs(
 
 pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     const M: &str = "wasi_snapshot_preview1";
-    linker.func_wrap(
-        M,
-        "fd_read",
-        |mut c: C<'_>, fd: i32, iov: i32, n: i32, out: i32| {
-            wasi(&mut c, |g, ctx| {
-                let total = read_iovs(g, ctx, fd, iov, n, None)?;
-                g.put_u32(out as u32, total)
-            })
-        },
-    )?;
-    linker.func_wrap(
-        M,
-        "fd_pread",
-        |mut c: C<'_>, fd: i32, iov: i32, n: i32, off: i64, out: i32| {
-            wasi(&mut c, |g, ctx| {
-                let total = read_iovs(g, ctx, fd, iov, n, Some(off as u64))?;
-                g.put_u32(out as u32, total)
-            })
-        },
-    )?;
-    linker.func_wrap(
-        M,
-        "fd_write",
-        |mut c: C<'_>, fd: i32, iov: i32, n: i32, out: i32| {
-            wasi(&mut c, |g, ctx| {
-                let total = write_iovs(g, ctx, fd, iov, n, None)?;
-                g.put_u32(out as u32, total)
-            })
-        },
-    )?;
-    linker.func_wrap(
-        M,
-        "fd_pwrite",
-        |mut c: C<'_>, fd: i32, iov: i32, n: i32, off: i64, out: i32| {
-            wasi(&mut c, |g, ctx| {
-                let total = write_iovs(g, ctx, fd, iov, n, Some(off as u64))?;
-                g.put_u32(out as u32, total)
-            })
-        },
-    )?;
-    linker.func_wrap(
-        M,
-        "fd_seek",
-        |mut c: C<'_>, fd: i32, off: i64, whence: i32, out: i32| {
-            wasi(&mut c, |g, ctx| {
-                let pos = ctx.vfs.seek(fd, off, whence)?;
-                g.put_u64(out as u32, pos)
-            })
-        },
-    )?;
-    linker.func_wrap(M, "fd_close", |mut c: C<'_>, fd: i32| {
-        wasi(&mut c, |_, ctx| ctx.vfs.close(fd))
+    linker.func_wrap(M, "fd_read", |mut c: C<'_>, fd: i32, iov: i32, n: i32, out: i32| {
+        wasi(&mut c, |g, ctx| {
+            let total = read_iovs(g, ctx, fd, iov, n, None)?;
+            g.put_u32(out as u32, total)
+        })
     })?;
-    linker.func_wrap(M, "fd_sync", |mut c: C<'_>, fd: i32| {
-        wasi(&mut c, |_, ctx| ctx.vfs.sync(fd))
+    linker.func_wrap(M, "fd_pread", |mut c: C<'_>, fd: i32, iov: i32, n: i32, off: i64, out: i32| {
+        wasi(&mut c, |g, ctx| {
+            let total = read_iovs(g, ctx, fd, iov, n, Some(off as u64))?;
+            g.put_u32(out as u32, total)
+        })
     })?;
+    linker.func_wrap(M, "fd_write", |mut c: C<'_>, fd: i32, iov: i32, n: i32, out: i32| {
+        wasi(&mut c, |g, ctx| {
+            let total = write_iovs(g, ctx, fd, iov, n, None)?;
+            g.put_u32(out as u32, total)
+        })
+    })?;
+    linker.func_wrap(M, "fd_pwrite", |mut c: C<'_>, fd: i32, iov: i32, n: i32, off: i64, out: i32| {
+        wasi(&mut c, |g, ctx| {
+            let total = write_iovs(g, ctx, fd, iov, n, Some(off as u64))?;
+            g.put_u32(out as u32, total)
+        })
+    })?;
+    linker.func_wrap(M, "fd_seek", |mut c: C<'_>, fd: i32, off: i64, whence: i32, out: i32| {
+        wasi(&mut c, |g, ctx| {
+            let pos = ctx.vfs.seek(fd, off, whence)?;
+            g.put_u64(out as u32, pos)
+        })
+    })?;
+    linker.func_wrap(M, "fd_close", |mut c: C<'_>, fd: i32| wasi(&mut c, |_, ctx| ctx.vfs.close(fd)))?;
+    linker.func_wrap(M, "fd_sync", |mut c: C<'_>, fd: i32| wasi(&mut c, |_, ctx| ctx.vfs.sync(fd)))?;
     linker.func_wrap(M, "fd_fdstat_get", |mut c: C<'_>, fd: i32, buf: i32| {
         wasi(&mut c, |g, ctx| {
             let mut stat = [0u8; 24];
@@ -140,19 +102,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             g.write(buf as u32, &stat)
         })
     })?;
-    linker.func_wrap(
-        M,
-        "environ_sizes_get",
-        |mut c: C<'_>, count: i32, size: i32| {
-            wasi(&mut c, |g, _| {
-                g.put_u32(count as u32, ENVIRON.len() as u32)?;
-                g.put_u32(
-                    size as u32,
-                    ENVIRON.iter().map(|e| e.len() as u32 + 1).sum(),
-                )
-            })
-        },
-    )?;
+    linker.func_wrap(M, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
+        wasi(&mut c, |g, _| {
+            g.put_u32(count as u32, ENVIRON.len() as u32)?;
+            g.put_u32(size as u32, ENVIRON.iter().map(|e| e.len() as u32 + 1).sum())
+        })
+    })?;
     linker.func_wrap(M, "environ_get", |mut c: C<'_>, ptrs: i32, buf: i32| {
         wasi(&mut c, |g, _| {
             let mut at = buf as u32;
@@ -165,29 +120,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             Ok(())
         })
     })?;
-    linker.func_wrap(
-        M,
-        "clock_time_get",
-        |mut c: C<'_>, id: i32, _precision: i64, out: i32| {
-            wasi(&mut c, |g, ctx| {
-                let ns = if id == 0 {
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or(0)
-                } else {
-                    ctx.started.elapsed().as_nanos() as u64
-                };
-                g.put_u64(out as u32, ns)
-            })
-        },
-    )?;
-    linker.func_wrap(
-        M,
-        "proc_exit",
-        |_: C<'_>, code: i32| -> wasmtime::Result<()> {
-            Err(wasmtime::Error::new(GuestExit(code)))
-        },
-    )?;
+    linker.func_wrap(M, "clock_time_get", |mut c: C<'_>, id: i32, _precision: i64, out: i32| {
+        wasi(&mut c, |g, ctx| {
+            let ns = if id == 0 {
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            } else {
+                ctx.started.elapsed().as_nanos() as u64
+            };
+            g.put_u64(out as u32, ns)
+        })
+    })?;
+    linker.func_wrap(M, "proc_exit", |_: C<'_>, code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(GuestExit(code)))
+    })?;
     Ok(())
 }

@@ -5,21 +5,9 @@ use super::*;
 fn vfs(root: &Path, data: &Path) -> Vfs {
     Vfs::new(
         vec![
-            Mount {
-                guest: "/".into(),
-                host: root.to_path_buf(),
-                read_only: false,
-            },
-            Mount {
-                guest: "/tmp/pglite/base".into(),
-                host: data.to_path_buf(),
-                read_only: false,
-            },
-            Mount {
-                guest: "/tmp/pglite/share".into(),
-                host: root.join("share"),
-                read_only: true,
-            },
+            Mount { guest: "/".into(), host: root.to_path_buf(), read_only: false },
+            Mount { guest: "/tmp/pglite/base".into(), host: data.to_path_buf(), read_only: false },
+            Mount { guest: "/tmp/pglite/share".into(), host: root.join("share"), read_only: true },
         ],
         true,
     )
@@ -39,10 +27,7 @@ fn relative_paths_resolve_against_cwd_and_dirfd() {
     let data = tempfile::tempdir().unwrap();
     let mut v = vfs(root.path(), data.path());
     v.chdir("/tmp/pglite/base".into()).unwrap();
-    assert_eq!(
-        v.resolve(AT_FDCWD, "global/pg_control").unwrap(),
-        "/tmp/pglite/base/global/pg_control"
-    );
+    assert_eq!(v.resolve(AT_FDCWD, "global/pg_control").unwrap(), "/tmp/pglite/base/global/pg_control");
     assert_eq!(v.resolve(AT_FDCWD, "../../../../x").unwrap(), "/x");
 }
 
@@ -51,24 +36,13 @@ fn files_land_in_their_mount_and_dotdot_cannot_escape() {
     let root = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut v = vfs(root.path(), data.path());
-    let fd = v
-        .open(
-            "/tmp/pglite/base/PG_VERSION".into(),
-            oflags::CREAT | oflags::WRONLY,
-            0o600,
-        )
-        .unwrap();
+    let fd = v.open("/tmp/pglite/base/PG_VERSION".into(), oflags::CREAT | oflags::WRONLY, 0o600).unwrap();
     v.write(fd, b"16\n", None).unwrap();
     v.close(fd).unwrap();
     assert_eq!(fs::read(data.path().join("PG_VERSION")).unwrap(), b"16\n");
-    let escaped = v
-        .resolve(AT_FDCWD, "/tmp/pglite/base/../../../../etc/passwd")
-        .unwrap();
+    let escaped = v.resolve(AT_FDCWD, "/tmp/pglite/base/../../../../etc/passwd").unwrap();
     assert_eq!(escaped, "/etc/passwd");
-    assert!(
-        v.stat_path(&escaped, true).is_err(),
-        "host /etc/passwd must not be visible"
-    );
+    assert!(v.stat_path(&escaped, true).is_err(), "host /etc/passwd must not be visible");
 }
 
 #[test]
@@ -79,11 +53,7 @@ fn host_symlink_out_of_a_mount_is_refused() {
     fs::write(outside.path().join("secret"), b"x").unwrap();
     std::os::unix::fs::symlink(outside.path(), data.path().join("link")).unwrap();
     let mut v = vfs(root.path(), data.path());
-    assert_eq!(
-        v.open("/tmp/pglite/base/link/secret".into(), 0, 0)
-            .unwrap_err(),
-        Errno::ACCES
-    );
+    assert_eq!(v.open("/tmp/pglite/base/link/secret".into(), 0, 0).unwrap_err(), Errno::ACCES);
 }
 
 #[test]
@@ -93,11 +63,7 @@ fn read_only_mount_refuses_writes() {
     fs::create_dir(root.path().join("share")).unwrap();
     fs::write(root.path().join("share/f"), b"x").unwrap();
     let mut v = vfs(root.path(), data.path());
-    assert_eq!(
-        v.open("/tmp/pglite/share/f".into(), oflags::RDWR, 0)
-            .unwrap_err(),
-        Errno::ROFS
-    );
+    assert_eq!(v.open("/tmp/pglite/share/f".into(), oflags::RDWR, 0).unwrap_err(), Errno::ROFS);
     assert!(v.open("/tmp/pglite/share/f".into(), 0, 0).is_ok());
     assert_eq!(v.mkdir("/tmp/pglite/share/d").unwrap_err(), Errno::ROFS);
 }
@@ -107,9 +73,7 @@ fn dup_shares_the_offset_and_pipes_are_nonblocking() {
     let root = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut v = vfs(root.path(), data.path());
-    let fd = v
-        .open("/f".into(), oflags::CREAT | oflags::RDWR, 0o600)
-        .unwrap();
+    let fd = v.open("/f".into(), oflags::CREAT | oflags::RDWR, 0o600).unwrap();
     let fd2 = v.dup(fd, 0).unwrap();
     v.write(fd, b"abc", None).unwrap();
     v.write(fd2, b"def", None).unwrap();

@@ -1,0 +1,86 @@
+//! Start, stop, restart, locking and the compiled-module cache.
+
+use pglite_host::{BootKind, Error, Pglite};
+
+use crate::support::{artifact, config, scalar, start};
+
+#[test]
+fn first_boot_then_restart_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pg = start(&data);
+    assert_ne!(pg.boot_info().kind, BootKind::Resumed);
+    assert_eq!(scalar(&pg, "SELECT current_database()"), "postgres");
+    assert_eq!(scalar(&pg, "SELECT current_user"), "postgres");
+    assert_eq!(scalar(&pg, "SHOW search_path"), "\"$user\", public");
+    assert_eq!(scalar(&pg, "SHOW enable_seqscan"), "on");
+    scalar(
+        &pg,
+        "CREATE TABLE kept(id int primary key, note text); INSERT INTO kept VALUES (1, 'one'), (2, 'two'); SELECT 1",
+    );
+    pg.stop().unwrap();
+    pg.stop().unwrap();
+    assert!(!pg.healthy());
+    drop(pg);
+
+    let pg = start(&data);
+    assert_eq!(pg.boot_info().kind, BootKind::Resumed);
+    assert_eq!(scalar(&pg, "SELECT string_agg(note, ',' ORDER BY id) FROM kept"), "one,two");
+    assert_eq!(scalar(&pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept' AND schemaname = 'public'"), "1");
+    // User objects never land in template1.
+    assert_eq!(scalar(&pg, "SELECT datname FROM pg_database WHERE datname = current_database()"), "postgres");
+}
+
+#[test]
+fn two_hosts_on_one_data_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = start(dir.path());
+    let err = Pglite::start(artifact(), config(dir.path())).err().expect("second host refused");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    // The first is unaffected.
+    assert_eq!(scalar(&pg, "SELECT 40 + 2"), "42");
+}
+
+#[test]
+fn data_directory_of_another_major_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("PG_VERSION"), "17\n").unwrap();
+    let err = Pglite::start(artifact(), config(dir.path())).err().expect("refused");
+    assert!(matches!(err, Error::IncompatibleDataDir { .. }), "{err}");
+}
+
+#[test]
+fn corrupt_compiled_module_cache_is_recovered() {
+    let modules = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.module_cache_dir = Some(modules.path().to_path_buf());
+    let pg = Pglite::start(artifact(), cfg.clone()).unwrap();
+    pg.stop().unwrap();
+    drop(pg);
+    let cwasm = std::fs::read_dir(modules.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "cwasm")
+                && p.to_string_lossy().starts_with(&*modules.path().to_string_lossy())
+                && p.metadata().unwrap().len() > 1 << 20
+        })
+        .expect("compiled module cached");
+    let good = std::fs::read(&cwasm).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid..mid + 4096].fill(0xAB);
+    std::fs::write(&cwasm, &bad).unwrap();
+
+    let pg = Pglite::start(artifact(), cfg.clone()).unwrap();
+    assert_eq!(scalar(&pg, "SELECT 'recovered'"), "recovered");
+    pg.stop().unwrap();
+    assert_eq!(std::fs::read(&cwasm).unwrap(), good, "the corrupt entry was rewritten");
+
+    // A truncated entry too.
+    std::fs::write(&cwasm, &good[..1000]).unwrap();
+    let pg = Pglite::start(artifact(), cfg).unwrap();
+    assert_eq!(scalar(&pg, "SELECT 1"), "1");
+}

@@ -1,0 +1,121 @@
+//! Shared fixtures: the artifact, a started instance on a fresh data directory, and helpers
+//! that speak just enough of the wire protocol to check results.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use pglite_host::{Artifact, Config, Pglite};
+
+/// The workspace's shared test cache (artifact, compiled modules, templates).
+pub(crate) fn cache_root() -> PathBuf {
+    match std::env::var_os("NSELF_TEST_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache"),
+    }
+}
+
+/// The verified, extracted 0.2.17 artifact (fetched once per cache).
+pub(crate) fn artifact() -> Artifact {
+    static ARTIFACT: OnceLock<Artifact> = OnceLock::new();
+    ARTIFACT
+        .get_or_init(|| {
+            let mut opts = pglite_fetch::FetchOptions::new("0.2.17");
+            opts.cache_dir = camino::Utf8PathBuf::from_path_buf(cache_root().join("pglite")).expect("utf-8 cache path");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let fetched = rt.block_on(pglite_fetch::ensure(&opts)).expect("fetching PGlite 0.2.17");
+            Artifact {
+                version: fetched.version,
+                wasm: fetched.wasm.into(),
+                wasm_sha256: fetched.wasm_sha256,
+                package_root: fetched.root.into(),
+            }
+        })
+        .clone()
+}
+
+pub(crate) fn config(data_dir: &Path) -> Config {
+    let mut config = Config::new(data_dir);
+    config.module_cache_dir = Some(cache_root().join("modules"));
+    config.template_dir = Some(cache_root().join("templates/0.2.17"));
+    config
+}
+
+pub(crate) fn start(data_dir: &Path) -> Pglite {
+    Pglite::start(artifact(), config(data_dir)).expect("PGlite starts")
+}
+
+/// A simple-protocol Query.
+pub(crate) fn query(sql: &str) -> Vec<u8> {
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    msg
+}
+
+/// Splits backend output into (type, body) messages; panics on a torn frame.
+pub(crate) fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 5, "torn message header");
+        let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        assert!(bytes.len() > len, "torn message body");
+        out.push((bytes[0], bytes[5..1 + len].to_vec()));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+/// The outcome of one simple query: text rows, or the SQLSTATE of its error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Rows(Vec<Vec<Option<String>>>),
+    Error(String),
+}
+
+pub(crate) fn outcome(reply: &[u8]) -> Outcome {
+    let msgs = messages(reply);
+    assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'), "reply must end in ReadyForQuery: {msgs:?}");
+    let mut rows = Vec::new();
+    for (ty, body) in &msgs {
+        match ty {
+            b'E' => {
+                let code = body.split(|&b| b == 0).find(|f| f.first() == Some(&b'C')).expect("SQLSTATE field");
+                return Outcome::Error(String::from_utf8_lossy(&code[1..]).into_owned());
+            }
+            b'D' => rows.push(data_row(body)),
+            _ => {}
+        }
+    }
+    Outcome::Rows(rows)
+}
+
+fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    (0..n)
+        .map(|_| {
+            let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+            at += 4;
+            if len < 0 {
+                return None;
+            }
+            let value = String::from_utf8_lossy(&body[at..at + len as usize]).into_owned();
+            at += len as usize;
+            Some(value)
+        })
+        .collect()
+}
+
+/// Runs `sql` and returns its outcome.
+pub(crate) fn run(pg: &Pglite, sql: &str) -> Outcome {
+    outcome(&pg.exec_protocol(query(sql)).expect("exchange succeeds"))
+}
+
+/// Runs `sql` and returns the single value of its single row.
+pub(crate) fn scalar(pg: &Pglite, sql: &str) -> String {
+    match run(pg, sql) {
+        Outcome::Rows(rows) if rows.len() == 1 && rows[0].len() == 1 => rows[0][0].clone().unwrap_or_default(),
+        other => panic!("{sql}: expected one value, got {other:?}"),
+    }
+}
