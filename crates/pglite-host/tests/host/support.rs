@@ -35,8 +35,9 @@ pub(crate) fn artifact() -> Artifact {
 
 pub(crate) fn config(data_dir: &Path) -> Config {
     let mut config = Config::new(data_dir);
-    config.module_cache_dir = Some(cache_root().join("modules"));
-    config.template_dir = Some(cache_root().join("templates/0.2.17"));
+    // The same layout the facade uses under NSELF_CACHE_DIR, so e2e tests share it.
+    config.module_cache_dir = Some(cache_root().join("pglite/modules"));
+    config.template_dir = Some(cache_root().join("pglite/0.2.17/template"));
     config
 }
 
