@@ -15,10 +15,7 @@ use crate::error::Reason;
 pub fn validate_entry_path(path: &[u8]) -> Result<&str, Reason> {
     let unsafe_path = || Reason::UnsafeArchivePath(String::from_utf8_lossy(path).into_owned());
     let path = std::str::from_utf8(path).map_err(|_| unsafe_path())?;
-    if path.starts_with('/')
-        || path.contains('\\')
-        || path.split('/').any(|component| component == "..")
-    {
+    if path.starts_with('/') || path.contains('\\') || path.split('/').any(|component| component == "..") {
         return Err(unsafe_path());
     }
     Ok(path)

@@ -35,10 +35,7 @@ const ROOT_STAGE_PREFIX: &str = ".root-part-";
 pub(crate) const ARCHIVE_PREFIX: &str = ".archive-part-";
 
 pub(crate) fn cache_err(path: &Utf8Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Cache {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Cache { path: path.to_owned(), source }
 }
 
 pub(crate) fn create_dir_all(dir: &Utf8Path) -> Result<(), Error> {
@@ -49,12 +46,7 @@ pub(crate) fn create_dir_all(dir: &Utf8Path) -> Result<(), Error> {
 /// the returned file is dropped (or the process dies, so a crash never wedges the cache).
 pub(crate) fn lock(dir: &Utf8Path) -> Result<File, Error> {
     let path = dir.join(".lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(cache_err(&path))?;
+    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(cache_err(&path))?;
     file.lock().map_err(cache_err(&path))?;
     Ok(file)
 }
@@ -90,8 +82,7 @@ pub(crate) fn is_verified(dir: &Utf8Path, pin: &FilePin) -> Result<bool, Error> 
     }
     let receipt_path = receipt_path(dir, &pin.name);
     let mtime = metadata.modified().map_err(cache_err(&path))?;
-    if fs::read_to_string(&receipt_path).is_ok_and(|receipt| receipt == render_receipt(pin, mtime))
-    {
+    if fs::read_to_string(&receipt_path).is_ok_and(|receipt| receipt == render_receipt(pin, mtime)) {
         return Ok(true);
     }
     let file = File::open(&path).map_err(cache_err(&path))?;
@@ -101,10 +92,7 @@ pub(crate) fn is_verified(dir: &Utf8Path, pin: &FilePin) -> Result<bool, Error> 
         return Ok(false);
     }
     // The receipt only saves the next start some hashing: a read-only cache stays usable.
-    let stamped = File::options()
-        .write(true)
-        .open(&path)
-        .and_then(|file| stamp(&file));
+    let stamped = File::options().write(true).open(&path).and_then(|file| stamp(&file));
     if let Err(err) = stamped.and_then(|mtime| write_receipt(dir, pin, mtime)) {
         tracing::debug!(%path, %err, "no receipt recorded; the file will be hashed again next time");
     }
@@ -117,34 +105,23 @@ fn receipt_path(dir: &Utf8Path, name: &str) -> Utf8PathBuf {
 
 fn render_receipt(pin: &FilePin, mtime: SystemTime) -> String {
     let mtime = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!(
-        "v1 {} {} {}.{:09}\n",
-        pin.sha256,
-        pin.size,
-        mtime.as_secs(),
-        mtime.subsec_nanos()
-    )
+    format!("v1 {} {} {}.{:09}\n", pin.sha256, pin.size, mtime.as_secs(), mtime.subsec_nanos())
 }
 
 /// Sets a verified file's mtime to a whole second in the past. Any later write moves the
 /// mtime to "now", which cannot equal the stamp, so a receipt keyed on the stamp goes stale
 /// even when the rewrite happens within the filesystem's timestamp granularity.
 fn stamp(file: &File) -> io::Result<SystemTime> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let mtime = UNIX_EPOCH + Duration::from_secs(now.as_secs().saturating_sub(1));
     file.set_modified(mtime)?;
     Ok(mtime)
 }
 
 fn write_receipt(dir: &Utf8Path, pin: &FilePin, mtime: SystemTime) -> io::Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(STAGE_PREFIX)
-        .tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(STAGE_PREFIX).tempfile_in(dir)?;
     tmp.write_all(render_receipt(pin, mtime).as_bytes())?;
-    tmp.persist(receipt_path(dir, &pin.name))
-        .map_err(|err| err.error)?;
+    tmp.persist(receipt_path(dir, &pin.name)).map_err(|err| err.error)?;
     Ok(())
 }
 
@@ -162,15 +139,8 @@ pub(crate) struct Staged {
 
 impl Staged {
     pub(crate) fn new(dir: &Utf8Path, pin: &FilePin) -> Result<Staged, Error> {
-        let tmp = tempfile::Builder::new()
-            .prefix(STAGE_PREFIX)
-            .tempfile_in(dir)
-            .map_err(cache_err(dir))?;
-        Ok(Staged {
-            dir: dir.to_owned(),
-            pin: pin.clone(),
-            writer: HashingWriter::new(BufWriter::new(tmp)),
-        })
+        let tmp = tempfile::Builder::new().prefix(STAGE_PREFIX).tempfile_in(dir).map_err(cache_err(dir))?;
+        Ok(Staged { dir: dir.to_owned(), pin: pin.clone(), writer: HashingWriter::new(BufWriter::new(tmp)) })
     }
 
     /// Checks the digest; only then fsyncs, renames into place and fsyncs the directory.
@@ -178,20 +148,13 @@ impl Staged {
         let received = self.writer.n_bytes();
         let (actual, writer) = self.writer.finish();
         if actual != self.pin.sha256 {
-            return Err(Reason::HashMismatch {
-                expected: self.pin.sha256.clone(),
-                actual,
-            });
+            return Err(Reason::HashMismatch { expected: self.pin.sha256.clone(), actual });
         }
         if received != self.pin.size {
             // Same digest, different size cannot happen with SHA-256; guard the pin table.
-            return Err(Reason::TooLarge {
-                limit: self.pin.size,
-            });
+            return Err(Reason::TooLarge { limit: self.pin.size });
         }
-        let tmp = writer
-            .into_inner()
-            .map_err(|err| Reason::Io(err.into_error()))?;
+        let tmp = writer.into_inner().map_err(|err| Reason::Io(err.into_error()))?;
         tmp.as_file().sync_all().map_err(Reason::Io)?;
         let mtime = stamp(tmp.as_file()).map_err(Reason::Io)?;
         let path = self.dir.join(&self.pin.name);
@@ -215,8 +178,7 @@ impl Write for Staged {
 /// Whether `<dir>/root` is a complete extraction of the data bundle `data`.
 pub(crate) fn is_root_complete(dir: &Utf8Path, data: &FilePin, files: &[PackageFile]) -> bool {
     let receipt = fs::read_to_string(dir.join("root.receipt"));
-    receipt.is_ok_and(|receipt| receipt == render_root_receipt(data, files))
-        && dir.join("root").is_dir()
+    receipt.is_ok_and(|receipt| receipt == render_root_receipt(data, files)) && dir.join("root").is_dir()
 }
 
 fn render_root_receipt(data: &FilePin, files: &[PackageFile]) -> String {
@@ -225,11 +187,7 @@ fn render_root_receipt(data: &FilePin, files: &[PackageFile]) -> String {
 
 /// Unpacks the verified data bundle into `<dir>/root/`, atomically: extract into a temp
 /// directory beside it, fsync, rename, then write `root.receipt`. Call under the lock.
-pub(crate) fn extract_root(
-    dir: &Utf8Path,
-    data: &FilePin,
-    files: &[PackageFile],
-) -> Result<(), Error> {
+pub(crate) fn extract_root(dir: &Utf8Path, data: &FilePin, files: &[PackageFile]) -> Result<(), Error> {
     let receipt = dir.join("root.receipt");
     let root = dir.join("root");
     match fs::remove_file(&receipt) {
@@ -239,12 +197,8 @@ pub(crate) fn extract_root(
     if root.exists() {
         fs::remove_dir_all(&root).map_err(cache_err(&root))?;
     }
-    let staging = tempfile::Builder::new()
-        .prefix(ROOT_STAGE_PREFIX)
-        .tempdir_in(dir)
-        .map_err(cache_err(dir))?;
-    let staging_path = Utf8Path::from_path(staging.path())
-        .ok_or_else(|| Error::NonUtf8Path(staging.path().into()))?;
+    let staging = tempfile::Builder::new().prefix(ROOT_STAGE_PREFIX).tempdir_in(dir).map_err(cache_err(dir))?;
+    let staging_path = Utf8Path::from_path(staging.path()).ok_or_else(|| Error::NonUtf8Path(staging.path().into()))?;
     let data_path = dir.join(&data.name);
     let mut data_file = File::open(&data_path).map_err(cache_err(&data_path))?;
     let mut dirs = std::collections::BTreeSet::new();
@@ -263,15 +217,10 @@ pub(crate) fn extract_root(
     let staged = staging.keep();
     fs::rename(&staged, &root).map_err(cache_err(&root))?;
     sync_dir(dir).map_err(cache_err(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(STAGE_PREFIX)
-        .tempfile_in(dir)
-        .map_err(cache_err(dir))?;
-    tmp.write_all(render_root_receipt(data, files).as_bytes())
-        .map_err(cache_err(&receipt))?;
+    let mut tmp = tempfile::Builder::new().prefix(STAGE_PREFIX).tempfile_in(dir).map_err(cache_err(dir))?;
+    tmp.write_all(render_root_receipt(data, files).as_bytes()).map_err(cache_err(&receipt))?;
     tmp.as_file().sync_all().map_err(cache_err(&receipt))?;
-    tmp.persist(&receipt)
-        .map_err(|err| cache_err(&receipt)(err.error))?;
+    tmp.persist(&receipt).map_err(|err| cache_err(&receipt)(err.error))?;
     sync_dir(dir).map_err(cache_err(dir))
 }
 
@@ -280,10 +229,7 @@ fn copy_range(data_file: &mut File, file: &PackageFile, path: &Utf8Path) -> io::
     let mut out = File::create(path)?;
     let copied = io::copy(&mut (&mut *data_file).take(file.len()), &mut out)?;
     if copied != file.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "data bundle shorter than its file list",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "data bundle shorter than its file list"));
     }
     // initdb checks the exec bit on its siblings; PGlite's own FS marks every file 0755 too.
     #[cfg(unix)]

@@ -141,9 +141,7 @@ pub enum Reason {
     #[error("bad URL or redirect: {0}")]
     BadUrl(String),
     /// The npm source has no registry URL and none could be discovered.
-    #[error(
-        "no npm registry configured: set NPM_CONFIG_REGISTRY, add `registry=` to ~/.npmrc or put npm on PATH"
-    )]
+    #[error("no npm registry configured: set NPM_CONFIG_REGISTRY, add `registry=` to ~/.npmrc or put npm on PATH")]
     NoNpmRegistry,
     /// The archive lacks the file.
     #[error("not in the archive")]
@@ -172,23 +170,11 @@ struct AllFailed<'a> {
 impl fmt::Display for AllFailed<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.file {
-            Some(file) => write!(
-                f,
-                "no source had a verified {file} for PGlite {}",
-                self.version
-            )?,
-            None => write!(
-                f,
-                "no source had verified files for PGlite {}",
-                self.version
-            )?,
+            Some(file) => write!(f, "no source had a verified {file} for PGlite {}", self.version)?,
+            None => write!(f, "no source had verified files for PGlite {}", self.version)?,
         }
         for attempt in self.attempts {
-            write!(
-                f,
-                "\n  - {} ({}): {}",
-                attempt.url, attempt.file, attempt.reason
-            )?;
+            write!(f, "\n  - {} ({}): {}", attempt.url, attempt.file, attempt.reason)?;
             let mut source = std::error::Error::source(&attempt.reason);
             while let Some(cause) = source {
                 write!(f, ": {cause}")?;

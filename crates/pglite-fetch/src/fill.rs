@@ -20,11 +20,7 @@ use crate::{
 };
 
 /// Fetches every pin in `missing` into `dest` or fails listing all attempts.
-pub(crate) async fn fill(
-    opts: &FetchOptions,
-    dest: &Utf8Path,
-    missing: Vec<FilePin>,
-) -> Result<(), Error> {
+pub(crate) async fn fill(opts: &FetchOptions, dest: &Utf8Path, missing: Vec<FilePin>) -> Result<(), Error> {
     let mut remaining = missing;
     let mut attempts = Vec::new();
     let mut http = None;
@@ -41,11 +37,7 @@ pub(crate) async fn fill(
                     match fetch_url(opts, http, &url, dest, &pin).await? {
                         Ok(()) => {}
                         Err(reason) => {
-                            attempts.push(Attempt {
-                                file: pin.name.clone(),
-                                url,
-                                reason,
-                            });
+                            attempts.push(Attempt { file: pin.name.clone(), url, reason });
                             still_missing.push(pin);
                         }
                     }
@@ -56,22 +48,15 @@ pub(crate) async fn fill(
                 let mut still_missing = Vec::new();
                 for pin in remaining {
                     let path = dir.join(&pin.name);
-                    let (dest, limit, pin_for_copy) =
-                        (dest.to_owned(), limit(opts, &pin), pin.clone());
+                    let (dest, limit, pin_for_copy) = (dest.to_owned(), limit(opts, &pin), pin.clone());
                     let copy = {
                         let path = path.clone();
-                        tokio::task::spawn_blocking(move || {
-                            copy_local(&path, &dest, &pin_for_copy, limit)
-                        })
+                        tokio::task::spawn_blocking(move || copy_local(&path, &dest, &pin_for_copy, limit))
                     };
                     match copy.await.expect("copying a local file panicked")? {
                         Ok(()) => {}
                         Err(reason) => {
-                            attempts.push(Attempt {
-                                file: pin.name.clone(),
-                                url: path.to_string(),
-                                reason,
-                            });
+                            attempts.push(Attempt { file: pin.name.clone(), url: path.to_string(), reason });
                             still_missing.push(pin);
                         }
                     }
@@ -90,8 +75,7 @@ pub(crate) async fn fill(
                 };
                 let url = npm_tarball_url(&registry, &opts.version);
                 let http = lazy_http(&mut http, opts)?;
-                remaining =
-                    fill_from_tarball(opts, http, &url, dest, remaining, &mut attempts).await?;
+                remaining = fill_from_tarball(opts, http, &url, dest, remaining, &mut attempts).await?;
             }
         }
     }
@@ -102,11 +86,7 @@ pub(crate) async fn fill(
         [pin] => Some(pin.name.clone()),
         _ => None,
     };
-    Err(Error::AllSourcesFailed {
-        version: opts.version.clone(),
-        file,
-        attempts,
-    })
+    Err(Error::AllSourcesFailed { version: opts.version.clone(), file, attempts })
 }
 
 fn lazy_http<'a>(http: &'a mut Option<Http>, opts: &FetchOptions) -> Result<&'a Http, Error> {
@@ -129,12 +109,7 @@ fn report(opts: &FetchOptions, file: &str, url: &str) -> impl FnMut(u64, Option<
     let (file, url) = (file.to_owned(), url.to_owned());
     move |done, total| {
         if let Some(progress) = &progress {
-            progress(Progress {
-                file: file.clone(),
-                done,
-                total,
-                source: url.clone(),
-            });
+            progress(Progress { file: file.clone(), done, total, source: url.clone() });
         }
     }
 }
@@ -149,28 +124,14 @@ async fn fetch_url(
 ) -> Result<Result<(), Reason>, Error> {
     let mut staged = Staged::new(dest, pin)?;
     let mut progress = report(opts, &pin.name, url);
-    let mut progress_with_pin_size =
-        |done, total: Option<u64>| progress(done, total.or(Some(pin.size)));
-    let downloaded = http
-        .download(
-            url,
-            limit(opts, pin),
-            &mut staged,
-            &mut progress_with_pin_size,
-        )
-        .await;
+    let mut progress_with_pin_size = |done, total: Option<u64>| progress(done, total.or(Some(pin.size)));
+    let downloaded = http.download(url, limit(opts, pin), &mut staged, &mut progress_with_pin_size).await;
     Ok(downloaded.and_then(|_| staged.commit()))
 }
 
-fn copy_local(
-    path: &Utf8Path,
-    dest: &Utf8Path,
-    pin: &FilePin,
-    limit: u64,
-) -> Result<Result<(), Reason>, Error> {
+fn copy_local(path: &Utf8Path, dest: &Utf8Path, pin: &FilePin, limit: u64) -> Result<Result<(), Reason>, Error> {
     let mut staged = Staged::new(dest, pin)?;
-    let copied =
-        std::fs::File::open(path).and_then(|file| io::copy(&mut file.take(limit + 1), &mut staged));
+    let copied = std::fs::File::open(path).and_then(|file| io::copy(&mut file.take(limit + 1), &mut staged));
     Ok(match copied {
         Err(err) => Err(Reason::Io(err)),
         Ok(n) if n > limit => Err(Reason::TooLarge { limit }),
@@ -189,36 +150,20 @@ async fn fill_from_tarball(
     attempts: &mut Vec<Attempt>,
 ) -> Result<Vec<FilePin>, Error> {
     let name = tarball_name(&opts.version);
-    let mut tgz = tempfile::Builder::new()
-        .prefix(ARCHIVE_PREFIX)
-        .tempfile_in(dest)
-        .map_err(cache_err(dest))?;
+    let mut tgz = tempfile::Builder::new().prefix(ARCHIVE_PREFIX).tempfile_in(dest).map_err(cache_err(dest))?;
     let mut progress = report(opts, &name, url);
     let downloaded = {
         let mut writer = io::BufWriter::new(tgz.as_file_mut());
-        let res = http
-            .download(url, opts.max_archive_size, &mut writer, &mut progress)
-            .await;
-        res.and_then(|n| {
-            io::Write::flush(&mut writer)
-                .map(|()| n)
-                .map_err(Reason::Io)
-        })
+        let res = http.download(url, opts.max_archive_size, &mut writer, &mut progress).await;
+        res.and_then(|n| io::Write::flush(&mut writer).map(|()| n).map_err(Reason::Io))
     };
     if let Err(reason) = downloaded {
-        attempts.push(Attempt {
-            file: name,
-            url: url.to_owned(),
-            reason,
-        });
+        attempts.push(Attempt { file: name, url: url.to_owned(), reason });
         return Ok(remaining);
     }
     let (dest, url_owned, max_file_size) = (dest.to_owned(), url.to_owned(), opts.max_file_size);
-    let extracted = tokio::task::spawn_blocking(move || {
-        extract(tgz, &dest, &url_owned, remaining, max_file_size)
-    });
-    let (still_missing, mut new_attempts) =
-        extracted.await.expect("extracting the tarball panicked")?;
+    let extracted = tokio::task::spawn_blocking(move || extract(tgz, &dest, &url_owned, remaining, max_file_size));
+    let (still_missing, mut new_attempts) = extracted.await.expect("extracting the tarball panicked")?;
     attempts.append(&mut new_attempts);
     Ok(still_missing)
 }
@@ -241,10 +186,7 @@ fn extract(
             if done.iter().any(|done| done == name) {
                 return;
             }
-            let pin = remaining
-                .iter()
-                .find(|pin| pin.name == name)
-                .expect("filtered by `wanted`");
+            let pin = remaining.iter().find(|pin| pin.name == name).expect("filtered by `wanted`");
             let limit = pin.size.min(max_file_size);
             let mut staged = match Staged::new(dest, pin) {
                 Ok(staged) => staged,
@@ -257,27 +199,16 @@ fn extract(
             };
             match outcome {
                 Ok(()) => done.push(name.to_owned()),
-                Err(reason) => attempts.push(Attempt {
-                    file: name.to_owned(),
-                    url: url.to_owned(),
-                    reason,
-                }),
+                Err(reason) => attempts.push(Attempt { file: name.to_owned(), url: url.to_owned(), reason }),
             }
         },
     );
     if let Some(err) = fatal {
         return Err(err);
     }
-    let still_missing: Vec<FilePin> = remaining
-        .into_iter()
-        .filter(|pin| !done.contains(&pin.name))
-        .collect();
+    let still_missing: Vec<FilePin> = remaining.into_iter().filter(|pin| !done.contains(&pin.name)).collect();
     match walked {
-        Err(reason) => attempts.push(Attempt {
-            file: tarball_name_from(url),
-            url: url.to_owned(),
-            reason,
-        }),
+        Err(reason) => attempts.push(Attempt { file: tarball_name_from(url), url: url.to_owned(), reason }),
         Ok(()) => {
             for pin in &still_missing {
                 if !attempts.iter().any(|attempt| attempt.file == pin.name) {

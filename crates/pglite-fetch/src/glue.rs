@@ -80,10 +80,7 @@ const MARKER: &str = "loadPackage({files:[";
 /// Parses the `loadPackage({files:[...]` list; validates every guest path.
 pub fn parse_package_files(js: &str) -> Result<Vec<PackageFile>, GlueError> {
     let start = js.find(MARKER).ok_or(GlueError::NoFileList)? + MARKER.len();
-    let mut parser = Parser {
-        src: js.as_bytes(),
-        pos: start,
-    };
+    let mut parser = Parser { src: js.as_bytes(), pos: start };
     let mut res = Vec::new();
     parser.skip_ws();
     if parser.eat(b']') {
@@ -118,15 +115,10 @@ pub fn check_ranges(files: &[PackageFile], data_len: u64) -> Result<(), GlueErro
 
 /// Accepts only absolute paths whose components are all normal names.
 pub fn validate_guest_path(path: &str) -> Result<(), GlueError> {
-    let unsafe_path = || GlueError::UnsafePath {
-        path: path.to_owned(),
-    };
+    let unsafe_path = || GlueError::UnsafePath { path: path.to_owned() };
     let rest = path.strip_prefix('/').ok_or_else(unsafe_path)?;
     let is_bad = |component: &str| {
-        component.is_empty()
-            || component == "."
-            || component == ".."
-            || component.contains(['\\', '\0'])
+        component.is_empty() || component == "." || component == ".." || component.contains(['\\', '\0'])
     };
     if rest.split('/').any(is_bad) {
         return Err(unsafe_path());
@@ -157,18 +149,11 @@ impl Parser<'_> {
 
     fn expect(&mut self, byte: u8, expected: &'static str) -> Result<(), GlueError> {
         self.skip_ws();
-        if self.eat(byte) {
-            Ok(())
-        } else {
-            Err(self.syntax(expected))
-        }
+        if self.eat(byte) { Ok(()) } else { Err(self.syntax(expected)) }
     }
 
     fn syntax(&self, expected: &'static str) -> GlueError {
-        GlueError::Syntax {
-            offset: self.pos,
-            expected,
-        }
+        GlueError::Syntax { offset: self.pos, expected }
     }
 
     /// `{filename:"...",start:N,end:N}` with keys in any order, quoted or not.
@@ -208,11 +193,7 @@ impl Parser<'_> {
             return self.string();
         }
         let begin = self.pos;
-        while self
-            .src
-            .get(self.pos)
-            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
-        {
+        while self.src.get(self.pos).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
             self.pos += 1;
         }
         if begin == self.pos {
@@ -253,16 +234,9 @@ impl Parser<'_> {
 
     /// A non-negative integer as a minifier writes it: `5037e3` is 5037000, `1.5e3` is 1500.
     fn number(&mut self) -> Result<u64, GlueError> {
-        let bad = GlueError::Syntax {
-            offset: self.pos,
-            expected: "a non-negative integer",
-        };
+        let bad = GlueError::Syntax { offset: self.pos, expected: "a non-negative integer" };
         let integer = self.digits();
-        let fraction = if self.eat(b'.') {
-            self.digits()
-        } else {
-            String::new()
-        };
+        let fraction = if self.eat(b'.') { self.digits() } else { String::new() };
         if integer.is_empty() && fraction.is_empty() {
             return Err(bad);
         }
@@ -283,8 +257,7 @@ impl Parser<'_> {
         if exponent < 0 || mantissa.len() as i64 + exponent > 20 {
             return Err(bad);
         }
-        let value =
-            mantissa.parse::<u128>().map_err(|_| bad.clone())? * 10u128.pow(exponent as u32);
+        let value = mantissa.parse::<u128>().map_err(|_| bad.clone())? * 10u128.pow(exponent as u32);
         u64::try_from(value).map_err(|_| bad)
     }
 

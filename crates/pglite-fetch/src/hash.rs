@@ -33,11 +33,7 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            n_bytes: 0,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), n_bytes: 0 }
     }
 
     pub(crate) fn n_bytes(&self) -> u64 {

@@ -39,11 +39,7 @@ impl Http {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Ok(Http {
-            client,
-            connect_timeout,
-            read_timeout,
-        })
+        Ok(Http { client, connect_timeout, read_timeout })
     }
 
     /// GETs `url` (following redirects) into `sink`; returns the byte count. Fails with
@@ -59,25 +55,16 @@ impl Http {
         for _ in 0..=MAX_REDIRECTS {
             check_url(&uri)?;
             let request = Request::get(uri.clone())
-                .header(
-                    header::USER_AGENT,
-                    concat!("nself-embedded/pglite-fetch ", env!("CARGO_PKG_VERSION")),
-                )
+                .header(header::USER_AGENT, concat!("nself-embedded/pglite-fetch ", env!("CARGO_PKG_VERSION")))
                 .body(Empty::new())
                 .map_err(|err| Reason::BadUrl(err.to_string()))?;
             let headers_limit = self.connect_timeout + self.read_timeout;
             let response = tokio::time::timeout(headers_limit, self.client.request(request))
                 .await
-                .map_err(|_| Reason::Timeout {
-                    phase: "waiting for the response",
-                    after: headers_limit,
-                })?
+                .map_err(|_| Reason::Timeout { phase: "waiting for the response", after: headers_limit })?
                 .map_err(|err| {
                     if err.is_connect() && is_timeout(&err) {
-                        Reason::Timeout {
-                            phase: "connecting",
-                            after: self.connect_timeout,
-                        }
+                        Reason::Timeout { phase: "connecting", after: self.connect_timeout }
                     } else {
                         Reason::Transport(err)
                     }
@@ -98,13 +85,9 @@ impl Http {
             if total.is_some_and(|total| total > limit) {
                 return Err(Reason::TooLarge { limit });
             }
-            return self
-                .read_body(response.into_body(), total, limit, sink, progress)
-                .await;
+            return self.read_body(response.into_body(), total, limit, sink, progress).await;
         }
-        Err(Reason::BadUrl(format!(
-            "more than {MAX_REDIRECTS} redirects from {url}"
-        )))
+        Err(Reason::BadUrl(format!("more than {MAX_REDIRECTS} redirects from {url}")))
     }
 
     async fn read_body(
@@ -120,19 +103,13 @@ impl Http {
         loop {
             let frame = tokio::time::timeout(self.read_timeout, body.frame())
                 .await
-                .map_err(|_| Reason::Timeout {
-                    phase: "reading the body",
-                    after: self.read_timeout,
-                })?;
+                .map_err(|_| Reason::Timeout { phase: "reading the body", after: self.read_timeout })?;
             let frame = match frame {
                 None => break,
                 Some(Ok(frame)) => frame,
                 Some(Err(err)) => {
                     return Err(match total {
-                        Some(expected) if done < expected => Reason::Truncated {
-                            expected,
-                            received: done,
-                        },
+                        Some(expected) if done < expected => Reason::Truncated { expected, received: done },
                         _ => Reason::Body(err),
                     });
                 }
@@ -148,10 +125,7 @@ impl Http {
             progress(done, total);
         }
         match total {
-            Some(expected) if done < expected => Err(Reason::Truncated {
-                expected,
-                received: done,
-            }),
+            Some(expected) if done < expected => Err(Reason::Truncated { expected, received: done }),
             _ => Ok(done),
         }
     }
@@ -168,8 +142,7 @@ pub(crate) fn check_url(uri: &Uri) -> Result<(), Reason> {
 
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn redirect_target(base: &Uri, location: Option<&header::HeaderValue>) -> Result<Uri, Reason> {
@@ -184,25 +157,18 @@ fn redirect_target(base: &Uri, location: Option<&header::HeaderValue>) -> Result
         location.to_owned()
     } else {
         let base_path = base.path();
-        format!(
-            "{}{location}",
-            &base_path[..=base_path.rfind('/').unwrap_or(0)]
-        )
+        format!("{}{location}", &base_path[..=base_path.rfind('/').unwrap_or(0)])
     };
     let scheme = base.scheme_str().ok_or_else(bad)?;
     let authority = base.authority().ok_or_else(bad)?;
-    format!("{scheme}://{authority}{path}")
-        .parse()
-        .map_err(|_| bad())
+    format!("{scheme}://{authority}{path}").parse().map_err(|_| bad())
 }
 
 fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(cause) = source {
         if cause.to_string().contains("timed out")
-            || cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
         {
             return true;
         }

@@ -38,8 +38,8 @@ pub use crate::{
     options::{FetchOptions, Progress, ProgressFn, default_cache_dir},
     pin::{FilePin, PinnedRelease, pinned_release, pinned_releases},
     source::{
-        NSELF_CDN, Source, UNPKG, default_sources, expand_template, npm_registry, npm_tarball_url,
-        parse_sources, registry_from_npmrc,
+        NSELF_CDN, Source, UNPKG, default_sources, expand_template, npm_registry, npm_tarball_url, parse_sources,
+        registry_from_npmrc,
     },
 };
 
@@ -86,20 +86,14 @@ pub async fn fetch_or_cached(version: &str) -> Result<Artifact, Error> {
 /// Ensures the named extension bundles (`pgcrypto`, ...) of `opts.version` are cached and
 /// verified; returns their paths in the order asked. Unknown names are an error that lists
 /// the available ones.
-pub async fn ensure_extensions(
-    opts: &FetchOptions,
-    names: &[&str],
-) -> Result<Vec<Utf8PathBuf>, Error> {
+pub async fn ensure_extensions(opts: &FetchOptions, names: &[&str]) -> Result<Vec<Utf8PathBuf>, Error> {
     let release = pinned_release(&opts.version)?;
     ensure_extensions_with_pins(opts, &release, names).await
 }
 
 /// [`ensure`] against an explicit pin table entry; for tests that serve synthetic files.
 #[doc(hidden)]
-pub async fn ensure_with_pins(
-    opts: &FetchOptions,
-    release: &PinnedRelease,
-) -> Result<Artifact, Error> {
+pub async fn ensure_with_pins(opts: &FetchOptions, release: &PinnedRelease) -> Result<Artifact, Error> {
     let dir = version_dir(opts, release)?;
     let files = {
         let (dir, release) = (dir.clone(), release.clone());
@@ -151,14 +145,11 @@ pub async fn ensure_extensions_with_pins(
     let pins = names
         .iter()
         .map(|name| {
-            release
-                .extension(name)
-                .cloned()
-                .ok_or_else(|| Error::UnknownExtension {
-                    version: release.version.clone(),
-                    name: (*name).to_owned(),
-                    available: release.extension_names(),
-                })
+            release.extension(name).cloned().ok_or_else(|| Error::UnknownExtension {
+                version: release.version.clone(),
+                name: (*name).to_owned(),
+                available: release.extension_names(),
+            })
         })
         .collect::<Result<Vec<FilePin>, Error>>()?;
     let version_dir = version_dir(opts, release)?;
@@ -198,12 +189,8 @@ fn version_dir(opts: &FetchOptions, release: &PinnedRelease) -> Result<Utf8PathB
     Ok(opts.cache_dir.join(&release.version))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("cache task panicked")
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.expect("cache task panicked")
 }
 
 /// The file list when every core file verifies and `root/` is complete; no writes needed.
@@ -215,10 +202,7 @@ fn warm_files(dir: &Utf8Path, release: &PinnedRelease) -> Result<Option<Vec<Pack
     Ok(cache::is_root_complete(dir, &release.data, &files).then_some(files))
 }
 
-fn missing_pins<'a>(
-    dir: &Utf8Path,
-    pins: impl IntoIterator<Item = &'a FilePin>,
-) -> Result<Vec<FilePin>, Error> {
+fn missing_pins<'a>(dir: &Utf8Path, pins: impl IntoIterator<Item = &'a FilePin>) -> Result<Vec<FilePin>, Error> {
     let mut res = Vec::new();
     for pin in pins {
         if !cache::is_verified(dir, pin)? {
@@ -233,10 +217,7 @@ fn read_file_list(dir: &Utf8Path, release: &PinnedRelease) -> Result<Vec<Package
     let js_path = dir.join(&release.js.name);
     let js = std::fs::read(&js_path).map_err(cache::cache_err(&js_path))?;
     let js = String::from_utf8_lossy(&js);
-    let glue_err = |source| Error::Glue {
-        path: js_path.clone(),
-        source,
-    };
+    let glue_err = |source| Error::Glue { path: js_path.clone(), source };
     let files = parse_package_files(&js).map_err(glue_err)?;
     check_ranges(&files, release.data.size).map_err(glue_err)?;
     Ok(files)
@@ -259,35 +240,16 @@ fn artifact(dir: &Utf8Path, release: &PinnedRelease, files: Vec<PackageFile>) ->
 /// platform roots, `opts`' timeouts, `opts.max_archive_size` cap). For `cargo xtask
 /// update-pins`, which must see the registry exactly as [`ensure`] does. Verifies nothing.
 #[doc(hidden)]
-pub async fn download(
-    opts: &FetchOptions,
-    url: &str,
-    sink: &mut dyn std::io::Write,
-) -> Result<u64, Error> {
+pub async fn download(opts: &FetchOptions, url: &str, sink: &mut dyn std::io::Write) -> Result<u64, Error> {
     let http = http::Http::new(opts.connect_timeout, opts.read_timeout)?;
     let file = url.rsplit('/').next().unwrap_or(url).to_owned();
     let mut progress = |done, total| {
         if let Some(progress) = &opts.progress {
-            progress(Progress {
-                file: file.clone(),
-                done,
-                total,
-                source: url.to_owned(),
-            });
+            progress(Progress { file: file.clone(), done, total, source: url.to_owned() });
         }
     };
-    http.download(url, opts.max_archive_size, sink, &mut progress)
-        .await
-        .map_err(|reason| {
-            let attempt = Attempt {
-                file: file.clone(),
-                url: url.to_owned(),
-                reason,
-            };
-            Error::AllSourcesFailed {
-                version: opts.version.clone(),
-                file: Some(file.clone()),
-                attempts: vec![attempt],
-            }
-        })
+    http.download(url, opts.max_archive_size, sink, &mut progress).await.map_err(|reason| {
+        let attempt = Attempt { file: file.clone(), url: url.to_owned(), reason };
+        Error::AllSourcesFailed { version: opts.version.clone(), file: Some(file.clone()), attempts: vec![attempt] }
+    })
 }

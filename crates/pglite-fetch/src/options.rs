@@ -66,8 +66,7 @@ impl FetchOptions {
     /// Defaults, with `NSELF_PGLITE_VERSION` (version), `NSELF_CACHE_DIR` (see
     /// [`default_cache_dir`]) and `NSELF_PGLITE_SOURCES` (see [`crate::parse_sources`]) applied.
     pub fn from_env() -> Result<FetchOptions, Error> {
-        let version = env_nonempty("NSELF_PGLITE_VERSION")
-            .unwrap_or_else(|| DEFAULT_PGLITE_VERSION.to_owned());
+        let version = env_nonempty("NSELF_PGLITE_VERSION").unwrap_or_else(|| DEFAULT_PGLITE_VERSION.to_owned());
         let mut res = FetchOptions::new(version);
         res.cache_dir = default_cache_dir()?;
         if let Some(list) = env_nonempty("NSELF_PGLITE_SOURCES") {
@@ -101,18 +100,12 @@ impl fmt::Debug for FetchOptions {
 pub fn default_cache_dir() -> Result<Utf8PathBuf, Error> {
     let nself_cache = match std::env::var_os("NSELF_CACHE_DIR").filter(|dir| !dir.is_empty()) {
         Some(dir) => std::path::PathBuf::from(dir),
-        None => std::env::home_dir()
-            .ok_or(Error::NoHomeDir)?
-            .join(".nself")
-            .join("cache"),
+        None => std::env::home_dir().ok_or(Error::NoHomeDir)?.join(".nself").join("cache"),
     };
     let res = Utf8PathBuf::from_path_buf(nself_cache).map_err(Error::NonUtf8Path)?;
     Ok(res.join("pglite"))
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
+    std::env::var(name).ok().map(|value| value.trim().to_owned()).filter(|value| !value.is_empty())
 }

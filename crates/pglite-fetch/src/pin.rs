@@ -19,11 +19,7 @@ pub struct FilePin {
 impl FilePin {
     /// Builds a pin; used by the generated table and by tests.
     pub fn new(name: &str, size: u64, sha256: &str) -> FilePin {
-        FilePin {
-            name: name.to_owned(),
-            size,
-            sha256: sha256.to_owned(),
-        }
+        FilePin { name: name.to_owned(), size, sha256: sha256.to_owned() }
     }
 }
 
@@ -50,18 +46,12 @@ impl PinnedRelease {
 
     /// The pin of extension `name` (without `.tar.gz`).
     pub fn extension(&self, name: &str) -> Option<&FilePin> {
-        self.extensions
-            .iter()
-            .find(|pin| extension_name(&pin.name) == name)
+        self.extensions.iter().find(|pin| extension_name(&pin.name) == name)
     }
 
     /// Names of all pinned extensions, sorted.
     pub fn extension_names(&self) -> Vec<String> {
-        let mut res: Vec<String> = self
-            .extensions
-            .iter()
-            .map(|pin| extension_name(&pin.name).to_owned())
-            .collect();
+        let mut res: Vec<String> = self.extensions.iter().map(|pin| extension_name(&pin.name).to_owned()).collect();
         res.sort();
         res
     }
@@ -82,19 +72,10 @@ pub fn pinned_release(version: &str) -> Result<PinnedRelease, Error> {
     find_release(pinned_releases(), version)
 }
 
-pub(crate) fn find_release(
-    releases: Vec<PinnedRelease>,
-    version: &str,
-) -> Result<PinnedRelease, Error> {
-    let pinned: Vec<String> = releases
-        .iter()
-        .map(|release| release.version.clone())
-        .collect();
+pub(crate) fn find_release(releases: Vec<PinnedRelease>, version: &str) -> Result<PinnedRelease, Error> {
+    let pinned: Vec<String> = releases.iter().map(|release| release.version.clone()).collect();
     releases
         .into_iter()
         .find(|release| release.version == version)
-        .ok_or_else(|| Error::UnpinnedVersion {
-            version: version.to_owned(),
-            pinned,
-        })
+        .ok_or_else(|| Error::UnpinnedVersion { version: version.to_owned(), pinned })
 }

@@ -18,17 +18,9 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                 5401749,
                 "b6eede253ff8c6221e38be9f753be679c031948b898ccef97ea942767a8a87ae",
             ),
-            js: FilePin::new(
-                "postgres.js",
-                459556,
-                "82fc7a04c2accb8f35d95e002c9e820791b75c7b4c251cb6bf2d92b965d7e500",
-            ),
+            js: FilePin::new("postgres.js", 459556, "82fc7a04c2accb8f35d95e002c9e820791b75c7b4c251cb6bf2d92b965d7e500"),
             extensions: vec![
-                FilePin::new(
-                    "_int.tar.gz",
-                    71550,
-                    "445e02e5b497bbd9579ebdac87e580c1d2bbdc7adf0687fb71d391eb52c04700",
-                ),
+                FilePin::new("_int.tar.gz", 71550, "445e02e5b497bbd9579ebdac87e580c1d2bbdc7adf0687fb71d391eb52c04700"),
                 FilePin::new(
                     "adminpack.tar.gz",
                     30306,
@@ -84,11 +76,7 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     14918,
                     "4c3f273f3c6e07f4d00ebd3462235231607cc234139c1091e08dd41eefcabc47",
                 ),
-                FilePin::new(
-                    "cube.tar.gz",
-                    53404,
-                    "b906914564b36ac679f886cf84f7953454fbe84f9c10d933b78ce781be902198",
-                ),
+                FilePin::new("cube.tar.gz", 53404, "b906914564b36ac679f886cf84f7953454fbe84f9c10d933b78ce781be902198"),
                 FilePin::new(
                     "dblink.tar.gz",
                     256984,
@@ -124,21 +112,9 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     106095,
                     "4ed18b76e5152dd38f3ec03aa8d66f81374b2d128d2f669e169c5bc697752de3",
                 ),
-                FilePin::new(
-                    "isn.tar.gz",
-                    55523,
-                    "883b446e7a5c874c203d9f97bf1e21da6e9ee255e725293ab8f444d425b05a0b",
-                ),
-                FilePin::new(
-                    "lo.tar.gz",
-                    23239,
-                    "7862b858bad17c8195b1b18d886f08d171dc7431ad2553cee6b1211739e0e9d7",
-                ),
-                FilePin::new(
-                    "ltree.tar.gz",
-                    86381,
-                    "d0bef3817a3c313fa84afa91a1a3ea6a7b3031ed9d8485f1c27971b1b4abeebf",
-                ),
+                FilePin::new("isn.tar.gz", 55523, "883b446e7a5c874c203d9f97bf1e21da6e9ee255e725293ab8f444d425b05a0b"),
+                FilePin::new("lo.tar.gz", 23239, "7862b858bad17c8195b1b18d886f08d171dc7431ad2553cee6b1211739e0e9d7"),
+                FilePin::new("ltree.tar.gz", 86381, "d0bef3817a3c313fa84afa91a1a3ea6a7b3031ed9d8485f1c27971b1b4abeebf"),
                 FilePin::new(
                     "old_snapshot.tar.gz",
                     19824,
@@ -219,21 +195,13 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     398027,
                     "64f60f022c1f73a5073e5cbe26bab6d508bf4dcc00eaee66bddd0a40802354d7",
                 ),
-                FilePin::new(
-                    "seg.tar.gz",
-                    40173,
-                    "ba50bef8d838f755ee538da923465ad05b1fd7362cf1a43ba69506852d4b035e",
-                ),
+                FilePin::new("seg.tar.gz", 40173, "ba50bef8d838f755ee538da923465ad05b1fd7362cf1a43ba69506852d4b035e"),
                 FilePin::new(
                     "tablefunc.tar.gz",
                     38011,
                     "dba54552051d4d5ae20cf0aebc2eae3600628d36140ae72e173cef33360f233e",
                 ),
-                FilePin::new(
-                    "tcn.tar.gz",
-                    25237,
-                    "de733f53441d80799b0c990f4a5fbad78d6e143584d87e09bd5a2893ed8d1642",
-                ),
+                FilePin::new("tcn.tar.gz", 25237, "de733f53441d80799b0c990f4a5fbad78d6e143584d87e09bd5a2893ed8d1642"),
                 FilePin::new(
                     "test_decoding.tar.gz",
                     30444,
@@ -278,17 +246,9 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                 4939170,
                 "b73704a186adbdf29c4ce9acae7bd9379b5a17efbe94e96f66ccb20b5e8b0bc9",
             ),
-            js: FilePin::new(
-                "pglite.js",
-                437367,
-                "cc3a81624251ce09cbfe319e34bcf64d2cd2b6b3866297a9e7f413e8ae9f77a3",
-            ),
+            js: FilePin::new("pglite.js", 437367, "cc3a81624251ce09cbfe319e34bcf64d2cd2b6b3866297a9e7f413e8ae9f77a3"),
             extensions: vec![
-                FilePin::new(
-                    "age.tar.gz",
-                    142387,
-                    "04b808a62a3399be5ae46af4e87b2941757d81e6132be72efd5b988de6188387",
-                ),
+                FilePin::new("age.tar.gz", 142387, "04b808a62a3399be5ae46af4e87b2941757d81e6132be72efd5b988de6188387"),
                 FilePin::new(
                     "amcheck.tar.gz",
                     18804,
@@ -314,11 +274,7 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     1761,
                     "f8a8ac428fab7730f5d6db546faa1b80aeab6cd2ed08d106abbe802096a18ae9",
                 ),
-                FilePin::new(
-                    "bloom.tar.gz",
-                    5464,
-                    "c12208f561e8acf3d9be4635b7f0b1073f8517d68bdff958e4c9d5243f16bbb3",
-                ),
+                FilePin::new("bloom.tar.gz", 5464, "c12208f561e8acf3d9be4635b7f0b1073f8517d68bdff958e4c9d5243f16bbb3"),
                 FilePin::new(
                     "btree_gin.tar.gz",
                     5355,
@@ -329,16 +285,8 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     20636,
                     "23e61d9d0b040479092e7ae35200c0d60afae80806528e1f36914c5c79be65fa",
                 ),
-                FilePin::new(
-                    "citext.tar.gz",
-                    4607,
-                    "921869affb41f2ab10a1f2b5f2551ef7b02ea70ed130d88c46864385fc65dcb6",
-                ),
-                FilePin::new(
-                    "cube.tar.gz",
-                    15091,
-                    "c54a2e4327915343b74459f1c2d226c589cbe5eba9bbab8a6a4f7784051009e8",
-                ),
+                FilePin::new("citext.tar.gz", 4607, "921869affb41f2ab10a1f2b5f2551ef7b02ea70ed130d88c46864385fc65dcb6"),
+                FilePin::new("cube.tar.gz", 15091, "c54a2e4327915343b74459f1c2d226c589cbe5eba9bbab8a6a4f7784051009e8"),
                 FilePin::new(
                     "dblink.tar.gz",
                     57208,
@@ -374,31 +322,15 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     21862,
                     "d65edc6aa59762ef7068d4bd0665258e881d92d241d029b019a21e430ca67024",
                 ),
-                FilePin::new(
-                    "intagg.tar.gz",
-                    1060,
-                    "e75e60b7baf01bf9bdd856de240502b4c92159ea0eebff71dfe2bb72d65af685",
-                ),
+                FilePin::new("intagg.tar.gz", 1060, "e75e60b7baf01bf9bdd856de240502b4c92159ea0eebff71dfe2bb72d65af685"),
                 FilePin::new(
                     "intarray.tar.gz",
                     14688,
                     "5352b77e753cd9066f787eb6e7dced83a7c9fcd0957fe44bb255595e9e39331c",
                 ),
-                FilePin::new(
-                    "isn.tar.gz",
-                    31847,
-                    "c128e08ef0571b0898561989859e1dbfdb2a1ccae458a25ab843881e1ad0bebe",
-                ),
-                FilePin::new(
-                    "lo.tar.gz",
-                    1539,
-                    "e9f1d3789c44b3cf33215f34016e59110d1909213044a0710bf9e435e8c0327b",
-                ),
-                FilePin::new(
-                    "ltree.tar.gz",
-                    21279,
-                    "66d608a9ab55a20c25bc4766112ec01d17487dabdb11b0f4ac7f332358bd8e16",
-                ),
+                FilePin::new("isn.tar.gz", 31847, "c128e08ef0571b0898561989859e1dbfdb2a1ccae458a25ab843881e1ad0bebe"),
+                FilePin::new("lo.tar.gz", 1539, "e9f1d3789c44b3cf33215f34016e59110d1909213044a0710bf9e435e8c0327b"),
+                FilePin::new("ltree.tar.gz", 21279, "66d608a9ab55a20c25bc4766112ec01d17487dabdb11b0f4ac7f332358bd8e16"),
                 FilePin::new(
                     "oid2name.tar.gz",
                     29170,
@@ -494,26 +426,14 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     79722,
                     "3241f8123a41a485f2c1e46aa1fc6bd1f15453286919ade152411ec5c6ddc35e",
                 ),
-                FilePin::new(
-                    "seg.tar.gz",
-                    9878,
-                    "1d67e1646ba3ba74817c5310fbfe1bf54f29f341fcd82fe189f3aae46f95c82c",
-                ),
-                FilePin::new(
-                    "spi.tar.gz",
-                    6569,
-                    "674564fea4d08b13a072ec4e366b7d4bf781d3f709953704fb97de330d7d4115",
-                ),
+                FilePin::new("seg.tar.gz", 9878, "1d67e1646ba3ba74817c5310fbfe1bf54f29f341fcd82fe189f3aae46f95c82c"),
+                FilePin::new("spi.tar.gz", 6569, "674564fea4d08b13a072ec4e366b7d4bf781d3f709953704fb97de330d7d4115"),
                 FilePin::new(
                     "tablefunc.tar.gz",
                     5393,
                     "4b8e40f95992181f82c0c1d11a389dd97c387ac28ca36ac1c437f67f64205bd0",
                 ),
-                FilePin::new(
-                    "tcn.tar.gz",
-                    1633,
-                    "5e69dbeb68f8313750fc9242cc7276ab4d98711c87ff1167e52996dd22762312",
-                ),
+                FilePin::new("tcn.tar.gz", 1633, "5e69dbeb68f8313750fc9242cc7276ab4d98711c87ff1167e52996dd22762312"),
                 FilePin::new(
                     "test_decoding.tar.gz",
                     3521,
@@ -549,11 +469,7 @@ pub(crate) fn releases() -> Vec<PinnedRelease> {
                     44763,
                     "1e94074bf31ff97c781022f0df7b4b3058aa09dc8ce1b9e496bade0a817a9098",
                 ),
-                FilePin::new(
-                    "xml2.tar.gz",
-                    403434,
-                    "9f4b779f3fcb72fd22125077e9f657e1c03f41c400c362493252939c4ca51abb",
-                ),
+                FilePin::new("xml2.tar.gz", 403434, "9f4b779f3fcb72fd22125077e9f657e1c03f41c400c362493252939c4ca51abb"),
             ],
         },
     ]

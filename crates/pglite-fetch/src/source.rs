@@ -30,27 +30,16 @@ pub enum Source {
 
 /// The built-in order: our CDN, unpkg, then the npm registry.
 pub fn default_sources() -> Vec<Source> {
-    vec![
-        Source::Url(NSELF_CDN.to_owned()),
-        Source::Url(UNPKG.to_owned()),
-        Source::Npm(None),
-    ]
+    vec![Source::Url(NSELF_CDN.to_owned()), Source::Url(UNPKG.to_owned()), Source::Npm(None)]
 }
 
 /// Parses a comma-separated source list (the `NSELF_PGLITE_SOURCES` syntax): each entry is
 /// a URL template, `file://<dir>`, a directory path, `npm`, or `npm:<registry-url>`.
 pub fn parse_sources(list: &str) -> Result<Vec<Source>, Error> {
-    let res: Vec<Source> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
+    let res: Vec<Source> =
+        list.split(',').map(str::trim).filter(|entry| !entry.is_empty()).map(str::parse).collect::<Result<_, _>>()?;
     if res.is_empty() {
-        return Err(Error::InvalidSource {
-            entry: list.to_owned(),
-            reason: "the list is empty",
-        });
+        return Err(Error::InvalidSource { entry: list.to_owned(), reason: "the list is empty" });
     }
     Ok(res)
 }
@@ -59,18 +48,13 @@ impl FromStr for Source {
     type Err = Error;
 
     fn from_str(entry: &str) -> Result<Source, Error> {
-        let invalid = |reason| Error::InvalidSource {
-            entry: entry.to_owned(),
-            reason,
-        };
+        let invalid = |reason| Error::InvalidSource { entry: entry.to_owned(), reason };
         if entry == "npm" {
             return Ok(Source::Npm(None));
         }
         if let Some(registry) = entry.strip_prefix("npm:") {
             if !is_http_url(registry) {
-                return Err(invalid(
-                    "`npm:` must be followed by an http(s) registry URL",
-                ));
+                return Err(invalid("`npm:` must be followed by an http(s) registry URL"));
             }
             return Ok(Source::Npm(Some(registry.to_owned())));
         }
@@ -82,9 +66,7 @@ impl FromStr for Source {
         }
         let dir = entry.strip_prefix("file://").unwrap_or(entry);
         if dir.is_empty() || entry.contains("://") && !entry.starts_with("file://") {
-            return Err(invalid(
-                "expected an http(s) URL template, a directory, `npm` or `npm:<url>`",
-            ));
+            return Err(invalid("expected an http(s) URL template, a directory, `npm` or `npm:<url>`"));
         }
         Ok(Source::Dir(Utf8PathBuf::from(dir)))
     }
@@ -107,9 +89,7 @@ fn is_http_url(text: &str) -> bool {
 
 /// Fills `{version}` and `{file}` into a URL template.
 pub fn expand_template(template: &str, version: &str, file: &str) -> String {
-    template
-        .replace("{version}", version)
-        .replace("{file}", file)
+    template.replace("{version}", version).replace("{file}", file)
 }
 
 /// The registry tarball URL of `@electric-sql/pglite@<version>`.
@@ -129,8 +109,7 @@ pub fn npm_registry() -> Option<String> {
             return Some(value.trim().to_owned());
         }
     }
-    let npmrc =
-        std::env::home_dir().and_then(|home| std::fs::read_to_string(home.join(".npmrc")).ok());
+    let npmrc = std::env::home_dir().and_then(|home| std::fs::read_to_string(home.join(".npmrc")).ok());
     if let Some(registry) = npmrc.as_deref().and_then(registry_from_npmrc) {
         return Some(registry);
     }

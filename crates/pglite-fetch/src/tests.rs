@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crate::{
-    Attempt, Error, GlueError, PackageFile, Reason, Source, check_ranges, dist_file_name,
-    expand_template, npm_tarball_url, parse_package_files, parse_sources, pinned_release,
-    registry_from_npmrc, sha256_hex, validate_entry_path,
+    Attempt, Error, GlueError, PackageFile, Reason, Source, check_ranges, dist_file_name, expand_template,
+    npm_tarball_url, parse_package_files, parse_sources, pinned_release, registry_from_npmrc, sha256_hex,
+    validate_entry_path,
 };
 
 mod glue {
@@ -17,11 +17,7 @@ mod glue {
         let expected = expected.map(|files| {
             files
                 .into_iter()
-                .map(|(filename, start, end)| PackageFile {
-                    filename: filename.to_owned(),
-                    start,
-                    end,
-                })
+                .map(|(filename, start, end)| PackageFile { filename: filename.to_owned(), start, end })
                 .collect::<Vec<_>>()
         });
         assert_eq!(actual, expected);
@@ -31,10 +27,7 @@ mod glue {
     fn parses_emscripten_list() {
         check(
             r#"x;loadPackage({files:[{filename:"/home/web_user/.pgpass",start:0,end:204},{filename:"/tmp/pglite/bin/initdb",start:204,end:216}],remote_package_size:216})})();"#,
-            Ok(vec![
-                ("/home/web_user/.pgpass", 0, 204),
-                ("/tmp/pglite/bin/initdb", 204, 216),
-            ]),
+            Ok(vec![("/home/web_user/.pgpass", 0, 204), ("/tmp/pglite/bin/initdb", 204, 216)]),
         );
     }
 
@@ -50,18 +43,11 @@ mod glue {
     fn minified_numbers() {
         check(
             r#"loadPackage({files:[{filename:"/a",start:5036405,end:5037e3},{filename:"/b",start:0,end:1.5e3},{filename:"/c",start:0,end:0}]})"#,
-            Ok(vec![
-                ("/a", 5036405, 5037000),
-                ("/b", 0, 1500),
-                ("/c", 0, 0),
-            ]),
+            Ok(vec![("/a", 5036405, 5037000), ("/b", 0, 1500), ("/c", 0, 0)]),
         );
         for bad in ["1.5", "1e-3", "e3", "99999999999999999999"] {
             let js = format!(r#"loadPackage({{files:[{{filename:"/a",start:0,end:{bad}}}]}})"#);
-            assert!(
-                matches!(parse_package_files(&js), Err(GlueError::Syntax { .. })),
-                "{bad}"
-            );
+            assert!(matches!(parse_package_files(&js), Err(GlueError::Syntax { .. })), "{bad}");
         }
     }
 
@@ -77,24 +63,11 @@ mod glue {
 
     #[test]
     fn relative_and_dotdot_paths_are_refused() {
-        for path in [
-            "tmp/x",
-            "/tmp/../etc/passwd",
-            "/tmp//x",
-            "/tmp/./x",
-            "/..",
-            "/a\\b",
-        ] {
+        for path in ["tmp/x", "/tmp/../etc/passwd", "/tmp//x", "/tmp/./x", "/..", "/a\\b"] {
             let js = format!(r#"loadPackage({{files:[{{filename:"{path}",start:0,end:1}}]}})"#);
             let js = js.replace('\\', "\\\\");
             let expected_path = path.to_owned();
-            assert_eq!(
-                parse_package_files(&js),
-                Err(GlueError::UnsafePath {
-                    path: expected_path
-                }),
-                "{path}"
-            );
+            assert_eq!(parse_package_files(&js), Err(GlueError::UnsafePath { path: expected_path }), "{path}");
         }
     }
 
@@ -102,17 +75,13 @@ mod glue {
     fn missing_field() {
         check(
             r#"loadPackage({files:[{filename:"/a",start:0}]})"#,
-            Err(GlueError::MissingField {
-                index: 0,
-                field: "end",
-            }),
+            Err(GlueError::MissingField { index: 0, field: "end" }),
         );
     }
 
     #[test]
     fn unknown_escape_is_refused() {
-        let res =
-            parse_package_files(r#"loadPackage({files:[{filename:"/a\u0041",start:0,end:1}]})"#);
+        let res = parse_package_files(r#"loadPackage({files:[{filename:"/a\u0041",start:0,end:1}]})"#);
         assert!(matches!(res, Err(GlueError::Syntax { .. })), "{res:?}");
     }
 
@@ -124,11 +93,7 @@ mod glue {
 
     #[test]
     fn ranges_must_fit_the_bundle() {
-        let file = |start, end| PackageFile {
-            filename: "/a".to_owned(),
-            start,
-            end,
-        };
+        let file = |start, end| PackageFile { filename: "/a".to_owned(), start, end };
         assert_eq!(check_ranges(&[file(0, 10)], 10), Ok(()));
         assert!(check_ranges(&[file(0, 11)], 10).is_err());
         assert!(check_ranges(&[file(5, 4)], 10).is_err());
@@ -142,18 +107,9 @@ mod pins {
     fn default_version_is_pinned_with_the_known_digests() {
         let release = pinned_release(crate::DEFAULT_PGLITE_VERSION).unwrap();
         assert_eq!(release.wasm.name, "postgres.wasm");
-        assert_eq!(
-            release.wasm.sha256,
-            "545a6e035b7cef40b0feaf912477616ceb43d0334efb0251a3dd8a652e8a58a3"
-        );
-        assert_eq!(
-            release.data.sha256,
-            "b6eede253ff8c6221e38be9f753be679c031948b898ccef97ea942767a8a87ae"
-        );
-        assert_eq!(
-            release.js.sha256,
-            "82fc7a04c2accb8f35d95e002c9e820791b75c7b4c251cb6bf2d92b965d7e500"
-        );
+        assert_eq!(release.wasm.sha256, "545a6e035b7cef40b0feaf912477616ceb43d0334efb0251a3dd8a652e8a58a3");
+        assert_eq!(release.data.sha256, "b6eede253ff8c6221e38be9f753be679c031948b898ccef97ea942767a8a87ae");
+        assert_eq!(release.js.sha256, "82fc7a04c2accb8f35d95e002c9e820791b75c7b4c251cb6bf2d92b965d7e500");
         assert!(release.extension("pgcrypto").is_some());
     }
 
@@ -162,14 +118,8 @@ mod pins {
         let release = pinned_release("0.3.16").unwrap();
         let names = release.core_files().map(|pin| pin.name.as_str());
         assert_eq!(names, ["pglite.wasm", "pglite.data", "pglite.js"]);
-        assert_eq!(
-            release.wasm.sha256,
-            "3c5934b6931b36c3581a2e1cf1ac091e23d5fbdc5cf57e4011e4a19dda64bfa8"
-        );
-        assert_eq!(
-            release.data.sha256,
-            "b73704a186adbdf29c4ce9acae7bd9379b5a17efbe94e96f66ccb20b5e8b0bc9"
-        );
+        assert_eq!(release.wasm.sha256, "3c5934b6931b36c3581a2e1cf1ac091e23d5fbdc5cf57e4011e4a19dda64bfa8");
+        assert_eq!(release.data.sha256, "b73704a186adbdf29c4ce9acae7bd9379b5a17efbe94e96f66ccb20b5e8b0bc9");
     }
 
     #[test]
@@ -178,27 +128,18 @@ mod pins {
             let all = release.core_files().into_iter().chain(&release.extensions);
             for pin in all {
                 assert_eq!(pin.sha256.len(), 64, "{}", pin.name);
-                assert!(
-                    pin.sha256
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                );
+                assert!(pin.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
                 assert!(pin.size > 0, "{}", pin.name);
             }
             let names = release.extension_names();
-            assert!(
-                names.windows(2).all(|pair| pair[0] < pair[1]),
-                "sorted, unique"
-            );
+            assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "sorted, unique");
         }
     }
 
     #[test]
     fn unpinned_version_names_the_pinned_ones() {
         let err = pinned_release("9.9.9").unwrap_err();
-        let Error::UnpinnedVersion { version, pinned } = &err else {
-            panic!("{err:?}")
-        };
+        let Error::UnpinnedVersion { version, pinned } = &err else { panic!("{err:?}") };
         assert_eq!(version, "9.9.9");
         assert!(pinned.iter().any(|pinned| pinned == "0.2.17"));
         assert!(err.to_string().contains("0.2.17"), "{err}");
@@ -222,14 +163,8 @@ mod archive {
 
     #[test]
     fn dist_names() {
-        assert_eq!(
-            dist_file_name("package/dist/postgres.wasm"),
-            Some("postgres.wasm")
-        );
-        assert_eq!(
-            dist_file_name("./package/dist/pgcrypto.tar.gz"),
-            Some("pgcrypto.tar.gz")
-        );
+        assert_eq!(dist_file_name("package/dist/postgres.wasm"), Some("postgres.wasm"));
+        assert_eq!(dist_file_name("./package/dist/pgcrypto.tar.gz"), Some("pgcrypto.tar.gz"));
         assert_eq!(dist_file_name("other/dist/x"), Some("x"));
         assert_eq!(dist_file_name("package/dist/contrib/x.js"), None);
         assert_eq!(dist_file_name("package/postgres.wasm"), None);
@@ -260,17 +195,8 @@ mod sources {
 
     #[test]
     fn rejects_bad_entries() {
-        for list in [
-            "",
-            " , ",
-            "https://mirror.example/no-placeholder",
-            "npm:ftp://x",
-            "ftp://x/{file}",
-        ] {
-            assert!(
-                matches!(parse_sources(list), Err(Error::InvalidSource { .. })),
-                "{list:?}"
-            );
+        for list in ["", " , ", "https://mirror.example/no-placeholder", "npm:ftp://x", "ftp://x/{file}"] {
+            assert!(matches!(parse_sources(list), Err(Error::InvalidSource { .. })), "{list:?}");
         }
     }
 
@@ -286,9 +212,7 @@ mod sources {
     fn templates_and_tarball_urls() {
         assert_eq!(
             expand_template(crate::UNPKG, "0.2.17", "postgres.js"),
-            crate::UNPKG
-                .replace("{version}", "0.2.17")
-                .replace("{file}", "postgres.js")
+            crate::UNPKG.replace("{version}", "0.2.17").replace("{file}", "postgres.js")
         );
         assert_eq!(
             npm_tarball_url("https://r.example/", "0.2.17"),
@@ -303,14 +227,8 @@ mod sources {
     #[test]
     fn npmrc_scoped_registry_wins() {
         let npmrc = "fund=false\nregistry=https://a.example/\n@electric-sql:registry = \"https://b.example/\"\n";
-        assert_eq!(
-            registry_from_npmrc(npmrc).as_deref(),
-            Some("https://b.example/")
-        );
-        assert_eq!(
-            registry_from_npmrc("registry=https://a.example/").as_deref(),
-            Some("https://a.example/")
-        );
+        assert_eq!(registry_from_npmrc(npmrc).as_deref(), Some("https://b.example/"));
+        assert_eq!(registry_from_npmrc("registry=https://a.example/").as_deref(), Some("https://a.example/"));
         assert_eq!(registry_from_npmrc("fund=false\naudit=false"), None);
     }
 }
@@ -334,10 +252,7 @@ mod policy {
     #[test]
     fn sha256_of_abc() {
         let (hex, n) = sha256_hex(&b"abc"[..]).unwrap();
-        assert_eq!(
-            hex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(n, 3);
     }
 
@@ -355,18 +270,12 @@ mod policy {
                 Attempt {
                     file: "postgres.wasm".to_owned(),
                     url: "https://b/x".to_owned(),
-                    reason: Reason::Timeout {
-                        phase: "reading the body",
-                        after: Duration::from_secs(1),
-                    },
+                    reason: Reason::Timeout { phase: "reading the body", after: Duration::from_secs(1) },
                 },
                 Attempt {
                     file: "postgres.wasm".to_owned(),
                     url: "https://c/x.tgz".to_owned(),
-                    reason: Reason::HashMismatch {
-                        expected: "aa".to_owned(),
-                        actual: "bb".to_owned(),
-                    },
+                    reason: Reason::HashMismatch { expected: "aa".to_owned(), actual: "bb".to_owned() },
                 },
             ],
         };

@@ -13,14 +13,10 @@ fn dead_source() -> Source {
 async fn warm_cache_needs_no_network() {
     let (server, cache, release) = (Server::start(), TestCache::new(), release());
     server.serve_release("/cdn", &release);
-    let first = ensure_with_pins(&cache.opts(vec![server.source("/cdn")]), &release.pins)
-        .await
-        .unwrap();
+    let first = ensure_with_pins(&cache.opts(vec![server.source("/cdn")]), &release.pins).await.unwrap();
     let n_hits = server.hits().len();
 
-    let second = ensure_with_pins(&cache.opts(vec![dead_source()]), &release.pins)
-        .await
-        .unwrap();
+    let second = ensure_with_pins(&cache.opts(vec![dead_source()]), &release.pins).await.unwrap();
 
     assert_eq!(first, second);
     assert_eq!(server.hits().len(), n_hits);
@@ -31,18 +27,14 @@ async fn warm_cache_needs_no_network() {
 async fn warm_cache_without_receipts_is_rehashed_not_refetched() {
     let (server, cache, release) = (Server::start(), TestCache::new(), release());
     server.serve_release("/cdn", &release);
-    ensure_with_pins(&cache.opts(vec![server.source("/cdn")]), &release.pins)
-        .await
-        .unwrap();
+    ensure_with_pins(&cache.opts(vec![server.source("/cdn")]), &release.pins).await.unwrap();
     for entry in std::fs::read_dir(cache.version_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.to_string_lossy().ends_with(".receipt") && !path.ends_with("root.receipt") {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let artifact = ensure_with_pins(&cache.opts(vec![dead_source()]), &release.pins)
-        .await
-        .unwrap();
+    let artifact = ensure_with_pins(&cache.opts(vec![dead_source()]), &release.pins).await.unwrap();
     assert_good(&artifact, &release);
     assert!(cache.version_dir().join(".postgres.wasm.receipt").exists());
 }
@@ -74,18 +66,14 @@ async fn tampered_cache_is_repaired() {
 async fn half_extracted_root_is_discarded_and_redone() {
     let (server, cache, release) = (Server::start(), TestCache::new(), release());
     server.serve_release("/cdn", &release);
-    let artifact = ensure_with_pins(&cache.opts(vec![server.source("/cdn")]), &release.pins)
-        .await
-        .unwrap();
+    let artifact = ensure_with_pins(&cache.opts(vec![server.source("/cdn")]), &release.pins).await.unwrap();
     // A crash after rename but before the receipt, plus a staging dir from another crash.
     std::fs::remove_file(cache.version_dir().join("root.receipt")).unwrap();
     std::fs::remove_file(artifact.root.join("tmp/pglite/bin/postgres")).unwrap();
     let staging = cache.version_dir().join(".root-part-crashed/tmp");
     std::fs::create_dir_all(&staging).unwrap();
 
-    let artifact = ensure_with_pins(&cache.opts(vec![dead_source()]), &release.pins)
-        .await
-        .unwrap();
+    let artifact = ensure_with_pins(&cache.opts(vec![dead_source()]), &release.pins).await.unwrap();
 
     assert_good(&artifact, &release);
     assert!(!staging.exists());

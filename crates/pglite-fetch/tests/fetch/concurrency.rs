@@ -19,29 +19,17 @@ fn two_threads_share_one_fill() {
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 scope.spawn(|| {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    runtime
-                        .block_on(ensure_with_pins(&opts, &release.pins))
-                        .unwrap()
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    runtime.block_on(ensure_with_pins(&opts, &release.pins)).unwrap()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
     });
     for artifact in &artifacts {
         assert_good(artifact, &release);
     }
-    for name in release
-        .files
-        .keys()
-        .filter(|name| name.starts_with("postgres."))
-    {
+    for name in release.files.keys().filter(|name| name.starts_with("postgres.")) {
         assert_eq!(server.n_hits(&format!("/cdn/{name}")), 1, "{name}");
     }
 }
@@ -54,16 +42,9 @@ fn two_processes_share_one_fill() {
     let children: Vec<_> = (0..2)
         .map(|_| {
             Command::new(&exe)
-                .args([
-                    "--exact",
-                    "concurrency::child_process_fill",
-                    "--test-threads=1",
-                ])
+                .args(["--exact", "concurrency::child_process_fill", "--test-threads=1"])
                 .stdout(Stdio::null())
-                .env(
-                    CHILD_ENV,
-                    format!("{}|{}", cache.path(), server.url("/cdn")),
-                )
+                .env(CHILD_ENV, format!("{}|{}", cache.path(), server.url("/cdn")))
                 .spawn()
                 .unwrap()
         })
@@ -78,11 +59,7 @@ fn two_processes_share_one_fill() {
         .block_on(ensure_with_pins(&cache.opts(vec![]), &release.pins))
         .unwrap();
     assert_good(&artifact, &release);
-    for name in release
-        .files
-        .keys()
-        .filter(|name| name.starts_with("postgres."))
-    {
+    for name in release.files.keys().filter(|name| name.starts_with("postgres.")) {
         assert_eq!(server.n_hits(&format!("/cdn/{name}")), 1, "{name}");
     }
 }
@@ -98,12 +75,7 @@ fn child_process_fill() {
     let mut opts = pglite_fetch::FetchOptions::new(crate::support::VERSION);
     opts.cache_dir = Utf8PathBuf::from(cache_dir);
     opts.sources = vec![pglite_fetch::Source::Url(format!("{base}/{{file}}"))];
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let artifact = runtime
-        .block_on(ensure_with_pins(&opts, &release.pins))
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let artifact = runtime.block_on(ensure_with_pins(&opts, &release.pins)).unwrap();
     assert_good(&artifact, &release);
 }

@@ -20,16 +20,10 @@ pub(crate) const VERSION: &str = "9.0.0-test";
 
 /// The guest files inside the synthetic data bundle.
 pub(crate) const GUEST_FILES: &[(&str, &[u8])] = &[
-    (
-        "/home/web_user/.pgpass",
-        b"localhost:5432:postgres:postgres:postgres\n",
-    ),
+    ("/home/web_user/.pgpass", b"localhost:5432:postgres:postgres:postgres\n"),
     ("/tmp/pglite/bin/initdb", b"initdb stub"),
     ("/tmp/pglite/bin/postgres", b"postgres stub"),
-    (
-        "/tmp/pglite/lib/postgresql/plpgsql.so",
-        b"\0asm plpgsql side module",
-    ),
+    ("/tmp/pglite/lib/postgresql/plpgsql.so", b"\0asm plpgsql side module"),
     ("/tmp/pglite/share/postgresql/empty", b""),
 ];
 
@@ -45,10 +39,7 @@ pub(crate) fn release() -> Release {
     for (name, content) in GUEST_FILES {
         let start = data.len();
         data.extend_from_slice(content);
-        entries.push(format!(
-            "{{filename:\"{name}\",start:{start},end:{}}}",
-            data.len()
-        ));
+        entries.push(format!("{{filename:\"{name}\",start:{start},end:{}}}", data.len()));
     }
     let js = format!(
         "var Module=1;loadPackage({{files:[{}],remote_package_size:{}}})}})();\n",
@@ -56,25 +47,15 @@ pub(crate) fn release() -> Release {
         data.len()
     )
     .into_bytes();
-    let wasm = (0..50_000u32)
-        .flat_map(|i| i.to_le_bytes())
-        .collect::<Vec<u8>>();
+    let wasm = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>();
     let pgcrypto = b"pretend this is a gzipped tarball of pgcrypto".to_vec();
-    let files: HashMap<&'static str, Vec<u8>> = [
-        ("postgres.wasm", wasm),
-        ("postgres.data", data),
-        ("postgres.js", js),
-        ("pgcrypto.tar.gz", pgcrypto),
-    ]
-    .into_iter()
-    .collect();
+    let files: HashMap<&'static str, Vec<u8>> =
+        [("postgres.wasm", wasm), ("postgres.data", data), ("postgres.js", js), ("pgcrypto.tar.gz", pgcrypto)]
+            .into_iter()
+            .collect();
     let pin = |name: &str| {
         let (sha256, size) = sha256_hex(&files[name][..]).unwrap();
-        FilePin {
-            name: name.to_owned(),
-            size,
-            sha256,
-        }
+        FilePin { name: name.to_owned(), size, sha256 }
     };
     let pins = PinnedRelease {
         version: VERSION.to_owned(),
@@ -124,10 +105,7 @@ impl Server {
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (routes2, hits2) = (routes.clone(), hits.clone());
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let accept = async {
@@ -143,12 +121,7 @@ impl Server {
                 }
             });
         });
-        Server {
-            addr,
-            routes,
-            hits,
-            _shutdown: shutdown,
-        }
+        Server { addr, routes, hits, _shutdown: shutdown }
     }
 
     pub(crate) fn route(&self, path: &str, route: Route) {
@@ -196,15 +169,9 @@ async fn serve(
     let request = String::from_utf8_lossy(&request);
     let path = request.split(' ').nth(1).unwrap_or("/").to_owned();
     hits.lock().unwrap().push(path.clone());
-    let route = routes
-        .lock()
-        .unwrap()
-        .get(&path)
-        .cloned()
-        .unwrap_or(Route::Status(404));
+    let route = routes.lock().unwrap().get(&path).cloned().unwrap_or(Route::Status(404));
     let head = |status: &str, len: usize| {
-        format!("HTTP/1.1 {status}\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
-            .into_bytes()
+        format!("HTTP/1.1 {status}\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n").into_bytes()
     };
     let response = match route {
         Route::Ok(body) => [head("200 OK", body.len()), body].concat(),
@@ -252,10 +219,7 @@ pub(crate) fn npm_tarball(release: &Release) -> Vec<u8> {
     for name in names {
         entries.push((format!("package/dist/{name}"), &release.files[*name]));
     }
-    let entries: Vec<(&str, &[u8])> = entries
-        .iter()
-        .map(|(path, content)| (path.as_str(), *content))
-        .collect();
+    let entries: Vec<(&str, &[u8])> = entries.iter().map(|(path, content)| (path.as_str(), *content)).collect();
     tarball(&entries)
 }
 
@@ -269,9 +233,7 @@ pub(crate) struct TestCache {
 
 impl TestCache {
     pub(crate) fn new() -> TestCache {
-        TestCache {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        TestCache { dir: tempfile::tempdir().unwrap() }
     }
 
     pub(crate) fn path(&self) -> &Utf8Path {
@@ -306,11 +268,9 @@ impl TestCache {
 /// Asserts the artifact's files and root tree match `release`.
 #[track_caller]
 pub(crate) fn assert_good(artifact: &pglite_fetch::Artifact, release: &Release) {
-    for (path, name) in [
-        (&artifact.wasm, "postgres.wasm"),
-        (&artifact.data, "postgres.data"),
-        (&artifact.js, "postgres.js"),
-    ] {
+    for (path, name) in
+        [(&artifact.wasm, "postgres.wasm"), (&artifact.data, "postgres.data"), (&artifact.js, "postgres.js")]
+    {
         assert_eq!(std::fs::read(path).unwrap(), release.files[name], "{path}");
     }
     assert_eq!(artifact.wasm_sha256, release.pins.wasm.sha256);
