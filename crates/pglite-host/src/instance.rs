@@ -31,16 +31,15 @@ pub(crate) struct Dirs<'a> {
     pub(crate) module_cache: Option<PathBuf>,
 }
 
-struct Entry {
-    interactive_write: TypedFunc<i32, ()>,
-    interactive_one: TypedFunc<(), ()>,
-    interactive_read: TypedFunc<(), i32>,
-    pg_shutdown: TypedFunc<(), ()>,
+enum Entry {
+    Cma { write: TypedFunc<i32, ()>, one: TypedFunc<(), ()>, read: TypedFunc<(), i32> },
+    Callbacks { one: TypedFunc<(i32, i32), ()> },
 }
 
 pub(crate) struct Instance {
     store: Store<Ctx>,
     entry: Entry,
+    shutdown: TypedFunc<(), ()>,
     memory: Memory,
     profile: &'static Profile,
 }
@@ -164,20 +163,28 @@ impl Instance {
         };
         store.data_mut().exports = Some(exports.clone());
         let entry = match profile.transport {
-            Transport::Cma => Entry {
-                interactive_write: typed!("interactive_write"),
-                interactive_one: typed!("interactive_one"),
-                interactive_read: typed!("interactive_read"),
-                pg_shutdown: typed!("pg_shutdown"),
+            Transport::Cma => Entry::Cma {
+                write: typed!("interactive_write"),
+                one: typed!("interactive_one"),
+                read: typed!("interactive_read"),
             },
+            Transport::Callbacks => Entry::Callbacks { one: typed!("interactive_one") },
         };
+        let shutdown: TypedFunc<(), ()> = typed!(profile.shutdown_export);
         let apply_relocs: TypedFunc<(), ()> = typed!("__wasm_apply_data_relocs");
         let ctors: TypedFunc<(), ()> = typed!("__wasm_call_ctors");
         let main: TypedFunc<(i32, i32), i32> = typed!("__main_argc_argv");
-        let initdb: TypedFunc<(), i32> = typed!("pg_initdb");
+        let initdb: TypedFunc<(), i32> = typed!(profile.initdb_export);
+        let backend: Option<TypedFunc<(), ()>> = match profile.backend_export {
+            Some(name) => Some(typed!(name)),
+            None => None,
+        };
 
         apply_relocs.call(&mut store, ()).map_err(trap)?;
         ctors.call(&mut store, ()).map_err(trap)?;
+        if let Transport::Callbacks = profile.transport {
+            register_wire_callbacks(&mut store, &instance, table).map_err(wasm)?;
+        }
 
         // argv lives in malloc'ed memory: PGlite keeps the pointer and reads it again later.
         let args = [
@@ -214,7 +221,10 @@ impl Instance {
         if rc == 0 || rc & initdb_bits::FAILED != 0 {
             return Err(Error::InitdbFailed { code: rc });
         }
-        Ok((Instance { store, entry, memory, profile }, rc))
+        if let Some(backend) = backend {
+            backend.call(&mut store, ()).map_err(trap)?;
+        }
+        Ok((Instance { store, entry, shutdown, memory, profile }, rc))
     }
 
     /// One protocol exchange: frontend messages in, every backend message they produce out.
@@ -222,19 +232,61 @@ impl Instance {
         if request.is_empty() {
             return Ok(Vec::new());
         }
+        // A leading 0 byte is a startup-phase packet: it traps (0.2) or starts a bogus
+        // authentication (0.3) in the backend.
+        if request[0] == 0 {
+            return Err(ExecError::Refused(Error::StartupPacket));
+        }
         let max = self.profile.max_request();
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
         let dead = |e: wasmtime::Error| ExecError::Dead(trap(e));
-        self.entry.interactive_write.call(&mut self.store, request.len() as i32).map_err(dead)?;
+        match &self.entry {
+            Entry::Cma { .. } => {
+                // 0.2's error path answers ErrorResponse + ReadyForQuery at once and leaves the
+                // rest of the input unread; the next call then replays that rest at a stale
+                // offset and drops its own input (node's PGlite 0.2.17 does the same). So each
+                // Sync group goes in its own call, and after a failed group its leftover is
+                // drained with a throwaway Sync.
+                let mut reply = Vec::new();
+                for group in sync_groups(request) {
+                    let start = reply.len();
+                    reply.extend(self.cma_call(group)?);
+                    let failed = first_frame_types(&reply[start..]).any(|ty| ty == b'E');
+                    if failed && group.len() > frame_len(group).unwrap_or(group.len()) {
+                        self.cma_call(b"S\0\0\0\x04")?;
+                    }
+                }
+                Ok(reply)
+            }
+            Entry::Callbacks { one } => {
+                let ctx = self.store.data_mut();
+                ctx.wire_in.clear();
+                ctx.wire_in.extend_from_slice(request);
+                ctx.wire_pos = 0;
+                let result = one.call(&mut self.store, (request.len() as i32, i32::from(request[0])));
+                let ctx = self.store.data_mut();
+                ctx.wire_in.clear();
+                let reply = std::mem::take(&mut ctx.wire_out);
+                result.map_err(dead)?;
+                Ok(reply)
+            }
+        }
+    }
+
+    /// One CMA exchange: request at address 1, reply right after it.
+    fn cma_call(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+        let Entry::Cma { write, one, read } = &self.entry else { unreachable!("CMA entry points") };
+        let dead = |e: wasmtime::Error| ExecError::Dead(trap(e));
+        write.call(&mut self.store, request.len() as i32).map_err(dead)?;
         self.memory.data_mut(&mut self.store)[1..1 + request.len()].copy_from_slice(request);
-        self.entry.interactive_one.call(&mut self.store, ()).map_err(dead)?;
-        let n = self.entry.interactive_read.call(&mut self.store, ()).map_err(dead)? as u32 as usize;
+        one.call(&mut self.store, ()).map_err(dead)?;
+        let n = read.call(&mut self.store, ()).map_err(dead)? as u32 as usize;
         let start = request.len() + 2;
         let room = self.profile.memory_base as usize - start;
         if n > room {
-            // The reply ran over PostgreSQL's static data: nothing in this instance can be trusted.
+            // The reply ran over PostgreSQL's static data: nothing here can be trusted.
             return Err(ExecError::Dead(Error::ReplyOverflow { len: n, max: room }));
         }
         Ok(self.memory.data(&self.store)[start..start + n].to_vec())
@@ -248,8 +300,77 @@ impl Instance {
             .map_err(|e| match e {
                 ExecError::Refused(e) | ExecError::Dead(e) => e,
             })
-            .and_then(|()| self.entry.pg_shutdown.call(&mut self.store, ()).map_err(trap));
+            .and_then(|()| self.shutdown.call(&mut self.store, ()).map_err(trap));
         self.store.data_mut().vfs.close_all();
         result
     }
+}
+
+/// Puts the two wire callbacks in the function table and hands their indices to PostgreSQL
+/// (`set_read_write_cbs`), which then uses them as its recv() and send().
+fn register_wire_callbacks(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    table: Table,
+) -> wasmtime::Result<()> {
+    let read = wasmtime::Func::wrap(&mut *store, |mut c: wasmtime::Caller<'_, Ctx>, ptr: i32, max: i32| -> i32 {
+        let (mut guest, ctx) = imports::split(&mut c);
+        let pending = &ctx.wire_in[ctx.wire_pos..];
+        let n = pending.len().min(max.max(0) as usize);
+        if guest.write(ptr as u32, &pending[..n]).is_err() {
+            return -1;
+        }
+        ctx.wire_pos += n;
+        n as i32
+    });
+    let write = wasmtime::Func::wrap(&mut *store, |mut c: wasmtime::Caller<'_, Ctx>, ptr: i32, len: i32| -> i32 {
+        let (guest, ctx) = imports::split(&mut c);
+        match guest.slice(ptr as u32, len.max(0) as u32) {
+            Ok(bytes) => {
+                ctx.wire_out.extend_from_slice(bytes);
+                len
+            }
+            Err(_) => -1,
+        }
+    });
+    let read_index = table.grow(&mut *store, 1, Ref::Func(Some(read)))? as i32;
+    let write_index = table.grow(&mut *store, 1, Ref::Func(Some(write)))? as i32;
+    let set = instance.get_typed_func::<(i32, i32), ()>(&mut *store, "set_read_write_cbs")?;
+    set.call(&mut *store, (read_index, write_index))
+}
+
+/// Length of the first frame of `bytes`, if it holds a complete one.
+fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
+    let total = len.checked_add(1)?;
+    (len >= 4 && total <= bytes.len()).then_some(total)
+}
+
+/// Types of the complete frames at the start of `bytes`.
+fn first_frame_types(mut bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    std::iter::from_fn(move || {
+        let len = frame_len(bytes)?;
+        let ty = bytes[0];
+        bytes = &bytes[len..];
+        Some(ty)
+    })
+}
+
+/// Splits a request after each message that ends a unit of work (Sync, Query, FunctionCall,
+/// Terminate). Unframeable bytes stay in the last group, for PostgreSQL to reject.
+fn sync_groups(request: &[u8]) -> Vec<&[u8]> {
+    let mut groups = Vec::new();
+    let (mut start, mut at) = (0, 0);
+    while let Some(len) = frame_len(&request[at..]) {
+        let ty = request[at];
+        at += len;
+        if matches!(ty, b'S' | b'Q' | b'F' | b'X') {
+            groups.push(&request[start..at]);
+            start = at;
+        }
+    }
+    if start < request.len() {
+        groups.push(&request[start..]);
+    }
+    groups
 }

@@ -72,7 +72,7 @@ impl Config {
 /// What can go wrong hosting PGlite.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("PGlite {version} is not supported by this host (supported: 0.2.x)")]
+    #[error("PGlite {version} is not supported by this host (supported: 0.2.x and 0.3.11 or later 0.3.x)")]
     UnsupportedVersion { version: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -92,6 +92,8 @@ pub enum Error {
     Trap { message: String },
     #[error("request of {len} bytes is larger than this PGlite release accepts ({max} bytes)")]
     RequestTooLarge { len: usize, max: usize },
+    #[error("startup, SSL and cancel packets are answered by the caller, never sent to the backend")]
+    StartupPacket,
     #[error("reply of {len} bytes overflowed the {max}-byte transfer buffer")]
     ReplyOverflow { len: usize, max: usize },
     #[error("the request failed because PostgreSQL crashed and was restarted from disk: {cause}")]

@@ -7,6 +7,8 @@
 pub(crate) enum Transport {
     /// 0.2.x: request at address 1, reply right after it, both below `memory_base`.
     Cma,
+    /// 0.3.11+: PostgreSQL's recv()/send() call two host functions placed in the table.
+    Callbacks,
 }
 
 /// One PGlite release line's memory layout and entry points.
@@ -21,6 +23,10 @@ pub(crate) struct Profile {
     pub(crate) initial_pages: u32,
     pub(crate) table_initial: u32,
     pub(crate) transport: Transport,
+    /// Exports that run initdb-or-resume, start the backend (0.3+), and shut down.
+    pub(crate) initdb_export: &'static str,
+    pub(crate) backend_export: Option<&'static str>,
+    pub(crate) shutdown_export: &'static str,
 }
 
 /// PGlite 0.2.x (PostgreSQL 16.4): `-sGLOBAL_BASE=16MB`, a 4 MiB stack above the data.
@@ -33,21 +39,52 @@ pub(crate) static PGLITE_0_2: Profile = Profile {
     initial_pages: 2048,
     table_initial: 5360,
     transport: Transport::Cma,
+    initdb_export: "pg_initdb",
+    backend_export: None,
+    shutdown_export: "pg_shutdown",
+};
+
+/// PGlite 0.3.11+ (PostgreSQL 17.5). The JS gives C code a 64 KiB shadow stack right above
+/// the data (2 700 080) with no overflow check, and PostgreSQL's stack-depth check never fires
+/// here, so plpgsql recursion of depth ~60 overwrites static data. Both the stack pointer and
+/// the heap base are imports, so the host moves them up for an 8 MiB stack: a deliberate
+/// deviation from the JS runtime.
+pub(crate) static PGLITE_0_3: Profile = Profile {
+    pg_major: 17,
+    memory_base: 1024,
+    table_base: 1,
+    stack_pointer: 2_700_080 + (8 << 20),
+    heap_base: 2_700_080 + (8 << 20),
+    initial_pages: 256,
+    table_initial: 5610,
+    transport: Transport::Callbacks,
+    initdb_export: "pgl_initdb",
+    backend_export: Some("pgl_backend"),
+    shutdown_export: "pgl_shutdown",
 };
 
 /// The profile for a PGlite release, by its version string.
 pub(crate) fn for_version(version: &str) -> Option<&'static Profile> {
     match version.split('.').take(2).collect::<Vec<_>>().as_slice() {
         ["0", "2"] => Some(&PGLITE_0_2),
+        ["0", "3"] => version
+            .split('.')
+            .nth(2)
+            .and_then(|patch| patch.parse::<u32>().ok())
+            .filter(|&p| p >= 11)
+            .map(|_| &PGLITE_0_3),
         _ => None,
     }
 }
 
 impl Profile {
-    /// Largest request the CMA buffer takes; the rest of the 16 MiB is left for the reply.
+    /// Largest request the transport takes; the rest of the 16 MiB is left for the reply.
     pub(crate) fn max_request(&self) -> usize {
         match self.transport {
             Transport::Cma => 15 * 1024 * 1024,
+            // Bounded by wasm memory (2 GiB) and what a client may send (the bridge caps
+            // messages at 64 MiB); keep a request well inside the guest's address space.
+            Transport::Callbacks => 1 << 30,
         }
     }
 }

@@ -170,9 +170,10 @@ impl Vfs {
         let path = if rel.is_empty() { mount.host.clone() } else { mount.host.join(rel) };
         let root = mount.host.clone();
         if let Some(parent) = path.parent()
-            && path != root {
-                self.check_beneath(parent, &root)?;
-            }
+            && path != root
+        {
+            self.check_beneath(parent, &root)?;
+        }
         Ok(Node::Host { path, mount: idx })
     }
 
@@ -240,9 +241,10 @@ impl Vfs {
     pub(crate) fn close_all(&mut self) {
         for desc in self.fds.drain(..).flatten() {
             if let Kind::File(file) = &desc.borrow().kind
-                && self.durable {
-                    let _ = file.sync_all();
-                }
+                && self.durable
+            {
+                let _ = file.sync_all();
+            }
         }
     }
 
@@ -306,16 +308,17 @@ impl Vfs {
         };
         let meta = fs::metadata(&host);
         if let Ok(meta) = &meta
-            && meta.is_dir() {
-                if acc != 0 {
-                    return Err(Errno::ISDIR);
-                }
-                if flags & oflags::CREAT != 0 && flags & oflags::EXCL != 0 {
-                    return Err(Errno::EXIST);
-                }
-                let kind = Kind::Dir { host: Some(host), entries: None, file: None };
-                return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
+            && meta.is_dir()
+        {
+            if acc != 0 {
+                return Err(Errno::ISDIR);
             }
+            if flags & oflags::CREAT != 0 && flags & oflags::EXCL != 0 {
+                return Err(Errno::EXIST);
+            }
+            let kind = Kind::Dir { host: Some(host), entries: None, file: None };
+            return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
+        }
         if flags & oflags::DIRECTORY != 0 {
             return Err(if meta.is_ok() { Errno::NOTDIR } else { Errno::NOENT });
         }
@@ -517,9 +520,10 @@ impl Vfs {
         };
         let new = base.checked_add(offset).filter(|&p| p >= 0).ok_or(Errno::INVAL)?;
         if let Kind::Dir { entries, .. } = &mut desc.kind
-            && new == 0 {
-                *entries = None;
-            }
+            && new == 0
+        {
+            *entries = None;
+        }
         desc.pos = new as u64;
         Ok(desc.pos)
     }
@@ -630,11 +634,12 @@ impl Vfs {
     /// Reads `len` bytes at `off` of the file behind `fd` (for `mmap`); short files read as zeros.
     pub(crate) fn read_for_mmap(&self, fd: i32, buf: &mut [u8], off: u64) -> SysResult<()> {
         if let Ok(desc) = self.get(fd)
-            && let Kind::File(file) = &desc.borrow().kind {
-                let n = read_at_full(file, buf, off)?;
-                buf[n..].fill(0);
-                return Ok(());
-            }
+            && let Kind::File(file) = &desc.borrow().kind
+        {
+            let n = read_at_full(file, buf, off)?;
+            buf[n..].fill(0);
+            return Ok(());
+        }
         buf.fill(0);
         Ok(())
     }
@@ -642,9 +647,10 @@ impl Vfs {
     /// Writes back a shared writable mapping on `munmap`.
     pub(crate) fn write_for_munmap(&self, fd: i32, data: &[u8], off: u64) -> SysResult<()> {
         if let Ok(desc) = self.get(fd)
-            && let Kind::File(file) = &desc.borrow().kind {
-                file.write_all_at(data, off)?;
-            }
+            && let Kind::File(file) = &desc.borrow().kind
+        {
+            file.write_all_at(data, off)?;
+        }
         Ok(())
     }
 

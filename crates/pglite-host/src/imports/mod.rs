@@ -69,11 +69,24 @@ pub(crate) struct Ctx {
     pub(crate) exports: Option<Exports>,
     pub(crate) dylink: dylink::Registry,
     pub(crate) started: Instant,
+    /// Protocol bytes for the callback transport: the pending request and the reply so far.
+    pub(crate) wire_in: Vec<u8>,
+    pub(crate) wire_pos: usize,
+    pub(crate) wire_out: Vec<u8>,
 }
 
 impl Ctx {
     pub(crate) fn new(vfs: Vfs) -> Ctx {
-        Ctx { vfs, shared: None, exports: None, dylink: dylink::Registry::default(), started: Instant::now() }
+        Ctx {
+            vfs,
+            shared: None,
+            exports: None,
+            dylink: dylink::Registry::default(),
+            started: Instant::now(),
+            wire_in: Vec::new(),
+            wire_pos: 0,
+            wire_out: Vec::new(),
+        }
     }
 
     pub(crate) fn shared(&self) -> Shared {

@@ -14,7 +14,7 @@ fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let pg = start(std::path::Path::new(&dir));
+    let pg = start("0.2.17", std::path::Path::new(&dir));
     scalar(
         &pg,
         "CREATE TABLE IF NOT EXISTS durable(n int); INSERT INTO durable SELECT generate_series(1, 1000); SELECT 1",
@@ -50,6 +50,6 @@ fn sigkill_right_after_commit_keeps_committed_rows() {
     child.wait().unwrap();
 
     // The lock died with the process; WAL recovery brings back every committed row.
-    let pg = start(dir.path());
+    let pg = start("0.2.17", dir.path());
     assert_eq!(scalar(&pg, "SELECT count(*) FROM durable"), "1000");
 }

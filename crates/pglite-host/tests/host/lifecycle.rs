@@ -2,13 +2,19 @@
 
 use pglite_host::{BootKind, Error, Pglite};
 
-use crate::support::{artifact, config, scalar, start};
+use crate::support::{RELEASES, artifact, config, scalar, start};
 
 #[test]
 fn first_boot_then_restart_keeps_data() {
+    for version in RELEASES {
+        first_boot_then_restart(version);
+    }
+}
+
+fn first_boot_then_restart(version: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let pg = start(&data);
+    let pg = start(version, &data);
     assert_ne!(pg.boot_info().kind, BootKind::Resumed);
     assert_eq!(scalar(&pg, "SELECT current_database()"), "postgres");
     assert_eq!(scalar(&pg, "SELECT current_user"), "postgres");
@@ -23,7 +29,7 @@ fn first_boot_then_restart_keeps_data() {
     assert!(!pg.healthy());
     drop(pg);
 
-    let pg = start(&data);
+    let pg = start(version, &data);
     assert_eq!(pg.boot_info().kind, BootKind::Resumed);
     assert_eq!(scalar(&pg, "SELECT string_agg(note, ',' ORDER BY id) FROM kept"), "one,two");
     assert_eq!(scalar(&pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept' AND schemaname = 'public'"), "1");
@@ -34,8 +40,8 @@ fn first_boot_then_restart_keeps_data() {
 #[test]
 fn two_hosts_on_one_data_directory_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = start(dir.path());
-    let err = Pglite::start(artifact(), config(dir.path())).err().expect("second host refused");
+    let pg = start("0.2.17", dir.path());
+    let err = Pglite::start(artifact("0.2.17"), config("0.2.17", dir.path())).err().expect("second host refused");
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
     // The first is unaffected.
@@ -45,18 +51,22 @@ fn two_hosts_on_one_data_directory_are_refused() {
 #[test]
 fn data_directory_of_another_major_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("PG_VERSION"), "17\n").unwrap();
-    let err = Pglite::start(artifact(), config(dir.path())).err().expect("refused");
+    // A cluster made by 0.3 (PostgreSQL 17) cannot be opened by 0.2 (PostgreSQL 16).
+    let pg = start("0.3.16", dir.path());
+    pg.stop().unwrap();
+    drop(pg);
+    let err = Pglite::start(artifact("0.2.17"), config("0.2.17", dir.path())).err().expect("refused");
     assert!(matches!(err, Error::IncompatibleDataDir { .. }), "{err}");
+    assert!(err.to_string().contains("PostgreSQL 17"), "{err}");
 }
 
 #[test]
 fn corrupt_compiled_module_cache_is_recovered() {
     let modules = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let mut cfg = config("0.2.17", dir.path());
     cfg.module_cache_dir = Some(modules.path().to_path_buf());
-    let pg = Pglite::start(artifact(), cfg.clone()).unwrap();
+    let pg = Pglite::start(artifact("0.2.17"), cfg.clone()).unwrap();
     pg.stop().unwrap();
     drop(pg);
     let cwasm = std::fs::read_dir(modules.path())
@@ -74,13 +84,13 @@ fn corrupt_compiled_module_cache_is_recovered() {
     bad[mid..mid + 4096].fill(0xAB);
     std::fs::write(&cwasm, &bad).unwrap();
 
-    let pg = Pglite::start(artifact(), cfg.clone()).unwrap();
+    let pg = Pglite::start(artifact("0.2.17"), cfg.clone()).unwrap();
     assert_eq!(scalar(&pg, "SELECT 'recovered'"), "recovered");
     pg.stop().unwrap();
     assert_eq!(std::fs::read(&cwasm).unwrap(), good, "the corrupt entry was rewritten");
 
     // A truncated entry too.
     std::fs::write(&cwasm, &good[..1000]).unwrap();
-    let pg = Pglite::start(artifact(), cfg).unwrap();
+    let pg = Pglite::start(artifact("0.2.17"), cfg).unwrap();
     assert_eq!(scalar(&pg, "SELECT 1"), "1");
 }

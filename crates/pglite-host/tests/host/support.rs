@@ -14,15 +14,19 @@ pub(crate) fn cache_root() -> PathBuf {
     }
 }
 
-/// The verified, extracted 0.2.17 artifact (fetched once per cache).
-pub(crate) fn artifact() -> Artifact {
-    static ARTIFACT: OnceLock<Artifact> = OnceLock::new();
-    ARTIFACT
+/// Every PGlite release the host supports; most tests run on each.
+pub(crate) const RELEASES: [&str; 2] = ["0.2.17", "0.3.16"];
+
+/// The verified, extracted artifact of `version` (fetched once per cache).
+pub(crate) fn artifact(version: &str) -> Artifact {
+    static ARTIFACTS: [OnceLock<Artifact>; 2] = [OnceLock::new(), OnceLock::new()];
+    let slot = RELEASES.iter().position(|r| *r == version).expect("a supported release");
+    ARTIFACTS[slot]
         .get_or_init(|| {
-            let mut opts = pglite_fetch::FetchOptions::new("0.2.17");
+            let mut opts = pglite_fetch::FetchOptions::new(version);
             opts.cache_dir = camino::Utf8PathBuf::from_path_buf(cache_root().join("pglite")).expect("utf-8 cache path");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let fetched = rt.block_on(pglite_fetch::ensure(&opts)).expect("fetching PGlite 0.2.17");
+            let fetched = rt.block_on(pglite_fetch::ensure(&opts)).expect("fetching PGlite");
             Artifact {
                 version: fetched.version,
                 wasm: fetched.wasm.into(),
@@ -33,16 +37,25 @@ pub(crate) fn artifact() -> Artifact {
         .clone()
 }
 
-pub(crate) fn config(data_dir: &Path) -> Config {
+pub(crate) fn config(version: &str, data_dir: &Path) -> Config {
     let mut config = Config::new(data_dir);
     // The same layout the facade uses under NSELF_CACHE_DIR, so e2e tests share it.
     config.module_cache_dir = Some(cache_root().join("pglite/modules"));
-    config.template_dir = Some(cache_root().join("pglite/0.2.17/template"));
+    config.template_dir = Some(cache_root().join(format!("pglite/{version}/template")));
     config
 }
 
-pub(crate) fn start(data_dir: &Path) -> Pglite {
-    Pglite::start(artifact(), config(data_dir)).expect("PGlite starts")
+pub(crate) fn start(version: &str, data_dir: &Path) -> Pglite {
+    Pglite::start(artifact(version), config(version, data_dir)).expect("PGlite starts")
+}
+
+/// Runs `check` on a new instance of every release, each in a fresh data directory.
+pub(crate) fn on_each_release(check: impl Fn(&str, &Pglite)) {
+    for version in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = start(version, dir.path());
+        check(version, &pg);
+    }
 }
 
 /// A simple-protocol Query.
