@@ -85,7 +85,12 @@ impl Instance {
                 .map_err(|source| Error::Io { path: dirs.scratch.join(sub), source })?;
         }
         let engine = module.engine();
-        let mut ctx = Ctx::new(Vfs::new(mounts(dirs), durable));
+        let mut vfs = Vfs::new(mounts(dirs), durable);
+        if let Transport::Cma = profile.transport {
+            // The socket-emulation files 0.2 probes and rewrites on every query.
+            vfs.keep_in_memory("/tmp/pglite/base/.s.PGSQL.");
+        }
+        let mut ctx = Ctx::new(vfs);
         ctx.dylink.module_cache = dirs.module_cache.clone();
         let mut store = Store::new(engine, ctx);
         let wasm = |e: wasmtime::Error| Error::Instantiate { message: format!("{e:#}") };

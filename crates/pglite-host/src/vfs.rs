@@ -4,7 +4,7 @@
 //! directories are checked to stay beneath their mount root).
 
 use std::cell::RefCell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -43,6 +43,7 @@ pub(crate) struct Mount {
 #[derive(Clone, Debug)]
 enum Node {
     Host { path: PathBuf, mount: usize },
+    Memory(String),
     Device(Device),
     DevDir,
 }
@@ -59,6 +60,7 @@ pub(crate) enum Device {
 /// What an open file description refers to.
 pub(crate) enum Kind {
     File(File),
+    Memory(Rc<RefCell<Vec<u8>>>),
     Dir { host: Option<PathBuf>, entries: Option<Vec<(String, u8)>>, file: Option<File> },
     PipeRead(Rc<RefCell<VecDeque<u8>>>),
     PipeWrite(Rc<RefCell<VecDeque<u8>>>),
@@ -101,6 +103,9 @@ pub(crate) struct Vfs {
     fds: Vec<Option<Desc>>,
     /// Host directories already checked to lie beneath their mount root.
     verified_dirs: HashSet<PathBuf>,
+    /// Guest path prefixes kept in memory instead of on disk, and those files.
+    memory_prefixes: Vec<String>,
+    memory_files: HashMap<String, Rc<RefCell<Vec<u8>>>>,
     /// When false (building a template), `fsync` is skipped; the caller syncs the tree once.
     pub(crate) durable: bool,
     stdout: LogSink,
@@ -125,10 +130,18 @@ impl Vfs {
             cwd: "/".to_owned(),
             fds: vec![dev(Device::Stdin), dev(Device::Stdout), dev(Device::Stderr)],
             verified_dirs: HashSet::new(),
+            memory_prefixes: Vec::new(),
+            memory_files: HashMap::new(),
             durable,
             stdout: LogSink::default(),
             stderr: LogSink::default(),
         }
+    }
+
+    /// Keeps files whose guest path starts with `prefix` in memory: PGlite 0.2 probes and
+    /// rewrites its socket-emulation files on every query, which need not touch the disk.
+    pub(crate) fn keep_in_memory(&mut self, prefix: &str) {
+        self.memory_prefixes.push(prefix.to_owned());
     }
 
     // ----- paths
@@ -149,6 +162,9 @@ impl Vfs {
     }
 
     fn node(&mut self, guest: &str) -> SysResult<Node> {
+        if self.memory_prefixes.iter().any(|p| guest.starts_with(p.as_str())) {
+            return Ok(Node::Memory(guest.to_owned()));
+        }
         if let Some(rest) = guest.strip_prefix("/dev") {
             match rest {
                 "" => return Ok(Node::DevDir),
@@ -205,7 +221,7 @@ impl Vfs {
                 }
                 Ok((path, mount))
             }
-            Node::Device(_) | Node::DevDir => Err(if write { Errno::PERM } else { Errno::INVAL }),
+            Node::Device(_) | Node::DevDir | Node::Memory(_) => Err(if write { Errno::PERM } else { Errno::INVAL }),
         }
     }
 
@@ -299,6 +315,18 @@ impl Vfs {
                 let kind = Kind::Dir { host: None, entries: None, file: None };
                 return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
             }
+            Node::Memory(name) => {
+                let file = match self.memory_files.get(&name) {
+                    Some(_) if flags & oflags::CREAT != 0 && flags & oflags::EXCL != 0 => return Err(Errno::EXIST),
+                    Some(file) => file.clone(),
+                    None if flags & oflags::CREAT != 0 => self.memory_files.entry(name).or_default().clone(),
+                    None => return Err(Errno::NOENT),
+                };
+                if flags & oflags::TRUNC != 0 {
+                    file.borrow_mut().clear();
+                }
+                return self.insert(Description { kind: Kind::Memory(file), guest_path: guest, flags, pos: 0 });
+            }
             Node::Host { path, mount } => {
                 if writes && self.mounts[mount].read_only {
                     return Err(Errno::ROFS);
@@ -346,6 +374,10 @@ impl Vfs {
         match self.node(guest)? {
             Node::Device(_) => Ok(Stat::device()),
             Node::DevDir => Ok(Stat::synthetic(0o40755)),
+            Node::Memory(name) => match self.memory_files.get(&name) {
+                Some(file) => Ok(Stat::memory(file.borrow().len())),
+                None => Err(Errno::NOENT),
+            },
             Node::Host { path, .. } => {
                 let meta = if follow { fs::metadata(&path)? } else { fs::symlink_metadata(&path)? };
                 Ok(Stat::from_meta(&meta))
@@ -357,6 +389,7 @@ impl Vfs {
         let desc = self.get(fd)?.borrow();
         match &desc.kind {
             Kind::File(file) => Ok(Stat::from_meta(&file.metadata()?)),
+            Kind::Memory(file) => Ok(Stat::memory(file.borrow().len())),
             Kind::Dir { host: Some(host), .. } => Ok(Stat::from_meta(&fs::metadata(host)?)),
             Kind::Dir { host: None, .. } => Ok(Stat::synthetic(0o40755)),
             Kind::PipeRead(_) | Kind::PipeWrite(_) => Ok(Stat::synthetic(0o10600)),
@@ -367,6 +400,9 @@ impl Vfs {
     pub(crate) fn access(&mut self, guest: &str, amode: i32) -> SysResult<()> {
         let (host, mount) = match self.node(guest)? {
             Node::Device(_) | Node::DevDir => return Ok(()),
+            Node::Memory(name) => {
+                return if self.memory_files.contains_key(&name) { Ok(()) } else { Err(Errno::NOENT) };
+            }
             Node::Host { path, mount } => (path, mount),
         };
         let meta = fs::metadata(&host)?;
@@ -384,6 +420,9 @@ impl Vfs {
     }
 
     pub(crate) fn unlink(&mut self, guest: &str, dir: bool) -> SysResult<()> {
+        if let Node::Memory(name) = self.node(guest)? {
+            return self.memory_files.remove(&name).map(drop).ok_or(Errno::NOENT);
+        }
         let (host, _) = self.host_path(guest, true)?;
         if dir {
             fs::remove_dir(&host)?;
@@ -399,6 +438,15 @@ impl Vfs {
     }
 
     pub(crate) fn rename(&mut self, from: &str, to: &str) -> SysResult<()> {
+        match (self.node(from)?, self.node(to)?) {
+            (Node::Memory(from), Node::Memory(to)) => {
+                let file = self.memory_files.remove(&from).ok_or(Errno::NOENT)?;
+                self.memory_files.insert(to, file);
+                return Ok(());
+            }
+            (Node::Memory(_), _) | (_, Node::Memory(_)) => return Err(Errno::XDEV),
+            _ => {}
+        }
         let (src, m1) = self.host_path(from, true)?;
         let (dst, m2) = self.host_path(to, true)?;
         if m1 != m2 {
@@ -412,7 +460,7 @@ impl Vfs {
     pub(crate) fn chdir(&mut self, guest: String) -> SysResult<()> {
         match self.node(&guest)? {
             Node::DevDir => {}
-            Node::Device(_) => return Err(Errno::NOTDIR),
+            Node::Device(_) | Node::Memory(_) => return Err(Errno::NOTDIR),
             Node::Host { path, .. } => {
                 if !fs::metadata(path)?.is_dir() {
                     return Err(Errno::NOTDIR);
@@ -446,6 +494,13 @@ impl Vfs {
         let pos = at.unwrap_or(desc.pos);
         let n = match &mut desc.kind {
             Kind::File(file) => read_at_full(file, buf, pos)?,
+            Kind::Memory(file) => {
+                let file = file.borrow();
+                let start = (pos as usize).min(file.len());
+                let n = buf.len().min(file.len() - start);
+                buf[..n].copy_from_slice(&file[start..start + n]);
+                n
+            }
             Kind::PipeRead(pipe) => {
                 let mut pipe = pipe.borrow_mut();
                 if pipe.is_empty() {
@@ -489,6 +544,24 @@ impl Vfs {
                 }
                 return Ok(data.len());
             }
+            Kind::Memory(file) => {
+                let mut file = file.borrow_mut();
+                let offset = match at {
+                    Some(off) => off as usize,
+                    None if append => file.len(),
+                    None => pos as usize,
+                };
+                let end = offset.checked_add(data.len()).filter(|&e| e <= 1 << 30).ok_or(Errno::FBIG)?;
+                if file.len() < end {
+                    file.resize(end, 0);
+                }
+                file[offset..end].copy_from_slice(data);
+                drop(file);
+                if at.is_none() {
+                    desc.pos = end as u64;
+                }
+                return Ok(data.len());
+            }
             Kind::PipeWrite(pipe) => {
                 pipe.borrow_mut().extend(data);
                 data.len()
@@ -515,6 +588,7 @@ impl Vfs {
             (_, 0) => 0,
             (_, 1) => desc.pos as i64,
             (Kind::File(file), 2) => file.metadata()?.len() as i64,
+            (Kind::Memory(file), 2) => file.borrow().len() as i64,
             (_, 2) => 0,
             _ => return Err(Errno::INVAL),
         };
@@ -551,6 +625,10 @@ impl Vfs {
     pub(crate) fn set_len(&mut self, fd: i32, len: u64) -> SysResult<()> {
         match &self.get(fd)?.borrow().kind {
             Kind::File(file) => Ok(file.set_len(len)?),
+            Kind::Memory(file) => {
+                file.borrow_mut().resize(usize::try_from(len).ok().filter(|&l| l <= 1 << 30).ok_or(Errno::FBIG)?, 0);
+                Ok(())
+            }
             _ => Err(Errno::INVAL),
         }
     }
@@ -733,6 +811,10 @@ impl Stat {
 
     fn synthetic(mode: u32) -> Stat {
         Stat { mode, nlink: 1, size: 0, blocks: 0, atime: (0, 0), mtime: (0, 0), ctime: (0, 0), ino: 1, dev: 5 }
+    }
+
+    fn memory(size: usize) -> Stat {
+        Stat { size: size as u64, ..Stat::synthetic(0o100600) }
     }
 
     fn device() -> Stat {

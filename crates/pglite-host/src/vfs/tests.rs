@@ -84,3 +84,26 @@ fn dup_shares_the_offset_and_pipes_are_nonblocking() {
     v.write(w, b"x", None).unwrap();
     assert_eq!(v.read(r, &mut buf, None).unwrap(), 1);
 }
+
+#[test]
+fn memory_files_never_touch_the_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut v = vfs(root.path(), data.path());
+    v.keep_in_memory("/tmp/pglite/base/.s.PGSQL.");
+    let probe = "/tmp/pglite/base/.s.PGSQL.5432.in";
+    assert_eq!(v.open(probe.into(), 0, 0).unwrap_err(), Errno::NOENT);
+    let fd = v
+        .open("/tmp/pglite/base/.s.PGSQL.5432.lock.out".into(), oflags::CREAT | oflags::WRONLY | oflags::TRUNC, 0o600)
+        .unwrap();
+    v.write(fd, b"reply", None).unwrap();
+    v.close(fd).unwrap();
+    assert_eq!(v.stat_path("/tmp/pglite/base/.s.PGSQL.5432.lock.out", true).unwrap().size, 5);
+    v.rename("/tmp/pglite/base/.s.PGSQL.5432.lock.out", "/tmp/pglite/base/.s.PGSQL.5432.out").unwrap();
+    let fd = v.open("/tmp/pglite/base/.s.PGSQL.5432.out".into(), 0, 0).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(v.read(fd, &mut buf, None).unwrap(), 5);
+    assert_eq!(&buf[..5], b"reply");
+    v.unlink("/tmp/pglite/base/.s.PGSQL.5432.out", false).unwrap();
+    assert_eq!(fs::read_dir(data.path()).unwrap().count(), 0, "nothing reached the data directory");
+}
