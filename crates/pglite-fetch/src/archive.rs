@@ -52,3 +52,35 @@ pub(crate) fn for_each_dist_file(
     }
     Ok(())
 }
+
+/// Unpacks every regular file of an extension bundle (`lib/postgresql/<name>.so`,
+/// `share/postgresql/extension/...`) beneath `dest`, refusing unsafe paths and links.
+pub(crate) fn unpack_bundle(tgz: impl Read, dest: &std::path::Path) -> Result<Vec<std::path::PathBuf>, Reason> {
+    let mut archive = tar::Archive::new(GzDecoder::new(tgz));
+    let mut written = Vec::new();
+    for entry in archive.entries().map_err(Reason::Io)? {
+        let mut entry = entry.map_err(Reason::Io)?;
+        let path_bytes = entry.path_bytes().into_owned();
+        let path = validate_entry_path(&path_bytes)?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(Reason::UnsafeArchivePath(path.to_owned()));
+        }
+        let path = path.strip_prefix("./").unwrap_or(path);
+        if path.is_empty() || path.starts_with('.') {
+            continue;
+        }
+        let target = dest.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(Reason::Io)?;
+        }
+        let mut file = std::fs::File::create(&target).map_err(Reason::Io)?;
+        std::io::copy(&mut entry, &mut file).map_err(Reason::Io)?;
+        file.sync_all().map_err(Reason::Io)?;
+        written.push(target);
+    }
+    Ok(written)
+}

@@ -12,6 +12,8 @@
 //! root/                  the data bundle unpacked (guest absolute paths, mode 0755)
 //! root.receipt           `<data sha256> <file count>`; written last
 //! extensions/            verified `<name>.tar.gz` bundles (+ receipts)
+//! extensions/<name>/     a bundle unpacked (`lib/`, `share/`); complete when
+//!                        `extensions/<name>.unpacked` names the bundle's digest
 //! ```
 
 use std::{
@@ -238,4 +240,45 @@ fn copy_range(data_file: &mut File, file: &PackageFile, path: &Utf8Path) -> io::
         out.set_permissions(fs::Permissions::from_mode(0o755))?;
     }
     out.sync_all()
+}
+
+/// The unpacked tree of a verified extension bundle, unpacking it first if needed: into a
+/// staging directory, synced, renamed into place, then a receipt naming the bundle's digest.
+pub(crate) fn unpacked_extension(dir: &Utf8Path, pin: &FilePin) -> Result<Utf8PathBuf, Error> {
+    let name = pin.name.strip_suffix(".tar.gz").unwrap_or(&pin.name);
+    let root = dir.join(name);
+    let receipt = dir.join(format!("{name}.unpacked"));
+    if fs::read_to_string(&receipt).is_ok_and(|r| r.trim() == pin.sha256) && root.is_dir() {
+        return Ok(root);
+    }
+    match fs::remove_file(&receipt) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(cache_err(&receipt)(err)),
+        _ => {}
+    }
+    if root.exists() {
+        fs::remove_dir_all(&root).map_err(cache_err(&root))?;
+    }
+    let staging = tempfile::Builder::new().prefix(ROOT_STAGE_PREFIX).tempdir_in(dir).map_err(cache_err(dir))?;
+    let archive_path = dir.join(&pin.name);
+    let archive = File::open(&archive_path).map_err(cache_err(&archive_path))?;
+    let written =
+        crate::archive::unpack_bundle(io::BufReader::new(archive), staging.path()).map_err(|reason| Error::Cache {
+            path: archive_path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, reason.to_string()),
+        })?;
+    let mut dirs: std::collections::BTreeSet<_> =
+        written.iter().filter_map(|p| p.parent().map(|p| p.to_path_buf())).collect();
+    dirs.insert(staging.path().to_path_buf());
+    for d in dirs.iter().rev() {
+        File::open(d).and_then(|f| f.sync_all()).map_err(|e| Error::Cache { path: root.clone(), source: e })?;
+    }
+    let staged = staging.keep();
+    fs::rename(&staged, &root).map_err(cache_err(&root))?;
+    sync_dir(dir).map_err(cache_err(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(STAGE_PREFIX).tempfile_in(dir).map_err(cache_err(dir))?;
+    tmp.write_all(pin.sha256.as_bytes()).map_err(cache_err(&receipt))?;
+    tmp.as_file().sync_all().map_err(cache_err(&receipt))?;
+    tmp.persist(&receipt).map_err(|err| cache_err(&receipt)(err.error))?;
+    sync_dir(dir).map_err(cache_err(dir))?;
+    Ok(root)
 }

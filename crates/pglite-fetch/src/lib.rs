@@ -83,10 +83,21 @@ pub async fn fetch_or_cached(version: &str) -> Result<Artifact, Error> {
     ensure(&opts).await
 }
 
-/// Ensures the named extension bundles (`pgcrypto`, ...) of `opts.version` are cached and
-/// verified; returns their paths in the order asked. Unknown names are an error that lists
-/// the available ones.
-pub async fn ensure_extensions(opts: &FetchOptions, names: &[&str]) -> Result<Vec<Utf8PathBuf>, Error> {
+/// A verified extension bundle and its unpacked tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    /// The bundle's name, e.g. `pgcrypto`.
+    pub name: String,
+    /// The verified `<name>.tar.gz`.
+    pub archive: Utf8PathBuf,
+    /// Its files unpacked: `lib/postgresql/...`, `share/postgresql/extension/...`.
+    pub root: Utf8PathBuf,
+}
+
+/// Ensures the named extension bundles (`pgcrypto`, ...) of `opts.version` are cached,
+/// verified and unpacked; returns them in the order asked. Unknown names are an error that
+/// lists the available ones.
+pub async fn ensure_extensions(opts: &FetchOptions, names: &[&str]) -> Result<Vec<Extension>, Error> {
     let release = pinned_release(&opts.version)?;
     ensure_extensions_with_pins(opts, &release, names).await
 }
@@ -141,7 +152,7 @@ pub async fn ensure_extensions_with_pins(
     opts: &FetchOptions,
     release: &PinnedRelease,
     names: &[&str],
-) -> Result<Vec<Utf8PathBuf>, Error> {
+) -> Result<Vec<Extension>, Error> {
     let pins = names
         .iter()
         .map(|name| {
@@ -154,13 +165,29 @@ pub async fn ensure_extensions_with_pins(
         .collect::<Result<Vec<FilePin>, Error>>()?;
     let version_dir = version_dir(opts, release)?;
     let dir = version_dir.join("extensions");
-    let paths: Vec<Utf8PathBuf> = pins.iter().map(|pin| dir.join(&pin.name)).collect();
+    let unpack = |dir: Utf8PathBuf, pins: Vec<FilePin>| {
+        blocking(move || {
+            pins.iter()
+                .map(|pin| {
+                    Ok(Extension {
+                        name: pin.name.trim_end_matches(".tar.gz").to_owned(),
+                        archive: dir.join(&pin.name),
+                        root: cache::unpacked_extension(&dir, pin)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })
+    };
     let missing = {
         let (dir, pins) = (dir.clone(), pins.clone());
         blocking(move || missing_pins(&dir, &pins)).await?
     };
     if missing.is_empty() {
-        return Ok(paths);
+        let _lock = {
+            let version_dir = version_dir.clone();
+            blocking(move || cache::lock(&version_dir)).await?
+        };
+        return unpack(dir, pins).await;
     }
     cache::create_dir_all(&dir)?;
     let lock = {
@@ -168,7 +195,7 @@ pub async fn ensure_extensions_with_pins(
         blocking(move || cache::lock(&version_dir)).await?
     };
     let missing = {
-        let dir = dir.clone();
+        let (dir, pins) = (dir.clone(), pins.clone());
         blocking(move || {
             cache::remove_leftovers(&dir)?;
             missing_pins(&dir, &pins)
@@ -178,8 +205,9 @@ pub async fn ensure_extensions_with_pins(
     if !missing.is_empty() {
         fill::fill(opts, &dir, missing).await?;
     }
+    let res = unpack(dir, pins).await;
     drop(lock);
-    Ok(paths)
+    res
 }
 
 fn version_dir(opts: &FetchOptions, release: &PinnedRelease) -> Result<Utf8PathBuf, Error> {

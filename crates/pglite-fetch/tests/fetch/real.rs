@@ -41,7 +41,8 @@ async fn downloads_0_2_17_from_the_npm_registry() {
     assert!(artifact.files.len() > 600);
 
     let extensions = pglite_fetch::ensure_extensions(&opts, &["pgcrypto"]).await.unwrap();
-    assert!(extensions[0].is_file());
+    assert!(extensions[0].archive.is_file());
+    assert!(extensions[0].root.join("lib/postgresql/pgcrypto.so").is_file());
 }
 
 #[tokio::test]

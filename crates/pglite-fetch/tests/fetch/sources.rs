@@ -80,10 +80,21 @@ async fn extensions_are_fetched_on_request_only() {
     ensure_with_pins(&opts, &release.pins).await.unwrap();
     assert_eq!(server.n_hits("/cdn/pgcrypto.tar.gz"), 0);
 
-    let paths = pglite_fetch::ensure_extensions_with_pins(&opts, &release.pins, &["pgcrypto"]).await.unwrap();
-    assert_eq!(paths, vec![cache.version_dir().join("extensions/pgcrypto.tar.gz")]);
-    assert_eq!(std::fs::read(&paths[0]).unwrap(), release.files["pgcrypto.tar.gz"]);
-    pglite_fetch::ensure_extensions_with_pins(&opts, &release.pins, &["pgcrypto"]).await.unwrap();
+    let extensions = pglite_fetch::ensure_extensions_with_pins(&opts, &release.pins, &["pgcrypto"]).await.unwrap();
+    assert_eq!(extensions.len(), 1);
+    assert_eq!(extensions[0].name, "pgcrypto");
+    assert_eq!(extensions[0].archive, cache.version_dir().join("extensions/pgcrypto.tar.gz"));
+    assert_eq!(std::fs::read(&extensions[0].archive).unwrap(), release.files["pgcrypto.tar.gz"]);
+    assert_eq!(
+        std::fs::read(extensions[0].root.join("lib/postgresql/pgcrypto.so")).unwrap(),
+        b"\0asm pretend side module"
+    );
+    assert!(extensions[0].root.join("share/postgresql/extension/pgcrypto.control").is_file());
+    // A damaged unpacked tree without its receipt is unpacked again.
+    std::fs::remove_file(extensions[0].root.join("lib/postgresql/pgcrypto.so")).unwrap();
+    std::fs::remove_file(cache.version_dir().join("extensions/pgcrypto.unpacked")).unwrap();
+    let again = pglite_fetch::ensure_extensions_with_pins(&opts, &release.pins, &["pgcrypto"]).await.unwrap();
+    assert!(again[0].root.join("lib/postgresql/pgcrypto.so").is_file());
     assert_eq!(server.n_hits("/cdn/pgcrypto.tar.gz"), 1, "second call is served from the cache");
 
     let err = pglite_fetch::ensure_extensions_with_pins(&opts, &release.pins, &["nope"]).await.unwrap_err();

@@ -48,7 +48,10 @@ pub(crate) fn release() -> Release {
     )
     .into_bytes();
     let wasm = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>();
-    let pgcrypto = b"pretend this is a gzipped tarball of pgcrypto".to_vec();
+    let pgcrypto = tarball(&[
+        ("share/postgresql/extension/pgcrypto.control", b"default_version = '1.3'\n"),
+        ("lib/postgresql/pgcrypto.so", b"\0asm pretend side module"),
+    ]);
     let files: HashMap<&'static str, Vec<u8>> =
         [("postgres.wasm", wasm), ("postgres.data", data), ("postgres.js", js), ("pgcrypto.tar.gz", pgcrypto)]
             .into_iter()
