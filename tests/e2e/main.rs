@@ -1,1 +1,14 @@
-//! End-to-end tests through the real `nself-embedded` command (placeholder).
+//! End-to-end tests: the real PGlite 0.2.17 artifact, the real `nself-embedded` command and
+//! real clients (psql, pgbench, tokio-postgres, sqlx).
+//!
+//! The artifact, compiled module and template cluster are shared with the host's tests in
+//! `<workspace>/target/test-cache` (the command gets it as `NSELF_CACHE_DIR`), so only the
+//! first test of a CI run downloads, compiles and runs initdb. psql and pgbench must be on
+//! PATH: a test that needs one fails, naming the package to install.
+
+mod support;
+
+mod clients;
+mod facade;
+mod lifecycle;
+mod psql;

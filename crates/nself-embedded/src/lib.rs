@@ -1,1 +1,57 @@
-//! The facade (placeholder).
+//! nself-embedded: PostgreSQL 16 (PGlite's WebAssembly build) in-process, reachable by
+//! ordinary PostgreSQL clients on a Unix socket.
+//!
+//! This crate holds no logic of its own beyond wiring and configuration: `pglite-fetch`
+//! provides the verified artifact ([`fetch_or_cached`]), `pglite-host` runs it, and `pg-bridge`
+//! multiplexes clients onto its single session. [`EmbeddedPgRuntime`] puts the three together:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nself_embedded::Error> {
+//! let artifact = nself_embedded::fetch_or_cached(nself_embedded::DEFAULT_PGLITE_VERSION).await?;
+//! let runtime = nself_embedded::EmbeddedPgRuntime::new("/tmp/nself", artifact);
+//! runtime.start(std::time::Duration::from_secs(120)).await?;
+//! // psql -h /tmp/nself -U postgres postgres
+//! runtime.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `runtime.rs`: [`EmbeddedPgRuntime`], the lifecycle (start once, stop cleanly, health).
+//! - `backend.rs`: [`PgliteBackend`], the bridge's `Backend` over a PGlite instance.
+//! - `probe.rs`: the health check, a real client connection through the socket.
+//! - `cli/`: the `nself-embedded` command (only `main.rs` uses it).
+//! - `wire.rs`: the few protocol helpers the facade itself needs.
+
+mod backend;
+mod error;
+mod probe;
+mod runtime;
+mod wire;
+
+#[doc(hidden)]
+pub mod cli;
+
+pub use backend::PgliteBackend;
+pub use error::Error;
+pub use runtime::{EmbeddedPgRuntime, SOCKET_NAME};
+
+/// Accepts PostgreSQL clients on a Unix socket and multiplexes them onto one backend: see
+/// [`pg_bridge::Bridge::listen`] and [`pg_bridge::Bridge::close`]. COPY, LISTEN and NOTIFY are
+/// answered with SQLSTATE `0A000` instead of being forwarded.
+pub use pg_bridge::Bridge as PgSocketBridge;
+/// How a [`PgSocketBridge`] listens.
+pub use pg_bridge::Config as BridgeConfig;
+/// A verified, unpacked PGlite release in the cache.
+pub use pglite_fetch::Artifact;
+
+/// The PGlite release used unless `NSELF_PGLITE_VERSION` or the caller says otherwise.
+pub const DEFAULT_PGLITE_VERSION: &str = pglite_fetch::DEFAULT_PGLITE_VERSION;
+
+/// Ensures PGlite `version` is in the cache, verified against its pins, and returns it.
+/// The cache is `$NSELF_CACHE_DIR/pglite` (default `~/.nself/cache/pglite`); a warm cache is
+/// checked without network access.
+pub async fn fetch_or_cached(version: &str) -> Result<Artifact, Error> {
+    Ok(pglite_fetch::fetch_or_cached(version).await?)
+}

@@ -1,0 +1,144 @@
+//! The `nself-embedded` command line: `start` (fetch, boot, serve until SIGINT or SIGTERM,
+//! stop cleanly) and `fetch` (fill the cache, print its path).
+//!
+//! Standard output carries only what a script may want (connection lines, the final
+//! `ready:` line, the cache path); logs and progress go to standard error. Failures end with a
+//! message a person can act on and an exit code from [`exit`].
+
+mod progress;
+mod start;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::{Artifact, DEFAULT_PGLITE_VERSION, Error};
+
+/// Exit codes besides 0 (success) and 2 (usage, from clap).
+pub(crate) mod exit {
+    /// Anything not listed below.
+    pub(crate) const FAILURE: u8 = 1;
+    /// The runtime directory, its socket or the TCP address is already in use.
+    pub(crate) const IN_USE: u8 = 3;
+    /// The PGlite artifact could not be had: version not pinned, or no source reachable.
+    pub(crate) const NO_ARTIFACT: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nself-embedded",
+    version,
+    about = "PostgreSQL 16 (PGlite in wasmtime) for ordinary PostgreSQL clients on a Unix socket",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage, 3 already in use (data directory, socket \
+                  or TCP address), 4 PGlite artifact unavailable.\n\
+                  Environment: RUST_LOG (log filter, default info), NSELF_CACHE_DIR (cache root), \
+                  NSELF_PGLITE_SOURCES (download sources)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fetch PGlite if needed, boot it and serve clients until SIGINT or SIGTERM.
+    Start(StartArgs),
+    /// Make sure PGlite is in the cache, verified, and print the cache directory.
+    Fetch(FetchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FetchArgs {
+    /// The PGlite release; must be one of the pinned ones.
+    #[arg(long, env = "NSELF_PGLITE_VERSION", default_value = DEFAULT_PGLITE_VERSION)]
+    pglite_version: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct StartArgs {
+    /// Directory of the socket (`.s.PGSQL.5432`) and of the cluster (`data/`) [default:
+    /// $XDG_DATA_HOME/nself-embedded or ~/.local/share/nself-embedded]
+    #[arg(long, env = "NSELF_RUNTIME_DIR")]
+    runtime_dir: Option<PathBuf>,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Also listen on this TCP address, e.g. 127.0.0.1:5432 (a non-loopback one needs --password).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// Password for TCP clients (SCRAM-SHA-256); the Unix socket always trusts its clients.
+    #[arg(long, env = "NSELF_PASSWORD", hide_env_values = true, requires = "tcp")]
+    password: Option<String>,
+    /// Give up starting after this many seconds (fetching not included).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    startup_timeout: u64,
+}
+
+/// Runs the command line; the whole of `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("nself-embedded: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Start(args) => start::run(args).await,
+            Command::Fetch(args) => fetch_command(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nself-embedded: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
+    let artifact = fetch(&args.pglite_version).await?;
+    println!("{}", artifact.dir);
+    Ok(())
+}
+
+/// The verified artifact, downloading what is missing with progress on standard error.
+async fn fetch(version: &str) -> anyhow::Result<Artifact> {
+    let mut opts = pglite_fetch::FetchOptions::from_env().map_err(Error::Fetch)?;
+    opts.version = version.to_owned();
+    let reporter = progress::Reporter::new();
+    opts.progress = Some(reporter.callback());
+    let result = pglite_fetch::ensure(&opts).await;
+    reporter.finish();
+    Ok(result.map_err(Error::Fetch)?)
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<Error>() {
+        Some(Error::Fetch(
+            pglite_fetch::Error::UnpinnedVersion { .. } | pglite_fetch::Error::AllSourcesFailed { .. },
+        )) => exit::NO_ARTIFACT,
+        Some(err) if start::in_use(err) => exit::IN_USE,
+        _ => exit::FAILURE,
+    }
+}
+
+fn startup_timeout(args: &StartArgs) -> Duration {
+    Duration::from_secs(args.startup_timeout)
+}

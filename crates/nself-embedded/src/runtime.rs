@@ -1,0 +1,251 @@
+//! `EmbeddedPgRuntime`: one PGlite instance and the bridge in front of it, started once and
+//! stopped cleanly.
+//!
+//! Layout of a runtime directory: the cluster in `data/`, the socket `.s.PGSQL.5432` beside it,
+//! so `psql -h <runtime_dir>` connects. Caches live next to the artifact: compiled modules in
+//! `<cache_dir>/modules`, the pristine cluster in `<cache_dir>/<version>/template`.
+//!
+//! The lifecycle state sits behind an async mutex: `start` holds it for the whole boot, so
+//! concurrent starters queue behind the first and find the server running; `stop` holds it
+//! while it closes the bridge (rolling back open transactions), then stops the host (shutdown
+//! checkpoint). Nothing here spawns tasks of its own: the bridge's task is owned by the bridge.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use pglite_host::Pglite;
+use tokio::time::Instant;
+
+use crate::{Artifact, BridgeConfig, Error, PgSocketBridge, PgliteBackend, probe};
+
+/// The socket's file name: the one `psql -h <dir>` looks for with the default port.
+pub const SOCKET_NAME: &str = ".s.PGSQL.5432";
+
+/// Longest socket path the platform accepts (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
+
+/// How long [`EmbeddedPgRuntime::healthy`] waits for its query to be answered.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The embedded PostgreSQL server of one runtime directory.
+///
+/// Methods take `&self`; share it with an `Arc` to start, probe and stop from several tasks.
+/// Call [`stop`](Self::stop) before dropping a started runtime: dropping it still stops the
+/// server, but without waiting for clients to be ended.
+pub struct EmbeddedPgRuntime {
+    runtime_dir: PathBuf,
+    artifact: pglite_host::Artifact,
+    host_config: pglite_host::Config,
+    bridge_config: BridgeConfig,
+    state: tokio::sync::Mutex<Option<Running>>,
+    /// The running instance, for `healthy` (which must not queue behind a start or a stop).
+    serving: StdMutex<Option<Arc<Pglite>>>,
+}
+
+struct Running {
+    host: Arc<Pglite>,
+    bridge: PgSocketBridge,
+}
+
+impl EmbeddedPgRuntime {
+    /// A runtime keeping its data in `<runtime_dir>/data` and listening on
+    /// `<runtime_dir>/.s.PGSQL.5432`. Nothing happens until [`start`](Self::start).
+    pub fn new(runtime_dir: impl Into<PathBuf>, artifact: Artifact) -> EmbeddedPgRuntime {
+        let runtime_dir = runtime_dir.into();
+        let cache_dir = artifact.dir.parent().map(|dir| dir.as_std_path().to_path_buf());
+        let mut host_config = pglite_host::Config::new(runtime_dir.join("data"));
+        host_config.module_cache_dir = cache_dir.map(|dir| dir.join("modules"));
+        host_config.template_dir = Some(artifact.dir.as_std_path().join("template"));
+        let bridge_config = BridgeConfig::new(&runtime_dir);
+        let artifact = pglite_host::Artifact {
+            version: artifact.version,
+            wasm: artifact.wasm.into_std_path_buf(),
+            wasm_sha256: artifact.wasm_sha256,
+            package_root: artifact.root.into_std_path_buf(),
+        };
+        EmbeddedPgRuntime {
+            runtime_dir,
+            artifact,
+            host_config,
+            bridge_config,
+            state: tokio::sync::Mutex::new(None),
+            serving: StdMutex::new(None),
+        }
+    }
+
+    /// The bridge's settings (TCP listener, password, connection limit, timeouts); changes
+    /// apply at the next start. The socket is `socket_dir/socket_name`, by default
+    /// [`sock_path`](Self::sock_path).
+    pub fn bridge_config_mut(&mut self) -> &mut BridgeConfig {
+        &mut self.bridge_config
+    }
+
+    /// The host's settings (data directory, caches); changes apply at the next start. The
+    /// start-up bound is always the one passed to [`start`](Self::start).
+    pub fn host_config_mut(&mut self) -> &mut pglite_host::Config {
+        &mut self.host_config
+    }
+
+    /// The runtime directory.
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    /// The cluster's directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.host_config.data_dir
+    }
+
+    /// The PGlite release this runtime runs.
+    pub fn pglite_version(&self) -> &str {
+        &self.artifact.version
+    }
+
+    /// The Unix socket clients connect to; its directory is the `host` of a connection string
+    /// (`host=<dir> user=postgres dbname=postgres`).
+    pub fn sock_path(&self) -> PathBuf {
+        self.bridge_config.socket_path()
+    }
+
+    /// Boots PostgreSQL and starts listening; returns once clients can connect. Idempotent:
+    /// when the server is already running, or another task is starting it, this waits for
+    /// that and returns `Ok`. `timeout` bounds this start-up only, never the running server.
+    pub async fn start(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let timed_out = |_| Error::StartupTimeout(timeout);
+        let mut state = tokio::time::timeout_at(deadline, self.state.lock()).await.map_err(timed_out)?;
+        if state.is_some() {
+            return Ok(());
+        }
+        let sock_path = self.sock_path();
+        let len = sock_path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(Error::SocketPathTooLong { path: sock_path, len, max: MAX_SOCKET_PATH });
+        }
+
+        let mut host_config = self.host_config.clone();
+        host_config.startup_timeout = deadline.saturating_duration_since(Instant::now());
+        let artifact = self.artifact.clone();
+        // If this future is dropped mid-boot, the guard stops the instance once it is up.
+        let mut guard = tokio::task::spawn_blocking(move || Pglite::start(artifact, host_config).map(StopGuard::new))
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+            .map_err(|err| match err {
+                pglite_host::Error::StartupTimeout(_) => Error::StartupTimeout(timeout),
+                err => Error::Host(err),
+            })?;
+        let host = guard.host.clone().expect("a new guard holds its instance");
+        tracing::info!(
+            version = %self.artifact.version,
+            kind = ?host.boot_info().kind,
+            took = ?host.boot_info().total,
+            "PostgreSQL is up"
+        );
+
+        let listen = async {
+            let backend = PgliteBackend::new(host.clone()).await?;
+            Ok::<_, Error>(PgSocketBridge::listen(backend, self.bridge_config.clone()).await?)
+        };
+        let failure = match tokio::time::timeout_at(deadline, listen).await {
+            Ok(Ok(bridge)) => {
+                tracing::info!(socket = %sock_path.display(), "accepting connections");
+                *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(host.clone());
+                *state = Some(Running { host, bridge });
+                guard.host = None;
+                return Ok(());
+            }
+            Ok(Err(err)) => err,
+            Err(_) => Error::StartupTimeout(timeout),
+        };
+        guard.host = None;
+        if let Err(err) = stop_host(host).await {
+            tracing::warn!(%err, "PostgreSQL did not stop cleanly after a failed start");
+        }
+        Err(failure)
+    }
+
+    /// Stops accepting, ends every client (open transactions are rolled back), stops
+    /// PostgreSQL with a shutdown checkpoint and removes the socket. Idempotent; a no-op when
+    /// the server is not running.
+    pub async fn stop(&self) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let Some(Running { host, bridge }) = state.take() else {
+            return Ok(());
+        };
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let bridge_result = bridge.close().await;
+        let host_result = stop_host(host).await;
+        let sock_path = self.sock_path();
+        let socket_result = match std::fs::remove_file(&sock_path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: sock_path, source: err }),
+            _ => Ok(()),
+        };
+        tracing::info!("PostgreSQL stopped");
+        bridge_result?;
+        host_result?;
+        socket_result
+    }
+
+    /// True only while the socket accepts connections and PostgreSQL answers a query through
+    /// it within a few seconds (a client holding a long transaction can make this false).
+    pub async fn healthy(&self) -> bool {
+        let host = self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match host {
+            Some(host) if host.healthy() => {
+                let sock_path = self.sock_path();
+                let probe = probe::query_through(&sock_path, &self.bridge_config.database);
+                tokio::time::timeout(HEALTH_TIMEOUT, probe).await.is_ok_and(|answered| answered)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for EmbeddedPgRuntime {
+    fn drop(&mut self) {
+        if let Some(Running { host, bridge }) = self.state.get_mut().take() {
+            // Stops accepting; the bridge's task ends its clients on its own.
+            drop(bridge);
+            if let Err(err) = stop_off_runtime(&host) {
+                tracing::warn!(%err, "PostgreSQL did not stop cleanly");
+            }
+        }
+    }
+}
+
+/// Stops the instance it holds when dropped, unless disarmed by taking `host`.
+struct StopGuard {
+    host: Option<Arc<Pglite>>,
+}
+
+impl StopGuard {
+    fn new(host: Pglite) -> StopGuard {
+        StopGuard { host: Some(Arc::new(host)) }
+    }
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if let Some(host) = self.host.take()
+            && let Err(err) = stop_off_runtime(&host)
+        {
+            tracing::warn!(%err, "PostgreSQL did not stop cleanly after an abandoned start");
+        }
+    }
+}
+
+/// `Pglite::stop` from synchronous code that may be running on a tokio worker, where the
+/// host's blocking wait would panic: the wait happens on a plain thread of its own.
+fn stop_off_runtime(host: &Arc<Pglite>) -> Result<(), pglite_host::Error> {
+    std::thread::scope(|scope| scope.spawn(|| host.stop()).join())
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Stops the host on a blocking thread: the shutdown checkpoint writes the cluster to disk.
+async fn stop_host(host: Arc<Pglite>) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || host.stop())
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+        .map_err(Error::Host)
+}

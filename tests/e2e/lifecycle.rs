@@ -1,0 +1,88 @@
+//! The command's lifecycle: clean stop on SIGTERM and SIGINT with a client mid-transaction,
+//! restart on the same directory, and the refusals a person must understand (a second
+//! server on one directory, a TCP port in use, an unpinned version).
+
+use crate::support::{Server, cache_root, command, connect, text};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_rolls_back_open_transactions_stops_cleanly_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| Server::start(dir.path()));
+    let ready = format!("ready: psql -h {} -U postgres postgres", dir.path().display());
+    assert_eq!(server.stdout().last(), Some(&ready));
+    assert_eq!(server.database_url(), format!("postgres://postgres@localhost/postgres?host={}", dir.path().display()));
+    let client = connect(dir.path()).await;
+    client.batch_execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)").await.unwrap();
+    let open = connect(dir.path()).await;
+    open.batch_execute("BEGIN; INSERT INTO kept VALUES (2)").await.unwrap();
+    let sock_path = server.sock_path();
+
+    let (status, stderr) = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success(), "exit status {status}\n{stderr}");
+    assert!(stderr.contains("PostgreSQL stopped"), "{stderr}");
+    assert!(!sock_path.exists(), "the socket must be removed");
+    assert!(open.batch_execute("COMMIT").await.is_err(), "the open transaction's client is disconnected");
+
+    let server = tokio::task::block_in_place(|| Server::start(dir.path()));
+    let client = connect(dir.path()).await;
+    let rows: Vec<i32> =
+        client.query("SELECT x FROM kept ORDER BY x", &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
+    assert_eq!(rows, [1], "committed data kept, the open transaction rolled back");
+    assert!(server.stderr().contains("kind=Resumed"), "{}", server.stderr());
+    drop(client);
+    let (status, stderr) = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn a_second_start_on_one_directory_is_refused_and_sigint_stops_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(dir.path());
+    let mut second = Server::spawn(dir.path(), &[]);
+    let status = second.wait_exit();
+    let stderr = second.stderr();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(stderr.contains(&dir.path().display().to_string()), "{stderr}");
+
+    // The first one is unharmed, and SIGINT stops it as cleanly as SIGTERM.
+    let out = crate::support::psql(dir.path(), &[], "SELECT 40 + 2 AS answer;");
+    assert!(text(&out).0.contains("42"), "{:?}", text(&out));
+    first.signal(rustix::process::Signal::INT);
+    let status = first.wait_exit();
+    assert!(status.success(), "{}", first.stderr());
+    assert!(!first.sock_path().exists());
+}
+
+#[test]
+fn a_tcp_port_in_use_is_refused() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(dir.path(), &["--tcp", &addr]);
+    let status = server.wait_exit();
+    let stderr = server.stderr();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&addr) && stderr.contains("in use"), "{stderr}");
+    // Nothing is left behind that would stop a later start.
+    drop(taken);
+    let _ = Server::start(dir.path());
+}
+
+#[test]
+fn fetch_prints_the_verified_cache_directory() {
+    let out = command(&["fetch"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let dir = std::path::PathBuf::from(stdout.trim());
+    assert_eq!(dir, cache_root().join("pglite").join(nself_embedded::DEFAULT_PGLITE_VERSION));
+    assert!(dir.join("postgres.wasm").is_file(), "{dir:?}");
+}
+
+#[test]
+fn an_unpinned_version_names_the_pinned_ones() {
+    let out = command(&["fetch", "--pglite-version", "0.0.1"]).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("0.0.1") && stderr.contains(nself_embedded::DEFAULT_PGLITE_VERSION), "{stderr}");
+}
