@@ -29,6 +29,8 @@ pub(crate) struct Dirs<'a> {
     /// Per-instance scratch backing `/` (`/tmp`, `/home/web_user`, `/dev/shm`).
     pub(crate) scratch: &'a Path,
     pub(crate) module_cache: Option<PathBuf>,
+    /// Unpacked extension bundles (`lib/`, `share/` beneath each).
+    pub(crate) extensions: &'a [PathBuf],
 }
 
 enum Entry {
@@ -54,12 +56,12 @@ pub(crate) enum ExecError {
 
 fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
     let pkg = dirs.package.join("tmp/pglite");
-    let mut mounts = vec![
-        Mount { guest: "/".into(), host: dirs.scratch.to_path_buf(), read_only: false },
-        Mount { guest: "/tmp/pglite/base".into(), host: dirs.data.to_path_buf(), read_only: false },
-    ];
+    let mut mounts = vec![Mount::new("/", dirs.scratch, false), Mount::new("/tmp/pglite/base", dirs.data, false)];
     for name in ["bin", "lib", "share", "password"] {
-        mounts.push(Mount { guest: format!("/tmp/pglite/{name}"), host: pkg.join(name), read_only: true });
+        let mut mount = Mount::new(format!("/tmp/pglite/{name}"), pkg.join(name), true);
+        // Extension bundles carry lib/postgresql/*.so and share/postgresql/extension/*.
+        mount.overlays = dirs.extensions.iter().map(|ext| ext.join(name)).filter(|dir| dir.is_dir()).collect();
+        mounts.push(mount);
     }
     mounts
 }

@@ -55,6 +55,9 @@ pub struct Config {
     /// Bounds start-up (compile, initdb, boot); the boot goes on in the background and is
     /// stopped cleanly if the caller has given up.
     pub startup_timeout: Duration,
+    /// Unpacked extension bundles to make available (each holds `lib/` and `share/`), so that
+    /// `CREATE EXTENSION` finds their control files and side modules.
+    pub extensions: Vec<PathBuf>,
 }
 
 impl Config {
@@ -65,6 +68,7 @@ impl Config {
             template_dir: None,
             module_cache_dir: None,
             startup_timeout: Duration::from_secs(120),
+            extensions: Vec::new(),
         }
     }
 }

@@ -37,6 +37,20 @@ pub(crate) struct Mount {
     pub(crate) guest: String,
     pub(crate) host: PathBuf,
     pub(crate) read_only: bool,
+    /// Further read-only directories overlaid on `host` (extension bundles): a path resolves to
+    /// the first layer holding it, and directory listings merge all layers.
+    pub(crate) overlays: Vec<PathBuf>,
+}
+
+impl Mount {
+    pub(crate) fn new(guest: impl Into<String>, host: impl Into<PathBuf>, read_only: bool) -> Mount {
+        Mount { guest: guest.into(), host: host.into(), read_only, overlays: Vec::new() }
+    }
+
+    fn covers(&self, guest: &str) -> bool {
+        self.guest == "/"
+            || (guest.starts_with(&self.guest) && matches!(guest.as_bytes().get(self.guest.len()), None | Some(b'/')))
+    }
 }
 
 /// Where a guest path lands.
@@ -61,7 +75,7 @@ pub(crate) enum Device {
 pub(crate) enum Kind {
     File(File),
     Memory(Rc<RefCell<Vec<u8>>>),
-    Dir { host: Option<PathBuf>, entries: Option<Vec<(String, u8)>>, file: Option<File> },
+    Dir { host: Option<PathBuf>, entries: Option<Vec<(String, u8)>>, file: Option<File>, overlays: Vec<PathBuf> },
     PipeRead(Rc<RefCell<VecDeque<u8>>>),
     PipeWrite(Rc<RefCell<VecDeque<u8>>>),
     Device(Device),
@@ -176,15 +190,17 @@ impl Vfs {
                 _ => {}
             }
         }
-        let (idx, mount) = self
-            .mounts
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.guest == "/" || guest == m.guest || guest.starts_with(&format!("{}/", m.guest)))
-            .ok_or(Errno::NOENT)?;
+        let (idx, mount) = self.mounts.iter().enumerate().find(|(_, m)| m.covers(guest)).ok_or(Errno::NOENT)?;
         let rel = guest[mount.guest.len()..].trim_start_matches('/');
-        let path = if rel.is_empty() { mount.host.clone() } else { mount.host.join(rel) };
-        let root = mount.host.clone();
+        let at = |root: &Path| if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+        let mut root = mount.host.clone();
+        let mut path = at(&root);
+        if !mount.overlays.is_empty() && fs::symlink_metadata(&path).is_err() {
+            if let Some(layer) = mount.overlays.iter().find(|layer| fs::symlink_metadata(at(layer)).is_ok()) {
+                root = layer.clone();
+                path = at(layer);
+            }
+        }
         if let Some(parent) = path.parent()
             && path != root
         {
@@ -312,7 +328,7 @@ impl Vfs {
                 return self.insert(Description { kind: Kind::Device(dev), guest_path: guest, flags, pos: 0 });
             }
             Node::DevDir => {
-                let kind = Kind::Dir { host: None, entries: None, file: None };
+                let kind = Kind::Dir { host: None, entries: None, file: None, overlays: Vec::new() };
                 return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
             }
             Node::Memory(name) => {
@@ -344,7 +360,8 @@ impl Vfs {
             if flags & oflags::CREAT != 0 && flags & oflags::EXCL != 0 {
                 return Err(Errno::EXIST);
             }
-            let kind = Kind::Dir { host: Some(host), entries: None, file: None };
+            let overlays = self.overlay_dirs(&guest);
+            let kind = Kind::Dir { host: Some(host), entries: None, file: None, overlays };
             return self.insert(Description { kind, guest_path: guest, flags, pos: 0 });
         }
         if flags & oflags::DIRECTORY != 0 {
@@ -368,6 +385,20 @@ impl Vfs {
         }
         let file = opts.open(&host)?;
         self.insert(Description { kind: Kind::File(file), guest_path: guest, flags, pos: 0 })
+    }
+
+    /// Every layer's directory for a guest directory in an overlaid mount (empty otherwise).
+    fn overlay_dirs(&self, guest: &str) -> Vec<PathBuf> {
+        let Some(mount) = self.mounts.iter().find(|m| m.covers(guest)) else { return Vec::new() };
+        if mount.overlays.is_empty() {
+            return Vec::new();
+        }
+        let rel = guest[mount.guest.len()..].trim_start_matches('/');
+        std::iter::once(&mount.host)
+            .chain(&mount.overlays)
+            .map(|layer| if rel.is_empty() { layer.clone() } else { layer.join(rel) })
+            .filter(|dir| dir.is_dir())
+            .collect()
     }
 
     pub(crate) fn stat_path(&mut self, guest: &str, follow: bool) -> SysResult<Stat> {
@@ -650,27 +681,29 @@ impl Vfs {
     pub(crate) fn dirents(&mut self, fd: i32, max: usize) -> SysResult<Vec<(u64, u64, u8, String)>> {
         let mut desc = self.get(fd)?.borrow_mut();
         let start = (desc.pos / DIRENT_SIZE) as usize;
-        let Kind::Dir { host, entries, .. } = &mut desc.kind else {
+        let Kind::Dir { host, entries, overlays, .. } = &mut desc.kind else {
             return Err(Errno::NOTDIR);
         };
         if entries.is_none() {
             let mut list = vec![(".".to_owned(), 4u8), ("..".to_owned(), 4u8)];
             match host {
                 Some(host) => {
-                    let mut names = Vec::new();
-                    for entry in fs::read_dir(&*host)? {
-                        let entry = entry?;
-                        let ft = entry.file_type()?;
-                        let t = if ft.is_dir() {
-                            4
-                        } else if ft.is_symlink() {
-                            10
-                        } else {
-                            8
-                        };
-                        names.push((entry.file_name().to_string_lossy().into_owned(), t));
+                    let mut names = std::collections::BTreeMap::new();
+                    let layers = if overlays.is_empty() { std::slice::from_ref(&*host) } else { overlays.as_slice() };
+                    for layer in layers {
+                        for entry in fs::read_dir(layer)? {
+                            let entry = entry?;
+                            let ft = entry.file_type()?;
+                            let t = if ft.is_dir() {
+                                4
+                            } else if ft.is_symlink() {
+                                10
+                            } else {
+                                8
+                            };
+                            names.entry(entry.file_name().to_string_lossy().into_owned()).or_insert(t);
+                        }
                     }
-                    names.sort();
                     list.extend(names);
                 }
                 None => list.extend(

@@ -254,6 +254,7 @@ impl Worker {
             package: &self.artifact.package_root,
             scratch: self.scratch.path(),
             module_cache: self.config.module_cache_dir.clone(),
+            extensions: &self.config.extensions,
         }
     }
 
@@ -340,6 +341,8 @@ fn make_cluster(
         package: &artifact.package_root,
         scratch: scratch.path(),
         module_cache: config.module_cache_dir.clone(),
+        // The template is a pristine cluster, whatever extensions this instance is given.
+        extensions: &[],
     };
     let (instance, rc) = Instance::boot(module, profile, &dirs, false)?;
     if rc & initdb_bits::HAS_DB != 0 {

@@ -5,9 +5,9 @@ use super::*;
 fn vfs(root: &Path, data: &Path) -> Vfs {
     Vfs::new(
         vec![
-            Mount { guest: "/".into(), host: root.to_path_buf(), read_only: false },
-            Mount { guest: "/tmp/pglite/base".into(), host: data.to_path_buf(), read_only: false },
-            Mount { guest: "/tmp/pglite/share".into(), host: root.join("share"), read_only: true },
+            Mount::new("/", root, false),
+            Mount::new("/tmp/pglite/base", data, false),
+            Mount::new("/tmp/pglite/share", root.join("share"), true),
         ],
         true,
     )
@@ -106,4 +106,30 @@ fn memory_files_never_touch_the_disk() {
     assert_eq!(&buf[..5], b"reply");
     v.unlink("/tmp/pglite/base/.s.PGSQL.5432.out", false).unwrap();
     assert_eq!(fs::read_dir(data.path()).unwrap().count(), 0, "nothing reached the data directory");
+}
+
+#[test]
+fn overlays_resolve_in_order_and_list_merged() {
+    let root = tempfile::tempdir().unwrap();
+    let pkg = tempfile::tempdir().unwrap();
+    let ext = tempfile::tempdir().unwrap();
+    fs::create_dir_all(pkg.path().join("extension")).unwrap();
+    fs::create_dir_all(ext.path().join("extension")).unwrap();
+    fs::write(pkg.path().join("extension/plpgsql.control"), b"core").unwrap();
+    fs::write(ext.path().join("extension/pgcrypto.control"), b"ext").unwrap();
+    let mut share = Mount::new("/tmp/pglite/share", pkg.path(), true);
+    share.overlays.push(ext.path().to_path_buf());
+    let mut v = Vfs::new(vec![Mount::new("/", root.path(), false), share], true);
+    let fd = v.open("/tmp/pglite/share/extension/pgcrypto.control".into(), 0, 0).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(v.read(fd, &mut buf, None).unwrap(), 3);
+    assert_eq!(&buf[..3], b"ext");
+    assert!(v.stat_path("/tmp/pglite/share/extension/plpgsql.control", true).is_ok());
+    let dir = v.open("/tmp/pglite/share/extension".into(), oflags::DIRECTORY, 0).unwrap();
+    let names: Vec<String> = v.dirents(dir, 100).unwrap().into_iter().map(|e| e.3).collect();
+    assert_eq!(names, [".", "..", "pgcrypto.control", "plpgsql.control"]);
+    assert_eq!(
+        v.open("/tmp/pglite/share/extension/x".into(), oflags::CREAT | oflags::WRONLY, 0o600).unwrap_err(),
+        Errno::ROFS
+    );
 }

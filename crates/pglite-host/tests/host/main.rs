@@ -5,6 +5,7 @@
 mod support;
 
 mod crash;
+mod extensions;
 mod lifecycle;
 mod protocol;
 mod sql;

@@ -45,6 +45,15 @@ pub(crate) fn config(version: &str, data_dir: &Path) -> Config {
     config
 }
 
+/// Unpacked extension bundles of `version`, fetched into the shared cache.
+pub(crate) fn extensions(version: &str, names: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut opts = pglite_fetch::FetchOptions::new(version);
+    opts.cache_dir = camino::Utf8PathBuf::from_path_buf(cache_root().join("pglite")).expect("utf-8 cache path");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let fetched = rt.block_on(pglite_fetch::ensure_extensions(&opts, names)).expect("fetching extensions");
+    fetched.into_iter().map(|ext| ext.root.into()).collect()
+}
+
 pub(crate) fn start(version: &str, data_dir: &Path) -> Pglite {
     Pglite::start(artifact(version), config(version, data_dir)).expect("PGlite starts")
 }
