@@ -11,4 +11,6 @@ mod support;
 mod clients;
 mod facade;
 mod lifecycle;
+mod migrations;
+mod pgbench;
 mod psql;
