@@ -12,7 +12,11 @@ use crate::support::{artifact, connect};
 const START: Duration = Duration::from_secs(600);
 
 async fn runtime(dir: &std::path::Path) -> Arc<EmbeddedPgRuntime> {
-    Arc::new(EmbeddedPgRuntime::new(dir, artifact().await))
+    Arc::new(runtime_on(dir).await)
+}
+
+async fn runtime_on(dir: &std::path::Path) -> EmbeddedPgRuntime {
+    EmbeddedPgRuntime::new(dir, artifact().await)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,6 +65,23 @@ async fn restart_keeps_committed_data_and_drops_the_rest() {
     let client = connect(dir.path()).await;
     let rows = client.query("SELECT x FROM kept ORDER BY x", &[]).await.unwrap();
     assert_eq!(rows.iter().map(|row| row.get::<_, i32>(0)).collect::<Vec<_>>(), [1, 2]);
+    runtime.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_running_runtime_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path()).await;
+    runtime.start(START).await.unwrap();
+    connect(dir.path()).await.batch_execute("CREATE TABLE t(x int); INSERT INTO t VALUES (7)").await.unwrap();
+    // Dropped on a runtime thread without `stop`: the instance must still stop (and release
+    // the data directory) without blocking the async runtime into a panic.
+    drop(runtime);
+
+    let runtime = runtime_on(dir.path()).await;
+    runtime.start(START).await.expect("the data directory was released");
+    let client = connect(dir.path()).await;
+    assert_eq!(client.query_one("SELECT x FROM t", &[]).await.unwrap().get::<_, i32>(0), 7);
     runtime.stop().await.unwrap();
 }
 

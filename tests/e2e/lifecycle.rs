@@ -86,3 +86,27 @@ fn an_unpinned_version_names_the_pinned_ones() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("0.0.1") && stderr.contains(nself_embedded::DEFAULT_PGLITE_VERSION), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_clients_authenticate_with_scram() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(dir.path(), &["--tcp", "127.0.0.1:0", "--password", "s3cret"]);
+    tokio::task::block_in_place(|| server.wait_ready());
+    let line =
+        server.stdout().iter().find_map(|line| line.strip_prefix("tcp: postgres://postgres@")).expect("a tcp line");
+    let addr: std::net::SocketAddr = line.split('/').next().unwrap().parse().expect("the bound address");
+    assert_ne!(addr.port(), 0, "the real port is printed");
+
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(addr.port()).user("postgres").dbname("postgres");
+    let (client, connection) =
+        config.clone().password("s3cret").connect(tokio_postgres::NoTls).await.expect("the right password");
+    tokio::spawn(connection);
+    assert_eq!(client.query_one("SELECT 6 * 7", &[]).await.unwrap().get::<_, i32>(0), 42);
+
+    let err = config.password("wrong").connect(tokio_postgres::NoTls).await.err().expect("the wrong password fails");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD), "{err}");
+    drop(client);
+    let (status, stderr) = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success(), "{stderr}");
+}

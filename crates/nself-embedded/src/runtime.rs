@@ -10,6 +10,7 @@
 //! while it closes the bridge (rolling back open transactions), then stops the host (shutdown
 //! checkpoint). Nothing here spawns tasks of its own: the bridge's task is owned by the bridge.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -39,8 +40,15 @@ pub struct EmbeddedPgRuntime {
     host_config: pglite_host::Config,
     bridge_config: BridgeConfig,
     state: tokio::sync::Mutex<Option<Running>>,
-    /// The running instance, for `healthy` (which must not queue behind a start or a stop).
-    serving: StdMutex<Option<Arc<Pglite>>>,
+    /// What is running, for `healthy` and `tcp_addr` (which must not queue behind a start or
+    /// a stop).
+    serving: StdMutex<Option<Serving>>,
+}
+
+#[derive(Clone)]
+struct Serving {
+    host: Arc<Pglite>,
+    tcp_addr: Option<SocketAddr>,
 }
 
 struct Running {
@@ -108,6 +116,11 @@ impl EmbeddedPgRuntime {
         self.bridge_config.socket_path()
     }
 
+    /// The TCP address actually bound while running with a TCP listener (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|serving| serving.tcp_addr)
+    }
+
     /// Boots PostgreSQL and starts listening; returns once clients can connect. Idempotent:
     /// when the server is already running, or another task is starting it, this waits for
     /// that and returns `Ok`. `timeout` bounds this start-up only, never the running server.
@@ -150,7 +163,8 @@ impl EmbeddedPgRuntime {
         let failure = match tokio::time::timeout_at(deadline, listen).await {
             Ok(Ok(bridge)) => {
                 tracing::info!(socket = %sock_path.display(), "accepting connections");
-                *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(host.clone());
+                let serving = Serving { host: host.clone(), tcp_addr: bridge.tcp_addr() };
+                *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(serving);
                 *state = Some(Running { host, bridge });
                 guard.host = None;
                 return Ok(());
@@ -190,9 +204,9 @@ impl EmbeddedPgRuntime {
     /// True only while the socket accepts connections and PostgreSQL answers a query through
     /// it within a few seconds (a client holding a long transaction can make this false).
     pub async fn healthy(&self) -> bool {
-        let host = self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match host {
-            Some(host) if host.healthy() => {
+        let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match serving {
+            Some(serving) if serving.host.healthy() => {
                 let sock_path = self.sock_path();
                 let probe = probe::query_through(&sock_path, &self.bridge_config.database);
                 tokio::time::timeout(HEALTH_TIMEOUT, probe).await.is_ok_and(|answered| answered)

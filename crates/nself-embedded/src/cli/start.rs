@@ -97,7 +97,7 @@ fn print_ready(runtime: &EmbeddedPgRuntime, args: &StartArgs) -> std::io::Result
     let dir = runtime.runtime_dir().to_string_lossy().into_owned();
     let mut out = std::io::stdout().lock();
     writeln!(out, "DATABASE_URL=postgres://postgres@localhost/postgres?host={}", url_encode(&dir))?;
-    if let Some(addr) = args.tcp {
+    if let Some(addr) = runtime.tcp_addr() {
         let auth = if args.password.is_some() { " (password required)" } else { "" };
         writeln!(out, "tcp: postgres://postgres@{addr}/postgres{auth}")?;
     }
