@@ -46,4 +46,12 @@ pub trait Backend: Send + Sync + 'static {
     fn cancel(&self) -> impl Future<Output = bool> + Send {
         async { false }
     }
+
+    /// Called after an `exchange` failed: whether the backend serves again with a fresh
+    /// session (every session's state lost, the baseline in effect), as PGlite does after its
+    /// host rebuilt a crashed instance from disk. The bridge then ends the clients that had
+    /// state on the old session and goes on serving; otherwise it stops using the backend.
+    fn recovered(&self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
 }

@@ -55,10 +55,7 @@ impl StatementKind {
     pub(crate) fn touches_settings(&self) -> bool {
         matches!(
             self,
-            StatementKind::Settings
-                | StatementKind::Reset { .. }
-                | StatementKind::ResetAll
-                | StatementKind::DiscardAll
+            StatementKind::Settings | StatementKind::Reset { .. } | StatementKind::ResetAll | StatementKind::DiscardAll
         )
     }
 }
@@ -72,10 +69,7 @@ pub(crate) fn classify(sql: &[u8], options: LexOptions) -> Verdict {
             return Verdict::Refuse { command };
         }
         if !statement.head.is_empty() {
-            res.push(Classified {
-                span: statement.span.clone(),
-                kind: kind(sql, statement),
-            });
+            res.push(Classified { span: statement.span.clone(), kind: kind(sql, statement) });
         }
     }
     Verdict::Allow { statements: res }
@@ -101,21 +95,14 @@ fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
     let name_at = |idx: usize| {
         let token = statement.head.get(idx)?;
         let value = lexer::identifier_value(sql, token)?;
-        Some(StatementKind::NamedStatement {
-            name: token.span.clone(),
-            value,
-        })
+        Some(StatementKind::NamedStatement { name: token.span.clone(), value })
     };
     match (first.as_slice(), second.as_slice()) {
         (b"SET", b"LOCAL" | b"TRANSACTION") => {}
         (b"SET", _) => return StatementKind::Settings,
         (b"RESET", b"ALL") => return StatementKind::ResetAll,
         (b"RESET", _) => {
-            if let Some(name) = statement
-                .head
-                .get(1)
-                .and_then(|t| lexer::identifier_value(sql, t))
-            {
+            if let Some(name) = statement.head.get(1).and_then(|t| lexer::identifier_value(sql, t)) {
                 let name = match String::from_utf8_lossy(&name).as_ref() {
                     // `RESET SESSION AUTHORIZATION`, `RESET TIME ZONE`.
                     "session" => "session_authorization".to_owned(),

@@ -54,6 +54,8 @@ pub(crate) struct Client {
     settings_dirty: bool,
     /// Settings reset by `RESET`, to restore to the startup values when idle.
     restore: BTreeSet<String>,
+    /// The backend session this client has used; state on an older one is gone.
+    generation: Option<u64>,
 }
 
 impl Client {
@@ -81,6 +83,7 @@ impl Client {
             pending: false,
             settings_dirty: false,
             restore: BTreeSet::new(),
+            generation: None,
         }
     }
 
@@ -99,9 +102,7 @@ impl Client {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// What the unnamed statement is after a batch.
@@ -150,10 +151,7 @@ impl Batch {
 enum Next {
     Frame(Frame),
     Closed,
-    Stop {
-        sqlstate: &'static str,
-        message: String,
-    },
+    Stop { sqlstate: &'static str, message: String },
 }
 
 /// A client connection being served.
@@ -173,25 +171,32 @@ fn refusal_message(command: &str) -> String {
 }
 
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
-    pub(crate) fn new(
-        shared: Arc<Shared<B>>,
-        stream: S,
-        client: Client,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        Connection {
-            shared,
-            stream,
-            client,
-            shutdown,
-            lease: None,
-            batch: Batch::new(),
-            discarding: None,
-        }
+    pub(crate) fn new(shared: Arc<Shared<B>>, stream: S, client: Client, shutdown: watch::Receiver<bool>) -> Self {
+        Connection { shared, stream, client, shutdown, lease: None, batch: Batch::new(), discarding: None }
     }
 
-    /// Serves messages until the client leaves or must be ended.
+    /// Serves messages until the client leaves or must be ended. A backend failure ends the
+    /// connection with a FATAL the client can understand, as PostgreSQL does after a crash.
     pub(crate) async fn serve(&mut self) -> Result<(), Error> {
+        let result = self.serve_frames().await;
+        match &result {
+            Err(Error::Backend(_) | Error::BackendRestarted) => {
+                self.write_error(
+                    Severity::Fatal,
+                    "57P02",
+                    "terminating connection because the database backend crashed and was restarted",
+                )
+                .await;
+            }
+            Err(Error::BackendGone) => {
+                self.write_error(Severity::Fatal, "57P03", "the database system is not available").await;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn serve_frames(&mut self) -> Result<(), Error> {
         loop {
             match self.next_frame().await? {
                 Next::Frame(frame) => {
@@ -220,10 +225,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 Ok(Some(frame)) => return Ok(Next::Frame(frame)),
                 Ok(None) => {}
                 Err(error) => {
-                    return Ok(Next::Stop {
-                        sqlstate: "08P01",
-                        message: format!("invalid message: {error}"),
-                    });
+                    return Ok(Next::Stop { sqlstate: "08P01", message: format!("invalid message: {error}") });
                 }
             }
             if *self.shutdown.borrow() {
@@ -260,8 +262,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let msg = match message::decode(frame.tag(), frame.body()) {
             Ok(msg) => msg,
             Err(malformed) => {
-                self.write_error(Severity::Fatal, "08P01", &malformed.reason)
-                    .await;
+                self.write_error(Severity::Fatal, "08P01", &malformed.reason).await;
                 return Ok(false);
             }
         };
@@ -278,27 +279,16 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             FrontendMessage::Terminate => return Ok(false),
             FrontendMessage::CopyStray => {}
             FrontendMessage::Query { sql } => self.query(sql).await?,
-            FrontendMessage::Parse {
-                statement,
-                sql,
-                param_types,
-            } => {
+            FrontendMessage::Parse { statement, sql, param_types } => {
                 self.parse(statement, sql, param_types).await?;
             }
-            FrontendMessage::Bind {
-                portal,
-                statement,
-                rest,
-            } => {
+            FrontendMessage::Bind { portal, statement, rest } => {
                 if statement.is_empty() {
                     self.use_unnamed();
                 }
                 let portal = self.portal_name(portal);
                 let statement = self.statement_name(statement);
-                let bytes = message::build(
-                    b'B',
-                    &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)],
-                );
+                let bytes = message::build(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
                 self.batch.push(&bytes);
             }
             FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
@@ -320,16 +310,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 } else {
                     self.portal_name(name)
                 };
-                let bytes =
-                    message::build(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
+                let bytes = message::build(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
                 self.batch.push(&bytes);
             }
             FrontendMessage::Execute { portal, max_rows } => {
                 let portal = self.portal_name(portal);
-                let bytes = message::build(
-                    b'E',
-                    &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())],
-                );
+                let bytes = message::build(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
                 self.batch.push(&bytes);
             }
             FrontendMessage::Flush => {
@@ -349,11 +335,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     fn statement_name(&self, name: &[u8]) -> Vec<u8> {
-        if name.is_empty() {
-            Vec::new()
-        } else {
-            self.client.backend_name(name)
-        }
+        if name.is_empty() { Vec::new() } else { self.client.backend_name(name) }
     }
 
     fn portal_name(&self, name: &[u8]) -> Vec<u8> {
@@ -367,49 +349,41 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     fn lex_options(&self) -> LexOptions {
-        LexOptions {
-            standard_strings: self.client.standard_strings,
-        }
+        LexOptions { standard_strings: self.client.standard_strings }
     }
 
     /// Applies the per-statement treatment to SQL text; returns the text to send.
     fn rewrite(&mut self, sql: &[u8], statements: &[Classified], simple: bool) -> Vec<u8> {
         let mut res = Vec::with_capacity(sql.len());
         let mut copied = 0;
-        let replace =
-            |res: &mut Vec<u8>, copied: &mut usize, range: std::ops::Range<usize>, with: &[u8]| {
-                res.extend_from_slice(&sql[*copied..range.start]);
-                res.extend_from_slice(with);
-                *copied = range.end;
-            };
+        let replace = |res: &mut Vec<u8>, copied: &mut usize, range: std::ops::Range<usize>, with: &[u8]| {
+            res.extend_from_slice(&sql[*copied..range.start]);
+            res.extend_from_slice(with);
+            *copied = range.end;
+        };
         for (idx, statement) in statements.iter().enumerate() {
             if statement.kind.touches_settings() {
                 self.client.settings_dirty = true;
             }
             match &statement.kind {
-                StatementKind::Plain
-                | StatementKind::Settings
-                | StatementKind::AdvisoryUnlockAll => {}
+                StatementKind::Plain | StatementKind::Settings | StatementKind::AdvisoryUnlockAll => {}
                 StatementKind::Reset { name } => {
                     self.client.restore.insert(name.clone());
                 }
                 StatementKind::ResetAll => self.restore_all(),
                 StatementKind::DeallocateAll | StatementKind::DiscardAll => {
                     for name in self.client.statements.drain() {
-                        self.batch
-                            .prefix
-                            .extend_from_slice(&message::close_statement(&name));
+                        self.batch.prefix.extend_from_slice(&message::close_statement(&name));
                         self.batch.plan.drop_leading += 1;
                     }
-                    let (with, tag): (&[u8], &str) =
-                        if statement.kind == StatementKind::DeallocateAll {
-                            // Any harmless statement would do; this one needs nothing from the
-                            // catalog and does nothing when nobody listens.
-                            (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
-                        } else {
-                            self.restore_all();
-                            (b" RESET ALL", "DISCARD ALL")
-                        };
+                    let (with, tag): (&[u8], &str) = if statement.kind == StatementKind::DeallocateAll {
+                        // Any harmless statement would do; this one needs nothing from the
+                        // catalog and does nothing when nobody listens.
+                        (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
+                    } else {
+                        self.restore_all();
+                        (b" RESET ALL", "DISCARD ALL")
+                    };
                     replace(&mut res, &mut copied, statement.span.clone(), with);
                     if simple {
                         self.batch.plan.tags.push((idx, tag.to_owned()));
@@ -417,10 +391,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
                 StatementKind::NamedStatement { name, value } => {
                     let renamed = self.client.backend_name(value);
-                    let is_prepare = sql[statement.span.clone()]
-                        .iter()
-                        .position(|b| !b.is_ascii_whitespace())
-                        .is_some_and(|at| {
+                    let is_prepare =
+                        sql[statement.span.clone()].iter().position(|b| !b.is_ascii_whitespace()).is_some_and(|at| {
                             sql[statement.span.start + at..].len() >= 7
                                 && sql[statement.span.start + at..statement.span.start + at + 7]
                                     .eq_ignore_ascii_case(b"PREPARE")
@@ -446,11 +418,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     fn restore_all(&mut self) {
-        let names = self
-            .client
-            .startup
-            .keys()
-            .chain(self.shared.baseline_changes.keys());
+        let names = self.client.startup.keys().chain(self.shared.baseline_changes.keys());
         self.client.restore.extend(names.cloned());
     }
 
@@ -477,8 +445,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, true);
-                self.batch
-                    .push(&message::build(b'Q', &[Part::Cstr(&rewritten)]));
+                self.batch.push(&message::build(b'Q', &[Part::Cstr(&rewritten)]));
                 self.batch.terminated = true;
                 // A simple query drops the unnamed statement, the client's own included.
                 self.client.unnamed_parse = None;
@@ -488,20 +455,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
     }
 
-    async fn parse(
-        &mut self,
-        statement: &[u8],
-        sql: &[u8],
-        param_types: &[u8],
-    ) -> Result<(), Error> {
+    async fn parse(&mut self, statement: &[u8], sql: &[u8], param_types: &[u8]) -> Result<(), Error> {
         match classify::classify(sql, self.lex_options()) {
             Verdict::Refuse { command } => {
                 if !self.batch.is_empty() {
                     self.send().await?;
                 }
                 if self.lease.is_none() {
-                    self.write_error(Severity::Error, "0A000", &refusal_message(command))
-                        .await;
+                    self.write_error(Severity::Error, "0A000", &refusal_message(command)).await;
                 }
                 self.discarding = Some(command);
                 Ok(())
@@ -509,14 +470,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
                 let name = self.statement_name(statement);
-                let bytes = message::build(
-                    b'P',
-                    &[
-                        Part::Cstr(&name),
-                        Part::Cstr(&rewritten),
-                        Part::Raw(param_types),
-                    ],
-                );
+                let bytes = message::build(b'P', &[Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)]);
                 if statement.is_empty() {
                     self.client.unnamed_parse = Some(bytes.clone());
                     self.batch.unnamed = Unnamed::Mine;
@@ -540,26 +494,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // Something of this group already ran, or a transaction is open: the backend raises
         // the error itself so the group or transaction fails as it would in PostgreSQL.
         let sql = raise_sql(command);
-        self.batch.push(&message::build(
-            b'P',
-            &[
-                Part::Cstr(b""),
-                Part::Cstr(sql.as_bytes()),
-                Part::Raw(&[0, 0]),
-            ],
-        ));
-        self.batch.push(&message::build(
-            b'B',
-            &[
-                Part::Cstr(b""),
-                Part::Cstr(b""),
-                Part::Raw(&[0, 0, 0, 0, 0, 0]),
-            ],
-        ));
-        self.batch.push(&message::build(
-            b'E',
-            &[Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0])],
-        ));
+        self.batch.push(&message::build(b'P', &[Part::Cstr(b""), Part::Cstr(sql.as_bytes()), Part::Raw(&[0, 0])]));
+        self.batch.push(&message::build(b'B', &[Part::Cstr(b""), Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0, 0, 0])]));
+        self.batch.push(&message::build(b'E', &[Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0])]));
         self.batch.push(&message::sync());
         self.batch.terminated = true;
         self.batch.plan.drop_leading += 2;
@@ -576,26 +513,21 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if session.broken {
             return Err(Error::BackendGone);
         }
-        if let Some(sql) = settings::switch_sql(
-            &session.applied,
-            &self.client.overrides,
-            &self.shared.baseline,
-        ) {
+        match self.client.generation {
+            Some(generation) if generation != session.generation => return Err(Error::BackendRestarted),
+            _ => self.client.generation = Some(session.generation),
+        }
+        if let Some(sql) = settings::switch_sql(&session.applied, &self.client.overrides, &self.shared.baseline) {
             let mut reported = session.reported.clone();
             match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
                 Err(error) => {
-                    session.broken = true;
+                    session.exchange_failed(&self.shared.backend).await;
                     return Err(error);
                 }
                 Ok(Err((code, message))) => {
                     // The client's settings stopped being valid (a dropped role, say); it
                     // runs with whatever the backend has, which is logged.
-                    tracing::warn!(
-                        code,
-                        message,
-                        client = self.client.id,
-                        "re-applying a client's settings failed"
-                    );
+                    tracing::warn!(code, message, client = self.client.id, "re-applying a client's settings failed");
                 }
                 Ok(Ok(_)) => session.applied = self.client.overrides.clone(),
             }
@@ -635,7 +567,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let output = match output {
             Ok(output) => output,
             Err(error) => {
-                session.broken = true;
+                session.exchange_failed(&self.shared.backend).await;
                 return Err(error);
             }
         };
@@ -676,11 +608,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         };
         let mut calls = Vec::new();
         for name in std::mem::take(&mut self.client.restore) {
-            let value = self
-                .client
-                .startup
-                .get(&name)
-                .or_else(|| self.shared.baseline_changes.get(&name));
+            let value = self.client.startup.get(&name).or_else(|| self.shared.baseline_changes.get(&name));
             if let Some(value) = value {
                 calls.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
@@ -696,16 +624,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             let out = match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
                 Ok(out) => out,
                 Err(error) => {
-                    session.broken = true;
+                    session.exchange_failed(&self.shared.backend).await;
                     return Err(error);
                 }
             };
             if let Err((code, message)) = out {
-                tracing::warn!(
-                    code,
-                    message,
-                    "restoring a client's startup settings failed"
-                );
+                tracing::warn!(code, message, "restoring a client's startup settings failed");
             } else if let Ok(out) = out {
                 for (tag, bytes) in frame::backend_frames(&out).flatten() {
                     if tag == b'S' {
@@ -716,24 +640,17 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             session.reported = reported;
         }
         let mut reported = session.reported.clone();
-        let snapshot = match lease::internal_query(
-            &self.shared.backend,
-            settings::SNAPSHOT_SQL,
-            &mut reported,
-        )
-        .await
-        {
+        let snapshot = match lease::internal_query(&self.shared.backend, settings::SNAPSHOT_SQL, &mut reported).await {
             Ok(out) => out,
             Err(error) => {
-                session.broken = true;
+                session.exchange_failed(&self.shared.backend).await;
                 return Err(error);
             }
         };
         session.reported = reported;
         session.unnamed_owner = None;
         if let Ok(out) = snapshot {
-            self.client.overrides =
-                settings::overrides(&settings::rows(&out), &self.shared.baseline);
+            self.client.overrides = settings::overrides(&settings::rows(&out), &self.shared.baseline);
             session.applied = self.client.overrides.clone();
         }
         self.client.settings_dirty = false;
@@ -761,7 +678,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             None => self.shared.lease.clone().lock_owned().await,
         };
         let mut session = session;
-        if session.broken {
+        if session.broken || self.client.generation.is_some_and(|g| g != session.generation) {
             return;
         }
         let frames = lease::cleanup_frames(self.client.pending, self.client.statements.drain());
@@ -776,15 +693,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             Err(error) => {
                 tracing::error!(%error, "cleaning up after a client failed");
-                session.broken = true;
+                session.exchange_failed(&self.shared.backend).await;
             }
         }
     }
 }
 
 fn raise_sql(command: &str) -> String {
-    format!(
-        "DO $pgb$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END$pgb$",
-        refusal_message(command)
-    )
+    format!("DO $pgb$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END$pgb$", refusal_message(command))
 }

@@ -73,9 +73,7 @@ pub(crate) fn split_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Fra
         // No `reserve(total)` here: the buffer grows only with bytes that really arrive.
         return Ok(None);
     }
-    Ok(Some(Frame {
-        bytes: buf.split_to(total).freeze(),
-    }))
+    Ok(Some(Frame { bytes: buf.split_to(total).freeze() }))
 }
 
 /// Splits one untyped startup-phase packet (length, then body) off the front of `buf`.
@@ -91,10 +89,7 @@ pub(crate) fn split_startup(buf: &mut BytesMut) -> Result<Option<Bytes>, FrameEr
         return Err(FrameError::TooShort { len });
     }
     if len as usize > MAX_STARTUP_LEN {
-        return Err(FrameError::TooLarge {
-            len,
-            limit: MAX_STARTUP_LEN,
-        });
+        return Err(FrameError::TooLarge { len, limit: MAX_STARTUP_LEN });
     }
     if buf.len() < len as usize {
         return Ok(None);

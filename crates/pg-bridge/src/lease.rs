@@ -7,6 +7,8 @@
 //! and `CommandComplete` tags of rewritten statements are restored.
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::reply::{Replies, Severity, TxStatus};
 use crate::settings::{self, Settings};
@@ -21,8 +23,28 @@ pub(crate) struct Session {
     pub(crate) reported: Settings,
     /// Which client's Parse the backend's unnamed statement holds, if it is known.
     pub(crate) unnamed_owner: Option<u32>,
-    /// Set once an exchange failed: the backend's state is unknown and it is not used again.
+    /// Set once an exchange failed and the backend did not recover: it is not used again.
     pub(crate) broken: bool,
+    /// Counts fresh backend sessions: a client that used an older one lost its state.
+    pub(crate) generation: u64,
+    /// `broken`, readable without the lease (new connections check it at startup).
+    pub(crate) gone: Arc<AtomicBool>,
+}
+
+impl Session {
+    /// After a failed exchange: a fresh session if the backend recovered, else broken.
+    pub(crate) async fn exchange_failed<B: Backend>(&mut self, backend: &B) {
+        if backend.recovered().await {
+            tracing::warn!(generation = self.generation + 1, "backend restarted; clients of the old session are ended");
+            self.applied = Settings::new();
+            self.reported = backend.parameter_status().into_iter().collect();
+            self.unnamed_owner = None;
+            self.generation += 1;
+        } else {
+            self.broken = true;
+            self.gone.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// What `bootstrap` learnt about the backend.
@@ -48,9 +70,7 @@ pub(crate) async fn internal_query<B: Backend>(
 }
 
 fn failed(what: &str, (code, message): (String, String)) -> Error {
-    Error::Upstream {
-        reason: format!("{what}: {code} {message}"),
-    }
+    Error::Upstream { reason: format!("{what}: {code} {message}") }
 }
 
 /// Applies the session baseline and records the settings it leaves.
@@ -64,25 +84,22 @@ pub(crate) async fn bootstrap<B: Backend>(backend: &B) -> Result<Boot, Error> {
     let baseline = if sql.trim().is_empty() {
         defaults.clone()
     } else {
-        internal_query(backend, sql, &mut reported)
-            .await?
-            .map_err(|e| failed("applying the session baseline", e))?;
+        internal_query(backend, sql, &mut reported).await?.map_err(|e| failed("applying the session baseline", e))?;
         let out = internal_query(backend, settings::SNAPSHOT_SQL, &mut reported)
             .await?
             .map_err(|e| failed("reading the backend's settings", e))?;
         settings::rows(&out)
     };
     let baseline_changes = settings::overrides(&baseline, &defaults);
-    let backend_user = baseline
-        .get("session_authorization")
-        .cloned()
-        .unwrap_or_default();
+    let backend_user = baseline.get("session_authorization").cloned().unwrap_or_default();
     Ok(Boot {
         session: Session {
             applied: Settings::new(),
             reported,
             unnamed_owner: None,
             broken: false,
+            generation: 0,
+            gone: Arc::new(AtomicBool::new(false)),
         },
         baseline,
         baseline_changes,
@@ -113,18 +130,12 @@ pub(crate) struct Filtered {
 
 /// Filters backend output for a client according to `plan`.
 pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Result<Filtered, Error> {
-    let mut res = Filtered {
-        out: BytesMut::with_capacity(output.len()),
-        ready: None,
-        parameters: Vec::new(),
-    };
+    let mut res = Filtered { out: BytesMut::with_capacity(output.len()), ready: None, parameters: Vec::new() };
     let mut to_drop = plan.drop_leading;
     let mut statement_idx = 0usize;
     let mut in_copy_out = false;
     for item in frame::backend_frames(output) {
-        let (tag, bytes) = item.map_err(|e| Error::Upstream {
-            reason: format!("backend output: {e}"),
-        })?;
+        let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
         if to_drop > 0 {
             if matches!(tag, b'1' | b'2' | b'3') {
                 to_drop -= 1;
@@ -143,11 +154,7 @@ pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Resul
                 in_copy_out = false;
                 statement_idx += 1;
                 let mut replies = Replies::new();
-                replies.error(
-                    Severity::Error,
-                    "0A000",
-                    "COPY is not supported by this server",
-                )?;
+                replies.error(Severity::Error, "0A000", "COPY is not supported by this server")?;
                 res.out.extend_from_slice(&replies.into_bytes());
             }
             b'S' => {
@@ -182,10 +189,7 @@ pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Resul
 /// Frames that end whatever the client left open on the backend: an unfinished extended
 /// sequence (forced into an error, then synced), a transaction (rolled back) and its prepared
 /// statements (closed).
-pub(crate) fn cleanup_frames(
-    pending_extended: bool,
-    statements: impl Iterator<Item = Vec<u8>>,
-) -> Bytes {
+pub(crate) fn cleanup_frames(pending_extended: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
     let mut batch = BytesMut::new();
     if pending_extended {
         // Executing a portal that cannot exist fails the open sequence, so the Sync that
@@ -193,10 +197,7 @@ pub(crate) fn cleanup_frames(
         // both are swallowed until the Sync, which answers either way.
         batch.extend_from_slice(&message::build(
             b'E',
-            &[
-                message::Part::Cstr(b"_pgb_no_such_portal"),
-                message::Part::Raw(&[0, 0, 0, 0]),
-            ],
+            &[message::Part::Cstr(b"_pgb_no_such_portal"), message::Part::Raw(&[0, 0, 0, 0])],
         ));
         batch.extend_from_slice(&message::sync());
     }

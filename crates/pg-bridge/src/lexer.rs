@@ -66,9 +66,7 @@ pub(crate) struct LexOptions {
 
 impl Default for LexOptions {
     fn default() -> LexOptions {
-        LexOptions {
-            standard_strings: true,
-        }
+        LexOptions { standard_strings: true }
     }
 }
 
@@ -87,28 +85,16 @@ fn is_space(b: u8) -> bool {
 /// Splits `sql` into statements. An input with no statements yields one empty statement, as
 /// PostgreSQL answers an empty query with `EmptyQueryResponse`.
 pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Vec<Statement> {
-    let mut lexer = Lexer {
-        sql,
-        pos: 0,
-        options,
-    };
+    let mut lexer = Lexer { sql, pos: 0, options };
     let mut res = Vec::new();
-    let mut current = Statement {
-        span: 0..0,
-        head: Vec::new(),
-        mentions: Mentions::default(),
-    };
+    let mut current = Statement { span: 0..0, head: Vec::new(), mentions: Mentions::default() };
     while let Some(token) = lexer.next_token() {
         if token.kind == TokenKind::Punct && sql[token.span.start] == b';' {
             current.span.end = token.span.start;
             let next_start = token.span.end;
             res.push(std::mem::replace(
                 &mut current,
-                Statement {
-                    span: next_start..next_start,
-                    head: Vec::new(),
-                    mentions: Mentions::default(),
-                },
+                Statement { span: next_start..next_start, head: Vec::new(), mentions: Mentions::default() },
             ));
             continue;
         }
@@ -181,10 +167,7 @@ impl Lexer<'_> {
                 }
             }
             b'0'..=b'9' => {
-                while self
-                    .peek(0)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
-                {
+                while self.peek(0).is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_') {
                     self.pos += 1;
                 }
                 TokenKind::Word
@@ -206,11 +189,7 @@ impl Lexer<'_> {
                     (b'u', Some(b'&'), Some(q @ (b'\'' | b'"'))) => {
                         self.pos += 3;
                         self.quoted(q, false);
-                        if q == b'"' {
-                            TokenKind::QuotedIdent
-                        } else {
-                            TokenKind::Str
-                        }
+                        if q == b'"' { TokenKind::QuotedIdent } else { TokenKind::Str }
                     }
                     _ => {
                         while self.peek(0).is_some_and(is_ident_cont) {
@@ -225,10 +204,7 @@ impl Lexer<'_> {
                 TokenKind::Punct
             }
         };
-        Some(Token {
-            kind,
-            span: start..self.pos,
-        })
+        Some(Token { kind, span: start..self.pos })
     }
 
     /// Skips whitespace and comments, nested block comments included.

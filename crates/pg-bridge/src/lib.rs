@@ -80,6 +80,9 @@ pub enum Error {
     /// The backend failed earlier and no longer serves clients.
     #[error("the backend is no longer available")]
     BackendGone,
+    /// The backend restarted after a failure; this client's session state is gone.
+    #[error("the backend restarted; this session's state is lost")]
+    BackendRestarted,
     /// The bridge's configuration cannot work.
     #[error("invalid configuration: {reason}")]
     Config {

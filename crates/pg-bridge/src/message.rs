@@ -13,17 +13,9 @@ pub(crate) enum FrontendMessage<'a> {
     /// `Q`: a simple query.
     Query { sql: &'a [u8] },
     /// `P`: statement name, query text, then the parameter type OIDs kept as raw bytes.
-    Parse {
-        statement: &'a [u8],
-        sql: &'a [u8],
-        param_types: &'a [u8],
-    },
+    Parse { statement: &'a [u8], sql: &'a [u8], param_types: &'a [u8] },
     /// `B`: portal and statement names, then formats, values and result formats as raw bytes.
-    Bind {
-        portal: &'a [u8],
-        statement: &'a [u8],
-        rest: &'a [u8],
-    },
+    Bind { portal: &'a [u8], statement: &'a [u8], rest: &'a [u8] },
     /// `D`: `b'S'` for a statement or `b'P'` for a portal.
     Describe { kind: u8, name: &'a [u8] },
     /// `E`: portal name and row limit.
@@ -51,12 +43,7 @@ pub(crate) struct Malformed {
 
 impl Malformed {
     fn new(tag: u8, what: &str) -> Malformed {
-        Malformed {
-            reason: format!(
-                "invalid frontend message type {}: {what}",
-                tag.escape_ascii()
-            ),
-        }
+        Malformed { reason: format!("invalid frontend message type {}: {what}", tag.escape_ascii()) }
     }
 }
 
@@ -98,11 +85,7 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn finish(&self) -> Result<(), Malformed> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(Malformed::new(self.tag, "trailing bytes after message"))
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(Malformed::new(self.tag, "trailing bytes after message")) }
     }
 }
 
@@ -118,11 +101,7 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
             let n = r.count()?;
             r.take(n * 4)?;
             let param_types = &start[..2 + n * 4];
-            FrontendMessage::Parse {
-                statement,
-                sql,
-                param_types,
-            }
+            FrontendMessage::Parse { statement, sql, param_types }
         }
         b'B' => {
             let portal = r.cstr()?;
@@ -142,11 +121,7 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
             let n_results = r.count()?;
             r.take(n_results * 2)?;
             let rest = &start[..start.len() - r.buf.len()];
-            FrontendMessage::Bind {
-                portal,
-                statement,
-                rest,
-            }
+            FrontendMessage::Bind { portal, statement, rest }
         }
         b'D' | b'C' => {
             let kind = r.byte()?;
@@ -154,11 +129,7 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
                 return Err(Malformed::new(tag, "invalid object kind"));
             }
             let name = r.cstr()?;
-            if tag == b'D' {
-                FrontendMessage::Describe { kind, name }
-            } else {
-                FrontendMessage::Close { kind, name }
-            }
+            if tag == b'D' { FrontendMessage::Describe { kind, name } } else { FrontendMessage::Close { kind, name } }
         }
         b'E' => {
             let portal = r.cstr()?;

@@ -5,12 +5,8 @@
 
 use bytes::BytesMut;
 use pgwire::messages::Message;
-use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus,
-};
-use pgwire::messages::startup::{
-    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
-};
+use pgwire::messages::response::{CommandComplete, ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey};
 
 use crate::Error;
 
@@ -53,9 +49,7 @@ pub(crate) struct Replies {
 }
 
 fn put<M: Message>(buf: &mut BytesMut, msg: &M) -> Result<(), Error> {
-    msg.encode(buf).map_err(|source| Error::Encode {
-        source: Box::new(source),
-    })
+    msg.encode(buf).map_err(|source| Error::Encode { source: Box::new(source) })
 }
 
 impl Replies {
@@ -65,12 +59,7 @@ impl Replies {
     }
 
     /// Appends an `ErrorResponse`.
-    pub(crate) fn error(
-        &mut self,
-        severity: Severity,
-        sqlstate: &str,
-        message: &str,
-    ) -> Result<(), Error> {
+    pub(crate) fn error(&mut self, severity: Severity, sqlstate: &str, message: &str) -> Result<(), Error> {
         let severity = match severity {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
@@ -106,51 +95,33 @@ impl Replies {
 
     /// Appends `AuthenticationSASL` offering SCRAM-SHA-256.
     pub(crate) fn auth_sasl(&mut self) -> Result<(), Error> {
-        put(
-            &mut self.buf,
-            &Authentication::SASL(vec!["SCRAM-SHA-256".to_owned()]),
-        )
+        put(&mut self.buf, &Authentication::SASL(vec!["SCRAM-SHA-256".to_owned()]))
     }
 
     /// Appends `AuthenticationSASLContinue`.
     pub(crate) fn auth_sasl_continue(&mut self, data: &[u8]) -> Result<(), Error> {
-        put(
-            &mut self.buf,
-            &Authentication::SASLContinue(data.to_vec().into()),
-        )
+        put(&mut self.buf, &Authentication::SASLContinue(data.to_vec().into()))
     }
 
     /// Appends `AuthenticationSASLFinal`.
     pub(crate) fn auth_sasl_final(&mut self, data: &[u8]) -> Result<(), Error> {
-        put(
-            &mut self.buf,
-            &Authentication::SASLFinal(data.to_vec().into()),
-        )
+        put(&mut self.buf, &Authentication::SASLFinal(data.to_vec().into()))
     }
 
     /// Appends a `ParameterStatus`.
     pub(crate) fn parameter_status(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        put(
-            &mut self.buf,
-            &ParameterStatus::new(name.to_owned(), value.to_owned()),
-        )
+        put(&mut self.buf, &ParameterStatus::new(name.to_owned(), value.to_owned()))
     }
 
     /// Appends a protocol-3.0 `BackendKeyData`.
     pub(crate) fn backend_key(&mut self, pid: i32, secret: i32) -> Result<(), Error> {
-        put(
-            &mut self.buf,
-            &BackendKeyData::new(pid, SecretKey::I32(secret)),
-        )
+        put(&mut self.buf, &BackendKeyData::new(pid, SecretKey::I32(secret)))
     }
 
     /// Appends `NegotiateProtocolVersion` offering 3.0 (as the full version number, like the
     /// PostgreSQL server) and listing unsupported options.
     pub(crate) fn negotiate_protocol(&mut self, unsupported: Vec<String>) -> Result<(), Error> {
-        put(
-            &mut self.buf,
-            &NegotiateProtocolVersion::new(196_608, unsupported),
-        )
+        put(&mut self.buf, &NegotiateProtocolVersion::new(196_608, unsupported))
     }
 
     /// The encoded messages.
@@ -160,11 +131,7 @@ impl Replies {
 }
 
 /// A buffer holding one `ErrorResponse`, for the many places that only need that.
-pub(crate) fn error_frame(
-    severity: Severity,
-    sqlstate: &str,
-    message: &str,
-) -> Result<BytesMut, Error> {
+pub(crate) fn error_frame(severity: Severity, sqlstate: &str, message: &str) -> Result<BytesMut, Error> {
     let mut replies = Replies::new();
     replies.error(severity, sqlstate, message)?;
     Ok(replies.into_bytes())

@@ -33,8 +33,7 @@ fn nonce() -> String {
 }
 
 fn attribute(msg: &str, key: char) -> Option<&str> {
-    msg.split(',')
-        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+    msg.split(',').find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The stored verifier for the one configured password.
@@ -57,11 +56,7 @@ impl Verifier {
         let salt: [u8; 16] = rand::rng().random();
         let salted = salted_password(password, &salt, ITERATIONS);
         let client_key = hmac(&salted, b"Client Key");
-        Verifier {
-            salt,
-            stored_key: Sha256::digest(client_key).into(),
-            server_key: hmac(&salted, b"Server Key"),
-        }
+        Verifier { salt, stored_key: Sha256::digest(client_key).into(), server_key: hmac(&salted, b"Server Key") }
     }
 }
 
@@ -75,10 +70,7 @@ pub(crate) struct ServerExchange<'v> {
 
 impl<'v> ServerExchange<'v> {
     /// Takes the client-first message; returns the exchange and the server-first message.
-    pub(crate) fn start(
-        verifier: &'v Verifier,
-        client_first: &[u8],
-    ) -> Result<(Self, String), String> {
+    pub(crate) fn start(verifier: &'v Verifier, client_first: &[u8]) -> Result<(Self, String), String> {
         let client_first = std::str::from_utf8(client_first).map_err(|_| "invalid encoding")?;
         let mut parts = client_first.splitn(3, ',');
         let cbind = parts.next().unwrap_or_default();
@@ -89,25 +81,16 @@ impl<'v> ServerExchange<'v> {
         let bare = parts.next().ok_or("malformed SCRAM message")?;
         let client_nonce = attribute(bare, 'r').ok_or("malformed SCRAM message")?;
         let nonce = format!("{client_nonce}{}", self::nonce());
-        let server_first = format!(
-            "r={nonce},s={},i={ITERATIONS}",
-            BASE64.encode(verifier.salt)
-        );
-        let exchange = ServerExchange {
-            verifier,
-            client_first_bare: bare.to_owned(),
-            server_first: server_first.clone(),
-            nonce,
-        };
+        let server_first = format!("r={nonce},s={},i={ITERATIONS}", BASE64.encode(verifier.salt));
+        let exchange =
+            ServerExchange { verifier, client_first_bare: bare.to_owned(), server_first: server_first.clone(), nonce };
         Ok((exchange, server_first))
     }
 
     /// Checks the client-final message; returns the server-final message on success.
     pub(crate) fn finish(self, client_final: &[u8]) -> Result<String, String> {
         let client_final = std::str::from_utf8(client_final).map_err(|_| "invalid encoding")?;
-        let (without_proof, proof) = client_final
-            .rsplit_once(",p=")
-            .ok_or("malformed SCRAM message")?;
+        let (without_proof, proof) = client_final.rsplit_once(",p=").ok_or("malformed SCRAM message")?;
         if attribute(without_proof, 'r') != Some(self.nonce.as_str()) {
             return Err("SCRAM nonce mismatch".to_owned());
         }
@@ -115,18 +98,12 @@ impl<'v> ServerExchange<'v> {
         if proof.len() != 32 {
             return Err("malformed SCRAM proof".to_owned());
         }
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
         let signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let client_key: Vec<u8> = proof.iter().zip(signature).map(|(a, b)| a ^ b).collect();
         let stored: [u8; 32] = Sha256::digest(&client_key).into();
         // Constant time is not needed for a hash of attacker-unknown input, but cheap anyway.
-        let diff = stored
-            .iter()
-            .zip(self.verifier.stored_key)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = stored.iter().zip(self.verifier.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {
             return Err("password authentication failed".to_owned());
         }
@@ -145,11 +122,7 @@ pub(crate) struct Client {
 impl Client {
     /// Starts an exchange for `password`.
     pub(crate) fn new(password: &str) -> Client {
-        Client {
-            password: password.to_owned(),
-            nonce: nonce(),
-            expected_server_signature: None,
-        }
+        Client { password: password.to_owned(), nonce: nonce(), expected_server_signature: None }
     }
 
     /// The client-first message.
@@ -167,22 +140,16 @@ impl Client {
         let salt = BASE64
             .decode(attribute(server_first, 's').ok_or("malformed SCRAM message")?)
             .map_err(|_| "malformed SCRAM salt")?;
-        let iterations: u32 = attribute(server_first, 'i')
-            .and_then(|i| i.parse().ok())
-            .ok_or("malformed SCRAM iteration count")?;
+        let iterations: u32 =
+            attribute(server_first, 'i').and_then(|i| i.parse().ok()).ok_or("malformed SCRAM iteration count")?;
         let salted = salted_password(&self.password, &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("n=,r={},{server_first},{without_proof}", self.nonce);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(signature)
-            .map(|(a, b)| a ^ b)
-            .collect();
-        self.expected_server_signature =
-            Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
+        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
+        self.expected_server_signature = Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", BASE64.encode(proof)))
     }
 
@@ -190,9 +157,7 @@ impl Client {
     pub(crate) fn verify_server(&self, server_final: &[u8]) -> Result<(), String> {
         let server_final = std::str::from_utf8(server_final).map_err(|_| "invalid encoding")?;
         let signature = attribute(server_final, 'v').ok_or("malformed SCRAM message")?;
-        let signature = BASE64
-            .decode(signature)
-            .map_err(|_| "malformed SCRAM signature")?;
+        let signature = BASE64.decode(signature).map_err(|_| "malformed SCRAM signature")?;
         match self.expected_server_signature {
             Some(expected) if expected.as_slice() == signature.as_slice() => Ok(()),
             _ => Err("server signature mismatch".to_owned()),
@@ -208,8 +173,7 @@ mod tests {
     fn client_and_server_agree() {
         let verifier = Verifier::new("sekrit");
         let mut client = Client::new("sekrit");
-        let (exchange, server_first) =
-            ServerExchange::start(&verifier, client.first_message().as_bytes()).unwrap();
+        let (exchange, server_first) = ServerExchange::start(&verifier, client.first_message().as_bytes()).unwrap();
         let client_final = client.final_message(server_first.as_bytes()).unwrap();
         let server_final = exchange.finish(client_final.as_bytes()).unwrap();
         client.verify_server(server_final.as_bytes()).unwrap();
@@ -219,8 +183,7 @@ mod tests {
     fn wrong_password_is_refused() {
         let verifier = Verifier::new("sekrit");
         let mut client = Client::new("guess");
-        let (exchange, server_first) =
-            ServerExchange::start(&verifier, client.first_message().as_bytes()).unwrap();
+        let (exchange, server_first) = ServerExchange::start(&verifier, client.first_message().as_bytes()).unwrap();
         let client_final = client.final_message(server_first.as_bytes()).unwrap();
         assert!(exchange.finish(client_final.as_bytes()).is_err());
     }

@@ -103,6 +103,8 @@ pub(crate) struct Shared<B> {
     pub(crate) startup_cache: StdMutex<HashMap<Settings, Settings>>,
     pub(crate) next_client: AtomicU32,
     pub(crate) slots: Arc<Semaphore>,
+    /// Set when the backend failed for good.
+    pub(crate) gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A running bridge: its sockets and the task serving them.
@@ -132,12 +134,7 @@ impl Bridge {
             };
             run(listeners, shared, stop).await
         });
-        Ok(Bridge {
-            socket_path,
-            tcp_addr,
-            shutdown,
-            task: Some(task),
-        })
+        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task) })
     }
 
     /// The Unix socket's path.
@@ -155,11 +152,9 @@ impl Bridge {
     pub async fn close(mut self) -> Result<(), Error> {
         let _ = self.shutdown.send(true);
         match self.task.take() {
-            Some(task) => task.await.unwrap_or_else(|join| {
-                Err(Error::Io(std::io::Error::other(format!(
-                    "bridge task failed: {join}"
-                ))))
-            }),
+            Some(task) => task
+                .await
+                .unwrap_or_else(|join| Err(Error::Io(std::io::Error::other(format!("bridge task failed: {join}"))))),
             None => Ok(()),
         }
     }
@@ -176,23 +171,16 @@ impl Drop for Bridge {
 pub async fn bind(config: &Config) -> Result<Listeners, Error> {
     let dir = &config.socket_dir;
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let path = config.socket_path();
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
-            return Err(Error::Config {
-                reason: format!("{} exists and is not a socket", path.display()),
-            });
+            return Err(Error::Config { reason: format!("{} exists and is not a socket", path.display()) });
         }
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
-            return Err(Error::Config {
-                reason: format!("another server is listening on {}", path.display()),
-            });
+            return Err(Error::Config { reason: format!("another server is listening on {}", path.display()) });
         }
         // A stale socket from a previous run.
         std::fs::remove_file(&path)?;
@@ -219,17 +207,14 @@ pub async fn serve<B: Backend>(
 }
 
 async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>>, Error> {
-    if config.tcp.is_some()
-        && config.tcp_password.is_none()
-        && !config.tcp.is_some_and(|a| a.ip().is_loopback())
-    {
-        return Err(Error::Config {
-            reason: "a TCP listener on a non-loopback address needs a password".to_owned(),
-        });
+    if config.tcp.is_some() && config.tcp_password.is_none() && !config.tcp.is_some_and(|a| a.ip().is_loopback()) {
+        return Err(Error::Config { reason: "a TCP listener on a non-loopback address needs a password".to_owned() });
     }
     let boot = bootstrap(&backend).await?;
     let verifier = config.tcp_password.as_deref().map(scram::Verifier::new);
+    let gone = boot.session.gone.clone();
     Ok(Arc::new(Shared {
+        gone,
         backend,
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
@@ -251,11 +236,7 @@ async fn run<B: Backend>(
 ) -> Result<(), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let unix_path = listeners
-        .unix
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let unix_path = listeners.unix.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -71,24 +71,18 @@ fn parse_options(options: &str, res: &mut Settings) -> Result<(), String> {
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let assignment = if arg == "-c" {
-            args.next()
-                .ok_or_else(|| "missing argument for -c in options".to_owned())?
+            args.next().ok_or_else(|| "missing argument for -c in options".to_owned())?
         } else if let Some(rest) = arg.strip_prefix("-c") {
             rest.to_owned()
         } else if let Some(rest) = arg.strip_prefix("--") {
             rest.to_owned()
         } else {
-            return Err(format!(
-                "unsupported command-line option \"{arg}\" in options"
-            ));
+            return Err(format!("unsupported command-line option \"{arg}\" in options"));
         };
         let Some((name, value)) = assignment.split_once('=') else {
             return Err(format!("-c {assignment} requires a value"));
         };
-        res.insert(
-            name.replace('-', "_").to_ascii_lowercase(),
-            value.to_owned(),
-        );
+        res.insert(name.replace('-', "_").to_ascii_lowercase(), value.to_owned());
     }
     Ok(())
 }
@@ -123,11 +117,7 @@ pub(crate) fn literal(s: &str) -> String {
 ///
 /// Identity settings go back to the baseline first (so the rest runs privileged) and are set
 /// last; everything else is set in name order.
-pub(crate) fn switch_sql(
-    applied: &Settings,
-    target: &Settings,
-    baseline: &Settings,
-) -> Option<String> {
+pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Settings) -> Option<String> {
     if applied == target {
         return None;
     }
@@ -161,11 +151,7 @@ pub(crate) fn switch_sql(
 }
 
 fn set_call(name: &str, value: &str) -> String {
-    format!(
-        "pg_catalog.set_config({}, {}, false)",
-        literal(name),
-        literal(value)
-    )
+    format!("pg_catalog.set_config({}, {}, false)", literal(name), literal(value))
 }
 
 fn reset_call(name: &str, baseline: &Settings) -> String {
@@ -240,9 +226,7 @@ pub(crate) fn parameter_status(frame: &[u8]) -> Option<(String, String)> {
 
 /// Whether a backend output holds an `ErrorResponse`; returns its SQLSTATE and message.
 pub(crate) fn first_error(output: &[u8]) -> Option<(String, String)> {
-    let frame = frame::backend_frames(output)
-        .flatten()
-        .find(|f| f.0 == b'E')?;
+    let frame = frame::backend_frames(output).flatten().find(|f| f.0 == b'E')?;
     let mut code = String::new();
     let mut message = String::new();
     for field in frame.1[5..].split(|&b| b == 0) {

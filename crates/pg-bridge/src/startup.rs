@@ -34,10 +34,7 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, sqlstate: &str, reason: St
         let _ = stream.write_all(&bytes).await;
         let _ = stream.flush().await;
     }
-    Error::Rejected {
-        sqlstate: sqlstate.to_owned(),
-        reason,
-    }
+    Error::Rejected { sqlstate: sqlstate.to_owned(), reason }
 }
 
 /// Reads one startup-phase packet body.
@@ -60,10 +57,7 @@ async fn read_packet<S: AsyncRead + Unpin>(
 }
 
 /// Reads one typed frame during authentication (small limit).
-async fn read_auth_frame<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> Option<frame::Frame> {
+async fn read_auth_frame<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Option<frame::Frame> {
     loop {
         match frame::split_frame(buf, frame::MAX_STARTUP_LEN) {
             Ok(Some(frame)) => return Some(frame),
@@ -87,10 +81,7 @@ fn startup_params(body: &[u8]) -> Option<Vec<(String, String)>> {
             return (parts.next() == Some(&[][..]) && parts.next().is_none()).then_some(res);
         }
         let value = parts.next()?;
-        res.push((
-            String::from_utf8_lossy(name).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        res.push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
     }
 }
 
@@ -115,12 +106,7 @@ pub(crate) async fn run<B: Backend, S>(
             return;
         }
         Err(_) => {
-            let _ = fatal(
-                &mut stream,
-                "08P01",
-                "timeout expired during the startup phase".to_owned(),
-            )
-            .await;
+            let _ = fatal(&mut stream, "08P01", "timeout expired during the startup phase".to_owned()).await;
             return;
         }
     };
@@ -130,11 +116,7 @@ pub(crate) async fn run<B: Backend, S>(
         tracing::debug!(%error, "connection ended with an error");
     }
     connection.finish().await;
-    shared
-        .cancel_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&pid);
+    shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
 }
 
 async fn startup<B: Backend, S>(
@@ -153,9 +135,7 @@ where
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(None),
             Err(Ok(error)) => {
-                return Err(
-                    fatal(stream, "08P01", format!("invalid startup packet: {error}")).await,
-                );
+                return Err(fatal(stream, "08P01", format!("invalid startup packet: {error}")).await);
             }
             Err(Err(error)) => return Err(error.into()),
         };
@@ -167,12 +147,7 @@ where
                 if !buf.is_empty() {
                     // Bytes after the request but before our answer: a client trying to
                     // smuggle a plaintext message past a TLS upgrade.
-                    return Err(fatal(
-                        stream,
-                        "08P01",
-                        "received unencrypted data after SSL request".to_owned(),
-                    )
-                    .await);
+                    return Err(fatal(stream, "08P01", "received unencrypted data after SSL request".to_owned()).await);
                 }
                 stream.write_all(b"N").await?;
             }
@@ -194,9 +169,7 @@ where
                     .await);
                 }
                 let Some(params) = startup_params(body) else {
-                    return Err(
-                        fatal(stream, "08P01", "invalid startup packet layout".to_owned()).await,
-                    );
+                    return Err(fatal(stream, "08P01", "invalid startup packet layout".to_owned()).await);
                 };
                 break (minor, params);
             }
@@ -204,46 +177,21 @@ where
     };
 
     let mut replies = Replies::new();
-    let unsupported: Vec<String> = params
-        .iter()
-        .filter(|(name, _)| name.starts_with("_pq_."))
-        .map(|(name, _)| name.clone())
-        .collect();
+    let unsupported: Vec<String> =
+        params.iter().filter(|(name, _)| name.starts_with("_pq_.")).map(|(name, _)| name.clone()).collect();
     if minor > 0 || !unsupported.is_empty() {
         replies.negotiate_protocol(unsupported)?;
     }
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let param = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let Some(user) = param("user").filter(|u| !u.is_empty()) else {
-        return Err(fatal(
-            stream,
-            "28000",
-            "no PostgreSQL user name specified in startup packet".to_owned(),
-        )
-        .await);
+        return Err(fatal(stream, "28000", "no PostgreSQL user name specified in startup packet".to_owned()).await);
     };
     if param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off" && r != "no") {
-        return Err(fatal(
-            stream,
-            "0A000",
-            "replication connections are not supported".to_owned(),
-        )
-        .await);
+        return Err(fatal(stream, "0A000", "replication connections are not supported".to_owned()).await);
     }
-    let database = param("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.clone());
+    let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
     if database != shared.config.database {
-        return Err(fatal(
-            stream,
-            "3D000",
-            format!("database \"{database}\" does not exist"),
-        )
-        .await);
+        return Err(fatal(stream, "3D000", format!("database \"{database}\" does not exist")).await);
     }
 
     if tcp && let Some(verifier) = &shared.verifier {
@@ -261,12 +209,7 @@ where
     replies.auth_ok()?;
 
     let Some(permit) = permit else {
-        return Err(fatal(
-            stream,
-            "53300",
-            "sorry, too many clients already".to_owned(),
-        )
-        .await);
+        return Err(fatal(stream, "53300", "sorry, too many clients already".to_owned()).await);
     };
 
     let mut startup = match settings::from_startup(&params) {
@@ -277,20 +220,15 @@ where
         startup.insert("session_authorization".to_owned(), user.clone());
     }
 
-    let cached = shared
-        .startup_cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&startup)
-        .cloned();
+    if shared.gone.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
+    }
+    let cached = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&startup).cloned();
     let reported = match cached {
         Some(reported) => reported,
         None => {
             let reported = validate_settings(shared, stream, &startup).await?;
-            let mut cache = shared
-                .startup_cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut cache = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= STARTUP_CACHE_LIMIT {
                 cache.clear();
             }
@@ -311,28 +249,12 @@ where
         .cancel_keys
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            pid,
-            CancelEntry {
-                secret,
-                running: running.clone(),
-            },
-        );
+        .insert(pid, CancelEntry { secret, running: running.clone() });
     replies.backend_key(pid, secret)?;
     replies.ready(TxStatus::Idle)?;
     stream.write_all(&replies.into_bytes()).await?;
-    let standard_strings = reported
-        .get("standard_conforming_strings")
-        .is_none_or(|v| v == "on");
-    Ok(Some(Client::new(
-        id,
-        pid,
-        startup,
-        running,
-        permit,
-        buf,
-        standard_strings,
-    )))
+    let standard_strings = reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
+    Ok(Some(Client::new(id, pid, startup, running, permit, buf, standard_strings)))
 }
 
 /// Applies a client's startup settings once on the backend: an invalid one ends the
@@ -347,12 +269,7 @@ where
 {
     let mut session = shared.lease.lock().await;
     if session.broken {
-        return Err(fatal(
-            stream,
-            "57P03",
-            "the database system is not available".to_owned(),
-        )
-        .await);
+        return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
     }
     let Some(sql) = settings::switch_sql(&session.applied, startup, &shared.baseline) else {
         return Ok(session.reported.clone());
@@ -360,7 +277,7 @@ where
     let mut reported = session.reported.clone();
     match crate::lease::internal_query(&shared.backend, &sql, &mut reported).await {
         Err(error) => {
-            session.broken = true;
+            session.exchange_failed(&shared.backend).await;
             Err(error)
         }
         Ok(Err((code, message))) => {
@@ -436,9 +353,7 @@ where
 async fn cancel<B: Backend>(shared: &Arc<Shared<B>>, pid: i32, secret: i32) {
     let running = {
         let keys = shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.get(&pid)
-            .filter(|entry| entry.secret == secret)
-            .map(|entry| entry.running.clone())
+        keys.get(&pid).filter(|entry| entry.secret == secret).map(|entry| entry.running.clone())
     };
     if running.is_some_and(|running| running.load(Ordering::SeqCst)) {
         shared.backend.cancel().await;

@@ -64,9 +64,7 @@ async fn open(addr: &UpstreamAddr) -> Result<Box<dyn Stream>, Error> {
 }
 
 fn upstream_error(reason: impl Into<String>) -> Error {
-    Error::Upstream {
-        reason: reason.into(),
-    }
+    Error::Upstream { reason: reason.into() }
 }
 
 impl Conn {
@@ -93,18 +91,13 @@ impl UpstreamBackend {
     /// Connects and logs in; the session is ready for queries when this returns.
     pub async fn connect(config: UpstreamConfig) -> Result<UpstreamBackend, Error> {
         let stream = open(&config.addr).await?;
-        let mut conn = Conn {
-            stream,
-            buf: BytesMut::with_capacity(8192),
-        };
+        let mut conn = Conn { stream, buf: BytesMut::with_capacity(8192) };
         let mut body = BytesMut::new();
         body.put_u32(196_608);
         // No application_name: whatever is set here becomes every client's default.
-        for (name, value) in [
-            ("user", config.user.as_str()),
-            ("database", config.database.as_str()),
-            ("client_encoding", "UTF8"),
-        ] {
+        for (name, value) in
+            [("user", config.user.as_str()), ("database", config.database.as_str()), ("client_encoding", "UTF8")]
+        {
             body.put_slice(name.as_bytes());
             body.put_u8(0);
             body.put_slice(value.as_bytes());
@@ -126,9 +119,10 @@ impl UpstreamBackend {
                 b'R' if body.len() >= 4 => match body.get_u32() {
                     0 => {}
                     3 => {
-                        let password = config.password.as_deref().ok_or_else(|| {
-                            upstream_error("server asked for a password and none is configured")
-                        })?;
+                        let password = config
+                            .password
+                            .as_deref()
+                            .ok_or_else(|| upstream_error("server asked for a password and none is configured"))?;
                         let mut msg = BytesMut::new();
                         msg.put_u8(b'p');
                         msg.put_u32(password.len() as u32 + 5);
@@ -137,9 +131,10 @@ impl UpstreamBackend {
                         conn.stream.write_all(&msg).await?;
                     }
                     10 => {
-                        let password = config.password.as_deref().ok_or_else(|| {
-                            upstream_error("server asked for a password and none is configured")
-                        })?;
+                        let password = config
+                            .password
+                            .as_deref()
+                            .ok_or_else(|| upstream_error("server asked for a password and none is configured"))?;
                         let client = scram::Client::new(password);
                         let first = client.first_message();
                         let mut msg = BytesMut::new();
@@ -153,12 +148,9 @@ impl UpstreamBackend {
                         sasl = Some(client);
                     }
                     11 => {
-                        let client = sasl
-                            .as_mut()
-                            .ok_or_else(|| upstream_error("unexpected SASL message"))?;
-                        let reply = client
-                            .final_message(body)
-                            .map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
+                        let client = sasl.as_mut().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        let reply =
+                            client.final_message(body).map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
                         let mut msg = BytesMut::new();
                         msg.put_u8(b'p');
                         msg.put_u32(reply.len() as u32 + 4);
@@ -166,17 +158,11 @@ impl UpstreamBackend {
                         conn.stream.write_all(&msg).await?;
                     }
                     12 => {
-                        let client = sasl
-                            .as_ref()
-                            .ok_or_else(|| upstream_error("unexpected SASL message"))?;
-                        client
-                            .verify_server(body)
-                            .map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
+                        let client = sasl.as_ref().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        client.verify_server(body).map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
                     }
                     other => {
-                        return Err(upstream_error(format!(
-                            "unsupported authentication method {other}"
-                        )));
+                        return Err(upstream_error(format!("unsupported authentication method {other}")));
                     }
                 },
                 b'S' => {
@@ -191,26 +177,15 @@ impl UpstreamBackend {
                 b'Z' => break,
                 b'E' => {
                     let (code, message) = crate::settings::first_error(&frame).unwrap_or_default();
-                    return Err(upstream_error(format!(
-                        "server refused the session: {code} {message}"
-                    )));
+                    return Err(upstream_error(format!("server refused the session: {code} {message}")));
                 }
                 b'N' | b'v' => {}
                 other => {
-                    return Err(upstream_error(format!(
-                        "unexpected message {} during startup",
-                        other.escape_ascii()
-                    )));
+                    return Err(upstream_error(format!("unexpected message {} during startup", other.escape_ascii())));
                 }
             }
         }
-        Ok(UpstreamBackend {
-            conn: Mutex::new(conn),
-            params,
-            addr: config.addr,
-            pid,
-            secret,
-        })
+        Ok(UpstreamBackend { conn: Mutex::new(conn), params, addr: config.addr, pid, secret })
     }
 }
 
@@ -225,11 +200,7 @@ struct Expect {
 }
 
 fn expectations(frames: &[u8]) -> Result<(Expect, bool), Error> {
-    let mut expect = Expect {
-        ready: 0,
-        units: Vec::new(),
-        trailing: 0,
-    };
+    let mut expect = Expect { ready: 0, units: Vec::new(), trailing: 0 };
     let mut ends_with_flush = false;
     let mut at = 0;
     while at < frames.len() {

@@ -17,11 +17,9 @@ fn verdict(sql: &str, options: LexOptions) -> String {
                 StatementKind::DiscardAll => "discard-all".to_owned(),
                 StatementKind::DeallocateAll => "deallocate-all".to_owned(),
                 StatementKind::AdvisoryUnlockAll => "unlock-all".to_owned(),
-                StatementKind::NamedStatement { name, value } => format!(
-                    "named {}={}",
-                    &sql[name.clone()],
-                    String::from_utf8_lossy(value)
-                ),
+                StatementKind::NamedStatement { name, value } => {
+                    format!("named {}={}", &sql[name.clone()], String::from_utf8_lossy(value))
+                }
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -31,11 +29,7 @@ fn verdict(sql: &str, options: LexOptions) -> String {
 #[track_caller]
 fn check(table: &[(&str, &str)]) {
     for (sql, expected) in table {
-        assert_eq!(
-            verdict(sql, LexOptions::default()),
-            *expected,
-            "for {sql:?}"
-        );
+        assert_eq!(verdict(sql, LexOptions::default()), *expected, "for {sql:?}");
     }
 }
 
@@ -44,10 +38,7 @@ fn copy_variants_are_refused() {
     check(&[
         ("COPY t FROM STDIN", "refuse COPY"),
         ("copy t to stdout", "refuse COPY"),
-        (
-            "  /* c /* nested */ */ -- x\n\tCoPy t TO STDOUT",
-            "refuse COPY",
-        ),
+        ("  /* c /* nested */ */ -- x\n\tCoPy t TO STDOUT", "refuse COPY"),
         ("COPY (SELECT 1) TO STDOUT", "refuse COPY"),
         ("COPY t TO '/tmp/x'", "refuse COPY"),
         (";;COPY t FROM STDIN", "refuse COPY"),
@@ -87,21 +78,12 @@ fn near_misses_are_allowed() {
         ("copy_log", "plain"),
         ("SELECT pg_notify('ch', 'x')", "plain"),
         ("-- COPY t FROM STDIN\nSELECT 1", "plain"),
-        (
-            "/* COPY /* nested */ still comment ; COPY */ SELECT 1",
-            "plain",
-        ),
-        (
-            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $fn$BEGIN COPY t TO STDOUT; NOTIFY x; END$fn$",
-            "plain",
-        ),
+        ("/* COPY /* nested */ still comment ; COPY */ SELECT 1", "plain"),
+        ("CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $fn$BEGIN COPY t TO STDOUT; NOTIFY x; END$fn$", "plain"),
         ("SELECT $1::int; SELECT a$b FROM t", "plain; plain"),
         ("SELECT B'101', X'ff', N'copy'", "plain"),
         ("UNLISTEN *", "plain"),
-        (
-            "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
-            "unlock-all; plain; plain; reset-all",
-        ),
+        ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", "unlock-all; plain; plain; reset-all"),
     ]);
 }
 
@@ -129,9 +111,7 @@ fn session_statements_are_recognised() {
 
 #[test]
 fn backslash_strings_follow_the_session() {
-    let old = LexOptions {
-        standard_strings: false,
-    };
+    let old = LexOptions { standard_strings: false };
     // With standard_conforming_strings off, \' escapes the quote: the COPY is outside.
     let sql = "SELECT '\\'' ; COPY t TO STDOUT; -- '";
     assert_eq!(verdict(sql, old), "refuse COPY");

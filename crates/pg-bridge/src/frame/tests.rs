@@ -20,20 +20,14 @@ fn a_frame_is_split_only_when_complete() {
 fn short_and_huge_lengths_are_errors_without_buffering() {
     for len in [0u32, 1, 3] {
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, len as u8][..]);
-        assert_eq!(
-            split_frame(&mut buf, MAX_MESSAGE_LEN),
-            Err(FrameError::TooShort { len })
-        );
+        assert_eq!(split_frame(&mut buf, MAX_MESSAGE_LEN), Err(FrameError::TooShort { len }));
     }
     for len in [0x7fff_ffffu32, 0xffff_ffff, MAX_MESSAGE_LEN as u32] {
         let mut buf = BytesMut::from(&[b'Q'][..]);
         buf.extend_from_slice(&len.to_be_bytes());
         let err = split_frame(&mut buf, MAX_MESSAGE_LEN).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }), "{err:?}");
-        assert!(
-            buf.capacity() < 1024,
-            "must not allocate the advertised size"
-        );
+        assert!(buf.capacity() < 1024, "must not allocate the advertised size");
     }
     // Exactly at the limit is fine (and incomplete).
     let mut buf = BytesMut::from(&[b'Q'][..]);
@@ -45,26 +39,14 @@ fn short_and_huge_lengths_are_errors_without_buffering() {
 #[test]
 fn startup_packets_have_their_own_limits() {
     let mut buf = BytesMut::from(&b"\0\0\0\x08\x04\xd2\x16\x2f"[..]);
-    assert_eq!(
-        split_startup(&mut buf).unwrap().unwrap().as_ref(),
-        b"\x04\xd2\x16\x2f"
-    );
+    assert_eq!(split_startup(&mut buf).unwrap().unwrap().as_ref(), b"\x04\xd2\x16\x2f");
     let mut buf = BytesMut::from(&b"\0\0\0\x07abc"[..]);
-    assert_eq!(
-        split_startup(&mut buf),
-        Err(FrameError::TooShort { len: 7 })
-    );
+    assert_eq!(split_startup(&mut buf), Err(FrameError::TooShort { len: 7 }));
     let mut buf = BytesMut::from(&10_001u32.to_be_bytes()[..]);
-    assert!(matches!(
-        split_startup(&mut buf),
-        Err(FrameError::TooLarge { .. })
-    ));
+    assert!(matches!(split_startup(&mut buf), Err(FrameError::TooLarge { .. })));
     // Direct TLS: a ClientHello's first bytes read as an absurd length.
     let mut buf = BytesMut::from(&b"\x16\x03\x01\x02\x00"[..]);
-    assert!(matches!(
-        split_startup(&mut buf),
-        Err(FrameError::TooLarge { .. })
-    ));
+    assert!(matches!(split_startup(&mut buf), Err(FrameError::TooLarge { .. })));
 }
 
 #[test]

@@ -3,27 +3,15 @@
 use super::{LexOptions, statements};
 
 fn split(sql: &str) -> Vec<&str> {
-    statements(sql.as_bytes(), LexOptions::default())
-        .iter()
-        .map(|s| sql[s.span.clone()].trim())
-        .collect()
+    statements(sql.as_bytes(), LexOptions::default()).iter().map(|s| sql[s.span.clone()].trim()).collect()
 }
 
 #[test]
 fn statements_split_on_semicolons_outside_quotes() {
     assert_eq!(split("SELECT 1; SELECT 2"), ["SELECT 1", "SELECT 2"]);
-    assert_eq!(
-        split("SELECT ';'; SELECT \";\""),
-        ["SELECT ';'", "SELECT \";\""]
-    );
-    assert_eq!(
-        split("SELECT $$;$$; SELECT $a$ $$; $a$"),
-        ["SELECT $$;$$", "SELECT $a$ $$; $a$"]
-    );
-    assert_eq!(
-        split("SELECT 1 -- ;\n; /* ; /* ; */ ; */ SELECT 2"),
-        ["SELECT 1 -- ;", "/* ; /* ; */ ; */ SELECT 2"]
-    );
+    assert_eq!(split("SELECT ';'; SELECT \";\""), ["SELECT ';'", "SELECT \";\""]);
+    assert_eq!(split("SELECT $$;$$; SELECT $a$ $$; $a$"), ["SELECT $$;$$", "SELECT $a$ $$; $a$"]);
+    assert_eq!(split("SELECT 1 -- ;\n; /* ; /* ; */ ; */ SELECT 2"), ["SELECT 1 -- ;", "/* ; /* ; */ ; */ SELECT 2"]);
     assert_eq!(split("SELECT 1;"), ["SELECT 1"]);
     assert_eq!(split(";;SELECT 1"), ["", "", "SELECT 1"]);
 }

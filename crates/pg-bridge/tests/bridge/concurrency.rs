@@ -37,11 +37,7 @@ async fn interleaved_unnamed_extended_queries_each_get_their_own_answer() {
                 group.extend(sync());
                 raw.send(&group).await;
                 let msgs = raw.until_ready().await;
-                assert_eq!(
-                    rows(&msgs),
-                    [[Some((conn * 1000 + i + 1).to_string())]],
-                    "{msgs:?}"
-                );
+                assert_eq!(rows(&msgs), [[Some((conn * 1000 + i + 1).to_string())]], "{msgs:?}");
             }
         }));
     }
@@ -56,29 +52,17 @@ async fn a_second_transaction_waits_for_the_first() {
     let bridge = bridge().await;
     let t = table("twotx");
     let a = connect(&bridge).await;
-    a.batch_execute(&format!(
-        "CREATE TABLE {t}(a int); INSERT INTO {t} VALUES (1)"
-    ))
-    .await
-    .unwrap();
-    a.batch_execute(&format!("BEGIN; UPDATE {t} SET a = 2"))
-        .await
-        .unwrap();
+    a.batch_execute(&format!("CREATE TABLE {t}(a int); INSERT INTO {t} VALUES (1)")).await.unwrap();
+    a.batch_execute(&format!("BEGIN; UPDATE {t} SET a = 2")).await.unwrap();
     let b = connect(&bridge).await;
     let t2 = t.clone();
     let waiting = tokio::spawn(async move {
-        let v: i32 = b
-            .query_one(&format!("SELECT a FROM {t2}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let v: i32 = b.query_one(&format!("SELECT a FROM {t2}"), &[]).await.unwrap().get(0);
         v
     });
     // A keeps working in its transaction while B waits its turn.
     for _ in 0..5 {
-        a.batch_execute(&format!("UPDATE {t} SET a = a + 0"))
-            .await
-            .unwrap();
+        a.batch_execute(&format!("UPDATE {t} SET a = a + 0")).await.unwrap();
     }
     assert!(!waiting.is_finished(), "B ran inside A's transaction");
     a.batch_execute("COMMIT").await.unwrap();
@@ -91,21 +75,13 @@ async fn an_idle_owner_is_ended_and_rolled_back() {
     let bridge = bridge_with(|c| c.idle_in_transaction_timeout = Duration::from_millis(200)).await;
     let t = table("idletx");
     let setup = connect(&bridge).await;
-    setup
-        .batch_execute(&format!("CREATE TABLE {t}(a int)"))
-        .await
-        .unwrap();
+    setup.batch_execute(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
     let mut a = Raw::startup(&bridge.socket_path(), &[]).await;
-    a.send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1)")))
-        .await;
+    a.send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1)"))).await;
     assert_eq!(a.until_ready().await.last().unwrap().body, b"T");
     let started = Instant::now();
     // B queues behind A and proceeds once A times out.
-    let n: i64 = setup
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = setup.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
     assert!(started.elapsed() < Duration::from_secs(5));
     a.expect_fatal("25P03").await;
@@ -164,10 +140,7 @@ async fn a_hundred_clients_transact_with_exact_counts() {
     let bridge = bridge_with(|c| c.max_connections = 101).await;
     let t = table("hundred");
     let setup = connect(&bridge).await;
-    setup
-        .batch_execute(&format!("CREATE TABLE {t}(client int, i int)"))
-        .await
-        .unwrap();
+    setup.batch_execute(&format!("CREATE TABLE {t}(client int, i int)")).await.unwrap();
     let (n_clients, n_tx) = (100, 20);
     let mut tasks = Vec::new();
     for c in 0..n_clients {
@@ -176,15 +149,9 @@ async fn a_hundred_clients_transact_with_exact_counts() {
         tasks.push(tokio::spawn(async move {
             for i in 0..n_tx {
                 client.batch_execute("BEGIN").await.unwrap();
-                client
-                    .execute(&format!("INSERT INTO {t} VALUES ($1, $2)"), &[&c, &i])
-                    .await
-                    .unwrap();
+                client.execute(&format!("INSERT INTO {t} VALUES ($1, $2)"), &[&c, &i]).await.unwrap();
                 let mine: i64 = client
-                    .query_one(
-                        &format!("SELECT count(*) FROM {t} WHERE client = $1"),
-                        &[&c],
-                    )
+                    .query_one(&format!("SELECT count(*) FROM {t} WHERE client = $1"), &[&c])
                     .await
                     .unwrap()
                     .get(0);
@@ -193,25 +160,14 @@ async fn a_hundred_clients_transact_with_exact_counts() {
             }
             let stmt = client.prepare("SELECT $1::int4").await.unwrap();
             for i in 0..10 {
-                assert_eq!(
-                    client
-                        .query_one(&stmt, &[&i])
-                        .await
-                        .unwrap()
-                        .get::<_, i32>(0),
-                    i
-                );
+                assert_eq!(client.query_one(&stmt, &[&i]).await.unwrap().get::<_, i32>(0), i);
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let total: i64 = setup
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total: i64 = setup.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(total, i64::from(n_clients * n_tx));
     bridge.close().await;
 }
@@ -221,9 +177,7 @@ async fn clients_over_the_limit_get_53300() {
     let bridge = bridge_with(|c| c.max_connections = 2).await;
     let a = connect(&bridge).await;
     let b = connect(&bridge).await;
-    let err = connect_with(&client_config(&bridge))
-        .await
-        .expect_err("third client refused");
+    let err = connect_with(&client_config(&bridge)).await.expect_err("third client refused");
     assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
     drop(a);
     b.simple_query("SELECT 1").await.unwrap();
@@ -256,9 +210,7 @@ async fn cancel_with_the_right_key_cancels_only_that_query() {
     let observer = connect(&bridge).await;
     let mut rounds = 0;
     while rounds < 100 {
-        let probe =
-            tokio::time::timeout(Duration::from_millis(50), observer.simple_query("SELECT 1"))
-                .await;
+        let probe = tokio::time::timeout(Duration::from_millis(50), observer.simple_query("SELECT 1")).await;
         if probe.is_err() {
             break;
         }

@@ -6,10 +6,7 @@ use crate::harness::{bridge, connect, table};
 use crate::raw::{Raw, bind, error, execute, parse, query, rows, sync, tags};
 
 fn sqlstate(error: &tokio_postgres::Error) -> String {
-    error
-        .code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no sqlstate: {error}"))
+    error.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {error}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,10 +14,7 @@ async fn copy_listen_notify_are_refused_and_the_connection_stays_usable() {
     let bridge = bridge().await;
     let client = connect(&bridge).await;
     let t = table("copyvariants");
-    client
-        .simple_query(&format!("CREATE TABLE {t}(a int)"))
-        .await
-        .unwrap();
+    client.simple_query(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
     let refused = [
         format!("COPY {t} FROM STDIN"),
         format!("copy {t} to stdout"),
@@ -39,14 +33,7 @@ async fn copy_listen_notify_are_refused_and_the_connection_stays_usable() {
         assert_eq!(sqlstate(&err), "0A000", "{sql}: {err}");
         let err = client.prepare(sql).await.expect_err(sql);
         assert_eq!(sqlstate(&err), "0A000", "extended {sql}: {err}");
-        assert_eq!(
-            client
-                .query_one("SELECT 5", &[])
-                .await
-                .unwrap()
-                .get::<_, i32>(0),
-            5
-        );
+        assert_eq!(client.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0), 5);
     }
     bridge.close().await;
 }
@@ -72,10 +59,7 @@ async fn near_misses_succeed() {
         "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;".to_owned(),
     ];
     for sql in &sqls {
-        client
-            .simple_query(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     bridge.close().await;
 }
@@ -127,17 +111,12 @@ async fn copy_run_from_a_function_never_reaches_the_client() {
     let mut raw = Raw::startup(&bridge.socket_path(), &[]).await;
     // COPY TO STDOUT cannot be run from PL/pgSQL, but server-side notifications can: a LISTEN
     // done by a function, then a notify, must not produce an 'A' frame.
-    raw.send(&query("DO $$BEGIN EXECUTE 'LISTEN ch_from_do'; END$$"))
-        .await;
+    raw.send(&query("DO $$BEGIN EXECUTE 'LISTEN ch_from_do'; END$$")).await;
     let msgs = raw.until_ready().await;
     assert!(error(&msgs).is_none(), "{msgs:?}");
     let other = connect(&bridge).await;
-    other
-        .simple_query("SELECT pg_notify('ch_from_do', 'x')")
-        .await
-        .unwrap();
-    raw.send(&query("SELECT pg_notify('ch_from_do', 'y'); SELECT 1"))
-        .await;
+    other.simple_query("SELECT pg_notify('ch_from_do', 'x')").await.unwrap();
+    raw.send(&query("SELECT pg_notify('ch_from_do', 'y'); SELECT 1")).await;
     let msgs = raw.until_ready().await;
     assert!(!tags(&msgs).contains('A'), "{}", tags(&msgs));
     raw.send(&query("SELECT 2")).await;
@@ -150,14 +129,8 @@ async fn copy_run_from_a_function_never_reaches_the_client() {
 async fn asyncpg_reset_query_succeeds() {
     let bridge = bridge().await;
     let client = connect(&bridge).await;
-    let res = client
-        .simple_query("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;")
-        .await
-        .unwrap();
-    let completes = res
-        .iter()
-        .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
-        .count();
+    let res = client.simple_query("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;").await.unwrap();
+    let completes = res.iter().filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))).count();
     assert_eq!(completes, 4);
     bridge.close().await;
 }

@@ -31,11 +31,7 @@ fn pg_bin() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
 }
 
 /// Runs `program` as the `postgres` user when we are root, directly otherwise.
@@ -56,45 +52,21 @@ pub(crate) fn cluster() -> &'static Cluster {
 
 fn start_cluster() -> Cluster {
     let bin = pg_bin();
-    let base = tempfile::Builder::new()
-        .prefix("pg-bridge-cluster")
-        .tempdir()
-        .unwrap()
-        .keep();
+    let base = tempfile::Builder::new().prefix("pg-bridge-cluster").tempdir().unwrap().keep();
     let data = base.join("data");
     let socket_dir = base.join("sock");
     std::fs::create_dir_all(&socket_dir).unwrap();
     if is_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&base)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "chown of the cluster directory to postgres failed"
-        );
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&base).status().unwrap();
+        assert!(status.success(), "chown of the cluster directory to postgres failed");
     }
     let out = as_pg_user(&bin.join("initdb"))
         .args(["-D"])
         .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ])
+        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
 
     let postgres = bin.join("postgres");
     let script = format!(
@@ -106,22 +78,13 @@ fn start_cluster() -> Cluster {
         base.join("server.log").display(),
     );
     let mut cmd = as_pg_user(Path::new("/bin/sh"));
-    let server = cmd
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = cmd.arg("-c").arg(script).stdin(Stdio::piped()).spawn().unwrap();
     // Poll for readiness: the socket file appears once the server accepts connections.
     let socket = socket_dir.join(".s.PGSQL.5432");
     let mut ready = false;
     for _ in 0..400 {
         if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            let probe = Command::new(bin.join("pg_isready"))
-                .arg("-h")
-                .arg(&socket_dir)
-                .arg("-q")
-                .status();
+            let probe = Command::new(bin.join("pg_isready")).arg("-h").arg(&socket_dir).arg("-q").status();
             if probe.map(|s| s.success()).unwrap_or(true) {
                 ready = true;
                 break;
@@ -129,16 +92,9 @@ fn start_cluster() -> Cluster {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(
-        ready,
-        "PostgreSQL did not become ready; see {}",
-        base.join("server.log").display()
-    );
+    assert!(ready, "PostgreSQL did not become ready; see {}", base.join("server.log").display());
     let _ = std::io::stderr().flush();
-    Cluster {
-        socket_dir,
-        _server: Mutex::new(server),
-    }
+    Cluster { socket_dir, _server: Mutex::new(server) }
 }
 
 pub(crate) struct TestBridge {
@@ -175,17 +131,11 @@ pub(crate) async fn upstream() -> UpstreamBackend {
 }
 
 pub(crate) async fn bridge_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
-    let dir = tempfile::Builder::new()
-        .prefix("pg-bridge-sock")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("pg-bridge-sock").tempdir().unwrap();
     let mut config = Config::new(dir.path());
     configure(&mut config);
     let bridge = Bridge::listen(upstream().await, config).await.unwrap();
-    TestBridge {
-        bridge: Some(bridge),
-        dir,
-    }
+    TestBridge { bridge: Some(bridge), dir }
 }
 
 pub(crate) async fn bridge() -> TestBridge {
@@ -194,11 +144,7 @@ pub(crate) async fn bridge() -> TestBridge {
 
 pub(crate) fn client_config(bridge: &TestBridge) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(bridge.socket_dir())
-        .port(5432)
-        .user("postgres")
-        .dbname("postgres");
+    config.host_path(bridge.socket_dir()).port(5432).user("postgres").dbname("postgres");
     config
 }
 
@@ -213,9 +159,7 @@ pub(crate) async fn connect_with(
 }
 
 pub(crate) async fn connect(bridge: &TestBridge) -> tokio_postgres::Client {
-    connect_with(&client_config(bridge))
-        .await
-        .expect("connecting through the bridge")
+    connect_with(&client_config(bridge)).await.expect("connecting through the bridge")
 }
 
 /// A table name unique to this test run.

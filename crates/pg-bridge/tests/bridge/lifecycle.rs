@@ -17,30 +17,17 @@ async fn sockets_are_private_and_a_stale_socket_is_replaced() {
     // A stale socket file, as left by a crashed run.
     drop(std::os::unix::net::UnixListener::bind(dir.join(".s.PGSQL.5432")).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
-    let fresh = Bridge::listen(upstream().await, Config::new(&dir))
-        .await
-        .unwrap();
+    let fresh = Bridge::listen(upstream().await, Config::new(&dir)).await.unwrap();
     let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(dir_mode, 0o700);
-    let sock_mode = std::fs::metadata(fresh.socket_path())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let sock_mode = std::fs::metadata(fresh.socket_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(sock_mode, 0o600);
     fresh.close().await.unwrap();
 
     drop(std::os::unix::net::UnixListener::bind(dir.join(".s.PGSQL.5432")).unwrap());
-    assert!(
-        dir.join(".s.PGSQL.5432").exists(),
-        "stale socket left behind"
-    );
+    assert!(dir.join(".s.PGSQL.5432").exists(), "stale socket left behind");
     let bridge = TestBridge {
-        bridge: Some(
-            Bridge::listen(upstream().await, Config::new(&dir))
-                .await
-                .unwrap(),
-        ),
+        bridge: Some(Bridge::listen(upstream().await, Config::new(&dir)).await.unwrap()),
         dir: tempfile::tempdir().unwrap(),
     };
     let mut raw = Raw::startup(&dir.join(".s.PGSQL.5432"), &[]).await;
@@ -48,10 +35,7 @@ async fn sockets_are_private_and_a_stale_socket_is_replaced() {
     raw.until_ready().await;
     drop(raw);
     bridge.close().await;
-    assert!(
-        !dir.join(".s.PGSQL.5432").exists(),
-        "close removes the socket"
-    );
+    assert!(!dir.join(".s.PGSQL.5432").exists(), "close removes the socket");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,14 +43,9 @@ async fn close_ends_connected_clients_and_rolls_back() {
     let bridge = bridge().await;
     let t = table("closetx");
     let setup = connect(&bridge).await;
-    setup
-        .batch_execute(&format!("CREATE TABLE {t}(a int)"))
-        .await
-        .unwrap();
+    setup.batch_execute(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
     let mut in_tx = Raw::startup(&bridge.socket_path(), &[]).await;
-    in_tx
-        .send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1)")))
-        .await;
+    in_tx.send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1)"))).await;
     in_tx.until_ready().await;
     let mut idle = Raw::startup(&bridge.socket_path(), &[]).await;
     let started = Instant::now();
@@ -78,19 +57,12 @@ async fn close_ends_connected_clients_and_rolls_back() {
     drop(setup);
 
     let again = TestBridge {
-        bridge: Some(
-            Bridge::listen(upstream().await, Config::new(&socket_dir))
-                .await
-                .unwrap(),
-        ),
+        bridge: Some(Bridge::listen(upstream().await, Config::new(&socket_dir)).await.unwrap()),
         dir: tempfile::tempdir().unwrap(),
     };
     let mut raw = Raw::startup(&socket_dir.join(".s.PGSQL.5432"), &[]).await;
     raw.send(&query(&format!("SELECT count(*) FROM {t}"))).await;
-    assert_eq!(
-        crate::raw::rows(&raw.until_ready().await),
-        [[Some("0".to_owned())]]
-    );
+    assert_eq!(crate::raw::rows(&raw.until_ready().await), [[Some("0".to_owned())]]);
     drop(raw);
     again.close().await;
 }
@@ -111,15 +83,7 @@ async fn psql_works_through_the_socket_directory() {
         Command::new("psql")
             .args(["-X", "-h"])
             .arg(&dir)
-            .args([
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=0",
-                "-c",
-            ])
+            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=0", "-c"])
             .arg("SELECT 1")
             .output()
             .map(|first| {
@@ -143,22 +107,12 @@ async fn psql_works_through_the_socket_directory() {
     .unwrap()
     .expect("psql must be installed (CI installs postgresql-client)");
     let (first, rest) = out;
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let rest = rest.unwrap();
     let stdout = String::from_utf8_lossy(&rest.stdout);
     let stderr = String::from_utf8_lossy(&rest.stderr);
-    assert!(
-        stdout.contains("You are connected to database \"postgres\""),
-        "{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("Column") && stdout.contains("integer"),
-        "{stdout}\n{stderr}"
-    );
+    assert!(stdout.contains("You are connected to database \"postgres\""), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Column") && stdout.contains("integer"), "{stdout}\n{stderr}");
     assert!(!stderr.contains("relhasoids"), "{stderr}");
     assert!(stdout.contains("15."), "server_version: {stdout}");
     assert!(stderr.contains("COPY is not supported"), "{stderr}");
@@ -175,31 +129,14 @@ async fn tcp_requires_the_scram_password() {
     .await;
     let addr = bridge.bridge.as_ref().unwrap().tcp_addr().unwrap();
     let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(addr.port())
-        .user("postgres")
-        .dbname("postgres");
+    config.host("127.0.0.1").port(addr.port()).user("postgres").dbname("postgres");
     config.password("s3cret pass");
     let client = crate::harness::connect_with(&config).await.unwrap();
-    assert_eq!(
-        client
-            .query_one("SELECT 9::int4", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        9
-    );
+    assert_eq!(client.query_one("SELECT 9::int4", &[]).await.unwrap().get::<_, i32>(0), 9);
     config.password("wrong");
-    let err = crate::harness::connect_with(&config)
-        .await
-        .expect_err("wrong password refused");
+    let err = crate::harness::connect_with(&config).await.expect_err("wrong password refused");
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
     // The Unix socket still trusts.
-    connect(&bridge)
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    connect(&bridge).await.simple_query("SELECT 1").await.unwrap();
     bridge.close().await;
 }

@@ -7,5 +7,6 @@ mod harness;
 mod lifecycle;
 mod protocol;
 mod raw;
+mod recovery;
 mod sessions;
 mod smoke;

@@ -12,18 +12,11 @@ async fn ssl_and_gssenc_requests_are_refused_then_startup_works() {
         request.extend_from_slice(&code.to_be_bytes());
         raw.send(&request).await;
         let mut answer = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut answer)
-            .await
-            .unwrap();
+        tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut answer).await.unwrap();
         assert_eq!(&answer, b"N");
-        raw.send(&startup_packet(196_608, &[("user", "postgres")]))
-            .await;
+        raw.send(&startup_packet(196_608, &[("user", "postgres")])).await;
         let msgs = raw.until_ready().await;
-        assert!(
-            tags(&msgs).starts_with('R') && tags(&msgs).ends_with("KZ"),
-            "{}",
-            tags(&msgs)
-        );
+        assert!(tags(&msgs).starts_with('R') && tags(&msgs).ends_with("KZ"), "{}", tags(&msgs));
         raw.send(&query("SELECT 7")).await;
         assert_eq!(rows(&raw.until_ready().await), [[Some("7".to_owned())]]);
     }
@@ -34,11 +27,7 @@ async fn ssl_and_gssenc_requests_are_refused_then_startup_works() {
 async fn startup_reports_real_parameters_and_a_backend_key() {
     let bridge = bridge().await;
     let mut raw = Raw::connect(&bridge.socket_path()).await;
-    raw.send(&startup_packet(
-        196_608,
-        &[("user", "postgres"), ("application_name", "raw-test")],
-    ))
-    .await;
+    raw.send(&startup_packet(196_608, &[("user", "postgres"), ("application_name", "raw-test")])).await;
     let msgs = raw.until_ready().await;
     let params: Vec<(String, String)> = msgs
         .iter()
@@ -46,30 +35,15 @@ async fn startup_reports_real_parameters_and_a_backend_key() {
         .map(|m| {
             let mut parts = m.body.split(|&b| b == 0);
             let name = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
-            (
-                name,
-                String::from_utf8_lossy(parts.next().unwrap()).into_owned(),
-            )
+            (name, String::from_utf8_lossy(parts.next().unwrap()).into_owned())
         })
         .collect();
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let version = get("server_version").expect("server_version is reported");
-    assert!(
-        version.split('.').next().unwrap().parse::<u32>().is_ok(),
-        "numeric server_version: {version}"
-    );
+    assert!(version.split('.').next().unwrap().parse::<u32>().is_ok(), "numeric server_version: {version}");
     assert_eq!(get("application_name").as_deref(), Some("raw-test"));
     assert_eq!(get("standard_conforming_strings").as_deref(), Some("on"));
-    assert!(
-        get("client_encoding").is_some()
-            && get("DateStyle").is_some()
-            && get("integer_datetimes").is_some()
-    );
+    assert!(get("client_encoding").is_some() && get("DateStyle").is_some() && get("integer_datetimes").is_some());
     assert_eq!(msgs.iter().filter(|m| m.tag == b'K').count(), 1);
     bridge.close().await;
 }
@@ -85,10 +59,7 @@ async fn newer_protocol_versions_are_negotiated_down() {
         }
         raw.send(&startup_packet(version, &params)).await;
         let msgs = raw.until_ready().await;
-        let negotiate = msgs
-            .iter()
-            .find(|m| m.tag == b'v')
-            .expect("NegotiateProtocolVersion");
+        let negotiate = msgs.iter().find(|m| m.tag == b'v').expect("NegotiateProtocolVersion");
         assert_eq!(&negotiate.body[..4], &196_608u32.to_be_bytes());
         let n_options = u32::from_be_bytes(negotiate.body[4..8].try_into().unwrap());
         if grease {
@@ -109,47 +80,31 @@ async fn bad_startups_get_fatal_errors() {
     let socket = bridge.socket_path();
 
     let mut raw = Raw::connect(&socket).await;
-    raw.send(&startup_packet(0x0002_0000, &[("user", "postgres")]))
-        .await;
+    raw.send(&startup_packet(0x0002_0000, &[("user", "postgres")])).await;
     raw.expect_fatal("0A000").await;
 
     let mut raw = Raw::connect(&socket).await;
-    raw.send(&startup_packet(
-        196_608,
-        &[("user", "postgres"), ("database", "nonexistent")],
-    ))
-    .await;
+    raw.send(&startup_packet(196_608, &[("user", "postgres"), ("database", "nonexistent")])).await;
     raw.expect_fatal("3D000").await;
 
     let mut raw = Raw::connect(&socket).await;
-    raw.send(&startup_packet(196_608, &[("user", "nobody_here")]))
-        .await;
+    raw.send(&startup_packet(196_608, &[("user", "nobody_here")])).await;
     let msgs = raw.until_ready().await;
-    assert_eq!(
-        msgs.last().map(|m| m.field(b'S')),
-        Some(Some("FATAL".to_owned())),
-        "{msgs:?}"
-    );
+    assert_eq!(msgs.last().map(|m| m.field(b'S')), Some(Some("FATAL".to_owned())), "{msgs:?}");
 
     let mut raw = Raw::connect(&socket).await;
-    raw.send(&startup_packet(196_608, &[("database", "postgres")]))
-        .await;
+    raw.send(&startup_packet(196_608, &[("database", "postgres")])).await;
     raw.expect_fatal("28000").await;
 
     // A startup packet over 10 000 bytes.
     let mut raw = Raw::connect(&socket).await;
     let long = "x".repeat(10_001);
-    raw.send(&startup_packet(
-        196_608,
-        &[("user", "postgres"), ("application_name", &long)],
-    ))
-    .await;
+    raw.send(&startup_packet(196_608, &[("user", "postgres"), ("application_name", &long)])).await;
     raw.expect_fatal("08P01").await;
 
     // Direct TLS: a ClientHello is closed at once.
     let mut raw = Raw::connect(&socket).await;
-    raw.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-        .await;
+    raw.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").await;
     raw.expect_fatal("08P01").await;
 
     // A cancel request with a random key: closed without a byte.
@@ -211,9 +166,6 @@ async fn a_large_query_written_in_tiny_pieces_works() {
     for chunk in frame[4096..].chunks(777) {
         raw.send(chunk).await;
     }
-    assert_eq!(
-        rows(&raw.until_ready().await),
-        [[Some((1 << 20).to_string())]]
-    );
+    assert_eq!(rows(&raw.until_ready().await), [[Some((1 << 20).to_string())]]);
     bridge.close().await;
 }

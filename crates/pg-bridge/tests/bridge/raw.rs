@@ -117,9 +117,7 @@ impl Msg {
             if len < 0 {
                 res.push(None);
             } else {
-                res.push(Some(
-                    String::from_utf8_lossy(&self.body[at..at + len as usize]).into_owned(),
-                ));
+                res.push(Some(String::from_utf8_lossy(&self.body[at..at + len as usize]).into_owned()));
                 at += len as usize;
             }
         }
@@ -129,10 +127,7 @@ impl Msg {
 
 impl Raw {
     pub(crate) async fn connect(socket: &Path) -> Raw {
-        Raw {
-            stream: UnixStream::connect(socket).await.unwrap(),
-            buf: Vec::new(),
-        }
+        Raw { stream: UnixStream::connect(socket).await.unwrap(), buf: Vec::new() }
     }
 
     /// Connects and completes a protocol 3.0 startup with `params` (user/database added).
@@ -142,11 +137,7 @@ impl Raw {
         all.extend_from_slice(params);
         raw.send(&startup_packet(196_608, &all)).await;
         let msgs = raw.until_ready().await;
-        assert_eq!(
-            msgs.last().map(|m| m.tag),
-            Some(b'Z'),
-            "startup failed: {msgs:?}"
-        );
+        assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'), "startup failed: {msgs:?}");
         raw
     }
 
@@ -161,10 +152,7 @@ impl Raw {
                 let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
                 if self.buf.len() > len {
                     let frame: Vec<u8> = self.buf.drain(..len + 1).collect();
-                    return Some(Msg {
-                        tag: frame[0],
-                        body: frame[5..].to_vec(),
-                    });
+                    return Some(Msg { tag: frame[0], body: frame[5..].to_vec() });
                 }
             }
             let mut chunk = [0u8; 65536];
@@ -203,17 +191,11 @@ impl Raw {
 
     /// Sends a message and expects a FATAL with `sqlstate`, then the close.
     pub(crate) async fn expect_fatal(&mut self, sqlstate: &str) {
-        let msg = self
-            .recv()
-            .await
-            .expect("expected an ErrorResponse, got end of stream");
+        let msg = self.recv().await.expect("expected an ErrorResponse, got end of stream");
         assert_eq!(msg.tag, b'E', "{msg:?}");
         assert_eq!(msg.field(b'S').as_deref(), Some("FATAL"), "{msg:?}");
         assert_eq!(msg.sqlstate().as_deref(), Some(sqlstate), "{msg:?}");
-        assert!(
-            self.recv().await.is_none(),
-            "the connection must close after FATAL"
-        );
+        assert!(self.recv().await.is_none(), "the connection must close after FATAL");
     }
 }
 
@@ -222,10 +204,7 @@ pub(crate) fn tags(msgs: &[Msg]) -> String {
 }
 
 pub(crate) fn rows(msgs: &[Msg]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter(|m| m.tag == b'D')
-        .map(Msg::columns)
-        .collect()
+    msgs.iter().filter(|m| m.tag == b'D').map(Msg::columns).collect()
 }
 
 pub(crate) fn error(msgs: &[Msg]) -> Option<String> {

@@ -1,16 +1,10 @@
 //! Per-client session state on the one shared backend (scenarios 6, 7, 8, 9).
 
 use crate::harness::{bridge, client_config, connect, connect_with, table};
-use crate::raw::{
-    Raw, bind, describe_statement, error, execute, flush, parse, query, rows, sync, tags,
-};
+use crate::raw::{Raw, bind, describe_statement, error, execute, flush, parse, query, rows, sync, tags};
 
 async fn count(client: &tokio_postgres::Client, t: &str) -> i64 {
-    client
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0)
+    client.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,16 +12,12 @@ async fn a_client_leaving_mid_transaction_is_rolled_back() {
     let bridge = bridge().await;
     let setup = connect(&bridge).await;
     let t = table("midtx");
-    setup
-        .simple_query(&format!("CREATE TABLE {t}(a int)"))
-        .await
-        .unwrap();
+    setup.simple_query(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
 
     // Dropped connection, Terminate, and a kill in failed state.
     for how in ["drop", "terminate", "failed"] {
         let mut raw = Raw::startup(&bridge.socket_path(), &[]).await;
-        raw.send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1)")))
-            .await;
+        raw.send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1)"))).await;
         assert_eq!(raw.until_ready().await.last().unwrap().body, b"T");
         match how {
             "terminate" => raw.send(&crate::raw::msg(b'X', b"")).await,
@@ -39,17 +29,13 @@ async fn a_client_leaving_mid_transaction_is_rolled_back() {
         }
         drop(raw);
         let mut next = Raw::startup(&bridge.socket_path(), &[]).await;
-        next.send(&query(&format!("SELECT count(*) FROM {t}")))
-            .await;
+        next.send(&query(&format!("SELECT count(*) FROM {t}"))).await;
         let msgs = next.until_ready().await;
         assert_eq!(rows(&msgs), [[Some("0".to_owned())]], "{how}");
         assert_eq!(msgs.last().unwrap().body, b"I");
         next.send(&query("BEGIN")).await;
         let msgs = next.until_ready().await;
-        assert!(
-            !tags(&msgs).contains('N'),
-            "no 'already a transaction' warning: {msgs:?}"
-        );
+        assert!(!tags(&msgs).contains('N'), "no 'already a transaction' warning: {msgs:?}");
         next.send(&query("ROLLBACK")).await;
         next.until_ready().await;
     }
@@ -61,10 +47,7 @@ async fn a_client_leaving_mid_extended_query_leaves_nothing_behind() {
     let bridge = bridge().await;
     let setup = connect(&bridge).await;
     let t = table("midext");
-    setup
-        .simple_query(&format!("CREATE TABLE {t}(a int)"))
-        .await
-        .unwrap();
+    setup.simple_query(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
 
     let mut raw = Raw::startup(&bridge.socket_path(), &[]).await;
     let mut group = parse("s1", "SELECT $1::int");
@@ -91,16 +74,9 @@ async fn a_client_leaving_mid_extended_query_leaves_nothing_behind() {
     next.send(&group).await;
     let msgs = next.until_ready().await;
     assert_eq!(error(&msgs), None, "{msgs:?}");
-    assert_eq!(
-        rows(&msgs),
-        [[Some("other".to_owned())], [Some("5".to_owned())]]
-    );
+    assert_eq!(rows(&msgs), [[Some("other".to_owned())], [Some("5".to_owned())]]);
     assert_eq!(msgs.last().unwrap().body, b"I");
-    assert_eq!(
-        count(&setup, &t).await,
-        0,
-        "the unsynced insert was never committed"
-    );
+    assert_eq!(count(&setup, &t).await, 0, "the unsynced insert was never committed");
     bridge.close().await;
 }
 
@@ -109,9 +85,7 @@ async fn settings_and_prepared_statements_stay_with_their_client() {
     let bridge = bridge().await;
     let a = connect(&bridge).await;
     let b = connect(&bridge).await;
-    a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET search_path = foo; PREPARE p AS SELECT 1")
-        .await
-        .unwrap();
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET search_path = foo; PREPARE p AS SELECT 1").await.unwrap();
     let tz_b: String = b.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
     assert_ne!(tz_b, "Asia/Tokyo");
     let path_b: String = b.query_one("SHOW search_path", &[]).await.unwrap().get(0);
@@ -144,22 +118,13 @@ async fn startup_options_apply_to_their_client_only_and_survive_reset_all() {
         let path: String = b.query_one("SHOW search_path", &[]).await.unwrap().get(0);
         assert_eq!(path, "\"$user\", public");
     }
-    a.batch_execute("SET search_path = elsewhere; SET statement_timeout = 5")
-        .await
-        .unwrap();
+    a.batch_execute("SET search_path = elsewhere; SET statement_timeout = 5").await.unwrap();
     let path: String = a.query_one("SHOW search_path", &[]).await.unwrap().get(0);
     assert_eq!(path, "elsewhere");
     a.batch_execute("RESET ALL").await.unwrap();
     let path: String = a.query_one("SHOW search_path", &[]).await.unwrap().get(0);
-    assert_eq!(
-        path, "auth",
-        "RESET ALL returns to the startup value, as in PostgreSQL"
-    );
-    let timeout: String = a
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(path, "auth", "RESET ALL returns to the startup value, as in PostgreSQL");
+    let timeout: String = a.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
     assert_eq!(timeout, "12345ms");
     a.batch_execute("SET search_path = x2").await.unwrap();
     a.batch_execute("RESET search_path").await.unwrap();
@@ -177,16 +142,12 @@ async fn parameter_status_goes_only_to_the_client_that_changed_it() {
     let bridge = bridge().await;
     let mut a = Raw::startup(&bridge.socket_path(), &[]).await;
     let mut b = Raw::startup(&bridge.socket_path(), &[]).await;
-    a.send(&query("SET application_name = 'changed_by_a'"))
-        .await;
+    a.send(&query("SET application_name = 'changed_by_a'")).await;
     let msgs = a.until_ready().await;
     assert!(tags(&msgs).contains('S'), "{msgs:?}");
     b.send(&query("SELECT 1")).await;
     let msgs = b.until_ready().await;
-    assert!(
-        !tags(&msgs).contains('S'),
-        "B must not see A's ParameterStatus: {msgs:?}"
-    );
+    assert!(!tags(&msgs).contains('S'), "B must not see A's ParameterStatus: {msgs:?}");
     b.send(&query("SHOW application_name")).await;
     assert_eq!(rows(&b.until_ready().await), [[Some(String::new())]]);
     bridge.close().await;
@@ -214,10 +175,7 @@ async fn identical_statement_names_from_different_clients_do_not_collide() {
         a.send(&run).await;
         b.send(&run).await;
         assert_eq!(rows(&a.until_ready().await), [[Some("from a".to_owned())]]);
-        assert_eq!(
-            rows(&b.until_ready().await),
-            [[Some("from b".to_owned()), Some("2".to_owned())]]
-        );
+        assert_eq!(rows(&b.until_ready().await), [[Some("from b".to_owned()), Some("2".to_owned())]]);
     }
     // Same name, same SQL (pgx's stmtcache_<hash>), on two clients.
     for raw in [&mut a, &mut b] {
@@ -236,10 +194,7 @@ async fn identical_statement_names_from_different_clients_do_not_collide() {
     run.extend(execute(""));
     run.extend(sync());
     b.send(&run).await;
-    assert_eq!(
-        rows(&b.until_ready().await),
-        [[Some("from b".to_owned()), Some("2".to_owned())]]
-    );
+    assert_eq!(rows(&b.until_ready().await), [[Some("from b".to_owned()), Some("2".to_owned())]]);
     a.send(&run).await;
     assert_eq!(error(&a.until_ready().await).as_deref(), Some("26000"));
     // So does DISCARD ALL.
@@ -258,10 +213,7 @@ async fn tokio_postgres_clients_with_prepared_statements_get_their_own_results()
     for n in 0..4i32 {
         let client = connect(&bridge).await;
         tasks.push(tokio::spawn(async move {
-            let stmt = client
-                .prepare(&format!("SELECT $1::int4 * {n}"))
-                .await
-                .unwrap();
+            let stmt = client.prepare(&format!("SELECT $1::int4 * {n}")).await.unwrap();
             for i in 0..200i32 {
                 let got: i32 = client.query_one(&stmt, &[&i]).await.unwrap().get(0);
                 assert_eq!(got, i * n);
