@@ -195,11 +195,13 @@ impl Vfs {
         let at = |root: &Path| if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
         let mut root = mount.host.clone();
         let mut path = at(&root);
-        if !mount.overlays.is_empty() && fs::symlink_metadata(&path).is_err()
-            && let Some(layer) = mount.overlays.iter().find(|layer| fs::symlink_metadata(at(layer)).is_ok()) {
-                root = layer.clone();
-                path = at(layer);
-            }
+        if !mount.overlays.is_empty()
+            && fs::symlink_metadata(&path).is_err()
+            && let Some(layer) = mount.overlays.iter().find(|layer| fs::symlink_metadata(at(layer)).is_ok())
+        {
+            root = layer.clone();
+            path = at(layer);
+        }
         if let Some(parent) = path.parent()
             && path != root
         {

@@ -62,8 +62,24 @@ pub struct BootInfo {
 }
 
 enum Command {
-    Exec(Vec<u8>, oneshot::Sender<Result<Vec<u8>, Error>>),
-    Stop(oneshot::Sender<Result<(), Error>>),
+    Exec(Vec<u8>, Reply<Result<Vec<u8>, Error>>),
+    Stop(Reply<Result<(), Error>>),
+}
+
+/// Where the worker sends an answer: a blocking caller waits on a std channel (safe on any
+/// thread, a tokio worker included), an async caller awaits a oneshot.
+enum Reply<T> {
+    Blocking(mpsc::SyncSender<T>),
+    Async(oneshot::Sender<T>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, value: T) {
+        match self {
+            Reply::Blocking(tx) => drop(tx.send(value)),
+            Reply::Async(tx) => drop(tx.send(value)),
+        }
+    }
 }
 
 /// A running PGlite instance.
@@ -134,32 +150,28 @@ impl Pglite {
         self.alive.load(Ordering::SeqCst)
     }
 
-    fn send_exec(&self, request: Vec<u8>) -> Result<oneshot::Receiver<Result<Vec<u8>, Error>>, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Exec(request, tx)).map_err(|_| Error::NotRunning)?;
-        Ok(rx)
-    }
-
     /// One exchange, blocking the calling thread.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let mut reply = self.send_exec(request)?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.commands.send(Command::Exec(request, Reply::Blocking(tx))).map_err(|_| Error::NotRunning)?;
         // Most replies come back within microseconds: polling briefly avoids paying a futex
         // sleep and wake-up (tens of microseconds on a small VM) on every round trip.
         let spin_until = Instant::now() + HANDOFF_SPIN;
         loop {
-            match reply.try_recv() {
+            match rx.try_recv() {
                 Ok(result) => return result,
-                Err(oneshot::error::TryRecvError::Closed) => return Err(Error::NotRunning),
-                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < spin_until => std::hint::spin_loop(),
-                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Error::NotRunning),
+                Err(mpsc::TryRecvError::Empty) if Instant::now() < spin_until => std::hint::spin_loop(),
+                Err(mpsc::TryRecvError::Empty) => return rx.recv().map_err(|_| Error::NotRunning)?,
             }
         }
-        reply.blocking_recv().map_err(|_| Error::NotRunning)?
     }
 
     /// One exchange, awaiting the worker without blocking an async runtime.
     pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.send_exec(request)?.await.map_err(|_| Error::NotRunning)?
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Exec(request, Reply::Async(tx))).map_err(|_| Error::NotRunning)?;
+        rx.await.map_err(|_| Error::NotRunning)?
     }
 
     /// Stops cleanly: Terminate, shutdown checkpoint, files synced and closed, lock released.
@@ -168,11 +180,26 @@ impl Pglite {
         let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(());
         };
-        let (tx, rx) = oneshot::channel();
-        let result = match self.commands.send(Command::Stop(tx)) {
-            Ok(()) => rx.blocking_recv().unwrap_or(Ok(())),
+        let (tx, rx) = mpsc::sync_channel(1);
+        let result = match self.commands.send(Command::Stop(Reply::Blocking(tx))) {
+            Ok(()) => rx.recv().unwrap_or(Ok(())),
             Err(_) => Ok(()),
         };
+        let _ = thread.join();
+        result
+    }
+
+    /// [`stop`](Self::stop) for async callers: awaits the shutdown instead of blocking.
+    pub async fn stop_async(&self) -> Result<(), Error> {
+        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let result = match self.commands.send(Command::Stop(Reply::Async(tx))) {
+            Ok(()) => rx.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        // The worker has answered and is returning: the join is immediate.
         let _ = thread.join();
         result
     }

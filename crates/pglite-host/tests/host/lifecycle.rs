@@ -94,3 +94,26 @@ fn corrupt_compiled_module_cache_is_recovered() {
     let pg = Pglite::start(artifact("0.2.17"), cfg).unwrap();
     assert_eq!(scalar(&pg, "SELECT 1"), "1");
 }
+
+#[test]
+fn stop_and_drop_work_inside_an_async_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = start("0.2.17", dir.path());
+        assert_eq!(
+            pg.exec_protocol_async(crate::support::query("SELECT 1")).await.map(|r| r.is_empty()).ok(),
+            Some(false)
+        );
+        pg.stop_async().await.unwrap();
+        // Blocking stop (now a no-op) and drop on a runtime thread must not panic.
+        pg.stop().unwrap();
+        drop(pg);
+        let dir = tempfile::tempdir().unwrap();
+        let pg = start("0.2.17", dir.path());
+        drop(pg);
+        // The dropped instance released its lock: the directory opens again.
+        let pg = start("0.2.17", dir.path());
+        assert_eq!(scalar(&pg, "SELECT 5"), "5");
+    });
+}
