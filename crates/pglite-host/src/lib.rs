@@ -80,6 +80,8 @@ pub enum Error {
     UnsupportedVersion { version: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("extension {name} cannot load on PGlite {version}: {reason}")]
+    ExtensionUnavailable { name: String, version: String, reason: String },
     #[error("data directory {path} is in use by another process")]
     Locked { path: PathBuf },
     #[error("data directory {path} holds a PostgreSQL {found} cluster; PGlite {version} runs PostgreSQL {expected}")]

@@ -27,6 +27,8 @@ pub(crate) struct Profile {
     pub(crate) initdb_export: &'static str,
     pub(crate) backend_export: Option<&'static str>,
     pub(crate) shutdown_export: &'static str,
+    /// Extension bundles this release ships that cannot load, and why.
+    pub(crate) broken_extensions: &'static [(&'static str, &'static str)],
 }
 
 /// PGlite 0.2.x (PostgreSQL 16.4): `-sGLOBAL_BASE=16MB`, a 4 MiB stack above the data.
@@ -42,6 +44,11 @@ pub(crate) static PGLITE_0_2: Profile = Profile {
     initdb_export: "pg_initdb",
     backend_export: None,
     shutdown_export: "pg_shutdown",
+    broken_extensions: &[(
+        "pgcrypto",
+        "its module imports OpenSSL functions (EVP_*) that PGlite 0.2's core does not export; \
+         PGlite 0.3.16 (PostgreSQL 17.5) carries them: use --pglite-version 0.3.16",
+    )],
 };
 
 /// PGlite 0.3.11+ (PostgreSQL 17.5). The JS gives C code a 64 KiB shadow stack right above
@@ -61,6 +68,7 @@ pub(crate) static PGLITE_0_3: Profile = Profile {
     initdb_export: "pgl_initdb",
     backend_export: Some("pgl_backend"),
     shutdown_export: "pgl_shutdown",
+    broken_extensions: &[],
 };
 
 /// The profile for a PGlite release, by its version string.

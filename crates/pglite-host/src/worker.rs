@@ -97,6 +97,13 @@ impl Pglite {
     pub fn start(artifact: Artifact, config: Config) -> Result<Pglite, Error> {
         let profile = profile::for_version(&artifact.version)
             .ok_or_else(|| Error::UnsupportedVersion { version: artifact.version.clone() })?;
+        for dir in &config.extensions {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if let Some((_, reason)) = profile.broken_extensions.iter().find(|(broken, _)| *broken == name) {
+                let version = artifact.version.clone();
+                return Err(Error::ExtensionUnavailable { name, version, reason: (*reason).to_owned() });
+            }
+        }
         let (commands, inbox) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(false));

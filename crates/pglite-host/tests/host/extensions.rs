@@ -82,18 +82,23 @@ fn extensions_work_and_survive_a_restart_on_0_3() {
 #[test]
 fn extensions_work_on_0_2_and_pgcrypto_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut names = vec!["pgcrypto"];
-    names.extend(COMMON);
-    let pg = start_with("0.2.17", dir.path(), &names);
+    // 0.2's pgcrypto needs OpenSSL symbols its core lacks: refused up front, saying which
+    // release has it.
+    let mut cfg = config("0.2.17", dir.path());
+    cfg.extensions = extensions("0.2.17", &["pgcrypto", "hstore"]);
+    let err = Pglite::start(artifact("0.2.17"), cfg).err().expect("pgcrypto refused on 0.2");
+    assert!(matches!(err, pglite_host::Error::ExtensionUnavailable { .. }), "{err}");
+    assert!(err.to_string().contains("0.3.16"), "{err}");
+
+    let pg = start_with("0.2.17", dir.path(), &COMMON);
     create_common(&pg);
     check_common(&pg);
-    // 0.2's pgcrypto needs OpenSSL symbols its core lacks: dlopen fails in the guest, the
-    // error names the library, and the session carries on.
-    assert_eq!(run(&pg, "CREATE EXTENSION pgcrypto"), Outcome::Error("58P01".into()));
+    // Without the bundle, CREATE EXTENSION pgcrypto fails cleanly and the session carries on.
+    assert_eq!(run(&pg, "CREATE EXTENSION pgcrypto"), Outcome::Error("0A000".into()));
     assert_eq!(scalar(&pg, "SELECT 'still fine'"), "still fine");
     pg.stop().unwrap();
     drop(pg);
-    let pg = start_with("0.2.17", dir.path(), &names);
+    let pg = start_with("0.2.17", dir.path(), &COMMON);
     check_common(&pg);
 }
 
