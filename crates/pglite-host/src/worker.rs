@@ -314,12 +314,12 @@ impl Worker {
                     if self.instance.is_none() {
                         alive.store(false, Ordering::SeqCst);
                     }
-                    let _ = reply.send(result);
+                    reply.send(result);
                 }
                 Command::Stop(reply) => {
                     let result = self.stop();
                     alive.store(false, Ordering::SeqCst);
-                    let _ = reply.send(result);
+                    reply.send(result);
                     return;
                 }
             }
