@@ -14,3 +14,4 @@ mod lifecycle;
 mod migrations;
 mod pgbench;
 mod psql;
+mod resilience;

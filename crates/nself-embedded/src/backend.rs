@@ -110,6 +110,16 @@ impl pg_bridge::Backend for PgliteBackend {
         }
     }
 
+    fn max_request(&self) -> Option<usize> {
+        // Room for the CopyFail frames `with_copy_fail` adds before each Sync.
+        Some(self.host.max_request().saturating_sub(64 * 1024))
+    }
+
+    async fn recovered(&self) -> bool {
+        // The host rebuilds a crashed instance from disk before answering the failed request.
+        self.host.healthy()
+    }
+
     fn parameter_status(&self) -> Vec<(String, String)> {
         self.params.clone()
     }

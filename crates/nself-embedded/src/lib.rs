@@ -49,6 +49,15 @@ pub use pglite_fetch::Artifact;
 /// The PGlite release used unless `NSELF_PGLITE_VERSION` or the caller says otherwise.
 pub const DEFAULT_PGLITE_VERSION: &str = pglite_fetch::DEFAULT_PGLITE_VERSION;
 
+/// Ensures the named extension bundles of PGlite `version` (`pgcrypto`, `uuid-ossp`, `vector`,
+/// ...) are cached, verified and unpacked; an unknown name is an error listing the available
+/// ones. Hand the result to [`EmbeddedPgRuntime::set_extensions`].
+pub async fn fetch_extensions(version: &str, names: &[&str]) -> Result<Vec<pglite_fetch::Extension>, Error> {
+    let mut opts = pglite_fetch::FetchOptions::from_env()?;
+    opts.version = version.to_owned();
+    Ok(pglite_fetch::ensure_extensions(&opts, names).await?)
+}
+
 /// Ensures PGlite `version` is in the cache, verified against its pins, and returns it.
 /// The cache is `$NSELF_CACHE_DIR/pglite` (default `~/.nself/cache/pglite`); a warm cache is
 /// checked without network access.

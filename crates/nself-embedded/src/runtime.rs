@@ -95,6 +95,12 @@ impl EmbeddedPgRuntime {
         &mut self.host_config
     }
 
+    /// Makes these extension bundles (from [`fetch_extensions`](crate::fetch_extensions))
+    /// available to `CREATE EXTENSION` from the next start.
+    pub fn set_extensions(&mut self, extensions: &[pglite_fetch::Extension]) {
+        self.host_config.extensions = extensions.iter().map(|ext| ext.root.clone().into_std_path_buf()).collect();
+    }
+
     /// The runtime directory.
     pub fn runtime_dir(&self) -> &Path {
         &self.runtime_dir
@@ -221,7 +227,7 @@ impl Drop for EmbeddedPgRuntime {
         if let Some(Running { host, bridge }) = self.state.get_mut().take() {
             // Stops accepting; the bridge's task ends its clients on its own.
             drop(bridge);
-            if let Err(err) = stop_off_runtime(&host) {
+            if let Err(err) = host.stop() {
                 tracing::warn!(%err, "PostgreSQL did not stop cleanly");
             }
         }
@@ -242,24 +248,14 @@ impl StopGuard {
 impl Drop for StopGuard {
     fn drop(&mut self) {
         if let Some(host) = self.host.take()
-            && let Err(err) = stop_off_runtime(&host)
+            && let Err(err) = host.stop()
         {
             tracing::warn!(%err, "PostgreSQL did not stop cleanly after an abandoned start");
         }
     }
 }
 
-/// `Pglite::stop` from synchronous code that may be running on a tokio worker, where the
-/// host's blocking wait would panic: the wait happens on a plain thread of its own.
-fn stop_off_runtime(host: &Arc<Pglite>) -> Result<(), pglite_host::Error> {
-    std::thread::scope(|scope| scope.spawn(|| host.stop()).join())
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
 /// Stops the host on a blocking thread: the shutdown checkpoint writes the cluster to disk.
 async fn stop_host(host: Arc<Pglite>) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || host.stop())
-        .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
-        .map_err(Error::Host)
+    host.stop_async().await.map_err(Error::Host)
 }

@@ -47,6 +47,13 @@ pub trait Backend: Send + Sync + 'static {
         async { false }
     }
 
+    /// The largest batch of frontend messages the backend takes in one exchange, if it has a
+    /// limit (PGlite 0.2: 15 MiB). The bridge splits batches to fit and answers a single
+    /// message that cannot fit with `54000`, so the backend never sees more.
+    fn max_request(&self) -> Option<usize> {
+        None
+    }
+
     /// Called after an `exchange` failed: whether the backend serves again with a fresh
     /// session (every session's state lost, the baseline in effect), as PGlite does after its
     /// host rebuilt a crashed instance from disk. The bridge then ends the clients that had

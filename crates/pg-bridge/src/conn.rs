@@ -163,11 +163,36 @@ pub(crate) struct Connection<B, S> {
     lease: Option<OwnedMutexGuard<Session>>,
     batch: Batch,
     /// A refused command; client messages are discarded until `Sync`.
-    discarding: Option<&'static str>,
+    discarding: Option<Refusal>,
 }
 
-fn refusal_message(command: &str) -> String {
-    format!("{command} is not supported by this server")
+/// Why a statement or message is answered with an error instead of being forwarded.
+#[derive(Clone, Debug)]
+struct Refusal {
+    sqlstate: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn unsupported(command: &str) -> Refusal {
+        Refusal { sqlstate: "0A000", message: format!("{command} is not supported by this server") }
+    }
+
+    fn too_large(len: usize, max: usize) -> Refusal {
+        Refusal {
+            sqlstate: "54000",
+            message: format!("message of {len} bytes is larger than this server accepts ({max} bytes)"),
+        }
+    }
+
+    /// A statement that makes the backend raise this error itself.
+    fn raise_sql(&self) -> String {
+        format!(
+            "DO $pgb$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END$pgb$",
+            self.sqlstate,
+            self.message.replace('\'', "''")
+        )
+    }
 }
 
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
@@ -266,14 +291,26 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 return Ok(false);
             }
         };
-        if let Some(command) = self.discarding {
+        if let Some(refusal) = self.discarding.take() {
             if msg == FrontendMessage::Sync {
-                self.discarding = None;
-                self.finish_refusal(command).await?;
-            } else if msg == FrontendMessage::Terminate {
+                self.finish_refusal(&refusal).await?;
+                return Ok(true);
+            }
+            self.discarding = Some(refusal);
+            if msg == FrontendMessage::Terminate {
                 return Ok(false);
             }
             return Ok(true);
+        }
+        if let Some(max) = self.shared.max_request {
+            if frame.bytes().len() > max {
+                let refusal = Refusal::too_large(frame.bytes().len(), max);
+                return self.refuse(frame.tag() == b'Q', refusal).await.map(|()| true);
+            }
+            if !self.batch.is_empty() && self.batch.frames.len() + self.batch.prefix.len() + frame.bytes().len() > max {
+                // The backend takes no more at once: what is batched so far goes first.
+                self.send().await?;
+            }
         }
         match msg {
             FrontendMessage::Terminate => return Ok(false),
@@ -424,25 +461,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
 
     async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
         match classify::classify(sql, self.lex_options()) {
-            Verdict::Refuse { command } => {
-                if !self.batch.is_empty() {
-                    self.send().await?;
-                }
-                if self.lease.is_some() {
-                    // Let the backend raise the error, so an open transaction is aborted
-                    // exactly as PostgreSQL would.
-                    self.batch.push(&message::query(&raise_sql(command)));
-                    self.batch.terminated = true;
-                    self.batch.unnamed = Unnamed::Dropped;
-                    self.send().await
-                } else {
-                    let mut replies = Replies::new();
-                    replies.error(Severity::Error, "0A000", &refusal_message(command))?;
-                    replies.ready(self.client.tx)?;
-                    self.stream.write_all(&replies.into_bytes()).await?;
-                    Ok(())
-                }
-            }
+            Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, true);
                 self.batch.push(&message::build(b'Q', &[Part::Cstr(&rewritten)]));
@@ -457,16 +476,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
 
     async fn parse(&mut self, statement: &[u8], sql: &[u8], param_types: &[u8]) -> Result<(), Error> {
         match classify::classify(sql, self.lex_options()) {
-            Verdict::Refuse { command } => {
-                if !self.batch.is_empty() {
-                    self.send().await?;
-                }
-                if self.lease.is_none() {
-                    self.write_error(Severity::Error, "0A000", &refusal_message(command)).await;
-                }
-                self.discarding = Some(command);
-                Ok(())
-            }
+            Verdict::Refuse { command } => self.refuse(false, Refusal::unsupported(command)).await,
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
                 let name = self.statement_name(statement);
@@ -483,8 +493,37 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
     }
 
-    /// Answers the `Sync` that ends a group with a refused Parse.
-    async fn finish_refusal(&mut self, command: &str) -> Result<(), Error> {
+    /// Answers a refused message instead of forwarding it: a simple `Query` at once, an
+    /// extended-protocol message at the `Sync` that ends its group (the rest is discarded).
+    async fn refuse(&mut self, simple_query: bool, refusal: Refusal) -> Result<(), Error> {
+        if !self.batch.is_empty() {
+            self.send().await?;
+        }
+        if !simple_query {
+            if self.lease.is_none() {
+                self.write_error(Severity::Error, refusal.sqlstate, &refusal.message).await;
+            }
+            self.discarding = Some(refusal);
+            return Ok(());
+        }
+        if self.lease.is_some() {
+            // Let the backend raise the error, so an open transaction is aborted exactly as
+            // PostgreSQL would.
+            self.batch.push(&message::query(&refusal.raise_sql()));
+            self.batch.terminated = true;
+            self.batch.unnamed = Unnamed::Dropped;
+            self.send().await
+        } else {
+            let mut replies = Replies::new();
+            replies.error(Severity::Error, refusal.sqlstate, &refusal.message)?;
+            replies.ready(self.client.tx)?;
+            self.stream.write_all(&replies.into_bytes()).await?;
+            Ok(())
+        }
+    }
+
+    /// Answers the `Sync` that ends a group with a refused message.
+    async fn finish_refusal(&mut self, refusal: &Refusal) -> Result<(), Error> {
         if self.lease.is_none() {
             let mut replies = Replies::new();
             replies.ready(self.client.tx)?;
@@ -493,7 +532,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         // Something of this group already ran, or a transaction is open: the backend raises
         // the error itself so the group or transaction fails as it would in PostgreSQL.
-        let sql = raise_sql(command);
+        let sql = refusal.raise_sql();
         self.batch.push(&message::build(b'P', &[Part::Cstr(b""), Part::Cstr(sql.as_bytes()), Part::Raw(&[0, 0])]));
         self.batch.push(&message::build(b'B', &[Part::Cstr(b""), Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0, 0, 0])]));
         self.batch.push(&message::build(b'E', &[Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0])]));
@@ -697,8 +736,4 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
         }
     }
-}
-
-fn raise_sql(command: &str) -> String {
-    format!("DO $pgb$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END$pgb$", refusal_message(command))
 }

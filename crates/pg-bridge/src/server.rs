@@ -103,6 +103,8 @@ pub(crate) struct Shared<B> {
     pub(crate) startup_cache: StdMutex<HashMap<Settings, Settings>>,
     pub(crate) next_client: AtomicU32,
     pub(crate) slots: Arc<Semaphore>,
+    /// The backend's request cap (`Backend::max_request`), read once.
+    pub(crate) max_request: Option<usize>,
     /// Set when the backend failed for good.
     pub(crate) gone: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -213,8 +215,10 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
     let boot = bootstrap(&backend).await?;
     let verifier = config.tcp_password.as_deref().map(scram::Verifier::new);
     let gone = boot.session.gone.clone();
+    let max_request = backend.max_request();
     Ok(Arc::new(Shared {
         gone,
+        max_request,
         backend,
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,

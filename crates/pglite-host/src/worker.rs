@@ -88,6 +88,7 @@ pub struct Pglite {
     thread: Mutex<Option<JoinHandle<()>>>,
     alive: Arc<AtomicBool>,
     info: BootInfo,
+    max_request: usize,
 }
 
 impl Pglite {
@@ -134,7 +135,10 @@ impl Pglite {
             })
             .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), source })?;
         match ready_rx.recv_timeout(timeout) {
-            Ok(Ok(info)) => Ok(Pglite { commands, thread: Mutex::new(Some(thread)), alive, info }),
+            Ok(Ok(info)) => {
+                let max_request = profile.max_request();
+                Ok(Pglite { commands, thread: Mutex::new(Some(thread)), alive, info, max_request })
+            }
             Ok(Err(err)) => {
                 let _ = thread.join();
                 Err(err)
@@ -150,6 +154,11 @@ impl Pglite {
     /// How the instance started, and how long it took.
     pub fn boot_info(&self) -> &BootInfo {
         &self.info
+    }
+
+    /// The largest request [`exec_protocol`](Self::exec_protocol) accepts (0.2: 15 MiB).
+    pub fn max_request(&self) -> usize {
+        self.max_request
     }
 
     /// True while the worker is running an instance.

@@ -71,6 +71,10 @@ struct StartArgs {
     /// Password for TCP clients (SCRAM-SHA-256); the Unix socket always trusts its clients.
     #[arg(long, env = "NSELF_PASSWORD", hide_env_values = true, requires = "tcp")]
     password: Option<String>,
+    /// Extensions to make available to CREATE EXTENSION, comma separated (pgcrypto needs
+    /// --pglite-version 0.3.16).
+    #[arg(long, env = "NSELF_EXTENSIONS", value_delimiter = ',', value_name = "NAMES")]
+    extensions: Vec<String>,
     /// Give up starting after this many seconds (fetching not included).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     startup_timeout: u64,

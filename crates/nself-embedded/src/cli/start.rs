@@ -17,6 +17,11 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     let version = &args.fetch.pglite_version;
     let artifact = fetch(version).await.with_context(|| format!("fetching PGlite {version}"))?;
     let mut runtime = EmbeddedPgRuntime::new(&runtime_dir, artifact);
+    if !args.extensions.is_empty() {
+        let names: Vec<&str> = args.extensions.iter().map(|name| name.trim()).filter(|name| !name.is_empty()).collect();
+        let extensions = crate::fetch_extensions(version, &names).await.context("fetching extensions")?;
+        runtime.set_extensions(&extensions);
+    }
     let bridge_config = runtime.bridge_config_mut();
     bridge_config.tcp = args.tcp;
     bridge_config.tcp_password = args.password.clone();

@@ -5,6 +5,7 @@ mod concurrency;
 mod filter;
 mod harness;
 mod lifecycle;
+mod limits;
 mod protocol;
 mod raw;
 mod recovery;
