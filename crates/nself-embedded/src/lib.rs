@@ -8,9 +8,10 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), nself_embedded::Error> {
 //! let artifact = nself_embedded::fetch_or_cached(nself_embedded::DEFAULT_PGLITE_VERSION).await?;
-//! let runtime = nself_embedded::EmbeddedPgRuntime::new("/tmp/nself", artifact);
+//! let runtime_dir = std::env::temp_dir().join("nself");
+//! let runtime = nself_embedded::EmbeddedPgRuntime::new(&runtime_dir, artifact);
 //! runtime.start(std::time::Duration::from_secs(120)).await?;
-//! // psql -h /tmp/nself -U postgres postgres
+//! // psql -h <runtime_dir> -U postgres postgres
 //! runtime.stop().await?;
 //! # Ok(())
 //! # }
