@@ -63,7 +63,9 @@ pub(crate) fn compile_cached(engine: &Engine, wasm: &[u8], cache_dir: Option<&Pa
     // One compiler at a time per module: processes starting together (a test suite, a
     // supervisor restarting several) wait for the first instead of all compiling.
     let _lock = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path.with_extension("lock")))
+        .and_then(|()| {
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path.with_extension("lock"))
+        })
         .and_then(|file| file.lock().map(|()| file))
         .inspect_err(|err| tracing::debug!(%err, "compiling without the cache lock"))
         .ok();
