@@ -14,5 +14,13 @@ xflags::xflags! {
         }
         /// Run what CI runs: fmt, clippy, tests, cargo-deny, update-pins --check.
         cmd ci {}
+        /// Measure nself-embedded against native PostgreSQL, PgBouncer and PGlite in Node;
+        /// print a table and write target/bench/report.md and target/bench/chart.svg.
+        cmd bench {
+            /// Which part to run: all (default), host, bridge or e2e.
+            optional section: String
+            /// Shorter runs and smaller data: a smoke test of the harness, not a result.
+            optional --quick
+        }
     }
 }

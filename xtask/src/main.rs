@@ -1,8 +1,10 @@
-//! Project automation: `cargo xtask ci`, `cargo xtask update-pins [--version V]... [--check]`.
+//! Project automation: `cargo xtask ci`, `cargo xtask update-pins [--version V]... [--check]`,
+//! `cargo xtask bench [all|host|bridge|e2e] [--quick]`.
 //!
 //! Each subcommand lives in its own module with a `run`; flags are in `flags.rs`. xtask is a
 //! leaf: nothing depends on it.
 
+mod bench;
 mod ci;
 mod flags;
 mod update_pins;
@@ -14,6 +16,7 @@ fn main() -> anyhow::Result<()> {
     match flags.subcommand {
         flags::XtaskCmd::UpdatePins(cmd) => update_pins::run(&cmd.version, cmd.check),
         flags::XtaskCmd::Ci(_) => ci::run(),
+        flags::XtaskCmd::Bench(cmd) => bench::run(&cmd),
     }
 }
 

@@ -1,0 +1,259 @@
+//! `bench e2e`: every system through its Unix socket: start-up times, resident memory, the
+//! speedtest suite and pgbench. Columns: nself-embedded per PGlite release, native PostgreSQL
+//! (the base of every ratio) and PGlite in Node. All servers run side by side (idle but for
+//! the one measured), and each workload visits them in turn.
+
+use super::native::{self, pg_bin, pg_tool, version_of};
+use super::nself::{Starts, measure_starts};
+use super::procs::Proc;
+use super::report::{Report, Table, Target, Unit};
+use super::{Ctx, Endpoint, VERSIONS, bridge, node, pgbench, speedtest};
+
+const FIRST_RUN: &str = "first run: empty cache, files local (compile + initdb)";
+const NEW_DATABASE: &str = "new database (warm cache)";
+const WARM_RESTART: &str = "warm restart of an existing database";
+const RSS_BOOT: &str = "RSS after boot";
+const RSS_SPEEDTEST: &str = "RSS after the speedtest";
+const SPEEDTEST_TOTAL: &str = "total";
+
+/// The four tables this section fills, all with the same columns.
+struct Tables {
+    start: Table,
+    memory: Table,
+    pgbench: Table,
+    speedtest: Table,
+    tests: Vec<speedtest::Test>,
+}
+
+pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let native_col = VERSIONS.len();
+    let node_col = native_col + 1;
+    // `postgres (PostgreSQL) 15.18 (Debian ...)` -> `15.18`
+    let native_version = pg_tool("postgres").map(|path| version_of(&path)).unwrap_or_default();
+    let native_version = native_version.split_whitespace().find(|word| word.starts_with(|c: char| c.is_ascii_digit()));
+    let mut columns: Vec<String> = VERSIONS.iter().map(|version| format!("nself (PGlite {version})")).collect();
+    columns.push(format!("native PostgreSQL {}", native_version.unwrap_or("")).trim_end().to_owned());
+    columns.push(format!("Node (PGlite {})", node::PGLITE));
+    let seconds = ctx.pgbench_seconds();
+    let with_base = |title: &str| {
+        let mut table = Table::new(title, columns.clone());
+        table.base = Some(native_col);
+        table
+    };
+    let mut tables = Tables {
+        start: with_base("Start-up, to the first answered SELECT 1 (median)"),
+        memory: Table::new("Resident memory (VmRSS of the server process)", columns.clone()),
+        pgbench: with_base(&format!("pgbench over the Unix socket (scale 1, -T {seconds}, -I dtGvp)")),
+        speedtest: with_base("PGlite benchmark suite (SQLite speedtest 1–16), one script per test"),
+        tests: speedtest::tests(if ctx.quick { 5 } else { 1 }),
+    };
+    tables.speedtest.tag = "speedtest".to_owned();
+    tables.start.notes.push(
+        "Native: new database = initdb + server start; PGlite in Node: new database = pglite-server on a new \
+         --db directory (initdb in wasm, no compile cache). First run only applies to nself-embedded."
+            .to_owned(),
+    );
+    tables.memory.notes.push("Native PostgreSQL is one process per connection, so it has no single RSS.".to_owned());
+    let repeats = if ctx.quick { 1 } else { 3 };
+
+    // Start-up first, system by system; each leaves its server running.
+    let mut systems = Vec::new();
+    for (column, version) in VERSIONS.iter().enumerate() {
+        let name = format!("nself-embedded {version}");
+        match measure_starts(ctx, version, repeats) {
+            Ok(starts) => systems.push(System::new(&mut tables, column, &name, starts, true)),
+            Err(err) => report.errors.push(format!("e2e {name}: start-up: {err:#}")),
+        }
+    }
+    if pg_bin().is_none() {
+        report.skipped.push("e2e: native PostgreSQL is not installed (set PG_BIN)".to_owned());
+    } else {
+        match native::measure_starts(ctx, repeats) {
+            Ok(starts) => systems.push(System::new(&mut tables, native_col, "native PostgreSQL", starts, false)),
+            Err(err) => report.skipped.push(format!("e2e native PostgreSQL: {err:#}")),
+        }
+    }
+    report.skipped.push(format!(
+        "e2e: PGlite 0.2.17 in Node: pglite-socket needs PGlite ≥ 0.3.1 (0.2.x cannot answer a startup \
+         message through execProtocolRaw); Node runs PGlite {} instead",
+        node::PGLITE
+    ));
+    match node::install(ctx).and_then(|script| node::measure_starts(ctx, &script, repeats)) {
+        Ok(starts) => systems.push(System::new(&mut tables, node_col, "PGlite in Node", starts, false)),
+        Err(err) => report.skipped.push(format!("e2e PGlite in Node: {err:#}")),
+    }
+
+    // Then every workload visits the systems in turn, so that drift on a shared machine (another
+    // build starting, say) is spread over all of them rather than landing on one.
+    for system in &mut systems {
+        system.attempt(report, "settings and memory after boot", |system| {
+            let settings = ctx.rt.block_on(settings(&system.endpoint))?;
+            tables.pgbench.notes.push(format!("{}: {settings}.", tables.pgbench.columns[system.column]));
+            if system.single_process {
+                tables.memory.set(RSS_BOOT, Unit::Mib, system.column, system.server.rss_mib()?);
+            }
+            Ok(())
+        });
+    }
+    for system in &mut systems {
+        eprintln!("bench: {}: speedtest", system.name);
+        system.attempt(report, "speedtest", |system| {
+            let times = ctx.rt.block_on(speedtest::run(&system.endpoint, &tables.tests))?;
+            for (test, ms) in tables.tests.iter().zip(&times) {
+                tables.speedtest.set(&test.name, Unit::Ms, system.column, *ms);
+            }
+            tables.speedtest.set(SPEEDTEST_TOTAL, Unit::Ms, system.column, times.iter().sum());
+            if system.single_process {
+                tables.memory.set(RSS_SPEEDTEST, Unit::Mib, system.column, system.server.rss_mib()?);
+            }
+            Ok(())
+        });
+        system.attempt(report, "pgbench -i", |system| pgbench::init(&system.endpoint));
+    }
+    for run in pgbench::E2E_RUNS {
+        for system in &mut systems {
+            eprintln!("bench: {}: {}", system.name, run.name());
+            system.attempt(report, &run.name(), |system| {
+                let tps = pgbench::run(ctx, &system.endpoint, run)?;
+                tables.pgbench.set(&run.name(), Unit::Tps, system.column, tps);
+                Ok(())
+            });
+        }
+    }
+    for system in systems {
+        let (name, ours) = (system.name.clone(), system.ours);
+        if let Err(err) = system.server.stop() {
+            let message = format!("e2e {name}: stopping: {err:#}");
+            if ours { report.errors.push(message) } else { report.skipped.push(message) }
+        }
+    }
+
+    add_targets(report, &tables, native_col);
+    report.tables.extend([tables.start, tables.memory, tables.pgbench, tables.speedtest]);
+    Ok(())
+}
+
+/// A running system under test, after its start-up measurements.
+struct System {
+    column: usize,
+    name: String,
+    endpoint: Endpoint,
+    server: Proc,
+    /// Whether the server's RSS is the whole system's (not so for native PostgreSQL, which
+    /// runs a process per connection).
+    single_process: bool,
+    /// nself-embedded's failures are errors; a baseline's make it skipped.
+    ours: bool,
+    failed: bool,
+}
+
+impl System {
+    fn new(tables: &mut Tables, column: usize, name: &str, starts: Starts, ours: bool) -> System {
+        if let Some(first_run) = starts.first_run {
+            tables.start.set(FIRST_RUN, Unit::Ms, column, first_run);
+        }
+        tables.start.set(NEW_DATABASE, Unit::Ms, column, starts.new_database);
+        tables.start.set(WARM_RESTART, Unit::Ms, column, starts.warm_restart);
+        System {
+            column,
+            name: name.to_owned(),
+            endpoint: starts.endpoint,
+            server: starts.server,
+            single_process: name != "native PostgreSQL",
+            ours,
+            failed: false,
+        }
+    }
+
+    /// Runs one workload unless an earlier one failed; a failure is reported and ends this
+    /// system's part in the rest.
+    fn attempt(&mut self, report: &mut Report, what: &str, workload: impl FnOnce(&System) -> anyhow::Result<()>) {
+        if self.failed {
+            return;
+        }
+        if let Err(err) = workload(self) {
+            self.failed = true;
+            let message = format!("e2e {}: {what}: {err:#}", self.name);
+            if self.ours { report.errors.push(message) } else { report.skipped.push(message) }
+        }
+    }
+}
+
+/// The settings that decide what a commit costs, as the server reports them.
+async fn settings(endpoint: &Endpoint) -> anyhow::Result<String> {
+    let client = endpoint.connect().await?;
+    let mut res = Vec::new();
+    for name in ["server_version", "fsync", "synchronous_commit", "wal_sync_method", "shared_buffers"] {
+        let messages = client.simple_query(&format!("SHOW {name}")).await?;
+        let value = messages.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        res.push(format!("{name} = {}", value.unwrap_or_default()));
+    }
+    Ok(res.join(", "))
+}
+
+fn add_targets(report: &mut Report, tables: &Tables, native: usize) {
+    let pgbouncer = report.tables.iter().find(|table| table.title == bridge::TITLE).cloned();
+    for (column, version) in VERSIONS.iter().enumerate() {
+        let who = format!("PGlite {version}");
+        for run in pgbench::E2E_RUNS.iter().filter(|run| run.workload != pgbench::Workload::TpcbLike) {
+            let name = run.name();
+            let measured = tables.pgbench.get(&name, column);
+            let target = if run.clients == 1 {
+                Target::at_least(
+                    &format!("{who}: {name}"),
+                    "≥ 0.8x native",
+                    measured,
+                    tables.pgbench.get(&name, native),
+                    0.8,
+                    Unit::Tps,
+                )
+            } else {
+                let reference = pgbouncer.as_ref().and_then(|table| table.get(&name, bridge::PGBOUNCER));
+                Target::at_least(&format!("{who}: {name}"), "≥ PgBouncer pool=1", measured, reference, 1.0, Unit::Tps)
+            };
+            report.targets.push(target);
+        }
+        report.targets.push(speedtest_target(&who, &tables.speedtest, column, native, tables.tests.len()));
+        report.targets.push(Target::at_most(
+            &format!("{who}: {WARM_RESTART}"),
+            tables.start.get(WARM_RESTART, column),
+            120.0,
+            Unit::Ms,
+        ));
+        report.targets.push(Target::at_most(
+            &format!("{who}: {NEW_DATABASE}"),
+            tables.start.get(NEW_DATABASE, column),
+            500.0,
+            Unit::Ms,
+        ));
+        report.targets.push(Target::at_most(
+            &format!("{who}: {RSS_BOOT}"),
+            tables.memory.get(RSS_BOOT, column),
+            150.0,
+            Unit::Mib,
+        ));
+    }
+}
+
+/// One target for the whole suite: every test within 1.5x of native.
+fn speedtest_target(who: &str, table: &Table, column: usize, native: usize, n_tests: usize) -> Target {
+    let ratios: Vec<(String, f64)> = table
+        .rows
+        .iter()
+        .take(n_tests)
+        .filter_map(|row| Some((row.name.clone(), row.cells[column]? / row.cells[native]?)))
+        .collect();
+    let name = format!("{who}: every speedtest test");
+    let goal = "≤ 1.5x native".to_owned();
+    if ratios.len() < n_tests {
+        return Target { name, goal, measured: "not measured".to_owned(), pass: None };
+    }
+    let over = ratios.iter().filter(|(_, ratio)| *ratio > 1.5).count();
+    let (worst, ratio) = ratios.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned().unwrap_or_default();
+    let measured =
+        format!("worst {ratio:.2}x (test {}); {over} of {n_tests} over", worst.trim().split('.').next().unwrap_or(""));
+    Target { name, goal, measured, pass: Some(over == 0) }
+}

@@ -1,0 +1,110 @@
+//! pgbench runs: initialisation (`-i -I dtGvp -s 1`: server-side generation, as COPY does
+//! not pass the bridge) and fixed-duration runs whose tps is parsed from the output.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use super::native::pg_tool;
+use super::{Ctx, Endpoint};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// `-S -M simple`: one `SELECT` per transaction, simple query protocol.
+    SelectSimple,
+    /// `-S -M extended`: the same through Parse/Bind/Execute/Sync.
+    SelectExtended,
+    /// The default TPC-B-like transaction (five statements), simple protocol.
+    TpcbLike,
+}
+
+/// One pgbench run: a workload and a number of clients.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub(crate) workload: Workload,
+    pub(crate) clients: u32,
+}
+
+impl Run {
+    const fn new(workload: Workload, clients: u32) -> Run {
+        Run { workload, clients }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        let workload = match self.workload {
+            Workload::SelectSimple => "pgbench -S simple",
+            Workload::SelectExtended => "pgbench -S extended",
+            Workload::TpcbLike => "pgbench tpcb-like",
+        };
+        let plural = if self.clients == 1 { "" } else { "s" };
+        format!("{workload}, {} client{plural}", self.clients)
+    }
+}
+
+/// The end-to-end runs.
+pub(crate) const E2E_RUNS: [Run; 6] = [
+    Run::new(Workload::SelectSimple, 1),
+    Run::new(Workload::SelectSimple, 8),
+    Run::new(Workload::SelectExtended, 1),
+    Run::new(Workload::SelectExtended, 8),
+    Run::new(Workload::TpcbLike, 1),
+    Run::new(Workload::TpcbLike, 8),
+];
+
+/// The proxy runs: read-only, so every system sees the same data.
+pub(crate) const PROXY_RUNS: [Run; 4] = [
+    Run::new(Workload::SelectSimple, 1),
+    Run::new(Workload::SelectSimple, 8),
+    Run::new(Workload::SelectExtended, 1),
+    Run::new(Workload::SelectExtended, 8),
+];
+
+fn pgbench(endpoint: &Endpoint) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(pg_tool("pgbench").context("pgbench is not installed")?);
+    cmd.arg("-h").arg(&endpoint.dir).args(["-p", &endpoint.port.to_string(), "-U", "postgres"]);
+    if let Some(password) = &endpoint.password {
+        cmd.env("PGPASSWORD", password);
+    }
+    Ok(cmd)
+}
+
+fn output(mut cmd: Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("pgbench failed ({}):\n{stdout}{stderr}", out.status);
+    }
+    Ok(format!("{stdout}{stderr}"))
+}
+
+/// Creates and fills the pgbench tables at scale 1.
+pub(crate) fn init(endpoint: &Endpoint) -> anyhow::Result<()> {
+    let mut cmd = pgbench(endpoint)?;
+    cmd.args(["-i", "-I", "dtGvp", "-s", "1", "postgres"]);
+    output(cmd).context("pgbench -i")?;
+    Ok(())
+}
+
+/// Runs `run` for the context's duration; returns transactions per second.
+pub(crate) fn run(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<f64> {
+    let mut cmd = pgbench(endpoint)?;
+    let (clients, threads) = (run.clients.to_string(), run.clients.min(2).to_string());
+    // -n: the tables were vacuumed by -i; vacuuming again would only add noise.
+    cmd.args(["-n", "-T", &ctx.pgbench_seconds().to_string(), "-c", &clients, "-j", &threads]);
+    match run.workload {
+        Workload::SelectSimple => cmd.args(["-S", "-M", "simple"]),
+        Workload::SelectExtended => cmd.args(["-S", "-M", "extended"]),
+        Workload::TpcbLike => cmd.args(["-M", "simple"]),
+    };
+    cmd.arg("postgres");
+    let text = output(cmd).with_context(|| run.name())?;
+    parse_tps(&text).with_context(|| format!("no tps in pgbench's output:\n{text}"))
+}
+
+/// The `tps = N (...)` line (pgbench 14+ prints one; older ones two, the first including
+/// connection time, so the last is taken).
+pub(super) fn parse_tps(text: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .next_back()
+}

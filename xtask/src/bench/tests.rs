@@ -1,0 +1,76 @@
+//! Unit tests for the parts of the benchmark that need no server: parsing, SQL generation,
+//! ratios, targets and rendering.
+
+use super::pgbench::parse_tps;
+use super::report::{Report, Table, Target, Unit};
+use super::speedtest::{number_name, tests};
+
+#[test]
+fn tps_is_read_from_pgbench_output() {
+    let text = "number of failed transactions: 0 (0.000%)\nlatency average = 0.108 ms\n\
+                initial connection time = 2.318 ms\ntps = 9219.647702 (without initial connection time)\n";
+    assert_eq!(parse_tps(text), Some(9219.647702));
+    assert_eq!(parse_tps("pgbench: error: connection failed"), None);
+}
+
+#[test]
+fn numbers_are_named_like_sqlite_speedtest() {
+    assert_eq!(number_name(0), "zero");
+    assert_eq!(number_name(13), "thirteen");
+    assert_eq!(number_name(100), "one hundred");
+    assert_eq!(number_name(13_153), "thirteen thousand one hundred fifty three");
+    assert_eq!(number_name(498_020), "four hundred ninety eight thousand twenty");
+}
+
+#[test]
+fn speedtest_has_sixteen_deterministic_tests() {
+    let full = tests(1);
+    assert_eq!(full.len(), 16);
+    assert!(full[0].name.starts_with(" 1. 1000 INSERTs"));
+    assert!(full[15].name.starts_with("16. DROP TABLE"));
+    assert_eq!(full[1].sql.matches("INSERT INTO t2").count(), 25_000);
+    let again = tests(1);
+    assert!(full.iter().zip(&again).all(|(a, b)| a.sql == b.sql));
+    assert_eq!(tests(5)[1].sql.matches("INSERT INTO t2").count(), 5000);
+}
+
+#[test]
+fn ratios_and_targets() {
+    let mut table = Table::new("t", ["nself", "native"]);
+    table.base = Some(1);
+    table.set("select", Unit::Tps, 0, 900.0);
+    table.set("select", Unit::Tps, 1, 1000.0);
+    let row = table.rows[0].clone();
+    assert_eq!(table.ratio(&row, 0), Some(0.9));
+    assert_eq!(table.ratio(&row, 1), None);
+    assert_eq!(Target::at_least("a", "", Some(900.0), Some(1000.0), 0.8, Unit::Tps).pass, Some(true));
+    assert_eq!(Target::at_least("a", "", Some(700.0), Some(1000.0), 0.8, Unit::Tps).pass, Some(false));
+    assert_eq!(Target::at_least("a", "", Some(700.0), None, 0.8, Unit::Tps).pass, None);
+    assert_eq!(Target::at_most("a", Some(130.0), 120.0, Unit::Ms).pass, Some(false));
+
+    let mut report = Report::new(true);
+    report.tables.push(table);
+    let console = report.to_console();
+    assert!(console.contains("900 tps (0.90x)"), "{console}");
+    assert!(report.to_markdown().contains("| select | 900 tps (0.90x) | 1000 tps |"));
+}
+
+#[test]
+fn chart_is_an_svg_with_every_series() {
+    let mut table = Table::new("t", ["nself", "native", "node"]);
+    table.base = Some(1);
+    for (row, values) in [("select", [900.0, 1000.0, 300.0]), ("insert", [5.0, 1.0, 0.5])] {
+        let unit = if row == "select" { Unit::Tps } else { Unit::Ms };
+        for (column, value) in values.into_iter().enumerate() {
+            table.set(row, unit, column, value);
+        }
+    }
+    let mut report = Report::new(false);
+    report.tables.push(table);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chart.svg");
+    super::chart::draw(&report, &path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.contains("nself") && svg.contains("node") && svg.contains("0.20x"), "{svg}");
+}
