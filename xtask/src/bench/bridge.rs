@@ -13,11 +13,10 @@ use super::procs::{Proc, wait_ready};
 use super::report::{Report, Table, Target, Unit};
 use super::{Ctx, Endpoint, pgbench};
 
-/// The table's title, by which the end-to-end targets find PgBouncer's numbers.
-pub(crate) const TITLE: &str = "Bridge overhead: pgbench through a proxy in front of native PostgreSQL";
+const TITLE: &str = "Bridge overhead: pgbench through a proxy in front of native PostgreSQL";
 const NATIVE: usize = 0;
 const BRIDGE: usize = 1;
-pub(crate) const PGBOUNCER: usize = 2;
+const PGBOUNCER: usize = 2;
 
 pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     if pg_bin().is_none() {
@@ -34,7 +33,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let mut proxy = Proc::spawn("pg-bridge proxy", cmd, &ctx.log("bridge-proxy"), Signal::TERM)?;
     let proxy_endpoint = Endpoint::unix(&proxy_dir, 5432);
     wait_ready(&ctx.rt, &proxy_endpoint, &mut proxy, Duration::from_secs(30))?;
-    let pgbouncer = start_pgbouncer(ctx, &cluster)?;
+    let pgbouncer = start_pgbouncer(ctx, &cluster.endpoint(), "bridge-pgbouncer")?;
     if pgbouncer.is_none() {
         report.skipped.push("bridge: PgBouncer is not installed (no `pgbouncer` binary)".to_owned());
     }

@@ -7,7 +7,7 @@ use super::native::{self, pg_bin, pg_tool, version_of};
 use super::nself::{Starts, measure_starts};
 use super::procs::Proc;
 use super::report::{Report, Table, Target, Unit};
-use super::{Ctx, Endpoint, VERSIONS, bridge, node, pgbench, speedtest};
+use super::{Ctx, Endpoint, VERSIONS, node, pgbench, speedtest};
 
 const FIRST_RUN: &str = "first run: empty cache, files local (compile + initdb)";
 const NEW_DATABASE: &str = "new database (warm cache)";
@@ -27,12 +27,14 @@ struct Tables {
 
 pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let native_col = VERSIONS.len();
-    let node_col = native_col + 1;
+    let pgbouncer_col = native_col + 1;
+    let node_col = native_col + 2;
     // `postgres (PostgreSQL) 15.18 (Debian ...)` -> `15.18`
     let native_version = pg_tool("postgres").map(|path| version_of(&path)).unwrap_or_default();
     let native_version = native_version.split_whitespace().find(|word| word.starts_with(|c: char| c.is_ascii_digit()));
     let mut columns: Vec<String> = VERSIONS.iter().map(|version| format!("nself (PGlite {version})")).collect();
     columns.push(format!("native PostgreSQL {}", native_version.unwrap_or("")).trim_end().to_owned());
+    columns.push("PgBouncer pool=1 → native".to_owned());
     columns.push(format!("Node (PGlite {})", node::PGLITE));
     let seconds = ctx.pgbench_seconds();
     let with_base = |title: &str| {
@@ -69,7 +71,18 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         report.skipped.push("e2e: native PostgreSQL is not installed (set PG_BIN)".to_owned());
     } else {
         match native::measure_starts(ctx, repeats) {
-            Ok(starts) => systems.push(System::new(&mut tables, native_col, "native PostgreSQL", starts, false)),
+            Ok(starts) => {
+                // PgBouncer for pgbench only, in the same rounds, for the 8-client targets.
+                let upstream = starts.endpoint.clone();
+                systems.push(System::new(&mut tables, native_col, "native PostgreSQL", starts, false));
+                match native::start_pgbouncer(ctx, &upstream, "e2e-pgbouncer") {
+                    Ok(Some((server, endpoint))) => systems.push(System::pgbench_only(pgbouncer_col, server, endpoint)),
+                    Ok(None) => {
+                        report.skipped.push("e2e: PgBouncer is not installed (no `pgbouncer` binary)".to_owned())
+                    }
+                    Err(err) => report.skipped.push(format!("e2e PgBouncer: {err:#}")),
+                }
+            }
             Err(err) => report.skipped.push(format!("e2e native PostgreSQL: {err:#}")),
         }
     }
@@ -85,7 +98,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 
     // Then every workload visits the systems in turn, so that drift on a shared machine (another
     // build starting, say) is spread over all of them rather than landing on one.
-    for system in &mut systems {
+    for system in systems.iter_mut().filter(|system| !system.pgbench_only) {
         system.attempt(report, "settings and memory after boot", |system| {
             let settings = ctx.rt.block_on(settings(&system.endpoint))?;
             tables.pgbench.notes.push(format!("{}: {settings}.", tables.pgbench.columns[system.column]));
@@ -95,7 +108,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    for system in &mut systems {
+    for system in systems.iter_mut().filter(|system| !system.pgbench_only) {
         eprintln!("bench: {}: speedtest", system.name);
         system.attempt(report, "speedtest", |system| {
             let times = ctx.rt.block_on(speedtest::run(&system.endpoint, &tables.tests))?;
@@ -128,7 +141,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         }
     }
 
-    add_targets(report, &tables, native_col);
+    add_targets(report, &tables, native_col, pgbouncer_col);
     report.tables.extend([tables.start, tables.memory, tables.pgbench, tables.speedtest]);
     Ok(())
 }
@@ -144,6 +157,8 @@ struct System {
     single_process: bool,
     /// nself-embedded's failures are errors; a baseline's make it skipped.
     ours: bool,
+    /// A proxy in front of another system's server: it only runs pgbench.
+    pgbench_only: bool,
     failed: bool,
 }
 
@@ -161,6 +176,20 @@ impl System {
             server: starts.server,
             single_process: name != "native PostgreSQL",
             ours,
+            pgbench_only: false,
+            failed: false,
+        }
+    }
+
+    fn pgbench_only(column: usize, server: Proc, endpoint: Endpoint) -> System {
+        System {
+            column,
+            name: "PgBouncer".to_owned(),
+            endpoint,
+            server,
+            single_process: false,
+            ours: false,
+            pgbench_only: true,
             failed: false,
         }
     }
@@ -194,8 +223,7 @@ async fn settings(endpoint: &Endpoint) -> anyhow::Result<String> {
     Ok(res.join(", "))
 }
 
-fn add_targets(report: &mut Report, tables: &Tables, native: usize) {
-    let pgbouncer = report.tables.iter().find(|table| table.title == bridge::TITLE).cloned();
+fn add_targets(report: &mut Report, tables: &Tables, native: usize, pgbouncer: usize) {
     for (column, version) in VERSIONS.iter().enumerate() {
         let who = format!("PGlite {version}");
         for run in pgbench::E2E_RUNS.iter().filter(|run| run.workload != pgbench::Workload::TpcbLike) {
@@ -211,7 +239,7 @@ fn add_targets(report: &mut Report, tables: &Tables, native: usize) {
                     Unit::Tps,
                 )
             } else {
-                let reference = pgbouncer.as_ref().and_then(|table| table.get(&name, bridge::PGBOUNCER));
+                let reference = tables.pgbench.get(&name, pgbouncer);
                 Target::at_least(&format!("{who}: {name}"), "≥ PgBouncer pool=1", measured, reference, 1.0, Unit::Tps)
             };
             report.targets.push(target);

@@ -111,19 +111,19 @@ impl NativeCluster {
     }
 }
 
-/// PgBouncer, transaction pooling with a pool of one, in front of `cluster`; `None` when the
-/// `pgbouncer` binary is not installed.
-pub(crate) fn start_pgbouncer(ctx: &Ctx, cluster: &NativeCluster) -> anyhow::Result<Option<(Proc, Endpoint)>> {
+/// PgBouncer, transaction pooling with a pool of one, in front of the server at `upstream`;
+/// `None` when the `pgbouncer` binary is not installed. `name` names its scratch directory.
+pub(crate) fn start_pgbouncer(ctx: &Ctx, upstream: &Endpoint, name: &str) -> anyhow::Result<Option<(Proc, Endpoint)>> {
     let Some(pgbouncer) = which("pgbouncer") else {
         return Ok(None);
     };
-    let dir = ctx.scratch_dir("pgbouncer")?;
+    let dir = ctx.scratch_dir(name)?;
     RunAs::make_dir(ctx.run_as, &dir)?;
     let port = 6432;
     std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")?;
     let ini = format!(
         "[databases]\n\
-         postgres = host={socket_dir} port=5432 dbname=postgres user=postgres\n\
+         postgres = host={socket_dir} port={upstream_port} dbname=postgres user=postgres\n\
          [pgbouncer]\n\
          unix_socket_dir = {dir}\n\
          listen_port = {port}\n\
@@ -133,7 +133,8 @@ pub(crate) fn start_pgbouncer(ctx: &Ctx, cluster: &NativeCluster) -> anyhow::Res
          default_pool_size = 1\n\
          max_client_conn = 200\n\
          ignore_startup_parameters = extra_float_digits\n",
-        socket_dir = cluster.socket_dir.display(),
+        socket_dir = upstream.dir.display(),
+        upstream_port = upstream.port,
         dir = dir.display(),
     );
     let ini_path = dir.join("pgbouncer.ini");
@@ -142,7 +143,7 @@ pub(crate) fn start_pgbouncer(ctx: &Ctx, cluster: &NativeCluster) -> anyhow::Res
     cmd.arg(&ini_path);
     RunAs::apply(ctx.run_as, &mut cmd);
     // SIGINT is the safe shutdown (exit 0 once no client is left); SIGTERM exits with 1.
-    let mut proc = Proc::spawn("pgbouncer", cmd, &ctx.log("pgbouncer"), Signal::INT)?;
+    let mut proc = Proc::spawn("pgbouncer", cmd, &ctx.log(name), Signal::INT)?;
     let endpoint = Endpoint::unix(&dir, port);
     wait_ready(&ctx.rt, &endpoint, &mut proc, Duration::from_secs(30))?;
     Ok(Some((proc, endpoint)))

@@ -129,7 +129,8 @@ pub(crate) fn log_tail(log: &Path) -> String {
 }
 
 /// The unprivileged account that runs PostgreSQL and PgBouncer when we are root (both refuse
-/// to run as root); `None` when we are not root and run them as ourselves.
+/// to run as root); `None` when we are not root and run them as ourselves. The switch is made
+/// in the child before exec (as `runuser` would), so the pid we hold is the server's own.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunAs {
     uid: u32,
@@ -153,7 +154,7 @@ impl RunAs {
     /// Makes `cmd` run as this user (std drops supplementary groups when root sets a uid).
     pub(crate) fn apply(run_as: Option<RunAs>, cmd: &mut Command) {
         if let Some(RunAs { uid, gid }) = run_as {
-            cmd.uid(uid).gid(gid).env("HOME", "/tmp").env("USER", "postgres");
+            cmd.uid(uid).gid(gid).env("USER", "postgres");
         }
     }
 

@@ -98,6 +98,12 @@ impl Table {
         Some(row.cells[column]? / row.cells[base]?)
     }
 
+    /// The columns with at least one number (a system measured in only some tables, like
+    /// PgBouncer for pgbench, leaves the others empty).
+    fn shown(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.columns.len()).filter(|column| self.rows.iter().any(|row| row.cells[*column].is_some()))
+    }
+
     fn cell_text(&self, row: &Row, column: usize) -> String {
         match (row.cells[column], self.ratio(row, column)) {
             (Some(value), Some(ratio)) => format!("{} ({ratio:.2}x)", row.unit.format(value)),
@@ -191,9 +197,9 @@ impl Report {
         let mut res = String::new();
         for table in &self.tables {
             let mut grid =
-                vec![std::iter::once("".to_owned()).chain(table.columns.iter().cloned()).collect::<Vec<_>>()];
+                vec![std::iter::once("".to_owned()).chain(table.shown().map(|c| table.columns[c].clone())).collect()];
             for row in &table.rows {
-                let cells = (0..table.columns.len()).map(|column| table.cell_text(row, column));
+                let cells = table.shown().map(|column| table.cell_text(row, column));
                 grid.push(std::iter::once(row.name.clone()).chain(cells).collect());
             }
             let _ = writeln!(res, "\n== {}", table.title);
@@ -245,15 +251,15 @@ impl Report {
         }
         for table in &self.tables {
             let _ = write!(res, "\n## {}\n\n| |", table.title);
-            for column in &table.columns {
-                let _ = write!(res, " {} |", escape(column));
+            for column in table.shown() {
+                let _ = write!(res, " {} |", escape(&table.columns[column]));
             }
             res += "\n|---|";
-            res += &"---:|".repeat(table.columns.len());
+            res += &"---:|".repeat(table.shown().count());
             res += "\n";
             for row in &table.rows {
                 let _ = write!(res, "| {} |", escape(&row.name));
-                for column in 0..table.columns.len() {
+                for column in table.shown() {
                     let _ = write!(res, " {} |", table.cell_text(row, column));
                 }
                 res += "\n";
