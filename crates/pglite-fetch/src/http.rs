@@ -48,8 +48,8 @@ impl Http {
         &self,
         url: &str,
         limit: u64,
-        sink: &mut dyn Write,
-        progress: &mut dyn FnMut(u64, Option<u64>),
+        sink: &mut (dyn Write + Send),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<u64, Reason> {
         let mut uri: Uri = url.parse().map_err(|_| Reason::BadUrl(url.to_owned()))?;
         for _ in 0..=MAX_REDIRECTS {
@@ -95,8 +95,8 @@ impl Http {
         mut body: hyper::body::Incoming,
         total: Option<u64>,
         limit: u64,
-        sink: &mut dyn Write,
-        progress: &mut dyn FnMut(u64, Option<u64>),
+        sink: &mut (dyn Write + Send),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<u64, Reason> {
         let mut done = 0u64;
         progress(done, total);

@@ -268,7 +268,7 @@ fn artifact(dir: &Utf8Path, release: &PinnedRelease, files: Vec<PackageFile>) ->
 /// platform roots, `opts`' timeouts, `opts.max_archive_size` cap). For `cargo xtask
 /// update-pins`, which must see the registry exactly as [`ensure`] does. Verifies nothing.
 #[doc(hidden)]
-pub async fn download(opts: &FetchOptions, url: &str, sink: &mut dyn std::io::Write) -> Result<u64, Error> {
+pub async fn download(opts: &FetchOptions, url: &str, sink: &mut (dyn std::io::Write + Send)) -> Result<u64, Error> {
     let http = http::Http::new(opts.connect_timeout, opts.read_timeout)?;
     let file = url.rsplit('/').next().unwrap_or(url).to_owned();
     let mut progress = |done, total| {

@@ -288,3 +288,11 @@ mod policy {
         );
     }
 }
+
+#[test]
+fn fetch_futures_can_run_on_any_runtime_thread() {
+    fn assert_send<T: Send>(_: &T) {}
+    let opts = crate::FetchOptions::new("0.2.17");
+    assert_send(&crate::ensure(&opts));
+    assert_send(&crate::ensure_extensions(&opts, &["hstore"]));
+}

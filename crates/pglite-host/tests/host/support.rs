@@ -14,6 +14,17 @@ pub(crate) fn cache_root() -> PathBuf {
     }
 }
 
+/// Runs a fetch to completion on a thread of its own, so that callers inside an async test
+/// (whose runtime cannot be blocked on) can use it too.
+fn block_on<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future))
+            .join()
+            .unwrap()
+    })
+}
+
 /// Every PGlite release the host supports; most tests run on each.
 pub(crate) const RELEASES: [&str; 2] = ["0.2.17", "0.3.16"];
 
@@ -25,8 +36,7 @@ pub(crate) fn artifact(version: &str) -> Artifact {
         .get_or_init(|| {
             let mut opts = pglite_fetch::FetchOptions::new(version);
             opts.cache_dir = camino::Utf8PathBuf::from_path_buf(cache_root().join("pglite")).expect("utf-8 cache path");
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let fetched = rt.block_on(pglite_fetch::ensure(&opts)).expect("fetching PGlite");
+            let fetched = block_on(pglite_fetch::ensure(&opts)).expect("fetching PGlite");
             Artifact {
                 version: fetched.version,
                 wasm: fetched.wasm.into(),
@@ -49,8 +59,7 @@ pub(crate) fn config(version: &str, data_dir: &Path) -> Config {
 pub(crate) fn extensions(version: &str, names: &[&str]) -> Vec<std::path::PathBuf> {
     let mut opts = pglite_fetch::FetchOptions::new(version);
     opts.cache_dir = camino::Utf8PathBuf::from_path_buf(cache_root().join("pglite")).expect("utf-8 cache path");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let fetched = rt.block_on(pglite_fetch::ensure_extensions(&opts, names)).expect("fetching extensions");
+    let fetched = block_on(pglite_fetch::ensure_extensions(&opts, names)).expect("fetching extensions");
     fetched.into_iter().map(|ext| ext.root.into()).collect()
 }
 
