@@ -67,7 +67,7 @@ impl Ctx {
         self.out_dir.join("cache")
     }
 
-    /// pgbench's `-T` and the speedtest's size.
+    /// pgbench's `-T`.
     pub(crate) fn pgbench_seconds(&self) -> u32 {
         if self.quick { 3 } else { 10 }
     }

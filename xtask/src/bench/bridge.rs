@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::native::{NativeCluster, pg_bin, start_pgbouncer};
+use super::native::{NativeCluster, pg_bin, pg_tool, start_pgbouncer};
 use super::procs::{Proc, wait_ready};
 use super::report::{Report, Table, Target, Unit};
 use super::{Ctx, Endpoint, pgbench};
@@ -19,8 +19,8 @@ const BRIDGE: usize = 1;
 const PGBOUNCER: usize = 2;
 
 pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
-    if pg_bin().is_none() {
-        report.skipped.push("bridge: PostgreSQL is not installed (set PG_BIN), nothing to proxy".to_owned());
+    if pg_bin().is_none() || pg_tool("pgbench").is_none() {
+        report.skipped.push("bridge: PostgreSQL or pgbench is not installed (set PG_BIN)".to_owned());
         return Ok(());
     }
     let cluster = NativeCluster::init(ctx, "bridge-native")?;

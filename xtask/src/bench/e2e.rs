@@ -121,9 +121,17 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             }
             Ok(())
         });
+    }
+    let pgbench_runs: &[pgbench::Run] = if pg_tool("pgbench").is_some() {
+        &pgbench::E2E_RUNS
+    } else {
+        report.skipped.push("e2e: pgbench is not installed (set PG_BIN)".to_owned());
+        &[]
+    };
+    for system in systems.iter_mut().filter(|system| !system.pgbench_only && !pgbench_runs.is_empty()) {
         system.attempt(report, "pgbench -i", |system| pgbench::init(&system.endpoint));
     }
-    for run in pgbench::E2E_RUNS {
+    for &run in pgbench_runs {
         for system in &mut systems {
             eprintln!("bench: {}: {}", system.name, run.name());
             system.attempt(report, &run.name(), |system| {
