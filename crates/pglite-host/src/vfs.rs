@@ -23,6 +23,9 @@ pub(crate) mod oflags {
     pub(crate) const TRUNC: i32 = 0o1000;
     pub(crate) const APPEND: i32 = 0o2000;
     pub(crate) const DIRECTORY: i32 = 0o200000;
+    pub(crate) const DSYNC: i32 = 0o10000;
+    /// `O_SYNC` includes the `O_DSYNC` bit.
+    pub(crate) const SYNC: i32 = 0o4010000;
 }
 
 /// `dirfd` value meaning "relative to the current directory".
@@ -373,6 +376,13 @@ impl Vfs {
             .write(acc == oflags::WRONLY || acc == oflags::RDWR)
             .truncate(flags & oflags::TRUNC != 0)
             .mode((mode & 0o777) | 0o600);
+        // PostgreSQL 16's default wal_sync_method here is open_datasync: it opens WAL files
+        // O_DSYNC and never calls fdatasync, so the flag is what makes a commit durable.
+        if self.durable && flags & oflags::DSYNC != 0 {
+            let sync =
+                if flags & oflags::SYNC == oflags::SYNC { rustix::fs::OFlags::SYNC } else { rustix::fs::OFlags::DSYNC };
+            opts.custom_flags(sync.bits() as i32);
+        }
         if flags & oflags::CREAT != 0 {
             if flags & oflags::EXCL != 0 {
                 opts.create_new(true);

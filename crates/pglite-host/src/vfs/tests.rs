@@ -133,3 +133,22 @@ fn overlays_resolve_in_order_and_list_merged() {
         Errno::ROFS
     );
 }
+
+#[test]
+fn synchronous_opens_stay_synchronous_on_the_host() {
+    let root = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut v = vfs(root.path(), data.path());
+    let fd = v.open("/tmp/pglite/base/wal".into(), oflags::CREAT | oflags::RDWR | oflags::DSYNC, 0o600).unwrap();
+    let desc = v.get(fd).unwrap().borrow();
+    let Kind::File(file) = &desc.kind else { panic!("a file") };
+    let flags = rustix::fs::fcntl_getfl(file).unwrap();
+    assert!(flags.contains(rustix::fs::OFlags::DSYNC), "{flags:?}");
+    drop(desc);
+    // Without durability (building a template, synced once at the end) the flag is dropped.
+    let mut fast = Vfs::new(vec![Mount::new("/", root.path(), false)], false);
+    let fd = fast.open("/wal2".into(), oflags::CREAT | oflags::RDWR | oflags::DSYNC, 0o600).unwrap();
+    let desc = fast.get(fd).unwrap().borrow();
+    let Kind::File(file) = &desc.kind else { panic!("a file") };
+    assert!(!rustix::fs::fcntl_getfl(file).unwrap().contains(rustix::fs::OFlags::DSYNC));
+}
