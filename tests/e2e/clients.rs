@@ -3,12 +3,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::support::{Server, connect};
+use crate::support::{RELEASES, Server, connect};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prepared_statements_transactions_and_binary_types() {
+    for version in RELEASES {
+        prepared_statements_transactions_and_binary_types_on(version).await;
+    }
+}
+
+async fn prepared_statements_transactions_and_binary_types_on(version: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| Server::start(dir.path()));
+    let server = tokio::task::block_in_place(|| Server::start_release(dir.path(), version));
     let mut client = connect(dir.path()).await;
 
     client

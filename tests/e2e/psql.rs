@@ -1,12 +1,18 @@
 //! psql through the command: meta-commands (which run catalog queries of their own), DDL and
 //! DML, and `\copy` refused without breaking the session.
 
-use crate::support::{Server, psql, text};
+use crate::support::{RELEASES, Server, psql, text};
 
 #[test]
 fn meta_commands_ddl_and_dml() {
+    for version in RELEASES {
+        meta_commands_ddl_and_dml_on(version);
+    }
+}
+
+fn meta_commands_ddl_and_dml_on(version: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start_release(dir.path(), version);
     let script = r"
 CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL DEFAULT 'x', tags text[]);
 COMMENT ON COLUMN t.name IS 'display name';

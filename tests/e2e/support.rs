@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use nself_embedded::Artifact;
 
+/// Every PGlite release the command supports; the client suites run on each.
+pub(crate) const RELEASES: [&str; 2] = ["0.2.17", "0.3.16"];
+
 /// The command under test (the same `main.rs` as the `nself-embedded` binary).
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_nself-embedded-e2e");
 
@@ -70,6 +73,13 @@ impl Server {
     /// Starts the command on `dir` and waits for its `ready:` line.
     pub(crate) fn start(dir: &Path) -> Server {
         let mut server = Server::spawn(dir, &[]);
+        server.wait_ready();
+        server
+    }
+
+    /// [`start`](Self::start) on a given PGlite release.
+    pub(crate) fn start_release(dir: &Path, version: &str) -> Server {
+        let mut server = Server::spawn(dir, &["--pglite-version", version]);
         server.wait_ready();
         server
     }
