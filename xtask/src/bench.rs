@@ -194,6 +194,10 @@ fn run_host(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 table.set(name, report::Unit::parse(unit), index, value);
             }
         }
+        match node::exec_protocol_round_trip(ctx, version) {
+            Ok(us) => table.set("node_execProtocolRaw_select1_round_trip", report::Unit::parse("us"), index, us),
+            Err(err) => report.skipped.push(format!("host: PGlite {version} in Node: {err:#}")),
+        }
     }
     report.tables.push(table);
     Ok(())

@@ -119,3 +119,54 @@ pub(crate) fn measure_starts(ctx: &Ctx, script: &Path, repeats: usize) -> anyhow
 pub(crate) fn node_version() -> String {
     super::native::version_of(Path::new("node"))
 }
+
+/// `SELECT 1` through PGlite's own `execProtocolRaw` in Node (no socket), in µs per round
+/// trip: the in-process figure the host's `exec_protocol` is compared with. Installs
+/// `@electric-sql/pglite@<version>` into `<target>/bench/node-<version>`.
+pub(crate) fn exec_protocol_round_trip(ctx: &Ctx, version: &str) -> anyhow::Result<f64> {
+    if which("node").is_none() || which("npm").is_none() {
+        bail!("node and npm are not installed");
+    }
+    let dir = ctx.out_dir.join(format!("node-{version}"));
+    let manifest = dir.join("node_modules/@electric-sql/pglite/package.json");
+    if !std::fs::read_to_string(&manifest).unwrap_or_default().contains(&format!("\"version\": \"{version}\"")) {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("package.json"), "{ \"private\": true, \"type\": \"module\" }\n")?;
+        eprintln!("bench: npm install @electric-sql/pglite@{version}");
+        let status = Command::new("npm")
+            .current_dir(&dir)
+            .args(["install", "--no-audit", "--no-fund", "--save-exact"])
+            .arg(format!("@electric-sql/pglite@{version}"))
+            .stdout(std::io::stderr())
+            .status()
+            .context("running npm install")?;
+        if !status.success() {
+            bail!("npm install failed ({status})");
+        }
+    }
+    let script = dir.join("rtt.mjs");
+    std::fs::write(&script, RTT_SCRIPT)?;
+    let output = Command::new("node").current_dir(&dir).arg(&script).output().context("running node")?;
+    if !output.status.success() {
+        bail!("node failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout.trim().parse::<f64>().with_context(|| format!("unexpected output from node: {stdout}"))
+}
+
+/// Times 20 000 `SELECT 1` Query messages through `execProtocolRaw`, after 1 000 to warm up.
+const RTT_SCRIPT: &str = r"import { PGlite } from '@electric-sql/pglite';
+const pg = await PGlite.create();
+const sql = Buffer.from('SELECT 1\0');
+const msg = Buffer.alloc(5 + sql.length);
+msg.write('Q', 0);
+msg.writeUInt32BE(sql.length + 4, 1);
+sql.copy(msg, 5);
+const query = new Uint8Array(msg);
+for (let i = 0; i < 1000; i++) await pg.execProtocolRaw(query);
+const n = 20000;
+const start = process.hrtime.bigint();
+for (let i = 0; i < n; i++) await pg.execProtocolRaw(query);
+console.log((Number(process.hrtime.bigint() - start) / 1000 / n).toFixed(3));
+await pg.close();
+";
