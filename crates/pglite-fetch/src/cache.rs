@@ -190,39 +190,53 @@ fn render_root_receipt(data: &FilePin, files: &[PackageFile]) -> String {
 /// Unpacks the verified data bundle into `<dir>/root/`, atomically: extract into a temp
 /// directory beside it, fsync, rename, then write `root.receipt`. Call under the lock.
 pub(crate) fn extract_root(dir: &Utf8Path, data: &FilePin, files: &[PackageFile]) -> Result<(), Error> {
-    let receipt = dir.join("root.receipt");
-    let root = dir.join("root");
-    match fs::remove_file(&receipt) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(cache_err(&receipt)(err)),
+    publish_tree(dir, &dir.join("root"), &dir.join("root.receipt"), &render_root_receipt(data, files), |staging| {
+        let data_path = dir.join(&data.name);
+        let mut data_file = File::open(&data_path).map_err(cache_err(&data_path))?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for file in files {
+            let path = staging.join(file.relative_path());
+            let parent = path.parent().unwrap_or(staging);
+            fs::create_dir_all(parent).map_err(cache_err(parent))?;
+            dirs.insert(parent.as_std_path().to_path_buf());
+            copy_range(&mut data_file, file, &path).map_err(cache_err(&path))?;
+        }
+        Ok(dirs)
+    })
+}
+
+/// Replaces the tree `root` atomically: removes it and its `receipt`, lets `fill` populate a
+/// staging directory beside it (returning the directories it wrote into), syncs them
+/// (children before parents, so the rename publishes the whole tree), renames the staging
+/// directory into place, then writes `receipt` last. Call under the lock.
+fn publish_tree(
+    dir: &Utf8Path,
+    root: &Utf8Path,
+    receipt: &Utf8Path,
+    receipt_text: &str,
+    fill: impl FnOnce(&Utf8Path) -> Result<std::collections::BTreeSet<std::path::PathBuf>, Error>,
+) -> Result<(), Error> {
+    match fs::remove_file(receipt) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(cache_err(receipt)(err)),
         _ => {}
     }
     if root.exists() {
-        fs::remove_dir_all(&root).map_err(cache_err(&root))?;
+        fs::remove_dir_all(root).map_err(cache_err(root))?;
     }
     let staging = tempfile::Builder::new().prefix(ROOT_STAGE_PREFIX).tempdir_in(dir).map_err(cache_err(dir))?;
     let staging_path = Utf8Path::from_path(staging.path()).ok_or_else(|| Error::NonUtf8Path(staging.path().into()))?;
-    let data_path = dir.join(&data.name);
-    let mut data_file = File::open(&data_path).map_err(cache_err(&data_path))?;
-    let mut dirs = std::collections::BTreeSet::new();
-    for file in files {
-        let path = staging_path.join(file.relative_path());
-        let parent = path.parent().unwrap_or(staging_path);
-        fs::create_dir_all(parent).map_err(cache_err(parent))?;
-        dirs.insert(parent.to_owned());
-        copy_range(&mut data_file, file, &path).map_err(cache_err(&path))?;
+    let mut dirs = fill(staging_path)?;
+    dirs.insert(staging.path().to_path_buf());
+    for synced in dirs.iter().rev() {
+        File::open(synced).and_then(|f| f.sync_all()).map_err(cache_err(root))?;
     }
-    // Parents are synced before `staging` itself: the rename below publishes the whole tree.
-    for dir in dirs.iter().rev() {
-        sync_dir(dir).map_err(cache_err(dir))?;
-    }
-    sync_dir(staging_path).map_err(cache_err(staging_path))?;
     let staged = staging.keep();
-    fs::rename(&staged, &root).map_err(cache_err(&root))?;
+    fs::rename(&staged, root).map_err(cache_err(root))?;
     sync_dir(dir).map_err(cache_err(dir))?;
     let mut tmp = tempfile::Builder::new().prefix(STAGE_PREFIX).tempfile_in(dir).map_err(cache_err(dir))?;
-    tmp.write_all(render_root_receipt(data, files).as_bytes()).map_err(cache_err(&receipt))?;
-    tmp.as_file().sync_all().map_err(cache_err(&receipt))?;
-    tmp.persist(&receipt).map_err(|err| cache_err(&receipt)(err.error))?;
+    tmp.write_all(receipt_text.as_bytes()).map_err(cache_err(receipt))?;
+    tmp.as_file().sync_all().map_err(cache_err(receipt))?;
+    tmp.persist(receipt).map_err(|err| cache_err(receipt)(err.error))?;
     sync_dir(dir).map_err(cache_err(dir))
 }
 
@@ -251,34 +265,17 @@ pub(crate) fn unpacked_extension(dir: &Utf8Path, pin: &FilePin) -> Result<Utf8Pa
     if fs::read_to_string(&receipt).is_ok_and(|r| r.trim() == pin.sha256) && root.is_dir() {
         return Ok(root);
     }
-    match fs::remove_file(&receipt) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(cache_err(&receipt)(err)),
-        _ => {}
-    }
-    if root.exists() {
-        fs::remove_dir_all(&root).map_err(cache_err(&root))?;
-    }
-    let staging = tempfile::Builder::new().prefix(ROOT_STAGE_PREFIX).tempdir_in(dir).map_err(cache_err(dir))?;
-    let archive_path = dir.join(&pin.name);
-    let archive = File::open(&archive_path).map_err(cache_err(&archive_path))?;
-    let written =
-        crate::archive::unpack_bundle(io::BufReader::new(archive), staging.path()).map_err(|reason| Error::Cache {
-            path: archive_path.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidData, reason.to_string()),
-        })?;
-    let mut dirs: std::collections::BTreeSet<_> =
-        written.iter().filter_map(|p| p.parent().map(|p| p.to_path_buf())).collect();
-    dirs.insert(staging.path().to_path_buf());
-    for d in dirs.iter().rev() {
-        File::open(d).and_then(|f| f.sync_all()).map_err(|e| Error::Cache { path: root.clone(), source: e })?;
-    }
-    let staged = staging.keep();
-    fs::rename(&staged, &root).map_err(cache_err(&root))?;
-    sync_dir(dir).map_err(cache_err(dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(STAGE_PREFIX).tempfile_in(dir).map_err(cache_err(dir))?;
-    tmp.write_all(pin.sha256.as_bytes()).map_err(cache_err(&receipt))?;
-    tmp.as_file().sync_all().map_err(cache_err(&receipt))?;
-    tmp.persist(&receipt).map_err(|err| cache_err(&receipt)(err.error))?;
-    sync_dir(dir).map_err(cache_err(dir))?;
+    publish_tree(dir, &root, &receipt, &pin.sha256, |staging| {
+        let archive_path = dir.join(&pin.name);
+        let archive = File::open(&archive_path).map_err(cache_err(&archive_path))?;
+        let written =
+            crate::archive::unpack_bundle(io::BufReader::new(archive), staging.as_std_path()).map_err(|reason| {
+                Error::Cache {
+                    path: archive_path.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, reason.to_string()),
+                }
+            })?;
+        Ok(written.iter().filter_map(|p| p.parent().map(|p| p.to_path_buf())).collect())
+    })?;
     Ok(root)
 }
