@@ -63,7 +63,7 @@ mod glue {
 
     #[test]
     fn relative_and_dotdot_paths_are_refused() {
-        for path in ["tmp/x", "/tmp/../etc/passwd", "/tmp//x", "/tmp/./x", "/..", "/a\\b"] {
+        for path in ["tmp/x", "/srv/../etc/passwd", "/srv//x", "/srv/./x", "/..", "/a\\b"] {
             let js = format!(r#"loadPackage({{files:[{{filename:"{path}",start:0,end:1}}]}})"#);
             let js = js.replace('\\', "\\\\");
             let expected_path = path.to_owned();
