@@ -42,6 +42,9 @@ mod settings;
 mod startup;
 mod upstream;
 
+#[cfg(test)]
+mod robustness_tests;
+
 pub use backend::Backend;
 pub use frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
 pub use server::{Bridge, Config, Listeners, bind, serve};
