@@ -3,15 +3,34 @@
 //! resolve outside its mount (`..` is resolved lexically, guest symlinks are refused, and host
 //! directories are checked to stay beneath their mount root).
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::errno::{Errno, SysResult};
+
+/// Shared state behind descriptors (dup'd fds, memory files, pipes). A mutex rather than a
+/// `RefCell` only so the store can move between the threads that take turns running it; it is
+/// never contended.
+#[derive(Default)]
+pub(crate) struct Locked<T>(Mutex<T>);
+
+impl<T> Locked<T> {
+    pub(crate) fn new(value: T) -> Locked<T> {
+        Locked(Mutex::new(value))
+    }
+
+    pub(crate) fn borrow(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn borrow_mut(&self) -> MutexGuard<'_, T> {
+        self.borrow()
+    }
+}
 
 /// Guest `open` flags (Linux generic values, as musl in Emscripten uses them).
 pub(crate) mod oflags {
@@ -77,10 +96,10 @@ pub(crate) enum Device {
 /// What an open file description refers to.
 pub(crate) enum Kind {
     File(File),
-    Memory(Rc<RefCell<Vec<u8>>>),
+    Memory(Arc<Locked<Vec<u8>>>),
     Dir { host: Option<PathBuf>, entries: Option<Vec<(String, u8)>>, file: Option<File>, overlays: Vec<PathBuf> },
-    PipeRead(Rc<RefCell<VecDeque<u8>>>),
-    PipeWrite(Rc<RefCell<VecDeque<u8>>>),
+    PipeRead(Arc<Locked<VecDeque<u8>>>),
+    PipeWrite(Arc<Locked<VecDeque<u8>>>),
     Device(Device),
 }
 
@@ -92,7 +111,7 @@ pub(crate) struct Description {
     pub(crate) pos: u64,
 }
 
-pub(crate) type Desc = Rc<RefCell<Description>>;
+pub(crate) type Desc = Arc<Locked<Description>>;
 
 /// Output the guest writes to fd 1 and 2, forwarded to `tracing` a line at a time.
 #[derive(Default)]
@@ -122,7 +141,7 @@ pub(crate) struct Vfs {
     verified_dirs: HashSet<PathBuf>,
     /// Guest path prefixes kept in memory instead of on disk, and those files.
     memory_prefixes: Vec<String>,
-    memory_files: HashMap<String, Rc<RefCell<Vec<u8>>>>,
+    memory_files: HashMap<String, Arc<Locked<Vec<u8>>>>,
     /// When false (building a template), `fsync` is skipped; the caller syncs the tree once.
     pub(crate) durable: bool,
     stdout: LogSink,
@@ -135,7 +154,7 @@ impl Vfs {
         // Longest prefix first, so the first match is the most specific mount.
         mounts.sort_by_key(|m| std::cmp::Reverse(m.guest.len()));
         let dev = |d| {
-            Some(Rc::new(RefCell::new(Description {
+            Some(Arc::new(Locked::new(Description {
                 kind: Kind::Device(d),
                 guest_path: String::new(),
                 flags: 0,
@@ -264,7 +283,7 @@ impl Vfs {
     }
 
     fn insert(&mut self, desc: Description) -> SysResult<i32> {
-        self.insert_from(Rc::new(RefCell::new(desc)), 0)
+        self.insert_from(Arc::new(Locked::new(desc)), 0)
     }
 
     pub(crate) fn close(&mut self, fd: i32) -> SysResult<()> {
@@ -306,7 +325,7 @@ impl Vfs {
     }
 
     pub(crate) fn pipe(&mut self) -> SysResult<(i32, i32)> {
-        let buf = Rc::new(RefCell::new(VecDeque::new()));
+        let buf = Arc::new(Locked::new(VecDeque::new()));
         let r = self.insert(Description {
             kind: Kind::PipeRead(buf.clone()),
             guest_path: "/pipe".into(),

@@ -1,37 +1,26 @@
-//! The handle and its worker thread. All wasm runs on one dedicated thread with a large native
-//! stack that owns the store; callers talk to it through a channel. The worker also owns the
-//! data-directory lock, restarts a crashed instance from disk, and stops cleanly.
+//! The handle and the instance it runs. The store sits behind a mutex: whichever thread holds
+//! it runs the guest inline, on a large stack borrowed for the call, so an exchange costs no
+//! thread hand-off (on a small VM a futex wake-up each way cost more than PostgreSQL's own
+//! work for a simple query). Boot runs on a short-lived thread so a start can time out. The
+//! handle also owns the data-directory lock, restarts a crashed instance from disk, and stops
+//! cleanly.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use corosensei::stack::DefaultStack;
+use corosensei::{CoroutineResult, ScopedCoroutine, Yielder};
 
 use crate::instance::{Dirs, ExecError, Instance, initdb_bits};
 use crate::profile::{self, Profile};
 use crate::{Artifact, Config, Error, SESSION_BASELINE, engine, template};
 
-/// Native stack of the worker thread: wasm frames (up to `MAX_WASM_STACK`) plus host frames.
-const WORKER_STACK: usize = engine::MAX_WASM_STACK + (16 << 20);
-
-/// The next command, polled briefly before sleeping: with several clients queued on the
-/// bridge the next request follows a reply within microseconds, and a futex sleep and wake-up
-/// costs tens of them on a small VM. The poll is bounded by a count (no clock reads), about
-/// 10-30 µs. `None` when every handle is gone.
-fn next_command(inbox: &mpsc::Receiver<Command>) -> Option<Command> {
-    for _ in 0..2048 {
-        match inbox.try_recv() {
-            Ok(command) => return Some(command),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
-        }
-    }
-    inbox.recv().ok()
-}
+/// Native stack the guest runs on: wasm frames (up to `MAX_WASM_STACK`) plus host frames.
+/// Reserved, not committed: only the pages a call touches become resident.
+const GUEST_STACK: usize = engine::MAX_WASM_STACK + (16 << 20);
 
 /// File inside the data directory that the running host holds an OS lock on. PostgreSQL's own
 /// `postmaster.pid` check cannot work here: inside the guest its pid is always 42.
@@ -59,34 +48,68 @@ pub struct BootInfo {
     pub version: String,
 }
 
-enum Command {
-    Exec(Vec<u8>, Reply<Result<Vec<u8>, Error>>),
-    Stop(Reply<Result<(), Error>>),
-}
-
-/// Where the worker sends an answer: a blocking caller waits on a std channel (safe on any
-/// thread, a tokio worker included), an async caller awaits a oneshot.
-enum Reply<T> {
-    Blocking(mpsc::SyncSender<T>),
-    Async(oneshot::Sender<T>),
-}
-
-impl<T> Reply<T> {
-    fn send(self, value: T) {
-        match self {
-            Reply::Blocking(tx) => drop(tx.send(value)),
-            Reply::Async(tx) => drop(tx.send(value)),
-        }
-    }
-}
-
 /// A running PGlite instance.
 pub struct Pglite {
-    commands: mpsc::Sender<Command>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    core: Arc<Mutex<Core>>,
     alive: Arc<AtomicBool>,
     info: BootInfo,
     max_request: usize,
+}
+
+/// The instance and the stack its guest runs on.
+struct Core {
+    worker: Option<Worker>,
+    stack: DefaultStack,
+}
+
+/// Runs `f` on `stack` on the current thread: the caller's own stack (a tokio worker's is
+/// 2 MiB) may be too small for PostgreSQL's deepest recursion.
+fn on_stack<R>(stack: &mut DefaultStack, f: impl FnOnce() -> R) -> R {
+    let coroutine = ScopedCoroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| f());
+    coroutine.scope(|mut coroutine| match coroutine.as_mut().resume(()) {
+        CoroutineResult::Return(value) => value,
+        CoroutineResult::Yield(()) => unreachable!("the guest never suspends"),
+    })
+}
+
+impl Core {
+    fn exec(&mut self, request: &[u8], alive: &AtomicBool) -> Result<Vec<u8>, Error> {
+        let Core { worker, stack } = self;
+        let worker = worker.as_mut().ok_or(Error::NotRunning)?;
+        let result = on_stack(stack, || worker.exec(request));
+        if worker.instance.is_none() {
+            alive.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn stop(&mut self, alive: &AtomicBool) -> Result<(), Error> {
+        let Some(mut worker) = self.worker.take() else {
+            return Ok(());
+        };
+        let result = on_stack(&mut self.stack, || worker.stop());
+        alive.store(false, Ordering::SeqCst);
+        // Dropping the worker closes the files and releases the data-directory lock.
+        drop(worker);
+        result
+    }
+}
+
+/// Locks the core. A panic while the guest ran (a host bug) leaves PostgreSQL in an unknown
+/// state: its instance is dropped, so later calls fail cleanly and stop still releases the lock.
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    match core.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => recover(core, poisoned.into_inner()),
+    }
+}
+
+fn recover<'a>(core: &'a Mutex<Core>, mut guard: MutexGuard<'a, Core>) -> MutexGuard<'a, Core> {
+    if let Some(worker) = guard.worker.as_mut() {
+        worker.instance = None;
+    }
+    core.clear_poison();
+    guard
 }
 
 impl Pglite {
@@ -103,14 +126,12 @@ impl Pglite {
                 return Err(Error::ExtensionUnavailable { name, version, reason: (*reason).to_owned() });
             }
         }
-        let (commands, inbox) = mpsc::channel();
+        let stack = DefaultStack::new(GUEST_STACK).map_err(|source| Error::Io { path: "<stack>".into(), source })?;
         let (ready_tx, ready_rx) = mpsc::channel();
-        let alive = Arc::new(AtomicBool::new(false));
-        let worker_alive = alive.clone();
         let timeout = config.startup_timeout;
         let thread = std::thread::Builder::new()
-            .name("pglite".into())
-            .stack_size(WORKER_STACK)
+            .name("pglite-boot".into())
+            .stack_size(GUEST_STACK)
             .spawn(move || {
                 let started = Instant::now();
                 let mut worker = match Worker::open(artifact, config, profile) {
@@ -120,22 +141,23 @@ impl Pglite {
                         return;
                     }
                 };
-                worker_alive.store(true, Ordering::SeqCst);
-                let mut info = worker.info.clone();
-                info.total = started.elapsed();
-                if ready_tx.send(Ok(info)).is_err() {
-                    // The caller gave up waiting: stop cleanly instead of running unowned.
+                worker.info.total = started.elapsed();
+                if let Err(mpsc::SendError(Ok(mut worker))) = ready_tx.send(Ok(worker)) {
+                    // The caller gave up waiting: stop cleanly instead of leaving it unowned.
                     let _ = worker.stop();
-                    worker_alive.store(false, Ordering::SeqCst);
-                    return;
                 }
-                worker.serve(inbox, &worker_alive);
             })
             .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), source })?;
         match ready_rx.recv_timeout(timeout) {
-            Ok(Ok(info)) => {
-                let max_request = profile.max_request();
-                Ok(Pglite { commands, thread: Mutex::new(Some(thread)), alive, info, max_request })
+            Ok(Ok(worker)) => {
+                let _ = thread.join();
+                let info = worker.info.clone();
+                Ok(Pglite {
+                    core: Arc::new(Mutex::new(Core { worker: Some(worker), stack })),
+                    alive: Arc::new(AtomicBool::new(true)),
+                    info,
+                    max_request: profile.max_request(),
+                })
             }
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -159,53 +181,52 @@ impl Pglite {
         self.max_request
     }
 
-    /// True while the worker is running an instance.
+    /// True while an instance is running.
     pub fn healthy(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
 
-    /// One exchange, blocking the calling thread.
+    /// One exchange on the calling thread, waiting for any exchange in progress first.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.commands.send(Command::Exec(request, Reply::Blocking(tx))).map_err(|_| Error::NotRunning)?;
-        rx.recv().map_err(|_| Error::NotRunning)?
+        lock(&self.core).exec(&request, &self.alive)
     }
 
-    /// One exchange, awaiting the worker without blocking an async runtime.
+    /// One exchange for async callers. When the instance is free it runs right here (an
+    /// exchange is usually tens of microseconds, and there is only one instance to run it on);
+    /// when another caller holds it, this waits on tokio's blocking pool instead of blocking
+    /// the runtime.
     pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Exec(request, Reply::Async(tx))).map_err(|_| Error::NotRunning)?;
-        rx.await.map_err(|_| Error::NotRunning)?
+        match self.core.try_lock() {
+            Ok(mut core) => core.exec(&request, &self.alive),
+            Err(TryLockError::Poisoned(poisoned)) => recover(&self.core, poisoned.into_inner()).exec(&request, &self.alive),
+            Err(TryLockError::WouldBlock) => {
+                let (core, alive) = (self.core.clone(), self.alive.clone());
+                self.off_runtime(move || lock(&core).exec(&request, &alive)).await
+            }
+        }
     }
 
     /// Stops cleanly: Terminate, shutdown checkpoint, files synced and closed, lock released.
     /// Idempotent.
     pub fn stop(&self) -> Result<(), Error> {
-        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return Ok(());
-        };
-        let (tx, rx) = mpsc::sync_channel(1);
-        let result = match self.commands.send(Command::Stop(Reply::Blocking(tx))) {
-            Ok(()) => rx.recv().unwrap_or(Ok(())),
-            Err(_) => Ok(()),
-        };
-        let _ = thread.join();
-        result
+        lock(&self.core).stop(&self.alive)
     }
 
-    /// [`stop`](Self::stop) for async callers: awaits the shutdown instead of blocking.
+    /// [`stop`](Self::stop) for async callers: waits on tokio's blocking pool.
     pub async fn stop_async(&self) -> Result<(), Error> {
-        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return Ok(());
-        };
-        let (tx, rx) = oneshot::channel();
-        let result = match self.commands.send(Command::Stop(Reply::Async(tx))) {
-            Ok(()) => rx.await.unwrap_or(Ok(())),
-            Err(_) => Ok(()),
-        };
-        // The worker has answered and is returning: the join is immediate.
-        let _ = thread.join();
-        result
+        let (core, alive) = (self.core.clone(), self.alive.clone());
+        self.off_runtime(move || lock(&core).stop(&alive)).await
+    }
+
+    /// Runs `f` on tokio's blocking pool when there is a runtime, else right here.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.spawn_blocking(f).await.map_err(|_| Error::NotRunning)?,
+            Err(_) => f(),
+        }
     }
 }
 
@@ -301,29 +322,6 @@ impl Worker {
         })?;
         self.instance = Some(instance);
         Ok(())
-    }
-
-    fn serve(&mut self, inbox: mpsc::Receiver<Command>, alive: &AtomicBool) {
-        while let Some(command) = next_command(&inbox) {
-            match command {
-                Command::Exec(request, reply) => {
-                    let result = self.exec(&request);
-                    if self.instance.is_none() {
-                        alive.store(false, Ordering::SeqCst);
-                    }
-                    reply.send(result);
-                }
-                Command::Stop(reply) => {
-                    let result = self.stop();
-                    alive.store(false, Ordering::SeqCst);
-                    reply.send(result);
-                    return;
-                }
-            }
-        }
-        // Every handle is gone: stop anyway, so the cluster is checkpointed.
-        let _ = self.stop();
-        alive.store(false, Ordering::SeqCst);
     }
 
     fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, Error> {

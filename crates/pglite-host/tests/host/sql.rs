@@ -48,6 +48,13 @@ fn deep_plpgsql_recursion() {
              BEGIN IF n = 0 THEN RETURN 0; END IF; RETURN 1 + depth(n - 1); END $$; SELECT 1",
         );
         assert_eq!(scalar(pg, "SELECT depth(200)"), "200");
+        // The guest runs on the caller's thread but on its own stack: a caller with a small
+        // one (a tokio worker has 2 MiB) must not overflow.
+        let small = std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new().stack_size(128 << 10);
+            thread.spawn_scoped(scope, || scalar(pg, "SELECT depth(200)")).unwrap().join().unwrap()
+        });
+        assert_eq!(small, "200");
         assert_eq!(scalar(pg, "SELECT 'alive'"), "alive");
     });
 }
