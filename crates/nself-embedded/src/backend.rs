@@ -1,8 +1,9 @@
 //! `PgliteBackend`: the bridge's [`pg_bridge::Backend`] over a running PGlite instance.
 //!
-//! An exchange is one `exec_protocol` call on the host's worker thread. PGlite is never asked
-//! for anything the bridge did not send, apart from one query at construction that reads the
-//! values a PostgreSQL server reports at startup (single-user PGlite has no startup phase).
+//! An exchange is one `exec_protocol` call, run inline on the calling task's thread. PGlite is
+//! never asked for anything the bridge did not send, apart from one query at construction that
+//! reads the values a PostgreSQL server reports at startup (single-user PGlite has no startup
+//! phase).
 
 use std::sync::Arc;
 

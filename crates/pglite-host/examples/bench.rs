@@ -84,12 +84,23 @@ fn main() {
     let elapsed = t.elapsed();
     report("select1_round_trip", elapsed.as_secs_f64() * 1e6 / n as f64, "us");
     report("select1_per_second", n as f64 / elapsed.as_secs_f64(), "qps");
-    // The same queries 100 to an exchange: the backend's own cost, without the thread handoff.
+    // From a task on a multi-threaded tokio runtime, as the bridge calls it.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let elapsed = runtime.block_on(async {
+        let pg = &pg;
+        let t = Instant::now();
+        for _ in 0..n {
+            pg.exec_protocol_async(select1()).await.unwrap();
+        }
+        t.elapsed()
+    });
+    report("select1_round_trip_async", elapsed.as_secs_f64() * 1e6 / n as f64, "us");
+    // The same queries 100 to an exchange: the backend's own cost, without the per-exchange one.
     let batch: Vec<u8> = (0..100).flat_map(|_| select1()).collect();
     let t = Instant::now();
     for _ in 0..n / 100 {
         pg.exec_protocol(batch.clone()).unwrap();
     }
-    report("select1_in_worker", t.elapsed().as_secs_f64() * 1e6 / n as f64, "us");
+    report("select1_batched_100", t.elapsed().as_secs_f64() * 1e6 / n as f64, "us");
     pg.stop().unwrap();
 }

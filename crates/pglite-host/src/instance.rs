@@ -1,5 +1,5 @@
 //! One running PGlite instance: store, imports, boot, protocol exchange and shutdown. Lives on
-//! the worker thread; knows nothing of channels, locks or templates.
+//! whichever thread holds the handle's lock; knows nothing of locks or templates.
 
 use std::path::{Path, PathBuf};
 

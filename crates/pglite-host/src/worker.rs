@@ -198,7 +198,9 @@ impl Pglite {
     pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
         match self.core.try_lock() {
             Ok(mut core) => core.exec(&request, &self.alive),
-            Err(TryLockError::Poisoned(poisoned)) => recover(&self.core, poisoned.into_inner()).exec(&request, &self.alive),
+            Err(TryLockError::Poisoned(poisoned)) => {
+                recover(&self.core, poisoned.into_inner()).exec(&request, &self.alive)
+            }
             Err(TryLockError::WouldBlock) => {
                 let (core, alive) = (self.core.clone(), self.alive.clone());
                 self.off_runtime(move || lock(&core).exec(&request, &alive)).await
