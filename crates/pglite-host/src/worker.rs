@@ -196,12 +196,17 @@ impl Pglite {
     /// when another caller holds it, this waits on tokio's blocking pool instead of blocking
     /// the runtime.
     pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        match self.core.try_lock() {
-            Ok(mut core) => core.exec(&request, &self.alive),
+        // The guard must not live across the await below (it is not Send).
+        let inline = match self.core.try_lock() {
+            Ok(mut core) => Some(core.exec(&request, &self.alive)),
             Err(TryLockError::Poisoned(poisoned)) => {
-                recover(&self.core, poisoned.into_inner()).exec(&request, &self.alive)
+                Some(recover(&self.core, poisoned.into_inner()).exec(&request, &self.alive))
             }
-            Err(TryLockError::WouldBlock) => {
+            Err(TryLockError::WouldBlock) => None,
+        };
+        match inline {
+            Some(result) => result,
+            None => {
                 let (core, alive) = (self.core.clone(), self.alive.clone());
                 self.off_runtime(move || lock(&core).exec(&request, &alive)).await
             }
