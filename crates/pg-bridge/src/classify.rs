@@ -46,8 +46,10 @@ pub(crate) enum StatementKind {
     DeallocateAll,
     /// `PREPARE name`, `EXECUTE name`, `DEALLOCATE [PREPARE] name`: the name is renamed.
     NamedStatement { name: Range<usize>, value: Vec<u8> },
-    /// A statement calling `pg_advisory_unlock_all()`.
-    AdvisoryUnlockAll,
+    /// State that outlives the transaction and cannot be renamed per client: session-level
+    /// advisory locks (`pg_advisory_lock(..)`, `pg_advisory_unlock_all()`) and cursors
+    /// (`DECLARE .. WITH HOLD`, `CLOSE ALL`). The client keeps the backend while it holds any.
+    SessionScoped,
 }
 
 impl StatementKind {
@@ -132,8 +134,8 @@ fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
     }
     if statement.mentions.set_config {
         StatementKind::Settings
-    } else if statement.mentions.advisory_unlock_all {
-        StatementKind::AdvisoryUnlockAll
+    } else if statement.mentions.advisory || matches!(first.as_slice(), b"DECLARE" | b"CLOSE") {
+        StatementKind::SessionScoped
     } else {
         StatementKind::Plain
     }

@@ -2,11 +2,12 @@
 //!
 //! Messages are collected into a batch until a message the client waits on (`Sync`, `Query`,
 //! `Flush`, `FunctionCall`), then the batch is exchanged with the backend under the lease. The
-//! lease is taken for the first exchange and kept while the client is in a transaction or in an
-//! extended-protocol sequence not yet ended by `Sync`; everyone else queues on it. On the way
-//! in, statement and portal names are renamed per client, session-scoped commands are scoped to
-//! this client, and COPY, LISTEN and NOTIFY are refused. This module must not block the backend
-//! on anything but this client's own messages and output.
+//! lease is taken for the first exchange and kept while the client is in a transaction, in an
+//! extended-protocol sequence not yet ended by `Sync`, or holds session-level advisory locks or
+//! `WITH HOLD` cursors; everyone else queues on it. On the way in, statement and portal names
+//! are renamed per client, session-scoped commands are scoped to this client, and COPY, LISTEN
+//! and NOTIFY are refused. This module must not block the backend on anything but this
+//! client's own messages and output.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -56,6 +57,14 @@ pub(crate) struct Client {
     restore: BTreeSet<String>,
     /// The backend session this client has used; state on an older one is gone.
     generation: Option<u64>,
+    /// Backend names of statements (the unnamed one as empty) whose SQL may take or release
+    /// session-level advisory locks or cursors.
+    scoped_statements: HashSet<Vec<u8>>,
+    /// The client holds session-level advisory locks or `WITH HOLD` cursors. They cannot be
+    /// told apart from other clients' on the one backend session, so it keeps the lease until
+    /// it lets go of them: others wait, and its `pg_advisory_unlock_all()` and `CLOSE ALL`
+    /// touch only its own.
+    holds: bool,
 }
 
 impl Client {
@@ -84,6 +93,8 @@ impl Client {
             settings_dirty: false,
             restore: BTreeSet::new(),
             generation: None,
+            scoped_statements: HashSet::new(),
+            holds: false,
         }
     }
 
@@ -124,6 +135,10 @@ struct Batch {
     unnamed: Unnamed,
     /// The last message waits for results (`Sync`, `Query`, `FunctionCall`).
     terminated: bool,
+    /// A statement may have taken or released session-level locks or cursors.
+    session_scoped: bool,
+    /// The client sent `DISCARD ALL`.
+    discard_all: bool,
 }
 
 impl Batch {
@@ -135,6 +150,8 @@ impl Batch {
             uses_unnamed: false,
             unnamed: Unnamed::Unchanged,
             terminated: false,
+            session_scoped: false,
+            discard_all: false,
         }
     }
 
@@ -273,6 +290,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 },
                 _ = self.shutdown.changed() => {}
                 () = tokio::time::sleep(idle_limit), if holding => {
+                    if self.client.tx == TxStatus::Idle && self.client.holds {
+                        return Ok(Next::Stop {
+                            sqlstate: "57P05",
+                            message: "terminating connection due to idle-session timeout while holding \
+                                      session-level advisory locks or cursors that other clients wait for"
+                                .to_owned(),
+                        });
+                    }
                     return Ok(Next::Stop {
                         sqlstate: "25P03",
                         message: "terminating connection due to idle-in-transaction timeout".to_owned(),
@@ -325,6 +350,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
                 let portal = self.portal_name(portal);
                 let statement = self.statement_name(statement);
+                if self.client.scoped_statements.contains(&statement) {
+                    self.batch.session_scoped = true;
+                }
                 let bytes = message::build(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
                 self.batch.push(&bytes);
             }
@@ -403,7 +431,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 self.client.settings_dirty = true;
             }
             match &statement.kind {
-                StatementKind::Plain | StatementKind::Settings | StatementKind::AdvisoryUnlockAll => {}
+                StatementKind::Plain | StatementKind::Settings => {}
+                StatementKind::SessionScoped => self.batch.session_scoped = true,
                 StatementKind::Reset { name } => {
                     self.client.restore.insert(name.clone());
                 }
@@ -419,6 +448,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                         (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
                     } else {
                         self.restore_all();
+                        self.batch.session_scoped = true;
+                        self.batch.discard_all = true;
                         (b" RESET ALL", "DISCARD ALL")
                     };
                     replace(&mut res, &mut copied, statement.span.clone(), with);
@@ -480,6 +511,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
                 let name = self.statement_name(statement);
+                if statements.iter().any(|s| s.kind == StatementKind::SessionScoped) {
+                    self.client.scoped_statements.insert(name.clone());
+                } else {
+                    self.client.scoped_statements.remove(&name);
+                }
                 let bytes = message::build(b'P', &[Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)]);
                 if statement.is_empty() {
                     self.client.unnamed_parse = Some(bytes.clone());
@@ -631,8 +667,46 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         self.stream.write_all(&filtered.out).await?;
         if self.client.tx == TxStatus::Idle && !self.client.pending {
             self.settle_settings().await?;
-            self.lease = None;
+            if batch.session_scoped || self.client.holds {
+                self.settle_holds(batch.discard_all).await?;
+            }
+            if !self.client.holds {
+                self.lease = None;
+            }
         }
+        Ok(())
+    }
+
+    /// After a batch that may have taken or released session-level advisory locks or
+    /// cursors, finds out whether the client still holds any (then it keeps the lease).
+    /// `DISCARD ALL` releases them, as PostgreSQL's does.
+    async fn settle_holds(&mut self, discard_all: bool) -> Result<(), Error> {
+        let Some(session) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let mut sql = String::new();
+        if discard_all && self.client.holds {
+            sql.push_str("CLOSE ALL; SELECT pg_catalog.pg_advisory_unlock_all(); ");
+        }
+        sql.push_str(lease::HOLDS_SQL);
+        let mut reported = session.reported.clone();
+        let out = match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
+            Ok(out) => out,
+            Err(error) => {
+                session.exchange_failed(&self.shared.backend).await;
+                return Err(error);
+            }
+        };
+        session.reported = reported;
+        session.unnamed_owner = None;
+        self.client.holds = match out {
+            Ok(out) => frame::backend_frames(&out).flatten().any(|(tag, _)| tag == b'D'),
+            Err((code, message)) => {
+                // Cannot tell: keeping the lease is the safe side (the idle timeout bounds it).
+                tracing::warn!(code, message, "checking a client's session locks failed");
+                true
+            }
+        };
         Ok(())
     }
 
@@ -720,7 +794,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if session.broken || self.client.generation.is_some_and(|g| g != session.generation) {
             return;
         }
-        let frames = lease::cleanup_frames(self.client.pending, self.client.statements.drain());
+        let frames = lease::cleanup_frames(self.client.pending, self.client.holds, self.client.statements.drain());
         match self.shared.backend.exchange(frames).await {
             Ok(out) => {
                 settings::parameter_statuses(&out, &mut session.reported);

@@ -186,10 +186,16 @@ pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Resul
     Ok(res)
 }
 
+/// Returns a row when the backend session holds session-level advisory locks or `WITH HOLD`
+/// cursors. Run only when idle, so they can only be those of the client holding the lease.
+pub(crate) const HOLDS_SQL: &str = "SELECT 1 WHERE EXISTS (SELECT FROM pg_catalog.pg_locks \
+     WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
+     OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)";
+
 /// Frames that end whatever the client left open on the backend: an unfinished extended
 /// sequence (forced into an error, then synced), a transaction (rolled back) and its prepared
 /// statements (closed).
-pub(crate) fn cleanup_frames(pending_extended: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
+pub(crate) fn cleanup_frames(pending_extended: bool, holds: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
     let mut batch = BytesMut::new();
     if pending_extended {
         // Executing a portal that cannot exist fails the open sequence, so the Sync that
@@ -202,6 +208,10 @@ pub(crate) fn cleanup_frames(pending_extended: bool, statements: impl Iterator<I
         batch.extend_from_slice(&message::sync());
     }
     batch.extend_from_slice(&message::query("ROLLBACK"));
+    if holds {
+        batch.extend_from_slice(&message::query("CLOSE ALL"));
+        batch.extend_from_slice(&message::query("SELECT pg_catalog.pg_advisory_unlock_all()"));
+    }
     // LISTEN is refused, but a function can still run it; notifications are dropped anyway.
     batch.extend_from_slice(&message::query("UNLISTEN *"));
     for name in statements {

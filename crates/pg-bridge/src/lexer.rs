@@ -53,8 +53,9 @@ pub(crate) struct Statement {
 pub(crate) struct Mentions {
     /// `set_config(...)` can change session settings.
     pub(crate) set_config: bool,
-    /// `pg_advisory_unlock_all()` releases every session-level advisory lock.
-    pub(crate) advisory_unlock_all: bool,
+    /// `pg_advisory_*` / `pg_try_advisory_*`: session-level advisory locks may be taken or
+    /// released.
+    pub(crate) advisory: bool,
 }
 
 /// Lexing options that depend on the client's session.
@@ -76,6 +77,10 @@ fn is_ident_start(b: u8) -> bool {
 
 fn is_ident_cont(b: u8) -> bool {
     is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+}
+
+fn starts_with_ignore_case(word: &[u8], prefix: &[u8]) -> bool {
+    word.len() >= prefix.len() && word[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 fn is_space(b: u8) -> bool {
@@ -102,8 +107,10 @@ pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Vec<Statement> {
             let word = &sql[token.span.clone()];
             if word.eq_ignore_ascii_case(b"set_config") {
                 current.mentions.set_config = true;
-            } else if word.eq_ignore_ascii_case(b"pg_advisory_unlock_all") {
-                current.mentions.advisory_unlock_all = true;
+            } else if starts_with_ignore_case(word, b"pg_advisory_")
+                || starts_with_ignore_case(word, b"pg_try_advisory_")
+            {
+                current.mentions.advisory = true;
             }
         }
         if current.head.len() < HEAD_TOKENS {

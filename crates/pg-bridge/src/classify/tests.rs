@@ -16,7 +16,7 @@ fn verdict(sql: &str, options: LexOptions) -> String {
                 StatementKind::Reset { name } => format!("reset {name}"),
                 StatementKind::DiscardAll => "discard-all".to_owned(),
                 StatementKind::DeallocateAll => "deallocate-all".to_owned(),
-                StatementKind::AdvisoryUnlockAll => "unlock-all".to_owned(),
+                StatementKind::SessionScoped => "session-scoped".to_owned(),
                 StatementKind::NamedStatement { name, value } => {
                     format!("named {}={}", &sql[name.clone()], String::from_utf8_lossy(value))
                 }
@@ -83,13 +83,21 @@ fn near_misses_are_allowed() {
         ("SELECT $1::int; SELECT a$b FROM t", "plain; plain"),
         ("SELECT B'101', X'ff', N'copy'", "plain"),
         ("UNLISTEN *", "plain"),
-        ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", "unlock-all; plain; plain; reset-all"),
+        (
+            "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+            "session-scoped; session-scoped; plain; reset-all",
+        ),
     ]);
 }
 
 #[test]
 fn session_statements_are_recognised() {
     check(&[
+        ("SELECT pg_advisory_lock(42)", "session-scoped"),
+        ("select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)", "session-scoped"),
+        ("SELECT 'pg_advisory_lock(1)', \"pg_advisory_lock\"", "plain"),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "session-scoped"),
+        ("close c", "session-scoped"),
         ("SET TimeZone = 'UTC'", "settings"),
         ("SET LOCAL statement_timeout = 5", "plain"),
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "plain"),

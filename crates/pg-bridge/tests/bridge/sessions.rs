@@ -1,6 +1,8 @@
 //! Per-client session state on the one shared backend (scenarios 6, 7, 8, 9).
 
-use crate::harness::{bridge, client_config, connect, connect_with, table};
+use std::time::Duration;
+
+use crate::harness::{bridge, bridge_with, client_config, connect, connect_with, table};
 use crate::raw::{Raw, bind, describe_statement, error, execute, flush, parse, query, rows, sync, tags};
 
 async fn count(client: &tokio_postgres::Client, t: &str) -> i64 {
@@ -223,5 +225,93 @@ async fn tokio_postgres_clients_with_prepared_statements_get_their_own_results()
     for task in tasks {
         task.await.unwrap();
     }
+    bridge.close().await;
+}
+
+const MY_ADVISORY_LOCKS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()";
+
+/// Whether `task` is still waiting after a while. Used only to show that a client is held back
+/// (it cannot finish until the test lets it); a wrong bridge lets it finish at once.
+async fn still_waiting<T>(task: &mut tokio::task::JoinHandle<T>) -> bool {
+    tokio::time::timeout(Duration::from_millis(300), task).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_session_advisory_locks_keeps_the_backend_until_it_lets_go() {
+    let bridge = bridge().await;
+    let a = connect(&bridge).await;
+    let b = connect(&bridge).await;
+    // Prepared and executed in separate exchanges, as drivers do.
+    let locked: bool = a.query_one("SELECT pg_try_advisory_lock($1)", &[&4242i64]).await.unwrap().get(0);
+    assert!(locked);
+    // On the one backend session B would see A's lock as its own, and could take it again.
+    let mut b_task = tokio::spawn(async move {
+        let n: i64 = b.query_one(MY_ADVISORY_LOCKS, &[]).await.unwrap().get(0);
+        (b, n)
+    });
+    assert!(still_waiting(&mut b_task).await, "B ran while A held a session-level advisory lock");
+    // A's unlock-all releases its own lock only, and with it the backend.
+    a.simple_query("SELECT pg_advisory_unlock_all()").await.unwrap();
+    let (b, n) = b_task.await.unwrap();
+    assert_eq!(n, 0);
+
+    // Leaving while holding one releases it; DISCARD ALL releases them too.
+    let c = connect(&bridge).await;
+    c.simple_query("SELECT pg_advisory_lock(4343)").await.unwrap();
+    drop(c);
+    let n: i64 = b.query_one(MY_ADVISORY_LOCKS, &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "a departed client's lock was released");
+    b.simple_query("SELECT pg_advisory_lock(4444)").await.unwrap();
+    b.simple_query("DISCARD ALL").await.unwrap();
+    let n: i64 = b.query_one(MY_ADVISORY_LOCKS, &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "DISCARD ALL released the lock");
+    // Transaction-level locks end with their transaction and hold nothing back.
+    b.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(4545); COMMIT").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    bridge.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_cursors_keep_the_backend_and_close_all_closes_only_its_own() {
+    let bridge = bridge().await;
+    let a = connect(&bridge).await;
+    let b = connect(&bridge).await;
+    a.simple_query("DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1, 3)").await.unwrap();
+    // B's cursor of the same name would collide with A's on the shared session.
+    let mut b_task = tokio::spawn(async move {
+        let res = b.simple_query("DECLARE c CURSOR WITH HOLD FOR SELECT 'b'").await.map(|_| ());
+        (b, res)
+    });
+    assert!(still_waiting(&mut b_task).await, "B ran while A held a cursor");
+    let rows = a.simple_query("FETCH 2 FROM c").await.unwrap();
+    assert_eq!(rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count(), 2);
+    a.simple_query("CLOSE ALL").await.unwrap();
+    let (b, res) = b_task.await.unwrap();
+    res.expect("B declares its own cursor once A's is closed");
+    let rows = b.simple_query("FETCH ALL FROM c").await.unwrap();
+    let values: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["b"]);
+    b.simple_query("CLOSE c").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    bridge.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_holding_session_locks_is_ended() {
+    let bridge = bridge_with(|c| c.idle_in_transaction_timeout = Duration::from_millis(200)).await;
+    let mut a = Raw::startup(&bridge.socket_path(), &[]).await;
+    a.send(&query("SELECT pg_advisory_lock(4646)")).await;
+    assert_eq!(a.until_ready().await.last().unwrap().body, b"I");
+    // B queues behind A and proceeds once A is ended and its lock released.
+    let b = connect(&bridge).await;
+    let n: i64 = b.query_one(MY_ADVISORY_LOCKS, &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    a.expect_fatal("57P05").await;
     bridge.close().await;
 }
