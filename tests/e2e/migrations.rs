@@ -50,3 +50,28 @@ async fn sqlx_migrations_apply_once() {
     pool.close().await;
     drop(server);
 }
+
+/// Two deployments migrating at once: sqlx serialises them with a session-level advisory lock.
+/// On the one shared PGlite session the second would take the "same" lock at once and apply
+/// the migrations again; the bridge keeps the backend for the lock's holder instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_migrators_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| Server::start(dir.path()));
+    let url = server.database_url();
+    let connect = || PgPoolOptions::new().max_connections(2).connect(&url);
+    let (a, b) = tokio::try_join!(connect(), connect()).expect("sqlx connects");
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/migrations");
+    let migrator = sqlx::migrate::Migrator::new(migrations).await.expect("reading the migrations");
+    let (ra, rb) = tokio::join!(migrator.run(&a), migrator.run(&b));
+    ra.expect("first migrator");
+    rb.expect("second migrator");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&a).await.unwrap();
+    assert_eq!(applied, 2);
+    let locks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetch_one(&b).await.unwrap();
+    assert_eq!(locks, 0, "both migrators released their lock");
+    a.close().await;
+    b.close().await;
+    drop(server);
+}
