@@ -66,6 +66,13 @@ fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
     mounts
 }
 
+/// Whether `bytes` are all zero: a cheap look at the start rejects most pages with data, then
+/// an OR over the rest, which compiles to wide vector loads.
+fn is_zero(bytes: &[u8]) -> bool {
+    let (head, rest) = bytes.split_at(bytes.len().min(64));
+    head.iter().fold(0, |acc, &b| acc | b) == 0 && rest.iter().fold(0, |acc, &b| acc | b) == 0
+}
+
 fn trap(err: wasmtime::Error) -> Error {
     if let Some(GuestExit(code)) = err.downcast_ref::<GuestExit>() {
         return Error::GuestExit { code: *code };
@@ -232,6 +239,43 @@ impl Instance {
             backend.call(&mut store, ()).map_err(trap)?;
         }
         Ok((Instance { store, entry, shutdown, memory, profile }, rc))
+    }
+
+    /// Gives the pages of linear memory that hold only zeros back to the OS; they read as
+    /// zeros again when touched. Boot zeroes every byte of the 128 MB buffer pool (Emscripten's
+    /// anonymous `mmap` is a `memset`), so without this an idle database is resident in full.
+    /// Returns the bytes released.
+    pub(crate) fn release_zero_pages(&mut self) -> usize {
+        let page = rustix::param::page_size();
+        let memory = self.memory.data_mut(&mut self.store);
+        let base = memory.as_mut_ptr();
+        let mut released = 0;
+        let mut run: Option<usize> = None;
+        let pages = memory.len() / page;
+        for index in 0..=pages {
+            let zero = index < pages && is_zero(&memory[index * page..(index + 1) * page]);
+            match (zero, run) {
+                (true, None) => run = Some(index),
+                (false, Some(start)) => {
+                    let len = (index - start) * page;
+                    // SAFETY: the range lies inside the store's linear memory, which `boot`
+                    // creates with `Memory::new`: a private anonymous mapping with no
+                    // copy-on-write image behind it, that nothing else touches while we hold
+                    // `&mut self`. It holds only zeros, and after MADV_DONTNEED it reads back as
+                    // the same zeros.
+                    #[expect(unsafe_code, reason = "madvise on zero pages of our own linear memory")]
+                    let advised = unsafe {
+                        rustix::mm::madvise(base.add(start * page).cast(), len, rustix::mm::Advice::LinuxDontNeed)
+                    };
+                    if advised.is_ok() {
+                        released += len;
+                    }
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        released
     }
 
     /// One protocol exchange: frontend messages in, every backend message they produce out.

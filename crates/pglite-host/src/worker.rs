@@ -327,6 +327,9 @@ impl Worker {
         instance.exec(&baseline).map_err(|e| match e {
             ExecError::Refused(e) | ExecError::Dead(e) => e,
         })?;
+        let t = Instant::now();
+        let released = instance.release_zero_pages();
+        tracing::debug!(released_mib = released >> 20, elapsed = ?t.elapsed(), "zero pages released");
         self.instance = Some(instance);
         Ok(())
     }
