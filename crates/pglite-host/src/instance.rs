@@ -241,23 +241,25 @@ impl Instance {
         Ok((Instance { store, entry, shutdown, memory, profile }, rc))
     }
 
-    /// Gives the pages of linear memory that hold only zeros back to the OS; they read as
-    /// zeros again when touched. Boot zeroes every byte of the 128 MB buffer pool (Emscripten's
-    /// anonymous `mmap` is a `memset`), so without this an idle database is resident in full.
-    /// Returns the bytes released.
-    pub(crate) fn release_zero_pages(&mut self) -> usize {
+    /// Gives the pages of linear memory in `[offset, offset + len)` that hold only zeros back
+    /// to the OS; they read as zeros again when touched. Boot zeroes every byte of the 128 MB
+    /// buffer pool (Emscripten's anonymous `mmap` is a `memset`), so without this an idle
+    /// database is resident in full. Returns where the next slice starts, `None` past the end.
+    pub(crate) fn release_zero_pages(&mut self, offset: usize, len: usize) -> Option<usize> {
         let page = rustix::param::page_size();
         let memory = self.memory.data_mut(&mut self.store);
+        if offset >= memory.len() {
+            return None;
+        }
         let base = memory.as_mut_ptr();
-        let mut released = 0;
+        let first = offset / page;
+        let end = (offset.saturating_add(len).min(memory.len())) / page;
         let mut run: Option<usize> = None;
-        let pages = memory.len() / page;
-        for index in 0..=pages {
-            let zero = index < pages && is_zero(&memory[index * page..(index + 1) * page]);
+        for index in first..=end {
+            let zero = index < end && is_zero(&memory[index * page..(index + 1) * page]);
             match (zero, run) {
                 (true, None) => run = Some(index),
                 (false, Some(start)) => {
-                    let len = (index - start) * page;
                     // SAFETY: the range lies inside the store's linear memory, which `boot`
                     // creates with `Memory::new`: a private anonymous mapping with no
                     // copy-on-write image behind it, that nothing else touches while we hold
@@ -265,17 +267,21 @@ impl Instance {
                     // the same zeros.
                     #[expect(unsafe_code, reason = "madvise on zero pages of our own linear memory")]
                     let advised = unsafe {
-                        rustix::mm::madvise(base.add(start * page).cast(), len, rustix::mm::Advice::LinuxDontNeed)
+                        rustix::mm::madvise(
+                            base.add(start * page).cast(),
+                            (index - start) * page,
+                            rustix::mm::Advice::LinuxDontNeed,
+                        )
                     };
-                    if advised.is_ok() {
-                        released += len;
+                    if let Err(err) = advised {
+                        tracing::debug!(%err, "madvise(DONTNEED) failed; pages stay resident");
                     }
                     run = None;
                 }
                 _ => {}
             }
         }
-        released
+        Some(end * page).filter(|&next| next < memory.len())
     }
 
     /// One protocol exchange: frontend messages in, every backend message they produce out.

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -50,10 +50,18 @@ pub struct BootInfo {
 
 /// A running PGlite instance.
 pub struct Pglite {
-    core: Arc<Mutex<Core>>,
-    alive: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     info: BootInfo,
     max_request: usize,
+}
+
+/// What the handle shares with the blocking pool and the background trim.
+struct Shared {
+    core: Mutex<Core>,
+    /// True while an instance is running.
+    alive: AtomicBool,
+    /// Callers blocked on `core`: the background trim gives way to them.
+    waiting: AtomicUsize,
 }
 
 /// The instance and the stack its guest runs on.
@@ -95,21 +103,70 @@ impl Core {
     }
 }
 
-/// Locks the core. A panic while the guest ran (a host bug) leaves PostgreSQL in an unknown
-/// state: its instance is dropped, so later calls fail cleanly and stop still releases the lock.
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    match core.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => recover(core, poisoned.into_inner()),
+impl Shared {
+    /// Locks the core, counted as a waiter meanwhile.
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = match self.core.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => self.recover(poisoned.into_inner()),
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// A panic while the guest ran (a host bug) leaves PostgreSQL in an unknown state: its
+    /// instance is dropped, so later calls fail cleanly and stop still releases the lock.
+    fn recover<'a>(&'a self, mut guard: MutexGuard<'a, Core>) -> MutexGuard<'a, Core> {
+        if let Some(worker) = guard.worker.as_mut() {
+            worker.instance = None;
+        }
+        self.alive.store(false, Ordering::SeqCst);
+        self.core.clear_poison();
+        guard
+    }
+
+    fn exec(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
+        self.lock().exec(request, &self.alive)
+    }
+
+    fn stop(&self) -> Result<(), Error> {
+        self.lock().stop(&self.alive)
     }
 }
 
-fn recover<'a>(core: &'a Mutex<Core>, mut guard: MutexGuard<'a, Core>) -> MutexGuard<'a, Core> {
-    if let Some(worker) = guard.worker.as_mut() {
-        worker.instance = None;
+/// Boot zeroes the whole buffer pool; handing those pages back to the OS takes ~20 ms, so it
+/// is done after the start returns, a slice at a time under the lock, giving way to callers.
+fn release_zero_pages_in_background(shared: &Arc<Shared>) {
+    const SLICE: usize = 8 << 20;
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new().name("pglite-trim".into()).spawn(move || {
+        let mut offset = 0;
+        loop {
+            // Let a caller woken by the last unlock take the lock first (bounded: a caller
+            // may be waiting behind a long query instead).
+            for _ in 0..100 {
+                if shared.waiting.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            let mut core = match shared.core.lock() {
+                Ok(core) => core,
+                Err(_) => return,
+            };
+            let Some(instance) = core.worker.as_mut().and_then(|worker| worker.instance.as_mut()) else {
+                return;
+            };
+            match instance.release_zero_pages(offset, SLICE) {
+                Some(next) => offset = next,
+                None => return,
+            }
+        }
+    });
+    if let Err(err) = spawned {
+        tracing::debug!(%err, "no thread to release zero pages; memory stays resident");
     }
-    core.clear_poison();
-    guard
 }
 
 impl Pglite {
@@ -152,12 +209,13 @@ impl Pglite {
             Ok(Ok(worker)) => {
                 let _ = thread.join();
                 let info = worker.info.clone();
-                Ok(Pglite {
-                    core: Arc::new(Mutex::new(Core { worker: Some(worker), stack })),
-                    alive: Arc::new(AtomicBool::new(true)),
-                    info,
-                    max_request: profile.max_request(),
-                })
+                let shared = Arc::new(Shared {
+                    core: Mutex::new(Core { worker: Some(worker), stack }),
+                    alive: AtomicBool::new(true),
+                    waiting: AtomicUsize::new(0),
+                });
+                release_zero_pages_in_background(&shared);
+                Ok(Pglite { shared, info, max_request: profile.max_request() })
             }
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -183,12 +241,12 @@ impl Pglite {
 
     /// True while an instance is running.
     pub fn healthy(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+        self.shared.alive.load(Ordering::SeqCst)
     }
 
     /// One exchange on the calling thread, waiting for any exchange in progress first.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        lock(&self.core).exec(&request, &self.alive)
+        self.shared.exec(&request)
     }
 
     /// One exchange for async callers. When the instance is free it runs right here (an
@@ -196,19 +254,20 @@ impl Pglite {
     /// when another caller holds it, this waits on tokio's blocking pool instead of blocking
     /// the runtime.
     pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let shared = &self.shared;
         // The guard must not live across the await below (it is not Send).
-        let inline = match self.core.try_lock() {
-            Ok(mut core) => Some(core.exec(&request, &self.alive)),
+        let inline = match shared.core.try_lock() {
+            Ok(mut core) => Some(core.exec(&request, &shared.alive)),
             Err(TryLockError::Poisoned(poisoned)) => {
-                Some(recover(&self.core, poisoned.into_inner()).exec(&request, &self.alive))
+                Some(shared.recover(poisoned.into_inner()).exec(&request, &shared.alive))
             }
             Err(TryLockError::WouldBlock) => None,
         };
         match inline {
             Some(result) => result,
             None => {
-                let (core, alive) = (self.core.clone(), self.alive.clone());
-                self.off_runtime(move || lock(&core).exec(&request, &alive)).await
+                let shared = shared.clone();
+                off_runtime(move || shared.exec(&request)).await
             }
         }
     }
@@ -216,24 +275,21 @@ impl Pglite {
     /// Stops cleanly: Terminate, shutdown checkpoint, files synced and closed, lock released.
     /// Idempotent.
     pub fn stop(&self) -> Result<(), Error> {
-        lock(&self.core).stop(&self.alive)
+        self.shared.stop()
     }
 
     /// [`stop`](Self::stop) for async callers: waits on tokio's blocking pool.
     pub async fn stop_async(&self) -> Result<(), Error> {
-        let (core, alive) = (self.core.clone(), self.alive.clone());
-        self.off_runtime(move || lock(&core).stop(&alive)).await
+        let shared = self.shared.clone();
+        off_runtime(move || shared.stop()).await
     }
+}
 
-    /// Runs `f` on tokio's blocking pool when there is a runtime, else right here.
-    async fn off_runtime<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime.spawn_blocking(f).await.map_err(|_| Error::NotRunning)?,
-            Err(_) => f(),
-        }
+/// Runs `f` on tokio's blocking pool when there is a runtime, else right here.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime.spawn_blocking(f).await.map_err(|_| Error::NotRunning)?,
+        Err(_) => f(),
     }
 }
 
@@ -327,9 +383,6 @@ impl Worker {
         instance.exec(&baseline).map_err(|e| match e {
             ExecError::Refused(e) | ExecError::Dead(e) => e,
         })?;
-        let t = Instant::now();
-        let released = instance.release_zero_pages();
-        tracing::debug!(released_mib = released >> 20, elapsed = ?t.elapsed(), "zero pages released");
         self.instance = Some(instance);
         Ok(())
     }
@@ -344,7 +397,12 @@ impl Worker {
                 // Drop the dead store (closing its files) before recovering from the same files.
                 self.instance = None;
                 match self.boot() {
-                    Ok(()) => Err(Error::Restarted { cause: Box::new(cause) }),
+                    Ok(()) => {
+                        if let Some(instance) = self.instance.as_mut() {
+                            instance.release_zero_pages(0, usize::MAX);
+                        }
+                        Err(Error::Restarted { cause: Box::new(cause) })
+                    }
                     Err(err) => {
                         tracing::error!(%err, "restart failed");
                         Err(cause)
