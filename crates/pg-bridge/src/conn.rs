@@ -664,9 +664,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if !batch.terminated {
             self.client.pending = true;
         }
-        self.stream.write_all(&filtered.out).await?;
+        let mut out = filtered.out;
         if self.client.tx == TxStatus::Idle && !self.client.pending {
-            self.settle_settings().await?;
+            out.extend_from_slice(&self.settle_settings().await?);
             if batch.session_scoped || self.client.holds {
                 self.settle_holds(batch.discard_all).await?;
             }
@@ -674,7 +674,28 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 self.lease = None;
             }
         }
-        Ok(())
+        self.write_output(&out).await
+    }
+
+    /// Writes backend output to the client. Idle clients were let go of the backend before
+    /// this, so one that stops reading holds up only itself; one that holds the backend gets
+    /// as long as an idle owner would before it is ended (and rolled back).
+    async fn write_output(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.lease.is_none() {
+            self.stream.write_all(bytes).await?;
+            return Ok(());
+        }
+        let limit = self.shared.config.idle_in_transaction_timeout;
+        match tokio::time::timeout(limit, self.stream.write_all(bytes)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => {
+                tracing::warn!(client = self.client.id, "client stopped reading while holding the backend; ending it");
+                Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading while holding the backend",
+                )))
+            }
+        }
     }
 
     /// After a batch that may have taken or released session-level advisory locks or
@@ -712,12 +733,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
 
     /// After a batch that may have changed settings, restores what `RESET` reset to the
     /// startup values and records the client's settings, while still holding the lease.
-    async fn settle_settings(&mut self) -> Result<(), Error> {
+    /// Returns `ParameterStatus` frames for the client.
+    async fn settle_settings(&mut self) -> Result<BytesMut, Error> {
+        let mut status_frames = BytesMut::new();
         if !self.client.settings_dirty && self.client.restore.is_empty() {
-            return Ok(());
+            return Ok(status_frames);
         }
         let Some(session) = self.lease.as_mut() else {
-            return Ok(());
+            return Ok(status_frames);
         };
         let mut calls = Vec::new();
         for name in std::mem::take(&mut self.client.restore) {
@@ -730,7 +753,6 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 ));
             }
         }
-        let mut status_frames = BytesMut::new();
         if !calls.is_empty() {
             let sql = format!("SELECT {}", calls.join(", "));
             let mut reported = session.reported.clone();
@@ -767,12 +789,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             session.applied = self.client.overrides.clone();
         }
         self.client.settings_dirty = false;
-        if !status_frames.is_empty() {
-            // ParameterStatus may arrive at any time; these tell the client about values
-            // RESET put back to its startup settings.
-            self.stream.write_all(&status_frames).await?;
-        }
-        Ok(())
+        // ParameterStatus may arrive at any time; these tell the client about values RESET put
+        // back to its startup settings.
+        Ok(status_frames)
     }
 
     /// Undoes everything the client left on the backend: an open extended sequence or

@@ -222,3 +222,39 @@ async fn cancel_with_the_right_key_cancels_only_that_query() {
     assert!(started.elapsed() < Duration::from_secs(10));
     bridge.close().await;
 }
+
+/// Bounds a wait that only a broken bridge would make endless.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut).await.unwrap_or_else(|_| panic!("{what} never finished"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_up_only_itself() {
+    let bridge = bridge_with(|c| c.idle_in_transaction_timeout = Duration::from_millis(300)).await;
+    let t = table("slowreader");
+    let other = connect(&bridge).await;
+    other.batch_execute(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
+    // Far more than socket buffers hold; neither reader below ever reads it.
+    let big = "SELECT repeat('x', 1000000) FROM generate_series(1, 32)";
+
+    // Outside a transaction the reply waits for its client without the backend.
+    let mut idle = Raw::startup(&bridge.socket_path(), &[]).await;
+    idle.send(&query(big)).await;
+    let n: i64 =
+        within("a query behind an idle slow reader", other.query_one("SELECT 41::int8 + 1", &[])).await.unwrap().get(0);
+    assert_eq!(n, 42);
+
+    // Inside one, it is ended like an idle owner and rolled back; the others go on.
+    let mut owner = Raw::startup(&bridge.socket_path(), &[]).await;
+    owner.send(&query(&format!("BEGIN; INSERT INTO {t} VALUES (1); {big}"))).await;
+    let n: i64 = within(
+        "a query behind a slow reader in a transaction",
+        other.query_one(&format!("SELECT count(*) FROM {t}"), &[]),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(n, 0, "the stuck owner's insert was rolled back");
+    drop((idle, owner));
+    bridge.close().await;
+}
