@@ -42,6 +42,11 @@ mod settings;
 mod startup;
 mod upstream;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(all(test, not(fuzzing)))]
+mod fuzzing;
 #[cfg(test)]
 mod robustness_tests;
 
