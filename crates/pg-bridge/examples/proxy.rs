@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use pg_bridge::{Bridge, Config, UpstreamAddr, UpstreamBackend, UpstreamConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
-#[tokio::main]
+// One thread, like PgBouncer: there is one upstream session to serve, and a second worker only
+// adds cross-thread wake-ups.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(upstream), Some(listen_dir)) = (args.next(), args.next()) else {
