@@ -65,6 +65,9 @@ pub(crate) struct Server {
     /// Every standard output line seen so far.
     stdout: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Reads standard error until the process closes it; joined once the process has exited,
+    /// so nothing it wrote is still in flight when a test reads `stderr`.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     exit: mpsc::Receiver<ExitStatus>,
     status: Option<ExitStatus>,
 }
@@ -102,7 +105,7 @@ impl Server {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut child_stderr = child.stderr.take().expect("piped stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = child_stderr.read(&mut buf) {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
@@ -113,7 +116,16 @@ impl Server {
             let status = wait(child);
             let _ = exit_tx.send(status);
         });
-        Server { dir: dir.to_owned(), pid, lines, stdout: Vec::new(), stderr, exit, status: None }
+        Server {
+            dir: dir.to_owned(),
+            pid,
+            lines,
+            stdout: Vec::new(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            exit,
+            status: None,
+        }
     }
 
     /// Waits for the `ready:` line; panics with the command's output if it exits first.
@@ -184,6 +196,9 @@ impl Server {
             .recv_timeout(EXIT_TIMEOUT)
             .unwrap_or_else(|_| panic!("nself-embedded still running after {EXIT_TIMEOUT:?}\n{}", self.output()));
         self.status = Some(status);
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
         status
     }
 
@@ -191,7 +206,6 @@ impl Server {
     pub(crate) fn terminate(mut self) -> (ExitStatus, String) {
         self.signal(rustix::process::Signal::TERM);
         let status = self.wait_exit();
-        // The stderr reader ends with the process; its last bytes may still be in flight.
         (status, self.stderr())
     }
 }
