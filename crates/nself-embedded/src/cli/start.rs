@@ -42,7 +42,10 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     print_ready(&runtime, &args).context("writing to standard output")?;
     let name = signals.recv().await;
     tracing::info!(signal = name, "stopping");
-    runtime.stop().await.context("stopping cleanly")?;
+    runtime.stop().await.context(
+        "PostgreSQL did not shut down cleanly (is the disk full?); nothing committed is lost: \
+         the next start recovers from the write-ahead log",
+    )?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod support;
 
 mod crash;
 mod extensions;
+mod full_disk;
 mod lifecycle;
 mod protocol;
 mod sql;
