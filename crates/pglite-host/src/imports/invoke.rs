@@ -3,7 +3,10 @@
 //! restores the stack pointer, sets `__THREW__` through `setThrew(1, 0)` and returns a zero of
 //! its result type. Anything else (exit, abort, out-of-bounds, stack exhaustion) passes through.
 
-use wasmtime::{Caller, FuncType, Linker, Module, Val, ValType};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use wasmtime::{Caller, Func, FuncType, Linker, Module, TypedFunc, Val, ValType, WasmParams, WasmResults};
 
 use super::{Ctx, LongJmp};
 
@@ -12,12 +15,107 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmti
         Err(wasmtime::Error::new(LongJmp))
     })?;
     for import in module.imports() {
-        if let (true, wasmtime::ExternType::Func(ty)) = (import.name().starts_with("invoke_"), import.ty()) {
-            let invoke = trampoline(&ty);
-            linker.func_new(import.module(), import.name(), ty, invoke)?;
+        if let (true, wasmtime::ExternType::Func(ty)) = (import.name().starts_with("invoke_"), import.ty())
+            && !add_typed(linker, import.module(), import.name())?
+        {
+            linker.func_new(import.module(), import.name(), ty.clone(), trampoline(&ty))?;
         }
     }
     Ok(())
+}
+
+/// Typed trampolines for the signatures nearly every query uses (a `SELECT 1` makes ~35
+/// invokes, all of these): a dynamic `Func::call` type-checks and converts every value on each
+/// call, which cost a third of a simple query's time. Emscripten names encode the signature
+/// (result, then parameters after the table index; `i` is i32, `v` none); should an import's
+/// type ever differ, instantiation fails cleanly. Returns false for the others, which take the
+/// dynamic path.
+fn add_typed(linker: &mut Linker<Ctx>, module: &str, name: &str) -> wasmtime::Result<bool> {
+    type C<'a> = Caller<'a, Ctx>;
+    match name {
+        "invoke_v" => {
+            let cache = Cache::<(), ()>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32| invoke(&cache, c, f, ()))?
+        }
+        "invoke_vi" => {
+            let cache = Cache::<i32, ()>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32| invoke(&cache, c, f, a))?
+        }
+        "invoke_vii" => {
+            let cache = Cache::<(i32, i32), ()>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32| invoke(&cache, c, f, (a, b)))?
+        }
+        "invoke_viii" => {
+            let cache = Cache::<(i32, i32, i32), ()>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
+                invoke(&cache, c, f, (a, b, d))
+            })?
+        }
+        "invoke_i" => {
+            let cache = Cache::<(), i32>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32| invoke(&cache, c, f, ()))?
+        }
+        "invoke_ii" => {
+            let cache = Cache::<i32, i32>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32| invoke(&cache, c, f, a))?
+        }
+        "invoke_iii" => {
+            let cache = Cache::<(i32, i32), i32>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32| invoke(&cache, c, f, (a, b)))?
+        }
+        "invoke_iiii" => {
+            let cache = Cache::<(i32, i32, i32), i32>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
+                invoke(&cache, c, f, (a, b, d))
+            })?
+        }
+        _ => return Ok(false),
+    };
+    Ok(true)
+}
+
+/// Type-checked views of the table's functions, by function identity (`Func::to_raw` is
+/// unique and stable within a store; the linker, and so this cache, lives as long as it).
+type Cache<P, R> = Mutex<HashMap<usize, TypedFunc<P, R>>>;
+
+fn invoke<P: WasmParams, R: WasmResults + Default>(
+    cache: &Cache<P, R>,
+    mut caller: Caller<'_, Ctx>,
+    index: i32,
+    args: P,
+) -> wasmtime::Result<R> {
+    let shared = caller.data().shared();
+    let sp = shared.stack_pointer.get(&mut caller);
+    let func = table_func(&mut caller, index)?;
+    let key = func.to_raw(&mut caller) as usize;
+    let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+    let typed = match cached {
+        Some(typed) => typed,
+        None => {
+            let typed = func.typed::<P, R>(&caller)?;
+            cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, typed.clone());
+            typed
+        }
+    };
+    match typed.call(&mut caller, args) {
+        Ok(result) => Ok(result),
+        Err(err) if err.is::<LongJmp>() => {
+            shared.stack_pointer.set(&mut caller, sp)?;
+            let set_threw = caller.data().exports().set_threw;
+            set_threw.call(&mut caller, (1, 0))?;
+            Ok(R::default())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn table_func(caller: &mut Caller<'_, Ctx>, index: i32) -> wasmtime::Result<Func> {
+    let table = caller.data().shared().table;
+    let index = index as u32 as u64;
+    table
+        .get(&mut *caller, index)
+        .and_then(|r| r.as_func().flatten().copied())
+        .ok_or_else(|| wasmtime::Error::msg(format!("invoke of null function pointer {index}")))
 }
 
 /// The host function for an `invoke_*` import of type `ty` (first parameter: table index).
@@ -28,12 +126,7 @@ pub(crate) fn trampoline(
     move |mut caller, params, results| {
         let shared = caller.data().shared();
         let sp = shared.stack_pointer.get(&mut caller);
-        let index = params[0].unwrap_i32() as u32 as u64;
-        let func = shared
-            .table
-            .get(&mut caller, index)
-            .and_then(|r| r.as_func().flatten().copied())
-            .ok_or_else(|| wasmtime::Error::msg(format!("invoke of null function pointer {index}")))?;
+        let func = table_func(&mut caller, params[0].unwrap_i32())?;
         match func.call(&mut caller, &params[1..], results) {
             Ok(()) => Ok(()),
             Err(err) if err.is::<LongJmp>() => {
