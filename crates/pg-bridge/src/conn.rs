@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -162,6 +162,22 @@ impl Batch {
     fn push(&mut self, bytes: &[u8]) {
         self.frames.extend_from_slice(bytes);
         self.terminated = false;
+    }
+}
+
+/// Counts a client queued on the lease for as long as it waits (a dropped wait included).
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Queued<'a> {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Queued(waiting)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -584,7 +600,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if self.lease.is_some() {
             return Ok(());
         }
-        let mut session = self.shared.lease.clone().lock_owned().await;
+        let mut session = {
+            let _queued = Queued::new(&self.shared.waiting);
+            self.shared.lease.clone().lock_owned().await
+        };
         if session.broken {
             return Err(Error::BackendGone);
         }
@@ -672,6 +691,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             if !self.client.holds {
                 self.lease = None;
+                if self.shared.waiting.load(Ordering::SeqCst) > 0 {
+                    // Let the next client send its request before this one's output is
+                    // written, so the backend works while we write.
+                    tokio::task::yield_now().await;
+                }
             }
         }
         self.write_output(&out).await

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ pub(crate) struct Shared<B> {
     pub(crate) max_request: Option<usize>,
     /// Set when the backend failed for good.
     pub(crate) gone: Arc<std::sync::atomic::AtomicBool>,
+    /// Clients queued on the lease.
+    pub(crate) waiting: AtomicUsize,
 }
 
 /// A running bridge: its sockets and the task serving them.
@@ -230,6 +232,7 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         cancel_keys: StdMutex::new(HashMap::new()),
         startup_cache: StdMutex::new(HashMap::new()),
         next_client: AtomicU32::new(1),
+        waiting: AtomicUsize::new(0),
     }))
 }
 
