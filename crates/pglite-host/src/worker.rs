@@ -301,6 +301,8 @@ impl Drop for Pglite {
     }
 }
 
+/// Everything one running cluster needs: the compiled module, the live instance (rebuilt from
+/// disk after a crash), its scratch directory and the data-directory lock.
 struct Worker {
     module: wasmtime::Module,
     profile: &'static Profile,
