@@ -612,21 +612,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             _ => self.client.generation = Some(session.generation),
         }
         if let Some(sql) = settings::switch_sql(&session.applied, &self.client.overrides, &self.shared.baseline) {
-            let mut reported = session.reported.clone();
-            match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
-                Err(error) => {
-                    session.exchange_failed(&self.shared.backend).await;
-                    return Err(error);
-                }
-                Ok(Err((code, message))) => {
+            match session.internal(&self.shared.backend, &sql).await? {
+                Err((code, message)) => {
                     // The client's settings stopped being valid (a dropped role, say); it
                     // runs with whatever the backend has, which is logged.
                     tracing::warn!(code, message, client = self.client.id, "re-applying a client's settings failed");
                 }
-                Ok(Ok(_)) => session.applied = self.client.overrides.clone(),
+                Ok(_) => session.applied = self.client.overrides.clone(),
             }
-            session.reported = reported;
-            session.unnamed_owner = None;
         }
         self.lease = Some(session);
         Ok(())
@@ -734,17 +727,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             sql.push_str("CLOSE ALL; SELECT pg_catalog.pg_advisory_unlock_all(); ");
         }
         sql.push_str(lease::HOLDS_SQL);
-        let mut reported = session.reported.clone();
-        let out = match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
-            Ok(out) => out,
-            Err(error) => {
-                session.exchange_failed(&self.shared.backend).await;
-                return Err(error);
-            }
-        };
-        session.reported = reported;
-        session.unnamed_owner = None;
-        self.client.holds = match out {
+        self.client.holds = match session.internal(&self.shared.backend, &sql).await? {
             Ok(out) => frame::backend_frames(&out).flatten().any(|(tag, _)| tag == b'D'),
             Err((code, message)) => {
                 // Cannot tell: keeping the lease is the safe side (the idle timeout bounds it).
@@ -779,35 +762,18 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         if !calls.is_empty() {
             let sql = format!("SELECT {}", calls.join(", "));
-            let mut reported = session.reported.clone();
-            let out = match lease::internal_query(&self.shared.backend, &sql, &mut reported).await {
-                Ok(out) => out,
-                Err(error) => {
-                    session.exchange_failed(&self.shared.backend).await;
-                    return Err(error);
-                }
-            };
-            if let Err((code, message)) = out {
-                tracing::warn!(code, message, "restoring a client's startup settings failed");
-            } else if let Ok(out) = out {
-                for (tag, bytes) in frame::backend_frames(&out).flatten() {
-                    if tag == b'S' {
-                        status_frames.extend_from_slice(bytes);
+            match session.internal(&self.shared.backend, &sql).await? {
+                Err((code, message)) => tracing::warn!(code, message, "restoring a client's startup settings failed"),
+                Ok(out) => {
+                    for (tag, bytes) in frame::backend_frames(&out).flatten() {
+                        if tag == b'S' {
+                            status_frames.extend_from_slice(bytes);
+                        }
                     }
                 }
             }
-            session.reported = reported;
         }
-        let mut reported = session.reported.clone();
-        let snapshot = match lease::internal_query(&self.shared.backend, settings::SNAPSHOT_SQL, &mut reported).await {
-            Ok(out) => out,
-            Err(error) => {
-                session.exchange_failed(&self.shared.backend).await;
-                return Err(error);
-            }
-        };
-        session.reported = reported;
-        session.unnamed_owner = None;
+        let snapshot = session.internal(&self.shared.backend, settings::SNAPSHOT_SQL).await?;
         if let Ok(out) = snapshot {
             self.client.overrides = settings::overrides(&settings::rows(&out), &self.shared.baseline);
             session.applied = self.client.overrides.clone();

@@ -47,6 +47,28 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Runs one internal simple query for the lease holder: the `ParameterStatus` values it
+    /// reports are recorded, the unnamed statement is gone afterwards, and a failed exchange
+    /// is handled like any other.
+    pub(crate) async fn internal<B: Backend>(
+        &mut self,
+        backend: &B,
+        sql: &str,
+    ) -> Result<Result<BytesMut, (String, String)>, Error> {
+        match internal_query(backend, sql, &mut self.reported).await {
+            Ok(out) => {
+                self.unnamed_owner = None;
+                Ok(out)
+            }
+            Err(error) => {
+                self.exchange_failed(backend).await;
+                Err(error)
+            }
+        }
+    }
+}
+
 /// What `bootstrap` learnt about the backend.
 pub(crate) struct Boot {
     pub(crate) session: Session,
