@@ -366,7 +366,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
                 let portal = self.portal_name(portal);
                 let statement = self.statement_name(statement);
-                if self.client.scoped_statements.contains(&statement) {
+                // Most clients never prepare such a statement: skip hashing the name.
+                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement) {
                     self.batch.session_scoped = true;
                 }
                 let bytes = message::build(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
@@ -529,7 +530,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 let name = self.statement_name(statement);
                 if statements.iter().any(|s| s.kind == StatementKind::SessionScoped) {
                     self.client.scoped_statements.insert(name.clone());
-                } else {
+                } else if !self.client.scoped_statements.is_empty() {
                     self.client.scoped_statements.remove(&name);
                 }
                 let bytes = message::build(b'P', &[Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)]);
