@@ -119,3 +119,43 @@ fn extended_protocol_errors_keep_the_session_in_step() {
         assert_eq!(scalar(pg, "SELECT 10"), "10");
     });
 }
+
+/// Callers on many threads and async tasks take turns on the one instance: each exchange gets
+/// its own answer, whether it ran inline or waited on the blocking pool.
+#[test]
+fn concurrent_callers_each_get_their_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = std::sync::Arc::new(crate::support::start("0.2.17", dir.path()));
+    let select = |n: u32| (query(&format!("SELECT {n}")), Outcome::Rows(vec![vec![Some(n.to_string())]]));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..4u32 {
+        let pg = pg.clone();
+        tasks.spawn_on(
+            async move {
+                for i in 0..200 {
+                    let (request, expected) = select(10_000 + task * 1000 + i);
+                    assert_eq!(outcome(&pg.exec_protocol_async(request).await.unwrap()), expected);
+                }
+            },
+            runtime.handle(),
+        );
+    }
+    std::thread::scope(|scope| {
+        for thread in 0..3u32 {
+            let pg = &pg;
+            scope.spawn(move || {
+                for i in 0..200 {
+                    let (request, expected) = select(thread * 1000 + i);
+                    assert_eq!(outcome(&pg.exec_protocol(request).unwrap()), expected);
+                }
+            });
+        }
+    });
+    runtime.block_on(async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    });
+    assert_eq!(scalar(&pg, "SELECT 'alive'"), "alive");
+}
