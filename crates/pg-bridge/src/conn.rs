@@ -9,6 +9,7 @@
 //! and NOTIFY are refused. This module must not block the backend on anything but this
 //! client's own messages and output.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,6 +47,8 @@ pub(crate) struct Client {
     standard_strings: bool,
     /// Backend names of this client's prepared statements, closed when it leaves.
     statements: HashSet<Vec<u8>>,
+    /// The SQL text last found to hold only `Plain` statements, and how it was lexed.
+    plain_sql: Option<(Vec<u8>, LexOptions)>,
     /// This client's last unnamed Parse, replayed if another client's replaced it since.
     unnamed_parse: Option<Bytes>,
     tx: TxStatus,
@@ -87,6 +90,7 @@ impl Client {
             buf,
             standard_strings,
             statements: HashSet::new(),
+            plain_sql: None,
             unnamed_parse: None,
             tx: TxStatus::Idle,
             pending: false,
@@ -161,6 +165,11 @@ impl Batch {
 
     fn push(&mut self, bytes: &[u8]) {
         self.frames.extend_from_slice(bytes);
+        self.terminated = false;
+    }
+
+    fn put(&mut self, tag: u8, parts: &[Part<'_>]) {
+        message::put(&mut self.frames, tag, parts);
         self.terminated = false;
     }
 }
@@ -294,6 +303,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             let idle_limit = self.shared.config.idle_in_transaction_timeout;
             let holding = self.lease.is_some();
+            // Room for a whole pipeline in one read; once the frames split off the buffer are
+            // gone this reuses its memory.
+            if self.client.buf.capacity() - self.client.buf.len() < 4096 {
+                self.client.buf.reserve(8192);
+            }
             let read = self.stream.read_buf(&mut self.client.buf);
             tokio::select! {
                 res = read => match res {
@@ -370,8 +384,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement) {
                     self.batch.session_scoped = true;
                 }
-                let bytes = message::build(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
-                self.batch.push(&bytes);
+                self.batch.put(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
             }
             FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
                 let close = frame.tag() == b'C';
@@ -392,13 +405,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 } else {
                     self.portal_name(name)
                 };
-                let bytes = message::build(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
-                self.batch.push(&bytes);
+                self.batch.put(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
             }
             FrontendMessage::Execute { portal, max_rows } => {
                 let portal = self.portal_name(portal);
-                let bytes = message::build(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
-                self.batch.push(&bytes);
+                self.batch.put(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
             }
             FrontendMessage::Flush => {
                 self.batch.push(frame.bytes());
@@ -435,8 +446,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     /// Applies the per-statement treatment to SQL text; returns the text to send.
-    fn rewrite(&mut self, sql: &[u8], statements: &[Classified], simple: bool) -> Vec<u8> {
-        let mut res = Vec::with_capacity(sql.len());
+    fn rewrite<'a>(&mut self, sql: &'a [u8], statements: &[Classified], simple: bool) -> Cow<'a, [u8]> {
+        let mut res = Vec::new();
         let mut copied = 0;
         let replace = |res: &mut Vec<u8>, copied: &mut usize, range: std::ops::Range<usize>, with: &[u8]| {
             res.extend_from_slice(&sql[*copied..range.start]);
@@ -498,8 +509,27 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
             }
         }
+        if copied == 0 {
+            return Cow::Borrowed(sql);
+        }
         res.extend_from_slice(&sql[copied..]);
-        res
+        Cow::Owned(res)
+    }
+
+    /// Classifies SQL text, skipping the work for the text last found to hold only plain
+    /// statements: clients that do not name their statements send the same text every time.
+    fn classify(&mut self, sql: &[u8]) -> Verdict {
+        let options = self.lex_options();
+        if self.client.plain_sql.as_ref().is_some_and(|(text, opts)| text == sql && *opts == options) {
+            return Verdict::Allow { statements: Vec::new() };
+        }
+        let verdict = classify::classify(sql, options);
+        if let Verdict::Allow { statements } = &verdict
+            && statements.iter().all(|s| s.kind == StatementKind::Plain)
+        {
+            self.client.plain_sql = Some((sql.to_vec(), options));
+        }
+        verdict
     }
 
     fn restore_all(&mut self) {
@@ -508,11 +538,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
-        match classify::classify(sql, self.lex_options()) {
+        match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, true);
-                self.batch.push(&message::build(b'Q', &[Part::Cstr(&rewritten)]));
+                self.batch.put(b'Q', &[Part::Cstr(&rewritten)]);
                 self.batch.terminated = true;
                 // A simple query drops the unnamed statement, the client's own included.
                 self.client.unnamed_parse = None;
@@ -523,7 +553,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     async fn parse(&mut self, statement: &[u8], sql: &[u8], param_types: &[u8]) -> Result<(), Error> {
-        match classify::classify(sql, self.lex_options()) {
+        match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(false, Refusal::unsupported(command)).await,
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
@@ -637,18 +667,21 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
-        let mut frames = std::mem::take(&mut batch.prefix);
+        let mut frames = BytesMut::new();
         if batch.uses_unnamed
             && session.unnamed_owner != Some(id)
             && let Some(parse) = &self.client.unnamed_parse
         {
-            let mut replay = BytesMut::from(&parse[..]);
-            replay.extend_from_slice(&frames);
-            frames = replay;
+            frames.extend_from_slice(parse);
             batch.plan.drop_leading += 1;
             session.unnamed_owner = Some(id);
         }
-        frames.extend_from_slice(&batch.frames);
+        if frames.is_empty() && batch.prefix.is_empty() {
+            frames = std::mem::take(&mut batch.frames);
+        } else {
+            frames.extend_from_slice(&batch.prefix);
+            frames.extend_from_slice(&batch.frames);
+        }
         self.client.running.store(true, Ordering::SeqCst);
         let output = self.shared.backend.exchange(frames.freeze()).await;
         self.client.running.store(false, Ordering::SeqCst);
@@ -659,7 +692,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 return Err(error);
             }
         };
-        let filtered = lease::filter(&output, &batch.plan, session)?;
+        let filtered = lease::filter(output, &batch.plan, session)?;
         match batch.unnamed {
             Unnamed::Unchanged => {}
             Unnamed::Mine => session.unnamed_owner = Some(id),

@@ -151,7 +151,40 @@ pub(crate) struct Filtered {
 }
 
 /// Filters backend output for a client according to `plan`.
-pub(crate) fn filter(output: &[u8], plan: &Plan, session: &mut Session) -> Result<Filtered, Error> {
+pub(crate) fn filter(output: BytesMut, plan: &Plan, session: &mut Session) -> Result<Filtered, Error> {
+    if plan.drop_leading == 0 && plan.tags.is_empty() {
+        // Usually nothing is to be removed or replaced: the output goes out as it is.
+        let mut res = Filtered { out: BytesMut::new(), ready: None, parameters: Vec::new() };
+        let mut clean = true;
+        for item in frame::backend_frames(&output) {
+            let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
+            match tag {
+                b'A' | b'K' | b'G' | b'W' | b'H' => {
+                    clean = false;
+                    break;
+                }
+                b'S' => {
+                    if let Some(parameter) = settings::parameter_status(bytes) {
+                        res.parameters.push(parameter);
+                    }
+                }
+                b'Z' => res.ready = bytes.get(5).copied().and_then(TxStatus::from_byte),
+                _ => {}
+            }
+        }
+        if clean {
+            for (name, value) in &res.parameters {
+                session.reported.insert(name.clone(), value.clone());
+            }
+            res.out = output;
+            return Ok(res);
+        }
+    }
+    filter_copy(&output, plan, session)
+}
+
+/// `filter` for output from which something is removed or replaced.
+fn filter_copy(output: &[u8], plan: &Plan, session: &mut Session) -> Result<Filtered, Error> {
     let mut res = Filtered { out: BytesMut::with_capacity(output.len()), ready: None, parameters: Vec::new() };
     let mut to_drop = plan.drop_leading;
     let mut statement_idx = 0usize;

@@ -39,6 +39,7 @@ mod reply;
 mod scram;
 mod server;
 mod settings;
+mod socket;
 mod startup;
 mod upstream;
 

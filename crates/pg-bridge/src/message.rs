@@ -173,6 +173,13 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
 /// Builds a frame of type `tag` from body parts, each `Some` part followed by a NUL when it is a
 /// C string. Used to re-encode only the messages whose names we rewrite.
 pub(crate) fn build(tag: u8, parts: &[Part<'_>]) -> Bytes {
+    let mut out = BytesMut::new();
+    put(&mut out, tag, parts);
+    out.freeze()
+}
+
+/// Appends a frame with `tag` whose body is `parts` to `out`.
+pub(crate) fn put(out: &mut BytesMut, tag: u8, parts: &[Part<'_>]) {
     let body_len: usize = parts
         .iter()
         .map(|p| match p {
@@ -180,7 +187,7 @@ pub(crate) fn build(tag: u8, parts: &[Part<'_>]) -> Bytes {
             Part::Raw(s) => s.len(),
         })
         .sum();
-    let mut out = BytesMut::with_capacity(body_len + 5);
+    out.reserve(body_len + 5);
     out.put_u8(tag);
     out.put_u32((body_len + 4) as u32);
     for part in parts {
@@ -192,7 +199,6 @@ pub(crate) fn build(tag: u8, parts: &[Part<'_>]) -> Bytes {
             Part::Raw(s) => out.put_slice(s),
         }
     }
-    out.freeze()
 }
 
 /// One piece of a message body for [`build`].

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::lease::{Session, bootstrap};
 use crate::settings::Settings;
+use crate::socket::Socket;
 use crate::{Backend, Error, scram, startup};
 
 /// How the bridge listens and treats clients.
@@ -249,15 +250,23 @@ async fn run<B: Backend>(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listeners.unix.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tasks.spawn(startup::run(shared.clone(), stream, false, stop_rx.clone()));
-                }
+                Ok((stream, _)) => match Socket::unix(stream) {
+                    Ok(stream) => {
+                        tasks.spawn(startup::run(shared.clone(), stream, false, stop_rx.clone()));
+                    }
+                    Err(error) => tracing::warn!(%error, "registering a unix connection"),
+                },
                 Err(error) => tracing::warn!(%error, "accepting on the unix socket"),
             },
             accepted = accept_tcp(&listeners.tcp) => match accepted {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(startup::run(shared.clone(), stream, true, stop_rx.clone()));
+                    match Socket::tcp(stream) {
+                        Ok(stream) => {
+                            tasks.spawn(startup::run(shared.clone(), stream, true, stop_rx.clone()));
+                        }
+                        Err(error) => tracing::warn!(%error, "registering a tcp connection"),
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "accepting on the tcp socket"),
             },

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
+use crate::socket::Socket;
 use crate::{Backend, Error, frame, scram};
 
 /// Where the upstream server listens.
@@ -54,11 +55,11 @@ pub struct UpstreamBackend {
 
 async fn open(addr: &UpstreamAddr) -> Result<Box<dyn Stream>, Error> {
     Ok(match addr {
-        UpstreamAddr::Unix(path) => Box::new(UnixStream::connect(path).await?),
+        UpstreamAddr::Unix(path) => Box::new(Socket::unix(UnixStream::connect(path).await?)?),
         UpstreamAddr::Tcp(addr) => {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Box::new(stream)
+            Box::new(Socket::tcp(stream)?)
         }
     })
 }
@@ -68,6 +69,29 @@ fn upstream_error(reason: impl Into<String>) -> Error {
 }
 
 impl Conn {
+    /// Waits until a whole backend frame starts at `at` in the read buffer; returns its tag
+    /// and length (the tag included).
+    async fn frame_at(&mut self, at: usize) -> Result<(u8, usize), Error> {
+        loop {
+            if let Some(head) = self.buf.get(at..at + 5) {
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                if len < 4 {
+                    return Err(upstream_error("invalid message length from server"));
+                }
+                if self.buf.len() > at + len {
+                    return Ok((head[0], len + 1));
+                }
+            }
+            // Room for a large read; once the last answer's buffer is gone this reuses it.
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(upstream_error("server closed the connection"));
+            }
+        }
+    }
+
     /// Reads one whole backend frame.
     async fn read_frame(&mut self) -> Result<Bytes, Error> {
         loop {
@@ -232,12 +256,13 @@ impl Backend for UpstreamBackend {
             // Without a Flush the server would keep these responses buffered.
             conn.stream.write_all(b"H\0\0\0\x04").await?;
         }
-        let mut out = BytesMut::new();
+        // The answer is taken from the read buffer in one piece once it is complete: frames
+        // are only looked at where they lie.
+        let mut scanned = 0;
         let mut units_done = 0;
         while expect.ready > 0 || expect.trailing > 0 {
-            let frame = conn.read_frame().await?;
-            let tag = frame[0];
-            out.extend_from_slice(&frame);
+            let (tag, len) = conn.frame_at(scanned).await?;
+            scanned += len;
             match tag {
                 b'Z' => {
                     expect.ready = expect.ready.saturating_sub(1);
@@ -272,7 +297,7 @@ impl Backend for UpstreamBackend {
                 _ => {}
             }
         }
-        Ok(out)
+        Ok(conn.buf.split_to(scanned))
     }
 
     fn parameter_status(&self) -> Vec<(String, String)> {
