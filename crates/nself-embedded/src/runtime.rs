@@ -65,7 +65,8 @@ impl EmbeddedPgRuntime {
         let mut host_config = pglite_host::Config::new(runtime_dir.join("data"));
         host_config.module_cache_dir = cache_dir.map(|dir| dir.join("modules"));
         host_config.template_dir = Some(artifact.dir.as_std_path().join("template"));
-        let bridge_config = BridgeConfig::new(&runtime_dir);
+        let mut bridge_config = BridgeConfig::new(&runtime_dir);
+        bridge_config.busy_poll = Duration::from_micros(crate::DEFAULT_BUSY_POLL_US);
         let artifact = pglite_host::Artifact {
             version: artifact.version,
             wasm: artifact.wasm.into_std_path_buf(),

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -287,6 +288,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     async fn next_frame(&mut self) -> Result<Next, Error> {
+        let busy_poll = self.shared.config.busy_poll;
+        let poll_until = (!busy_poll.is_zero()).then(|| Instant::now() + busy_poll);
         loop {
             match frame::split_frame(&mut self.client.buf, frame::MAX_MESSAGE_LEN) {
                 Ok(Some(frame)) => return Ok(Next::Frame(frame)),
@@ -319,6 +322,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                     }
                 },
                 _ = self.shutdown.changed() => {}
+                // Busy polling: instead of letting the loop sleep, hand it back to the runtime,
+                // which looks for I/O without blocking and runs any other ready client first.
+                () = tokio::task::yield_now(), if poll_until.is_some_and(|until| Instant::now() < until) => {}
                 () = tokio::time::sleep(idle_limit), if holding => {
                     if self.client.tx == TxStatus::Idle && self.client.holds {
                         return Ok(Next::Stop {

@@ -44,6 +44,12 @@ pub struct Config {
     pub idle_in_transaction_timeout: Duration,
     /// How long a new connection may take to finish its startup phase.
     pub startup_timeout: Duration,
+    /// After answering a client, how long to keep polling for its next message before the
+    /// event loop may sleep (zero: sleep at once). Each reply may cost up to this much CPU. It
+    /// pays off where a CPU that went idle comes back with cold caches, as virtual machines'
+    /// do: with PGlite behind the bridge, a lone client's next query then runs up to twice as
+    /// fast. Other clients are served while one polls.
+    pub busy_poll: Duration,
 }
 
 impl Config {
@@ -58,6 +64,7 @@ impl Config {
             max_connections: 100,
             idle_in_transaction_timeout: Duration::from_secs(60),
             startup_timeout: Duration::from_secs(60),
+            busy_poll: Duration::ZERO,
         }
     }
 

@@ -27,7 +27,7 @@ pub(crate) struct Socket<T: AsFd + AsRawFd> {
 
 /// Registers a descriptor-owning socket with the runtime for `interest`.
 fn register<T: Owner>(socket: T, interest: Interest) -> io::Result<AsyncFd<T>> {
-    #[allow(unsafe_code)]
+    #[allow(unsafe_code, reason = "tokio makes registering a descriptor unsafe (I/O safety)")]
     // SAFETY: `Owner` types own their descriptor: it stays open, is the same one for every
     // `as_raw_fd` call and is closed only when the value (here, the `AsyncFd`) is dropped.
     unsafe {
@@ -67,7 +67,7 @@ impl<T: AsFd + AsRawFd + Unpin> AsyncRead for Socket<T> {
         let this = self.get_mut();
         loop {
             let mut guard = ready!(this.read.poll_read_ready(cx))?;
-            #[allow(unsafe_code)]
+            #[allow(unsafe_code, reason = "recv into the read buffer without zeroing it first")]
             // SAFETY: `recv` writes only initialised bytes into the slice and never
             // de-initialises any; `assume_init` below covers exactly the bytes it wrote.
             let unfilled = unsafe { buf.unfilled_mut() };
@@ -84,7 +84,7 @@ impl<T: AsFd + AsRawFd + Unpin> AsyncRead for Socket<T> {
                         // waits for an event instead of finding out with a failing `recv`.
                         guard.clear_ready();
                     }
-                    #[allow(unsafe_code)]
+                    #[allow(unsafe_code, reason = "marks the bytes recv wrote as initialised")]
                     // SAFETY: `recv` initialised the first `n` bytes of the unfilled part.
                     unsafe {
                         buf.assume_init(n);

@@ -27,6 +27,10 @@ pub(crate) fn engine() -> &'static Engine {
         // SQL error pay for one.
         config.wasm_backtrace_max_frames(None);
         config.parallel_compilation(true);
+        // For profiling: `perf` finds the compiled functions' names in /tmp/perf-<pid>.map.
+        if std::env::var_os("NSELF_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).expect("static engine configuration is valid")
     })
 }

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -25,6 +26,7 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     let bridge_config = runtime.bridge_config_mut();
     bridge_config.tcp = args.tcp;
     bridge_config.tcp_password = args.password.clone();
+    bridge_config.busy_poll = Duration::from_micros(args.busy_poll_us);
 
     // Hooked before the boot: a signal during start-up stops the server as soon as it is up.
     let mut signals = Signals::new()?;

@@ -258,3 +258,23 @@ async fn a_client_that_stops_reading_holds_up_only_itself() {
     drop((idle, owner));
     bridge.close().await;
 }
+
+// One thread for the bridge and both clients: a connection that polled without giving way
+// would starve the other, and the bridge could not close.
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_polling_for_its_next_message_holds_up_nobody() {
+    let bridge = bridge_with(|config| config.busy_poll = Duration::from_secs(3600)).await;
+    let a = connect(&bridge).await;
+    let b = connect(&bridge).await;
+    for i in 0..20 {
+        // After each reply, a's connection polls for its next message for an hour.
+        let v: i32 = a.query_one("SELECT $1::int", &[&i]).await.unwrap().get(0);
+        assert_eq!(v, i);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+        let answer = b.query_one("SELECT $1::int + 1", &params);
+        let row = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("b was held up by a's polling");
+        let v: i32 = row.unwrap().get(0);
+        assert_eq!(v, i + 1);
+    }
+    tokio::time::timeout(Duration::from_secs(60), bridge.close()).await.expect("close waited for a polling connection");
+}
