@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, watch};
 
@@ -51,7 +51,8 @@ pub(crate) struct Client {
     /// The SQL text last found to hold only `Plain` statements, and how it was lexed.
     plain_sql: Option<(Vec<u8>, LexOptions)>,
     /// This client's last unnamed Parse, replayed if another client's replaced it since.
-    unnamed_parse: Option<Bytes>,
+    /// (Empty when there is none; the buffer is reused.)
+    unnamed_parse: Vec<u8>,
     tx: TxStatus,
     /// Extended-protocol messages were forwarded and their `Sync` has not been.
     pending: bool,
@@ -92,7 +93,7 @@ impl Client {
             standard_strings,
             statements: HashSet::new(),
             plain_sql: None,
-            unnamed_parse: None,
+            unnamed_parse: Vec::new(),
             tx: TxStatus::Idle,
             pending: false,
             settings_dirty: false,
@@ -149,7 +150,8 @@ struct Batch {
 impl Batch {
     fn new() -> Batch {
         Batch {
-            frames: BytesMut::new(),
+            // Room for a typical Parse/Bind/Describe/Execute/Sync group without regrowing.
+            frames: BytesMut::with_capacity(512),
             plan: Plan::default(),
             prefix: BytesMut::new(),
             uses_unnamed: false,
@@ -397,7 +399,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 let renamed = if kind == b'S' {
                     if name.is_empty() {
                         if close {
-                            self.client.unnamed_parse = None;
+                            self.client.unnamed_parse.clear();
                             self.batch.unnamed = Unnamed::Dropped;
                         } else {
                             self.use_unnamed();
@@ -551,7 +553,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 self.batch.put(b'Q', &[Part::Cstr(&rewritten)]);
                 self.batch.terminated = true;
                 // A simple query drops the unnamed statement, the client's own included.
-                self.client.unnamed_parse = None;
+                self.client.unnamed_parse.clear();
                 self.batch.unnamed = Unnamed::Dropped;
                 self.send().await
             }
@@ -569,14 +571,16 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 } else if !self.client.scoped_statements.is_empty() {
                     self.client.scoped_statements.remove(&name);
                 }
-                let bytes = message::build(b'P', &[Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)]);
+                let parts = [Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)];
                 if statement.is_empty() {
-                    self.client.unnamed_parse = Some(bytes.clone());
+                    self.client.unnamed_parse.clear();
+                    message::put(&mut self.client.unnamed_parse, b'P', &parts);
                     self.batch.unnamed = Unnamed::Mine;
-                } else {
+                }
+                self.batch.put(b'P', &parts);
+                if !statement.is_empty() {
                     self.client.statements.insert(name);
                 }
-                self.batch.push(&bytes);
                 Ok(())
             }
         }
@@ -648,15 +652,23 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Some(generation) if generation != session.generation => return Err(Error::BackendRestarted),
             _ => self.client.generation = Some(session.generation),
         }
-        if let Some(sql) = settings::switch_sql(&session.applied, &self.client.overrides, &self.shared.baseline) {
+        if session.applied_for == Some(self.client.id) {
+            // Nobody else had the backend since this client's settings were put on it.
+        } else if let Some(sql) = settings::switch_sql(&session.applied, &self.client.overrides, &self.shared.baseline)
+        {
             match session.internal(&self.shared.backend, &sql).await? {
                 Err((code, message)) => {
                     // The client's settings stopped being valid (a dropped role, say); it
                     // runs with whatever the backend has, which is logged.
                     tracing::warn!(code, message, client = self.client.id, "re-applying a client's settings failed");
                 }
-                Ok(_) => session.applied = self.client.overrides.clone(),
+                Ok(_) => {
+                    session.applied = self.client.overrides.clone();
+                    session.applied_for = Some(self.client.id);
+                }
             }
+        } else {
+            session.applied_for = Some(self.client.id);
         }
         self.lease = Some(session);
         Ok(())
@@ -674,11 +686,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             return Err(Error::BackendGone);
         };
         let mut frames = BytesMut::new();
-        if batch.uses_unnamed
-            && session.unnamed_owner != Some(id)
-            && let Some(parse) = &self.client.unnamed_parse
-        {
-            frames.extend_from_slice(parse);
+        if batch.uses_unnamed && session.unnamed_owner != Some(id) && !self.client.unnamed_parse.is_empty() {
+            frames.extend_from_slice(&self.client.unnamed_parse);
             batch.plan.drop_leading += 1;
             session.unnamed_owner = Some(id);
         }
@@ -817,6 +826,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if let Ok(out) = snapshot {
             self.client.overrides = settings::overrides(&settings::rows(&out), &self.shared.baseline);
             session.applied = self.client.overrides.clone();
+            session.applied_for = Some(self.client.id);
         }
         self.client.settings_dirty = false;
         // ParameterStatus may arrive at any time; these tell the client about values RESET put

@@ -19,6 +19,9 @@ use crate::{Backend, Error, frame, message};
 pub(crate) struct Session {
     /// Overrides of the baseline currently in effect on the backend.
     pub(crate) applied: Settings,
+    /// The client whose settings `applied` are, as that client last recorded them: it can
+    /// skip comparing them when it takes the lease again.
+    pub(crate) applied_for: Option<u32>,
     /// `ParameterStatus` values currently in effect on the backend.
     pub(crate) reported: Settings,
     /// Which client's Parse the backend's unnamed statement holds, if it is known.
@@ -37,6 +40,7 @@ impl Session {
         if backend.recovered().await {
             tracing::warn!(generation = self.generation + 1, "backend restarted; clients of the old session are ended");
             self.applied = Settings::new();
+            self.applied_for = None;
             self.reported = backend.parameter_status().into_iter().collect();
             self.unnamed_owner = None;
             self.generation += 1;
@@ -117,6 +121,7 @@ pub(crate) async fn bootstrap<B: Backend>(backend: &B) -> Result<Boot, Error> {
     Ok(Boot {
         session: Session {
             applied: Settings::new(),
+            applied_for: None,
             reported,
             unnamed_owner: None,
             broken: false,

@@ -292,6 +292,7 @@ where
         }
         Ok(Ok(_)) => {
             session.applied = startup.clone();
+            session.applied_for = None;
             // A simple query drops the unnamed statement.
             session.unnamed_owner = None;
             session.reported = reported;

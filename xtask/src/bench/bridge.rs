@@ -43,16 +43,27 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         systems.push((PGBOUNCER, endpoint.clone()));
     }
     let columns = ["native PostgreSQL (direct)", "pg-bridge proxy", "PgBouncer pool=1"];
-    let mut table = Table::new(TITLE, columns);
+    let rounds = if ctx.quick { 1 } else { 3 };
+    let mut table = Table::new(&format!("{TITLE} (median of {rounds} alternating runs)"), columns);
     table.base = Some(NATIVE);
     table.tag = "proxy".to_owned();
+    // The proxies are within a few per cent of each other, less than one run's drift on a
+    // shared machine: each figure is the median of alternating rounds.
     for run in pgbench::PROXY_RUNS {
-        for (column, endpoint) in &systems {
-            eprintln!("bench: bridge {} on {}", run.name(), columns[*column]);
-            match pgbench::run(ctx, endpoint, run) {
-                Ok(tps) => table.set(&run.name(), Unit::Tps, *column, tps),
-                Err(err) if *column == BRIDGE => report.errors.push(format!("bridge {}: {err:#}", run.name())),
-                Err(err) => report.skipped.push(format!("bridge {} on {}: {err:#}", run.name(), columns[*column])),
+        let mut measured = vec![Vec::new(); columns.len()];
+        for round in 1..=rounds {
+            for (column, endpoint) in &systems {
+                eprintln!("bench: bridge {} on {} (round {round} of {rounds})", run.name(), columns[*column]);
+                match pgbench::run(ctx, endpoint, run) {
+                    Ok(tps) => measured[*column].push(tps),
+                    Err(err) if *column == BRIDGE => report.errors.push(format!("bridge {}: {err:#}", run.name())),
+                    Err(err) => report.skipped.push(format!("bridge {} on {}: {err:#}", run.name(), columns[*column])),
+                }
+            }
+        }
+        for (column, tps) in measured.iter_mut().enumerate() {
+            if let Some(median) = median(tps) {
+                table.set(&run.name(), Unit::Tps, column, median);
             }
         }
         let bridge = table.get(&run.name(), BRIDGE);
@@ -72,4 +83,10 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         pgbouncer.stop()?;
     }
     Ok(())
+}
+
+/// The middle value (the upper one of an even count); `None` for no values.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }
