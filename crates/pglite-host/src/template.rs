@@ -2,7 +2,7 @@
 //! cluster (a template) and copied for every new data directory.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -53,6 +53,19 @@ pub(crate) fn copy_into(template: &Path, data: &Path) -> Result<(), Error> {
     fs::File::open(&version).and_then(|f| f.sync_all()).map_err(io_err(&version))?;
     fs::File::open(data).and_then(|d| d.sync_all()).map_err(io_err(data))?;
     Ok(())
+}
+
+/// Appends `lines` to the cluster's `postgresql.conf` (later lines win in PostgreSQL) and syncs
+/// it. A crash before this leaves a cluster with the build's defaults, which is fine.
+pub(crate) fn append_settings(data: &Path, lines: &str) -> Result<(), Error> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let conf = data.join("postgresql.conf");
+    let mut file = fs::OpenOptions::new().append(true).open(&conf).map_err(io_err(&conf))?;
+    file.write_all(format!("\n# Added by nself-embedded for this PGlite release\n{lines}").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&conf))
 }
 
 fn copy_dir(from: &Path, to: &Path, top: bool) -> io::Result<()> {

@@ -336,7 +336,7 @@ impl Worker {
         } else {
             template::clear_except(&config.data_dir, LOCK_FILE)?;
             let make = |dir: &Path| make_cluster(&module, profile, &artifact, &config, dir);
-            match &config.template_dir {
+            let kind = match &config.template_dir {
                 Some(template_dir) => {
                     let built_here = !template_dir.exists();
                     template::ensure(template_dir, make)?;
@@ -347,7 +347,11 @@ impl Worker {
                     make(&config.data_dir)?;
                     BootKind::Initdb
                 }
-            }
+            };
+            // Here rather than in the template, so templates cached by earlier versions give
+            // new clusters these settings too.
+            template::append_settings(&config.data_dir, profile.new_cluster_settings)?;
+            kind
         };
         let scratch = tempfile::Builder::new().prefix("pglite-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
         let mut worker = Worker {

@@ -20,6 +20,9 @@ fn first_boot_then_restart(version: &str) {
     assert_eq!(scalar(&pg, "SELECT current_user"), "postgres");
     assert_eq!(scalar(&pg, "SHOW search_path"), "\"$user\", public");
     assert_eq!(scalar(&pg, "SHOW enable_seqscan"), "on");
+    // Commits are synced at commit, not WAL write by WAL write (0.2.17's build default).
+    assert_eq!(scalar(&pg, "SHOW wal_sync_method"), "fdatasync");
+    assert_eq!(scalar(&pg, "SHOW fsync"), "on");
     scalar(
         &pg,
         "CREATE TABLE kept(id int primary key, note text); INSERT INTO kept VALUES (1, 'one'), (2, 'two'); SELECT 1",
