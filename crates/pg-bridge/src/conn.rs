@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -205,10 +207,22 @@ pub(crate) struct Connection<B, S> {
     stream: S,
     client: Client,
     shutdown: watch::Receiver<bool>,
+    /// Resolves once shutdown is asked for; kept across reads, so waiting for a message does
+    /// not register with the watch channel anew each time.
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     lease: Option<OwnedMutexGuard<Session>>,
     batch: Batch,
     /// A refused command; client messages are discarded until `Sync`.
     discarding: Option<Refusal>,
+}
+
+/// Resolves when the bridge is told to shut down (never if the sender is gone without).
+async fn stop_requested(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Why a statement or message is answered with an error instead of being forwarded.
@@ -242,7 +256,8 @@ impl Refusal {
 
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     pub(crate) fn new(shared: Arc<Shared<B>>, stream: S, client: Client, shutdown: watch::Receiver<bool>) -> Self {
-        Connection { shared, stream, client, shutdown, lease: None, batch: Batch::new(), discarding: None }
+        let stopping = Box::pin(stop_requested(shutdown.clone()));
+        Connection { shared, stream, client, shutdown, stopping, lease: None, batch: Batch::new(), discarding: None }
     }
 
     /// Serves messages until the client leaves or must be ended. A backend failure ends the
@@ -323,7 +338,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                         return Ok(Next::Closed);
                     }
                 },
-                _ = self.shutdown.changed() => {}
+                // Done only once: the loop then returns at the check above.
+                () = &mut self.stopping => {}
                 // Busy polling: instead of letting the loop sleep, hand it back to the runtime,
                 // which looks for I/O without blocking and runs any other ready client first.
                 () = tokio::task::yield_now(), if poll_until.is_some_and(|until| Instant::now() < until) => {}
