@@ -50,8 +50,9 @@ pub(crate) struct Client {
     standard_strings: bool,
     /// Backend names of this client's prepared statements, closed when it leaves.
     statements: HashSet<Vec<u8>>,
-    /// The SQL text last found to hold only `Plain` statements, and how it was lexed.
-    plain_sql: Option<(Vec<u8>, LexOptions)>,
+    /// The SQL text last found to hold only `Plain` statements, and how it was lexed (`None`:
+    /// no such text yet). The buffer is reused.
+    plain_sql: (Vec<u8>, Option<LexOptions>),
     /// This client's last unnamed Parse, replayed if another client's replaced it since.
     /// (Empty when there is none; the buffer is reused.)
     unnamed_parse: Vec<u8>,
@@ -94,7 +95,7 @@ impl Client {
             buf,
             standard_strings,
             statements: HashSet::new(),
-            plain_sql: None,
+            plain_sql: (Vec::new(), None),
             unnamed_parse: Vec::new(),
             tx: TxStatus::Idle,
             pending: false,
@@ -544,14 +545,17 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     /// statements: clients that do not name their statements send the same text every time.
     fn classify(&mut self, sql: &[u8]) -> Verdict {
         let options = self.lex_options();
-        if self.client.plain_sql.as_ref().is_some_and(|(text, opts)| text == sql && *opts == options) {
+        if self.client.plain_sql.1 == Some(options) && self.client.plain_sql.0 == sql {
             return Verdict::Allow { statements: Vec::new() };
         }
         let verdict = classify::classify(sql, options);
         if let Verdict::Allow { statements } = &verdict
             && statements.iter().all(|s| s.kind == StatementKind::Plain)
         {
-            self.client.plain_sql = Some((sql.to_vec(), options));
+            let (text, lexed) = &mut self.client.plain_sql;
+            text.clear();
+            text.extend_from_slice(sql);
+            *lexed = Some(options);
         }
         verdict
     }
