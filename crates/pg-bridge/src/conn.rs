@@ -646,9 +646,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // Something of this group already ran, or a transaction is open: the backend raises
         // the error itself so the group or transaction fails as it would in PostgreSQL.
         let sql = refusal.raise_sql();
-        self.batch.push(&message::build(b'P', &[Part::Cstr(b""), Part::Cstr(sql.as_bytes()), Part::Raw(&[0, 0])]));
-        self.batch.push(&message::build(b'B', &[Part::Cstr(b""), Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0, 0, 0])]));
-        self.batch.push(&message::build(b'E', &[Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0])]));
+        self.batch.put(b'P', &[Part::Cstr(b""), Part::Cstr(sql.as_bytes()), Part::Raw(&[0, 0])]);
+        self.batch.put(b'B', &[Part::Cstr(b""), Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0, 0, 0])]);
+        self.batch.put(b'E', &[Part::Cstr(b""), Part::Raw(&[0, 0, 0, 0])]);
         self.batch.push(&message::sync());
         self.batch.terminated = true;
         self.batch.plan.drop_leading += 2;

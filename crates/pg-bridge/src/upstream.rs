@@ -94,20 +94,8 @@ impl Conn {
 
     /// Reads one whole backend frame.
     async fn read_frame(&mut self) -> Result<Bytes, Error> {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-                if len < 4 {
-                    return Err(upstream_error("invalid message length from server"));
-                }
-                if self.buf.len() > len as usize {
-                    return Ok(self.buf.split_to(len as usize + 1).freeze());
-                }
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(upstream_error("server closed the connection"));
-            }
-        }
+        let (_, len) = self.frame_at(0).await?;
+        Ok(self.buf.split_to(len).freeze())
     }
 }
 
