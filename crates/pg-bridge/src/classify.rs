@@ -8,7 +8,12 @@
 
 use std::ops::Range;
 
+use smallvec::SmallVec;
+
 use crate::lexer::{self, LexOptions, Statement, TokenKind};
+
+/// The classified statements of one text (usually one).
+pub(crate) type ClassifiedStatements = SmallVec<[Classified; 1]>;
 
 /// What to do with one Query or Parse text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +22,7 @@ pub(crate) enum Verdict {
     Refuse { command: &'static str },
     /// Forward, after the per-statement treatment in `statements` (one entry per non-empty
     /// statement, in order).
-    Allow { statements: Vec<Classified> },
+    Allow { statements: ClassifiedStatements },
 }
 
 /// One non-empty statement and its kind.
@@ -65,7 +70,7 @@ impl StatementKind {
 /// Classifies the SQL text of one Query or Parse message.
 pub(crate) fn classify(sql: &[u8], options: LexOptions) -> Verdict {
     let statements = lexer::statements(sql, options);
-    let mut res = Vec::with_capacity(statements.len());
+    let mut res = ClassifiedStatements::new();
     for statement in &statements {
         if let Some(command) = refused(sql, statement) {
             return Verdict::Refuse { command };
@@ -77,9 +82,33 @@ pub(crate) fn classify(sql: &[u8], options: LexOptions) -> Verdict {
     Verdict::Allow { statements: res }
 }
 
-fn word(sql: &[u8], statement: &Statement, idx: usize) -> Option<Vec<u8>> {
+/// A word of a statement's head in upper case, for comparing with keywords. Kept on the stack:
+/// words longer than any keyword compared with are left empty, which matches none.
+#[derive(Default)]
+struct Upper {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl Upper {
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+fn word(sql: &[u8], statement: &Statement, idx: usize) -> Option<Upper> {
     let token = statement.head.get(idx)?;
-    (token.kind == TokenKind::Word).then(|| sql[token.span.clone()].to_ascii_uppercase())
+    if token.kind != TokenKind::Word {
+        return None;
+    }
+    let text = &sql[token.span.clone()];
+    let mut upper = Upper::default();
+    if let Some(buf) = upper.buf.get_mut(..text.len()) {
+        buf.copy_from_slice(text);
+        buf.make_ascii_uppercase();
+        upper.len = text.len();
+    }
+    Some(upper)
 }
 
 fn refused(sql: &[u8], statement: &Statement) -> Option<&'static str> {
@@ -118,7 +147,7 @@ fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
         (b"DISCARD", b"ALL") => return StatementKind::DiscardAll,
         (b"DEALLOCATE", b"ALL") => return StatementKind::DeallocateAll,
         (b"DEALLOCATE", b"PREPARE") => {
-            if word(sql, statement, 2).as_deref() == Some(b"ALL") {
+            if word(sql, statement, 2).is_some_and(|w| w.as_slice() == b"ALL") {
                 return StatementKind::DeallocateAll;
             }
             if let Some(named) = name_at(2) {

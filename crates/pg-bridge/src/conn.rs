@@ -330,7 +330,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 self.client.buf.reserve(8192);
             }
             let read = self.stream.read_buf(&mut self.client.buf);
+            // Biased: the client's bytes are what wakes this loop nearly every time; the other
+            // branches are polled only when there are none (shutdown is also checked above).
             tokio::select! {
+                biased;
                 res = read => match res {
                     Ok(0) => return Ok(Next::Closed),
                     Ok(_) => {}
@@ -397,19 +400,25 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             FrontendMessage::CopyStray => {}
             FrontendMessage::Query { sql } => self.query(sql).await?,
             FrontendMessage::Parse { statement, sql, param_types } => {
-                self.parse(statement, sql, param_types).await?;
+                self.parse(frame.bytes(), statement, sql, param_types).await?;
             }
             FrontendMessage::Bind { portal, statement, rest } => {
                 if statement.is_empty() {
                     self.use_unnamed();
                 }
-                let portal = self.portal_name(portal);
-                let statement = self.statement_name(statement);
+                let statement_name = self.statement_name(statement);
                 // Most clients never prepare such a statement: skip hashing the name.
-                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement) {
+                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement_name)
+                {
                     self.batch.session_scoped = true;
                 }
-                self.batch.put(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)]);
+                if portal.is_empty() && statement.is_empty() {
+                    // Unnamed objects keep their (empty) names: the frame goes as it came.
+                    self.batch.push(frame.bytes());
+                } else {
+                    let portal = self.portal_name(portal);
+                    self.batch.put(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement_name), Part::Raw(rest)]);
+                }
             }
             FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
                 let close = frame.tag() == b'C';
@@ -430,11 +439,19 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 } else {
                     self.portal_name(name)
                 };
-                self.batch.put(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
+                if name.is_empty() {
+                    self.batch.push(frame.bytes());
+                } else {
+                    self.batch.put(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
+                }
             }
             FrontendMessage::Execute { portal, max_rows } => {
-                let portal = self.portal_name(portal);
-                self.batch.put(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
+                if portal.is_empty() {
+                    self.batch.push(frame.bytes());
+                } else {
+                    let portal = self.portal_name(portal);
+                    self.batch.put(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
+                }
             }
             FrontendMessage::Flush => {
                 self.batch.push(frame.bytes());
@@ -546,7 +563,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     fn classify(&mut self, sql: &[u8]) -> Verdict {
         let options = self.lex_options();
         if self.client.plain_sql.1 == Some(options) && self.client.plain_sql.0 == sql {
-            return Verdict::Allow { statements: Vec::new() };
+            return Verdict::Allow { statements: Default::default() };
         }
         let verdict = classify::classify(sql, options);
         if let Verdict::Allow { statements } = &verdict
@@ -580,7 +597,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
     }
 
-    async fn parse(&mut self, statement: &[u8], sql: &[u8], param_types: &[u8]) -> Result<(), Error> {
+    /// `whole` is the Parse frame as the client sent it.
+    async fn parse(&mut self, whole: &[u8], statement: &[u8], sql: &[u8], param_types: &[u8]) -> Result<(), Error> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(false, Refusal::unsupported(command)).await,
             Verdict::Allow { statements } => {
@@ -592,12 +610,22 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                     self.client.scoped_statements.remove(&name);
                 }
                 let parts = [Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)];
+                // An unnamed statement whose text needs no change goes as the client sent it.
+                let unchanged = statement.is_empty() && matches!(rewritten, Cow::Borrowed(_));
                 if statement.is_empty() {
                     self.client.unnamed_parse.clear();
-                    message::put(&mut self.client.unnamed_parse, b'P', &parts);
+                    if unchanged {
+                        self.client.unnamed_parse.extend_from_slice(whole);
+                    } else {
+                        message::put(&mut self.client.unnamed_parse, b'P', &parts);
+                    }
                     self.batch.unnamed = Unnamed::Mine;
                 }
-                self.batch.put(b'P', &parts);
+                if unchanged {
+                    self.batch.push(whole);
+                } else {
+                    self.batch.put(b'P', &parts);
+                }
                 if !statement.is_empty() {
                     self.client.statements.insert(name);
                 }
@@ -661,9 +689,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if self.lease.is_some() {
             return Ok(());
         }
-        let mut session = {
-            let _queued = Queued::new(&self.shared.waiting);
-            self.shared.lease.clone().lock_owned().await
+        // Free and nobody queued (the mutex hands a released lease straight to the first in
+        // line): taken without queueing.
+        let mut session = match self.shared.lease.clone().try_lock_owned() {
+            Ok(session) => session,
+            Err(_) => {
+                let _queued = Queued::new(&self.shared.waiting);
+                self.shared.lease.clone().lock_owned().await
+            }
         };
         if session.broken {
             return Err(Error::BackendGone);

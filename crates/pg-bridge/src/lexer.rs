@@ -10,6 +10,8 @@
 
 use std::ops::Range;
 
+use smallvec::SmallVec;
+
 /// How many leading tokens of a statement are kept; classification never needs more.
 const HEAD_TOKENS: usize = 6;
 
@@ -43,7 +45,7 @@ pub(crate) struct Statement {
     /// Byte range in the input, from the end of the previous `;`.
     pub(crate) span: Range<usize>,
     /// Up to the first few tokens, comments and whitespace skipped.
-    pub(crate) head: Vec<Token>,
+    pub(crate) head: SmallVec<[Token; HEAD_TOKENS]>,
     /// Unquoted words seen anywhere in the statement that the classifier cares about.
     pub(crate) mentions: Mentions,
 }
@@ -75,8 +77,21 @@ fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
+/// `IDENT_CONT[b]`: whether `b` continues an unquoted identifier (a table: the lexer asks
+/// this for nearly every byte of a statement).
+const IDENT_CONT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        b += 1;
+    }
+    table
+};
+
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    IDENT_CONT[usize::from(b)]
 }
 
 fn starts_with_ignore_case(word: &[u8], prefix: &[u8]) -> bool {
@@ -87,23 +102,27 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
+/// The statements of one text; most texts hold one, kept without a heap allocation.
+pub(crate) type Statements = SmallVec<[Statement; 1]>;
+
 /// Splits `sql` into statements. An input with no statements yields one empty statement, as
 /// PostgreSQL answers an empty query with `EmptyQueryResponse`.
-pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Vec<Statement> {
+pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Statements {
     let mut lexer = Lexer { sql, pos: 0, options };
-    let mut res = Vec::new();
-    let mut current = Statement { span: 0..0, head: Vec::new(), mentions: Mentions::default() };
+    let mut res = Statements::new();
+    let mut current = Statement { span: 0..0, head: SmallVec::new(), mentions: Mentions::default() };
     while let Some(token) = lexer.next_token() {
         if token.kind == TokenKind::Punct && sql[token.span.start] == b';' {
             current.span.end = token.span.start;
             let next_start = token.span.end;
             res.push(std::mem::replace(
                 &mut current,
-                Statement { span: next_start..next_start, head: Vec::new(), mentions: Mentions::default() },
+                Statement { span: next_start..next_start, head: SmallVec::new(), mentions: Mentions::default() },
             ));
             continue;
         }
-        if token.kind == TokenKind::Word {
+        // The shortest name looked for has 10 bytes; most words are shorter.
+        if token.kind == TokenKind::Word && token.span.len() >= 10 {
             let word = &sql[token.span.clone()];
             if word.eq_ignore_ascii_case(b"set_config") {
                 current.mentions.set_config = true;
@@ -199,9 +218,8 @@ impl Lexer<'_> {
                         if q == b'"' { TokenKind::QuotedIdent } else { TokenKind::Str }
                     }
                     _ => {
-                        while self.peek(0).is_some_and(is_ident_cont) {
-                            self.pos += 1;
-                        }
+                        let rest = &self.sql[self.pos + 1..];
+                        self.pos += 1 + rest.iter().position(|&c| !is_ident_cont(c)).unwrap_or(rest.len());
                         TokenKind::Word
                     }
                 }
@@ -218,7 +236,10 @@ impl Lexer<'_> {
     fn skip_trivia(&mut self) {
         loop {
             match (self.peek(0), self.peek(1)) {
-                (Some(b), _) if is_space(b) => self.pos += 1,
+                (Some(b), _) if is_space(b) => {
+                    let rest = &self.sql[self.pos + 1..];
+                    self.pos += 1 + rest.iter().position(|&c| !is_space(c)).unwrap_or(rest.len());
+                }
                 (Some(b'-'), Some(b'-')) => {
                     while self.peek(0).is_some_and(|c| c != b'\n' && c != b'\r') {
                         self.pos += 1;
