@@ -54,7 +54,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
-        let Some(nul) = self.buf.iter().position(|&b| b == 0) else {
+        let Some(nul) = memchr::memchr(0, self.buf) else {
             return Err(Malformed::new(self.tag, "missing string terminator"));
         };
         let (s, rest) = self.buf.split_at(nul);
