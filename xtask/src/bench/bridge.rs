@@ -38,27 +38,51 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         report.skipped.push("bridge: PgBouncer is not installed (no `pgbouncer` binary)".to_owned());
     }
 
-    let mut systems = vec![(NATIVE, cluster.endpoint()), (BRIDGE, proxy_endpoint)];
-    if let Some((_, endpoint)) = &pgbouncer {
-        systems.push((PGBOUNCER, endpoint.clone()));
+    let mut systems = vec![(NATIVE, cluster.endpoint(), None), (BRIDGE, proxy_endpoint, Some(proxy.pid()))];
+    if let Some((pgbouncer, endpoint)) = &pgbouncer {
+        systems.push((PGBOUNCER, endpoint.clone(), Some(pgbouncer.pid())));
     }
     let columns = ["native PostgreSQL (direct)", "pg-bridge proxy", "PgBouncer pool=1"];
-    let rounds = if ctx.quick { 1 } else { 3 };
+    let rounds = if ctx.quick { 1 } else { 5 };
     let mut table = Table::new(&format!("{TITLE} (median of {rounds} alternating runs)"), columns);
     table.base = Some(NATIVE);
     table.tag = "proxy".to_owned();
-    // The proxies are within a few per cent of each other, less than one run's drift on a
-    // shared machine: each figure is the median of alternating rounds.
+    let mut cpu_table = Table::new("Proxy CPU time per transaction (user + system, median of the same runs)", columns);
+    cpu_table.tag = "proxy CPU".to_owned();
+    // The two proxies are within a few per cent of each other, less than the drift between two
+    // runs of one system on a shared machine. So the systems take turns, round after round,
+    // and the proxies are compared run by run: each round's bridge/PgBouncer ratio compares two
+    // runs made back to back, and the target is judged on the median of those ratios.
     for run in pgbench::PROXY_RUNS {
         let mut measured = vec![Vec::new(); columns.len()];
+        let mut cpu = vec![Vec::new(); columns.len()];
+        let mut ratios = Vec::new();
         for round in 1..=rounds {
-            for (column, endpoint) in &systems {
+            let mut this_round = [None; 3];
+            for (column, endpoint, pid) in &systems {
                 eprintln!("bench: bridge {} on {} (round {round} of {rounds})", run.name(), columns[*column]);
-                match pgbench::run(ctx, endpoint, run) {
-                    Ok(tps) => measured[*column].push(tps),
-                    Err(err) if *column == BRIDGE => report.errors.push(format!("bridge {}: {err:#}", run.name())),
-                    Err(err) => report.skipped.push(format!("bridge {} on {}: {err:#}", run.name(), columns[*column])),
+                let before = pid.map(cpu_seconds).transpose();
+                match (before, pgbench::run_counted(ctx, endpoint, run)) {
+                    (Ok(before), Ok((tps, transactions))) => {
+                        measured[*column].push(tps);
+                        this_round[*column] = Some(tps);
+                        if let (Some(pid), Some(before)) = (pid, before)
+                            && let Ok(after) = cpu_seconds(*pid)
+                            && transactions > 0
+                        {
+                            cpu[*column].push((after - before) * 1e6 / transactions as f64);
+                        }
+                    }
+                    (Err(err), _) | (_, Err(err)) if *column == BRIDGE => {
+                        report.errors.push(format!("bridge {}: {err:#}", run.name()));
+                    }
+                    (Err(err), _) | (_, Err(err)) => {
+                        report.skipped.push(format!("bridge {} on {}: {err:#}", run.name(), columns[*column]));
+                    }
                 }
+            }
+            if let (Some(bridge), Some(pgbouncer)) = (this_round[BRIDGE], this_round[PGBOUNCER]) {
+                ratios.push(bridge / pgbouncer);
             }
         }
         for (column, tps) in measured.iter_mut().enumerate() {
@@ -66,23 +90,41 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 table.set(&run.name(), Unit::Tps, column, median);
             }
         }
-        let bridge = table.get(&run.name(), BRIDGE);
-        let pgbouncer = table.get(&run.name(), PGBOUNCER);
-        report.targets.push(Target::at_least(
-            &format!("bridge proxy, {}", run.name()),
-            "≥ PgBouncer pool=1",
-            bridge,
-            pgbouncer,
-            1.0,
-            Unit::Tps,
-        ));
+        for (column, us) in cpu.iter_mut().enumerate() {
+            if let Some(median) = median(us) {
+                cpu_table.set(&run.name(), Unit::Us, column, median);
+            }
+        }
+        report.targets.push(paired_target(&run.name(), &mut ratios));
     }
     report.tables.push(table);
+    report.tables.push(cpu_table);
     proxy.stop()?;
     if let Some((pgbouncer, _)) = pgbouncer {
         pgbouncer.stop()?;
     }
     Ok(())
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    super::procs::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))
+}
+
+/// The target for one pgbench run: the median of the rounds' bridge/PgBouncer ratios ≥ 1.
+pub(super) fn paired_target(run: &str, ratios: &mut [f64]) -> Target {
+    let name = format!("bridge proxy, {run}");
+    let goal = "≥ PgBouncer pool=1";
+    let Some(median) = median(ratios) else {
+        return Target { name, goal: goal.to_owned(), measured: "not measured".to_owned(), pass: None };
+    };
+    let (low, high) = (ratios[0], ratios[ratios.len() - 1]);
+    let measured = if ratios.len() > 1 {
+        format!("{median:.2}x PgBouncer (median of {} paired runs; {low:.2}x to {high:.2}x)", ratios.len())
+    } else {
+        format!("{median:.2}x PgBouncer (one run)")
+    };
+    Target { name, goal: goal.to_owned(), measured, pass: Some(median >= 1.0) }
 }
 
 /// The middle value (the upper one of an even count); `None` for no values.

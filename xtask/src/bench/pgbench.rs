@@ -87,6 +87,11 @@ pub(crate) fn init(endpoint: &Endpoint) -> anyhow::Result<()> {
 
 /// Runs `run` for the context's duration; returns transactions per second.
 pub(crate) fn run(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<f64> {
+    Ok(run_counted(ctx, endpoint, run)?.0)
+}
+
+/// `run`, also returning how many transactions were processed.
+pub(crate) fn run_counted(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<(f64, u64)> {
     let mut cmd = pgbench(endpoint)?;
     let (clients, threads) = (run.clients.to_string(), run.clients.min(2).to_string());
     // -n: the tables were vacuumed by -i; vacuuming again would only add noise.
@@ -98,7 +103,19 @@ pub(crate) fn run(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<f6
     };
     cmd.arg("postgres");
     let text = output(cmd).with_context(|| run.name())?;
-    parse_tps(&text).with_context(|| format!("no tps in pgbench's output:\n{text}"))
+    let tps = parse_tps(&text).with_context(|| format!("no tps in pgbench's output:\n{text}"))?;
+    let transactions = parse_transactions(&text).with_context(|| format!("no count in pgbench's output:\n{text}"))?;
+    Ok((tps, transactions))
+}
+
+/// The `number of transactions actually processed: N` line.
+pub(super) fn parse_transactions(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("number of transactions actually processed: "))?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The `tps = N (...)` line (pgbench 14+ prints one; older ones two, the first including

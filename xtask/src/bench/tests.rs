@@ -1,7 +1,9 @@
 //! Unit tests for the parts of the benchmark that need no server: parsing, SQL generation,
 //! ratios, targets and rendering.
 
-use super::pgbench::parse_tps;
+use super::bridge::paired_target;
+use super::pgbench::{parse_tps, parse_transactions};
+use super::procs::cpu_seconds_of;
 use super::report::{Report, Table, Target, Unit};
 use super::speedtest::{number_name, tests};
 
@@ -11,6 +13,35 @@ fn tps_is_read_from_pgbench_output() {
                 initial connection time = 2.318 ms\ntps = 9219.647702 (without initial connection time)\n";
     assert_eq!(parse_tps(text), Some(9219.647702));
     assert_eq!(parse_tps("pgbench: error: connection failed"), None);
+}
+
+#[test]
+fn the_transaction_count_is_read_from_pgbench_output() {
+    let text = "duration: 10 s\nnumber of transactions actually processed: 90412\nnumber of failed \
+                transactions: 0 (0.000%)\n";
+    assert_eq!(parse_transactions(text), Some(90412));
+    // With -t, pgbench prints the count against the total asked for.
+    assert_eq!(parse_transactions("number of transactions actually processed: 3000/3000\n"), Some(3000));
+    assert_eq!(parse_transactions("tps = 1.0\n"), None);
+}
+
+#[test]
+fn cpu_time_is_read_from_proc_stat_even_with_spaces_in_the_name() {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let stat = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
+    assert_eq!(cpu_seconds_of(stat), Some(300.0 / ticks));
+    assert_eq!(cpu_seconds_of("4242 (truncated) S 1"), None);
+}
+
+#[test]
+fn the_proxy_target_takes_the_median_of_paired_ratios() {
+    let mut ratios = [1.04, 0.93, 1.01, 0.99, 1.02];
+    let target = paired_target("pgbench -S simple, 1 client", &mut ratios);
+    assert_eq!(target.pass, Some(true));
+    assert_eq!(target.measured, "1.01x PgBouncer (median of 5 paired runs; 0.93x to 1.04x)");
+    let target = paired_target("pgbench -S simple, 1 client", &mut [0.97, 1.2, 0.98]);
+    assert_eq!(target.pass, Some(false), "{}", target.measured);
+    assert_eq!(paired_target("x", &mut []).pass, None);
 }
 
 #[test]
