@@ -51,19 +51,29 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     cpu_table.tag = "proxy CPU".to_owned();
     // The two proxies are within a few per cent of each other, less than the drift between two
     // runs of one system on a shared machine. So the systems take turns, round after round,
-    // and the proxies are compared run by run: each round's bridge/PgBouncer ratio compares two
-    // runs made back to back, and the target is judged on the median of those ratios.
+    // each measured run after a warm-up run (see `pgbench::warm_up`), and the proxies are
+    // compared run by run: each round's bridge/PgBouncer ratio compares two runs made back to
+    // back, and the target is judged on the median of those ratios.
     for run in pgbench::PROXY_RUNS {
         let mut measured = vec![Vec::new(); columns.len()];
         let mut cpu = vec![Vec::new(); columns.len()];
         let mut ratios = Vec::new();
         for round in 1..=rounds {
             let mut this_round = [None; 3];
-            for (column, endpoint, pid) in &systems {
+            // The proxies take turns going first, so neither always follows the same system.
+            let mut order: Vec<_> = systems.iter().collect();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for (column, endpoint, pid) in order {
                 eprintln!("bench: bridge {} on {} (round {round} of {rounds})", run.name(), columns[*column]);
-                let before = pid.map(cpu_seconds).transpose();
-                match (before, pgbench::run_counted(ctx, endpoint, run)) {
-                    (Ok(before), Ok((tps, transactions))) => {
+                let measured_run = pgbench::warm_up(ctx, endpoint, run).and_then(|()| {
+                    let before = pid.map(cpu_seconds).transpose()?;
+                    let (tps, transactions) = pgbench::run_counted(ctx, endpoint, run)?;
+                    Ok((before, tps, transactions))
+                });
+                match measured_run {
+                    Ok((before, tps, transactions)) => {
                         measured[*column].push(tps);
                         this_round[*column] = Some(tps);
                         if let (Some(pid), Some(before)) = (pid, before)
@@ -73,10 +83,10 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                             cpu[*column].push((after - before) * 1e6 / transactions as f64);
                         }
                     }
-                    (Err(err), _) | (_, Err(err)) if *column == BRIDGE => {
+                    Err(err) if *column == BRIDGE => {
                         report.errors.push(format!("bridge {}: {err:#}", run.name()));
                     }
-                    (Err(err), _) | (_, Err(err)) => {
+                    Err(err) => {
                         report.skipped.push(format!("bridge {} on {}: {err:#}", run.name(), columns[*column]));
                     }
                 }

@@ -135,6 +135,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         for system in &mut systems {
             eprintln!("bench: {}: {}", system.name, run.name());
             system.attempt(report, &run.name(), |system| {
+                pgbench::warm_up(ctx, &system.endpoint, run)?;
                 let tps = pgbench::run(ctx, &system.endpoint, run)?;
                 tables.pgbench.set(&run.name(), Unit::Tps, system.column, tps);
                 Ok(())
