@@ -50,14 +50,16 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let mut cpu_table = Table::new("Proxy CPU time per transaction (user + system, median of the same runs)", columns);
     cpu_table.tag = "proxy CPU".to_owned();
     // The two proxies are within a few per cent of each other, less than the drift between two
-    // runs of one system on a shared machine. So the systems take turns, round after round,
-    // each measured run after a warm-up run (see `pgbench::warm_up`), and the proxies are
-    // compared run by run: each round's bridge/PgBouncer ratio compares two runs made back to
-    // back, and the target is judged on the median of those ratios.
+    // runs of one system on this VM (see `Usage::migrations`). So the systems take turns,
+    // round after round, each measured run after a warm-up run, and the proxies are compared
+    // run by run: each round's bridge/PgBouncer ratio compares two runs made back to back, and
+    // the target is judged on the median of those ratios. Every run is listed under the CPU
+    // table.
     for run in pgbench::PROXY_RUNS {
         let mut measured = vec![Vec::new(); columns.len()];
         let mut cpu = vec![Vec::new(); columns.len()];
         let mut ratios = Vec::new();
+        let mut runs = Vec::new();
         for round in 1..=rounds {
             let mut this_round = [None; 3];
             // The proxies take turns going first, so neither always follows the same system.
@@ -68,7 +70,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             for (column, endpoint, pid) in order {
                 eprintln!("bench: bridge {} on {} (round {round} of {rounds})", run.name(), columns[*column]);
                 let measured_run = pgbench::warm_up(ctx, endpoint, run).and_then(|()| {
-                    let before = pid.map(cpu_seconds).transpose()?;
+                    let before = pid.map(Usage::of).transpose()?;
                     let (tps, transactions) = pgbench::run_counted(ctx, endpoint, run)?;
                     Ok((before, tps, transactions))
                 });
@@ -77,10 +79,19 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                         measured[*column].push(tps);
                         this_round[*column] = Some(tps);
                         if let (Some(pid), Some(before)) = (pid, before)
-                            && let Ok(after) = cpu_seconds(*pid)
+                            && let Ok(after) = Usage::of(*pid)
                             && transactions > 0
                         {
-                            cpu[*column].push((after - before) * 1e6 / transactions as f64);
+                            let per_tx = transactions as f64;
+                            let us = (after.cpu_seconds - before.cpu_seconds) * 1e6 / per_tx;
+                            let migrations = (after.migrations - before.migrations) as f64 / per_tx;
+                            cpu[*column].push(us);
+                            runs.push(format!(
+                                "{}, round {round}: {}: {tps:.0} tps, {us:.1} µs and {migrations:.2} CPU migrations \
+                                 per transaction",
+                                run.name(),
+                                columns[*column]
+                            ));
                         }
                     }
                     Err(err) if *column == BRIDGE => {
@@ -106,6 +117,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             }
         }
         report.targets.push(paired_target(&run.name(), &mut ratios));
+        cpu_table.notes.extend(runs);
     }
     report.tables.push(table);
     report.tables.push(cpu_table);
@@ -116,9 +128,32 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    super::procs::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))
+/// What a process has used so far.
+struct Usage {
+    /// User plus system time.
+    cpu_seconds: f64,
+    /// Moves of its main thread from one CPU to another. On this 2-vCPU VM a proxy's CPU time
+    /// per transaction (perf's task-clock) is ~23 µs while the kernel keeps it where it is
+    /// and ~38 µs in spells, lasting over several runs and striking either proxy, when it
+    /// moves it about twice per transaction; the count shows which runs fell in one.
+    migrations: u64,
+}
+
+impl Usage {
+    fn of(pid: u32) -> anyhow::Result<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let sched = std::fs::read_to_string(format!("/proc/{pid}/sched"))?;
+        Ok(Usage {
+            cpu_seconds: super::procs::cpu_seconds_of(&stat)
+                .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?,
+            migrations: migrations_of(&sched).ok_or_else(|| anyhow::anyhow!("no migrations in /proc/{pid}/sched"))?,
+        })
+    }
+}
+
+/// The `se.nr_migrations` count from the text of `/proc/<pid>/sched`.
+pub(super) fn migrations_of(sched: &str) -> Option<u64> {
+    sched.lines().find_map(|line| line.strip_prefix("se.nr_migrations")?.trim().strip_prefix(':')?.trim().parse().ok())
 }
 
 /// The target for one pgbench run: the median of the rounds' bridge/PgBouncer ratios ≥ 1.

@@ -95,10 +95,8 @@ pub(crate) fn run_counted(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::R
     run_for(endpoint, run, ctx.pgbench_seconds())
 }
 
-/// A short run whose result is thrown away. On this VM the first pgbench run against a system
-/// after another system was busy is often slower for its whole length (measured: the proxy at
-/// 8000 tps and 35 µs of CPU per transaction right after native PostgreSQL, 8900 tps and 28 µs
-/// after a 2 s run of its own), so each measured run is preceded by one of these.
+/// A short run whose result is thrown away, so that a measured run does not pay for
+/// connecting, cold caches or the scheduler settling after another system was busy.
 pub(crate) fn warm_up(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<()> {
     run_for(endpoint, run, if ctx.quick { 1 } else { 2 }).map(drop)
 }

@@ -1,7 +1,7 @@
 //! Unit tests for the parts of the benchmark that need no server: parsing, SQL generation,
 //! ratios, targets and rendering.
 
-use super::bridge::paired_target;
+use super::bridge::{migrations_of, paired_target};
 use super::pgbench::{parse_tps, parse_transactions};
 use super::procs::cpu_seconds_of;
 use super::report::{Report, Table, Target, Unit};
@@ -31,6 +31,15 @@ fn cpu_time_is_read_from_proc_stat_even_with_spaces_in_the_name() {
     let stat = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
     assert_eq!(cpu_seconds_of(stat), Some(300.0 / ticks));
     assert_eq!(cpu_seconds_of("4242 (truncated) S 1"), None);
+}
+
+#[test]
+fn migrations_are_read_from_proc_sched() {
+    let sched = "proxy (4242, #threads: 1)\n----\nse.exec_start        :   30866744.9\n\
+                 se.nr_migrations                             :               313690\n\
+                 nr_switches                                  :              1943325\n";
+    assert_eq!(migrations_of(sched), Some(313_690));
+    assert_eq!(migrations_of("nr_switches : 1\n"), None);
 }
 
 #[test]
