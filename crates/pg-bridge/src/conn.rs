@@ -178,6 +178,12 @@ impl Batch {
         message::put(&mut self.frames, tag, parts);
         self.terminated = false;
     }
+
+    /// Appends a client's frame `whole`, re-encoded from `parts` if `rewritten` (a name renamed,
+    /// a text changed), else as it came: unnamed statements and portals keep their empty names.
+    fn forward(&mut self, whole: &[u8], rewritten: bool, tag: u8, parts: &[Part<'_>]) {
+        if rewritten { self.put(tag, parts) } else { self.push(whole) }
+    }
 }
 
 /// Counts a client queued on the lease for as long as it waits (a dropped wait included).
@@ -406,19 +412,15 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 if statement.is_empty() {
                     self.use_unnamed();
                 }
-                let statement_name = self.statement_name(statement);
+                let renamed = !portal.is_empty() || !statement.is_empty();
+                let portal = self.portal_name(portal);
+                let statement = self.statement_name(statement);
                 // Most clients never prepare such a statement: skip hashing the name.
-                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement_name)
-                {
+                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement) {
                     self.batch.session_scoped = true;
                 }
-                if portal.is_empty() && statement.is_empty() {
-                    // Unnamed objects keep their (empty) names: the frame goes as it came.
-                    self.batch.push(frame.bytes());
-                } else {
-                    let portal = self.portal_name(portal);
-                    self.batch.put(b'B', &[Part::Cstr(&portal), Part::Cstr(&statement_name), Part::Raw(rest)]);
-                }
+                let parts = [Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)];
+                self.batch.forward(frame.bytes(), renamed, b'B', &parts);
             }
             FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
                 let close = frame.tag() == b'C';
@@ -439,19 +441,18 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 } else {
                     self.portal_name(name)
                 };
-                if name.is_empty() {
-                    self.batch.push(frame.bytes());
-                } else {
-                    self.batch.put(frame.tag(), &[Part::Raw(&[kind]), Part::Cstr(&renamed)]);
-                }
+                self.batch.forward(
+                    frame.bytes(),
+                    !name.is_empty(),
+                    frame.tag(),
+                    &[Part::Raw(&[kind]), Part::Cstr(&renamed)],
+                );
             }
             FrontendMessage::Execute { portal, max_rows } => {
-                if portal.is_empty() {
-                    self.batch.push(frame.bytes());
-                } else {
-                    let portal = self.portal_name(portal);
-                    self.batch.put(b'E', &[Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())]);
-                }
+                let renamed = !portal.is_empty();
+                let portal = self.portal_name(portal);
+                let parts = [Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())];
+                self.batch.forward(frame.bytes(), renamed, b'E', &parts);
             }
             FrontendMessage::Flush => {
                 self.batch.push(frame.bytes());
@@ -609,24 +610,16 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 } else if !self.client.scoped_statements.is_empty() {
                     self.client.scoped_statements.remove(&name);
                 }
+                let changed = !statement.is_empty() || matches!(rewritten, Cow::Owned(_));
+                let start = self.batch.frames.len();
                 let parts = [Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)];
-                // An unnamed statement whose text needs no change goes as the client sent it.
-                let unchanged = statement.is_empty() && matches!(rewritten, Cow::Borrowed(_));
+                self.batch.forward(whole, changed, b'P', &parts);
                 if statement.is_empty() {
+                    // Kept as sent to the backend, to replay it there.
                     self.client.unnamed_parse.clear();
-                    if unchanged {
-                        self.client.unnamed_parse.extend_from_slice(whole);
-                    } else {
-                        message::put(&mut self.client.unnamed_parse, b'P', &parts);
-                    }
+                    self.client.unnamed_parse.extend_from_slice(&self.batch.frames[start..]);
                     self.batch.unnamed = Unnamed::Mine;
-                }
-                if unchanged {
-                    self.batch.push(whole);
                 } else {
-                    self.batch.put(b'P', &parts);
-                }
-                if !statement.is_empty() {
                     self.client.statements.insert(name);
                 }
                 Ok(())

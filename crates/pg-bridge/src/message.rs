@@ -179,7 +179,7 @@ pub(crate) fn build(tag: u8, parts: &[Part<'_>]) -> Bytes {
 }
 
 /// Appends a frame with `tag` whose body is `parts` to `out`.
-pub(crate) fn put(out: &mut impl BufMut, tag: u8, parts: &[Part<'_>]) {
+pub(crate) fn put(out: &mut BytesMut, tag: u8, parts: &[Part<'_>]) {
     let body_len: usize = parts
         .iter()
         .map(|p| match p {
@@ -187,6 +187,7 @@ pub(crate) fn put(out: &mut impl BufMut, tag: u8, parts: &[Part<'_>]) {
             Part::Raw(s) => s.len(),
         })
         .sum();
+    out.reserve(body_len + 5);
     out.put_u8(tag);
     out.put_u32((body_len + 4) as u32);
     for part in parts {
