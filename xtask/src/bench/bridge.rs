@@ -9,6 +9,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 
 use super::native::{NativeCluster, pg_bin, pg_tool, start_pgbouncer};
+use super::pgbench::Run;
 use super::procs::{Proc, wait_ready};
 use super::report::{Report, Table, Target, Unit};
 use super::{Ctx, Endpoint, pgbench};
@@ -69,22 +70,11 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             }
             for (column, endpoint, pid) in order {
                 eprintln!("bench: bridge {} on {} (round {round} of {rounds})", run.name(), columns[*column]);
-                let measured_run = pgbench::warm_up(ctx, endpoint, run).and_then(|()| {
-                    let before = pid.map(Usage::of).transpose()?;
-                    let (tps, transactions) = pgbench::run_counted(ctx, endpoint, run)?;
-                    Ok((before, tps, transactions))
-                });
-                match measured_run {
-                    Ok((before, tps, transactions)) => {
+                match measure(ctx, endpoint, *pid, run) {
+                    Ok((tps, per_tx)) => {
                         measured[*column].push(tps);
                         this_round[*column] = Some(tps);
-                        if let (Some(pid), Some(before)) = (pid, before)
-                            && let Ok(after) = Usage::of(*pid)
-                            && transactions > 0
-                        {
-                            let per_tx = transactions as f64;
-                            let us = (after.cpu_seconds - before.cpu_seconds) * 1e6 / per_tx;
-                            let migrations = (after.migrations - before.migrations) as f64 / per_tx;
+                        if let Some((us, migrations)) = per_tx {
                             cpu[*column].push(us);
                             runs.push(format!(
                                 "{}, round {round}: {}: {tps:.0} tps, {us:.1} µs and {migrations:.2} CPU migrations \
@@ -128,6 +118,26 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A warm-up, then one measured run: tps, and for a proxy (`pid`) its CPU µs and CPU migrations
+/// per transaction.
+fn measure(ctx: &Ctx, endpoint: &Endpoint, pid: Option<u32>, run: Run) -> anyhow::Result<(f64, Option<(f64, f64)>)> {
+    pgbench::warm_up(ctx, endpoint, run)?;
+    let before = pid.map(Usage::of).transpose()?;
+    let (tps, transactions) = pgbench::run_counted(ctx, endpoint, run)?;
+    let per_tx = match (pid, before) {
+        (Some(pid), Some(before)) if transactions > 0 => {
+            let after = Usage::of(pid)?;
+            let n = transactions as f64;
+            Some((
+                (after.cpu_seconds - before.cpu_seconds) * 1e6 / n,
+                (after.migrations - before.migrations) as f64 / n,
+            ))
+        }
+        _ => None,
+    };
+    Ok((tps, per_tx))
+}
+
 /// What a process has used so far.
 struct Usage {
     /// User plus system time.
@@ -144,11 +154,18 @@ impl Usage {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let sched = std::fs::read_to_string(format!("/proc/{pid}/sched"))?;
         Ok(Usage {
-            cpu_seconds: super::procs::cpu_seconds_of(&stat)
-                .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?,
+            cpu_seconds: cpu_seconds_of(&stat).ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?,
             migrations: migrations_of(&sched).ok_or_else(|| anyhow::anyhow!("no migrations in /proc/{pid}/sched"))?,
         })
     }
+}
+
+/// User plus system time from the text of `/proc/<pid>/stat`, in seconds.
+pub(super) fn cpu_seconds_of(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces; fields are counted after its `)`.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
 /// The `se.nr_migrations` count from the text of `/proc/<pid>/sched`.

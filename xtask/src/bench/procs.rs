@@ -198,11 +198,3 @@ async fn select1(endpoint: &Endpoint) -> anyhow::Result<()> {
     client.simple_query("SELECT 1").await?;
     Ok(())
 }
-
-/// User plus system time from the text of `/proc/<pid>/stat`, in seconds.
-pub(crate) fn cpu_seconds_of(stat: &str) -> Option<f64> {
-    // The command name (field 2) may hold spaces; fields are counted after its `)`.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
-}

@@ -1,9 +1,8 @@
 //! Unit tests for the parts of the benchmark that need no server: parsing, SQL generation,
 //! ratios, targets and rendering.
 
-use super::bridge::{migrations_of, paired_target};
+use super::bridge::{cpu_seconds_of, migrations_of, paired_target};
 use super::pgbench::{parse_tps, parse_transactions};
-use super::procs::cpu_seconds_of;
 use super::report::{Report, Table, Target, Unit};
 use super::speedtest::{number_name, tests};
 
