@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,6 +34,26 @@ use crate::{Backend, Error};
 /// A batch larger than this is sent even before the client asks for results, so a client
 /// streaming messages without `Sync` cannot make the bridge buffer without bound.
 const BATCH_SOFT_LIMIT: usize = 1 << 20;
+
+/// Awaits the backend's answer to a batch. While other clients wait for the backend, the loop
+/// is not let sleep for up to `limit`: the task yields instead, so the runtime still polls for
+/// I/O (without blocking) and serves the others, and the answer is read the moment it arrives
+/// rather than after the CPU went idle and had to be woken again.
+async fn answer_while_queued<F: Future>(answer: F, waiting: &AtomicUsize, limit: Duration) -> F::Output {
+    let mut answer = std::pin::pin!(answer);
+    let mut deadline = None;
+    loop {
+        let poll = !limit.is_zero() && waiting.load(Ordering::Relaxed) > 0 && {
+            let now = Instant::now();
+            now < *deadline.get_or_insert(now + limit)
+        };
+        tokio::select! {
+            biased;
+            out = &mut answer => return out,
+            () = tokio::task::yield_now(), if poll => {}
+        }
+    }
+}
 
 /// Per-client session state that outlives single messages.
 pub(crate) struct Client {
@@ -744,7 +764,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             frames.extend_from_slice(&batch.frames);
         }
         self.client.running.store(true, Ordering::SeqCst);
-        let output = self.shared.backend.exchange(frames.freeze()).await;
+        let answer = self.shared.backend.exchange(frames.freeze());
+        let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
         self.client.running.store(false, Ordering::SeqCst);
         let output = match output {
             Ok(output) => output,
@@ -914,5 +935,45 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 session.exchange_failed(&self.shared.backend).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::answer_while_queued;
+
+    /// How many times the answer is polled until it resolves, when another task sends it after
+    /// yielding to the runtime ten times.
+    async fn polls(waiting: usize, limit: Duration) -> usize {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let answerer = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            tx.send(42).unwrap();
+        });
+        let mut polls = 0;
+        let answer = std::future::poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut rx).poll(cx)
+        });
+        let got = answer_while_queued(answer, &AtomicUsize::new(waiting), limit).await;
+        answerer.await.unwrap();
+        assert_eq!(got, Ok(42));
+        polls
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn polls_for_the_answer_only_while_others_wait() {
+        // Alone: polled once, then once more when woken by the answer.
+        assert_eq!(polls(0, Duration::from_secs(3600)).await, 2);
+        assert_eq!(polls(1, Duration::ZERO).await, 2);
+        // Others queue: polled again every time the runtime comes round.
+        assert!(polls(1, Duration::from_secs(3600)).await > 5);
     }
 }

@@ -50,6 +50,14 @@ pub struct Config {
     /// do: with PGlite behind the bridge, a lone client's next query then runs up to twice as
     /// fast. Other clients are served while one polls.
     pub busy_poll: Duration,
+    /// While other clients wait for the backend, how long the client holding it keeps polling
+    /// for the backend's answer before the event loop may sleep (zero: sleep at once). Costs
+    /// CPU only while clients queue, up to this much per exchange. It pays off with a backend
+    /// that answers from another process (`UpstreamBackend`): the answer is read as it arrives,
+    /// not after the CPU went idle and was woken, and the next client's request goes out that
+    /// much sooner. In front of native PostgreSQL on a 2-vCPU virtual machine, eight pgbench
+    /// clients get about twice the throughput. A backend that answers inline never waits here.
+    pub poll_while_queued: Duration,
 }
 
 impl Config {
@@ -65,6 +73,7 @@ impl Config {
             idle_in_transaction_timeout: Duration::from_secs(60),
             startup_timeout: Duration::from_secs(60),
             busy_poll: Duration::ZERO,
+            poll_while_queued: Duration::from_micros(100),
         }
     }
 
