@@ -113,10 +113,7 @@ pub(crate) fn run(flags: &flags::Bench) -> anyhow::Result<()> {
     };
     let sh = Shell::new()?;
     sh.change_dir(crate::project_root());
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| if dir.is_absolute() { dir } else { crate::project_root().join(dir) })
-        .unwrap_or_else(|| crate::project_root().join("target"));
+    let target_dir = crate::target_dir();
     // Built before anything is measured, so compiling never overlaps a measurement.
     if e2e {
         cmd!(sh, "cargo build --release -p nself-embedded --bin nself-embedded").run()?;

@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: the whole CI gate, runnable locally with the same result.
 //!
-//! fmt, clippy (warnings denied here, not in Cargo.toml), tests (nextest when installed),
+//! fmt, clippy (warnings denied here, not in Cargo.toml), the test tools (`cargo xtask tools`,
+//! passed to the tests as environment variables), tests (nextest when installed),
 //! cargo-deny (when installed; advisories with XTASK_ADVISORIES=1) and the pin drift check.
 
 use xshell::{Shell, cmd};
@@ -10,6 +11,11 @@ pub(crate) fn run() -> anyhow::Result<()> {
     sh.change_dir(crate::project_root());
     cmd!(sh, "cargo fmt --all -- --check").run()?;
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
+    // Native servers, client tools and drivers under <target>/tools; the tests find them
+    // through these variables.
+    for (name, value) in crate::tools::provision()? {
+        sh.set_var(name, value);
+    }
     if is_installed(&sh, "nextest") {
         cmd!(sh, "cargo nextest run --workspace --no-fail-fast").run()?;
     } else {

@@ -22,5 +22,9 @@ xflags::xflags! {
             /// Shorter runs and smaller data: a smoke test of the harness, not a result.
             optional --quick
         }
+        /// Install the native PostgreSQL servers, client tools and drivers the tests use into
+        /// target/tools (without root; a no-op when they are there) and print the variables
+        /// that point the tests at them, as NAME=value lines.
+        cmd tools {}
     }
 }
