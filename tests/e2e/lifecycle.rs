@@ -8,9 +8,11 @@ use crate::support::{Server, cache_root, command, connect, text};
 async fn sigterm_rolls_back_open_transactions_stops_cleanly_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| Server::start(dir.path()));
-    let ready = format!("ready: psql -h {} -U postgres postgres", dir.path().display());
+    let ready = format!("ready: psql -h {} nself", dir.path().display());
     assert_eq!(server.stdout().last(), Some(&ready));
-    assert_eq!(server.database_url(), format!("postgres://postgres@localhost/postgres?host={}", dir.path().display()));
+    assert_eq!(server.database_url(), format!("postgres://postgres@localhost/nself?host={}", dir.path().display()));
+    let dsn = format!("dsn: {}", crate::support::seed_dsn(dir.path()));
+    assert!(server.stdout().contains(&dsn), "{:?}", server.stdout());
     let client = connect(dir.path()).await;
     client.batch_execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)").await.unwrap();
     let open = connect(dir.path()).await;
@@ -76,7 +78,8 @@ fn fetch_prints_the_verified_cache_directory() {
     assert!(out.status.success(), "{stderr}");
     let dir = std::path::PathBuf::from(stdout.trim());
     assert_eq!(dir, cache_root().join("pglite").join(nself_embedded::DEFAULT_PGLITE_VERSION));
-    assert!(dir.join("postgres.wasm").is_file(), "{dir:?}");
+    let release = pglite_fetch::pinned_release(nself_embedded::DEFAULT_PGLITE_VERSION).unwrap();
+    assert!(dir.join(&release.wasm.name).is_file(), "{dir:?}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! End-to-end tests: the real PGlite 0.2.17 artifact, the real `nself-embedded` command and
-//! real clients (psql, pgbench, tokio-postgres, sqlx).
+//! End-to-end tests: the real PGlite artifacts, the real `nself-embedded` command and real
+//! clients (psql, pgbench, tokio-postgres, sqlx), connecting with the seed's connection string
+//! (`host=DIR dbname=nself sslmode=disable`) unless a test is about something else.
 //!
 //! The artifact, compiled module and template cluster are shared with the host's tests in
 //! `<workspace>/target/test-cache` (the command gets it as `NSELF_CACHE_DIR`), so only the
@@ -15,3 +16,4 @@ mod migrations;
 mod pgbench;
 mod psql;
 mod resilience;
+mod seed;

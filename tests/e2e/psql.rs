@@ -1,7 +1,7 @@
 //! psql through the command: meta-commands (which run catalog queries of their own), DDL and
 //! DML, and `\copy` refused without breaking the session.
 
-use crate::support::{RELEASES, Server, psql, text};
+use crate::support::{RELEASES, Server, os_user, psql, text};
 
 #[test]
 fn meta_commands_ddl_and_dml() {
@@ -31,6 +31,7 @@ SELECT id, name, add_one(id) AS next FROM t ORDER BY id;
     let out = psql(dir.path(), &["-v", "ON_ERROR_STOP=1"], script);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "psql failed\n{stdout}\n{stderr}");
+    let owner = format!("public | t    | table | {}", os_user());
     for expected in [
         "CREATE TABLE",
         "INSERT 0 2",
@@ -38,7 +39,7 @@ SELECT id, name, add_one(id) AS next FROM t ORDER BY id;
         "DELETE 1",
         " 2 | TWO  |    3",
         &format!("via socket in \"{}\"", dir.path().display()),
-        "public | t    | table | postgres",
+        &owner,
         "display name",
         "\"t_pkey\" PRIMARY KEY, btree (id)",
         "\"t_name\" btree (name)",

@@ -31,7 +31,7 @@ pub(crate) fn cache_root() -> PathBuf {
     }
 }
 
-/// The verified 0.2.17 artifact in the test cache (fetched once per cache).
+/// The verified artifact of the default release in the test cache (fetched once per cache).
 pub(crate) async fn artifact() -> Artifact {
     static ARTIFACT: tokio::sync::OnceCell<Artifact> = tokio::sync::OnceCell::const_new();
     ARTIFACT
@@ -82,7 +82,12 @@ impl Server {
 
     /// [`start`](Self::start) on a given PGlite release.
     pub(crate) fn start_release(dir: &Path, version: &str) -> Server {
-        let mut server = Server::spawn(dir, &["--pglite-version", version]);
+        Server::start_with(dir, &["--pglite-version", version])
+    }
+
+    /// [`start`](Self::start) with extra arguments.
+    pub(crate) fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        let mut server = Server::spawn(dir, extra);
         server.wait_ready();
         server
     }
@@ -246,11 +251,24 @@ pub(crate) fn client(program: &str, args: &[&str], stdin: &str) -> Output {
     output
 }
 
-/// `psql` on the server's socket running `script` from standard input, with verbose errors
-/// (SQLSTATEs shown).
+/// The seed's connection string for the server in `dir`: no user (libpq sends the OS user's
+/// name), database `nself`, no TLS.
+pub(crate) fn seed_dsn(dir: &Path) -> String {
+    format!("host={} dbname=nself sslmode=disable", dir.to_str().expect("utf-8 dir"))
+}
+
+/// The name of the OS user running the tests (the role the seed's connection string logs in
+/// as).
+pub(crate) fn os_user() -> String {
+    let out = std::process::Command::new("id").arg("-un").output().expect("running id -un");
+    String::from_utf8(out.stdout).expect("a utf-8 user name").trim().to_owned()
+}
+
+/// `psql` with the seed's connection string on the server's socket, running `script` from
+/// standard input, with verbose errors (SQLSTATEs shown).
 pub(crate) fn psql(dir: &Path, extra: &[&str], script: &str) -> Output {
-    let host = dir.to_str().expect("utf-8 dir");
-    let mut args = vec!["-X", "-h", host, "-U", "postgres", "-d", "postgres", "-v", "VERBOSITY=verbose"];
+    let dsn = seed_dsn(dir);
+    let mut args = vec!["-X", "-d", dsn.as_str(), "-v", "VERBOSITY=verbose"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["-f", "-"]);
     client("psql", &args, script)
@@ -261,15 +279,11 @@ pub(crate) fn text(output: &Output) -> (String, String) {
     (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// A tokio-postgres connection on the socket in `dir`; the connection task is spawned.
+/// A tokio-postgres connection with the seed's connection string on the socket in `dir`; the
+/// connection task is spawned.
 pub(crate) async fn connect(dir: &Path) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host_path(dir)
-        .user("postgres")
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connecting with tokio-postgres");
+    let config: tokio_postgres::Config = seed_dsn(dir).parse().expect("a valid connection string");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connecting with tokio-postgres");
     tokio::spawn(connection);
     client
 }

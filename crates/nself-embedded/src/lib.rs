@@ -50,6 +50,15 @@ pub use pglite_fetch::Artifact;
 /// The PGlite release used unless `NSELF_PGLITE_VERSION` or the caller says otherwise.
 pub const DEFAULT_PGLITE_VERSION: &str = pglite_fetch::DEFAULT_PGLITE_VERSION;
 
+/// The database a new runtime directory's cluster is made with and serves (`postgres`, the
+/// conventional maintenance database, is accepted as another name for it).
+pub const DEFAULT_DATABASE: &str = "nself";
+
+/// Extension bundles the command makes available without being asked: those the seed's stack
+/// creates (Hasura's `pgcrypto`, the auth service's `citext`, and `uuid-ossp`, which
+/// migration sets often use). A release on which one cannot load goes without it.
+pub const DEFAULT_EXTENSIONS: [&str; 3] = ["pgcrypto", "citext", "uuid-ossp"];
+
 /// How long the bridge polls for a client's next message after each reply before its event
 /// loop may sleep, in microseconds ([`BridgeConfig::busy_poll`]). On a virtual machine a CPU
 /// that went idle comes back with cold caches, and PostgreSQL's code in wasm then runs about

@@ -65,6 +65,10 @@ impl EmbeddedPgRuntime {
         let mut host_config = pglite_host::Config::new(runtime_dir.join("data"));
         host_config.module_cache_dir = cache_dir.map(|dir| dir.join("modules"));
         host_config.template_dir = Some(artifact.dir.as_std_path().join("template"));
+        host_config.new_database = crate::DEFAULT_DATABASE.to_owned();
+        // As initdb does, the OS user running the server is a superuser, so connection
+        // strings that name no user (libpq then sends the OS user's name) work.
+        host_config.superusers = os_user_name().into_iter().filter(|name| name != "postgres").collect();
         let mut bridge_config = BridgeConfig::new(&runtime_dir);
         bridge_config.busy_poll = Duration::from_micros(crate::DEFAULT_BUSY_POLL_US);
         let artifact = pglite_host::Artifact {
@@ -96,6 +100,21 @@ impl EmbeddedPgRuntime {
         &mut self.host_config
     }
 
+    /// Serves database `name`, created at the next start if the cluster lacks it. By default
+    /// a runtime serves the database its cluster was made with: [`DEFAULT_DATABASE`]
+    /// (`nself`) for clusters made by this version, `postgres` for older ones.
+    ///
+    /// [`DEFAULT_DATABASE`]: crate::DEFAULT_DATABASE
+    pub fn set_database(&mut self, name: impl Into<String>) {
+        self.host_config.database = Some(name.into());
+    }
+
+    /// The database being served (known once started).
+    pub fn database(&self) -> Option<String> {
+        let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        serving.as_ref().map(|serving| serving.host.boot_info().database.clone())
+    }
+
     /// Makes these extension bundles (from [`fetch_extensions`](crate::fetch_extensions))
     /// available to `CREATE EXTENSION` from the next start.
     pub fn set_extensions(&mut self, extensions: &[pglite_fetch::Extension]) {
@@ -118,7 +137,7 @@ impl EmbeddedPgRuntime {
     }
 
     /// The Unix socket clients connect to; its directory is the `host` of a connection string
-    /// (`host=<dir> user=postgres dbname=postgres`).
+    /// (`host=<dir> dbname=nself sslmode=disable`).
     pub fn sock_path(&self) -> PathBuf {
         self.bridge_config.socket_path()
     }
@@ -163,13 +182,23 @@ impl EmbeddedPgRuntime {
             "PostgreSQL is up"
         );
 
+        let mut bridge_config = self.bridge_config.clone();
+        bridge_config.database = host.boot_info().database.clone();
+        // Tools that open the conventional maintenance database reach the served one, and so
+        // does the seed's connection string on clusters made before `nself` was the default.
+        for alias in ["postgres", crate::DEFAULT_DATABASE] {
+            if bridge_config.database != alias && !bridge_config.database_aliases.iter().any(|a| a == alias) {
+                bridge_config.database_aliases.push(alias.to_owned());
+            }
+        }
+        let database = bridge_config.database.clone();
         let listen = async {
             let backend = PgliteBackend::new(host.clone()).await?;
-            Ok::<_, Error>(PgSocketBridge::listen(backend, self.bridge_config.clone()).await?)
+            Ok::<_, Error>(PgSocketBridge::listen(backend, bridge_config).await?)
         };
         let failure = match tokio::time::timeout_at(deadline, listen).await {
             Ok(Ok(bridge)) => {
-                tracing::info!(socket = %sock_path.display(), "accepting connections");
+                tracing::info!(socket = %sock_path.display(), %database, "accepting connections");
                 let serving = Serving { host: host.clone(), tcp_addr: bridge.tcp_addr() };
                 *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(serving);
                 *state = Some(Running { host, bridge });
@@ -215,7 +244,8 @@ impl EmbeddedPgRuntime {
         match serving {
             Some(serving) if serving.host.healthy() => {
                 let sock_path = self.sock_path();
-                let probe = probe::query_through(&sock_path, &self.bridge_config.database);
+                let database = serving.host.boot_info().database.clone();
+                let probe = probe::query_through(&sock_path, &database);
                 tokio::time::timeout(HEALTH_TIMEOUT, probe).await.is_ok_and(|answered| answered)
             }
             _ => false,
@@ -232,6 +262,14 @@ impl Drop for EmbeddedPgRuntime {
                 tracing::warn!(%err, "PostgreSQL did not stop cleanly");
             }
         }
+    }
+}
+
+/// The name of the OS user running this process, if it has one.
+fn os_user_name() -> Option<String> {
+    match nix::unistd::User::from_uid(nix::unistd::getuid()) {
+        Ok(Some(user)) => Some(user.name),
+        _ => None,
     }
 }
 

@@ -248,8 +248,9 @@ fn filter_copy(output: &[u8], plan: &Plan, session: &mut Session) -> Result<Filt
 
 /// Returns a row when the backend session holds session-level advisory locks or `WITH HOLD`
 /// cursors. Run only when idle, so they can only be those of the client holding the lease.
+/// (PGlite 0.3's single-user backend shows its locks with no pid, and its own pid as 0.)
 pub(crate) const HOLDS_SQL: &str = "SELECT 1 WHERE EXISTS (SELECT FROM pg_catalog.pg_locks \
-     WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
+     WHERE locktype = 'advisory' AND (pid = pg_catalog.pg_backend_pid() OR pid IS NULL)) \
      OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)";
 
 /// Frames that end whatever the client left open on the backend: an unfinished extended

@@ -53,7 +53,7 @@ mod robustness_tests;
 
 pub use backend::Backend;
 pub use frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
-pub use server::{Bridge, Config, Listeners, bind, serve};
+pub use server::{Bridge, Config, Listeners, bind, serve, socket_dir_mode};
 pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};
 
 /// Everything that can go wrong in the bridge.

@@ -60,16 +60,30 @@ impl Replies {
 
     /// Appends an `ErrorResponse`.
     pub(crate) fn error(&mut self, severity: Severity, sqlstate: &str, message: &str) -> Result<(), Error> {
+        self.error_with_hint(severity, sqlstate, message, None)
+    }
+
+    /// Appends an `ErrorResponse` with an optional `HINT`.
+    pub(crate) fn error_with_hint(
+        &mut self,
+        severity: Severity,
+        sqlstate: &str,
+        message: &str,
+        hint: Option<&str>,
+    ) -> Result<(), Error> {
         let severity = match severity {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         };
-        let fields = vec![
+        let mut fields = vec![
             (b'S', severity.to_owned()),
             (b'V', severity.to_owned()),
             (b'C', sqlstate.to_owned()),
             (b'M', message.to_owned()),
         ];
+        if let Some(hint) = hint {
+            fields.push((b'H', hint.to_owned()));
+        }
         put(&mut self.buf, &ErrorResponse::new(fields))
     }
 

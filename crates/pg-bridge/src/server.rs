@@ -35,8 +35,18 @@ pub struct Config {
     pub tcp: Option<SocketAddr>,
     /// Password required over TCP (SCRAM-SHA-256); the Unix socket always trusts.
     pub tcp_password: Option<String>,
-    /// The one database name served; any other gets `3D000`.
+    /// The one database served; any other name (but `database_aliases`) gets `3D000`.
     pub database: String,
+    /// Other names clients may connect with to reach `database`, such as `postgres` for
+    /// tools that open the conventional maintenance database.
+    pub database_aliases: Vec<String>,
+    /// Permission bits of the Unix socket. Whoever can connect to it is trusted: grant
+    /// access to a group or to everyone only where all of them may act as any database user.
+    /// The socket's directory is made searchable for the same classes of users.
+    pub socket_mode: u32,
+    /// Group given ownership of the socket and its directory (a numeric gid), so that
+    /// `socket_mode`'s group bits admit its members (containers running as another user).
+    pub socket_group: Option<u32>,
     /// Most clients at once; one more gets `53300`.
     pub max_connections: usize,
     /// How long a client may hold the backend idle inside a transaction (or an unfinished
@@ -70,6 +80,9 @@ impl Config {
             tcp: None,
             tcp_password: None,
             database: "postgres".to_owned(),
+            database_aliases: Vec::new(),
+            socket_mode: 0o600,
+            socket_group: None,
             max_connections: 100,
             idle_in_transaction_timeout: Duration::from_secs(60),
             startup_timeout: Duration::from_secs(60),
@@ -189,11 +202,37 @@ impl Drop for Bridge {
     }
 }
 
+/// The mode of the socket's directory for a socket with `socket_mode`: the owner's, plus
+/// search permission for the classes of users the socket admits, so they can reach it
+/// without being able to list or change the directory.
+pub fn socket_dir_mode(socket_mode: u32) -> u32 {
+    let mut mode = 0o700;
+    if socket_mode & 0o060 != 0 {
+        mode |= 0o010;
+    }
+    if socket_mode & 0o006 != 0 {
+        mode |= 0o001;
+    }
+    mode
+}
+
 /// Creates the Unix socket (and the TCP one if configured) as `Config` describes.
 pub async fn bind(config: &Config) -> Result<Listeners, Error> {
     let dir = &config.socket_dir;
+    if config.socket_mode & !0o777 != 0 {
+        return Err(Error::Config { reason: format!("socket mode {:o} is not a permission mode", config.socket_mode) });
+    }
+    let dir_mode = socket_dir_mode(config.socket_mode);
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(dir_mode).create(dir)?;
+    }
+    if dir_mode != 0o700 || config.socket_group.is_some() {
+        // Opening the directory up is asked for explicitly; narrowing it is the caller's.
+        let current = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(current | dir_mode))?;
+        if let Some(gid) = config.socket_group {
+            std::os::unix::fs::chown(dir, None, Some(gid))?;
+        }
     }
     let path = config.socket_path();
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -208,7 +247,10 @@ pub async fn bind(config: &Config) -> Result<Listeners, Error> {
         std::fs::remove_file(&path)?;
     }
     let unix = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(gid) = config.socket_group {
+        std::os::unix::fs::chown(&path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(config.socket_mode))?;
     let tcp = match config.tcp {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,

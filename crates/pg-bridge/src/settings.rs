@@ -19,11 +19,13 @@ const IDENTITY: [&str; 2] = ["session_authorization", "role"];
 /// SQL listing every setting a session can change, with its current value.
 ///
 /// `role` and `session_authorization` are hidden from `pg_settings` (`GUC_NO_SHOW_ALL`), and the
-/// `transaction_*` settings only mirror `default_transaction_*` outside a transaction.
+/// `transaction_*` settings only mirror `default_transaction_*` outside a transaction. The
+/// session user is read with `session_user`: the single-user backend never sets the
+/// `session_authorization` setting of its own user, which reads as empty.
 pub(crate) const SNAPSHOT_SQL: &str = "SELECT name, current_setting(name) FROM pg_catalog.pg_settings \
      WHERE context IN ('user', 'superuser') AND name NOT LIKE 'transaction\\_%' \
      UNION ALL SELECT 'role', current_setting('role') \
-     UNION ALL SELECT 'session_authorization', current_setting('session_authorization')";
+     UNION ALL SELECT 'session_authorization', session_user";
 
 /// Startup-packet parameters that are not settings.
 const NOT_SETTINGS: [&str; 5] = ["user", "database", "options", "replication", "_pq_"];
@@ -112,24 +114,29 @@ pub(crate) fn literal(s: &str) -> String {
     res
 }
 
-/// The `set_config` calls that move the backend from overrides `applied` to `target`, given
-/// the `baseline` values, or `None` when they are equal.
+/// The SQL that moves the backend from overrides `applied` to `target`, given the `baseline`
+/// values, or `None` when they are equal.
 ///
-/// Identity settings go back to the baseline first (so the rest runs privileged) and are set
-/// last; everything else is set in name order.
+/// Identity goes back to the backend's own user first (so the rest runs privileged) and is set
+/// last, with `SET SESSION AUTHORIZATION` and `SET ROLE`: the single-user backend never puts
+/// its own user in the `session_authorization` setting, which reads as empty, so neither
+/// `set_config` nor `RESET` can take it back there. Everything else is set with `set_config`,
+/// in name order.
 pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Settings) -> Option<String> {
     if applied == target {
         return None;
     }
-    let mut calls = Vec::new();
+    let mut res = String::new();
     let identity_changes = IDENTITY.iter().any(|n| applied.get(*n) != target.get(*n));
-    if identity_changes {
-        for name in IDENTITY.iter().rev() {
-            if applied.contains_key(*name) {
-                calls.push(reset_call(name, baseline));
-            }
+    if identity_changes && IDENTITY.iter().any(|n| applied.contains_key(*n)) {
+        // `SET SESSION AUTHORIZATION DEFAULT` does nothing on the single-user backend, whose
+        // own user was never put in the setting: name it.
+        match baseline.get("session_authorization") {
+            Some(user) => res.push_str(&format!("RESET ROLE; SET SESSION AUTHORIZATION {}; ", ident(user))),
+            None => res.push_str("RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; "),
         }
     }
+    let mut calls = Vec::new();
     for name in applied.keys() {
         if !IDENTITY.contains(&name.as_str()) && !target.contains_key(name) {
             calls.push(reset_call(name, baseline));
@@ -140,14 +147,24 @@ pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Setti
             calls.push(set_call(name, value));
         }
     }
+    if !calls.is_empty() {
+        res.push_str(&format!("SELECT {}; ", calls.join(", ")));
+    }
     if identity_changes {
-        for name in IDENTITY {
-            if let Some(value) = target.get(name) {
-                calls.push(set_call(name, value));
-            }
+        if let Some(user) = target.get("session_authorization") {
+            res.push_str(&format!("SET SESSION AUTHORIZATION {}; ", ident(user)));
+        }
+        match target.get("role").map(String::as_str) {
+            None | Some("none") => {}
+            Some(role) => res.push_str(&format!("SET ROLE {}; ", ident(role))),
         }
     }
-    Some(format!("SELECT {}", calls.join(", ")))
+    Some(res)
+}
+
+/// Quotes `name` as an SQL identifier.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn set_call(name: &str, value: &str) -> String {

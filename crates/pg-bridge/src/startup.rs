@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::conn::{Client, Connection};
-use crate::reply::{Replies, Severity, TxStatus, error_frame};
+use crate::reply::{Replies, Severity, TxStatus};
 use crate::server::{CancelEntry, Shared};
 use crate::settings::Settings;
 use crate::{Backend, Error, frame, scram, settings};
@@ -30,8 +30,19 @@ const STARTUP_CACHE_LIMIT: usize = 256;
 
 /// Ends a connection with a FATAL error; the error is also returned for the caller's log.
 async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, sqlstate: &str, reason: String) -> Error {
-    if let Ok(bytes) = error_frame(Severity::Fatal, sqlstate, &reason) {
-        let _ = stream.write_all(&bytes).await;
+    fatal_with_hint(stream, sqlstate, reason, None).await
+}
+
+/// [`fatal`] with a `HINT`.
+async fn fatal_with_hint<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    sqlstate: &str,
+    reason: String,
+    hint: Option<&str>,
+) -> Error {
+    let mut replies = Replies::new();
+    if replies.error_with_hint(Severity::Fatal, sqlstate, &reason, hint).is_ok() {
+        let _ = stream.write_all(&replies.into_bytes()).await;
         let _ = stream.flush().await;
     }
     Error::Rejected { sqlstate: sqlstate.to_owned(), reason }
@@ -190,8 +201,12 @@ where
         return Err(fatal(stream, "0A000", "replication connections are not supported".to_owned()).await);
     }
     let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
-    if database != shared.config.database {
-        return Err(fatal(stream, "3D000", format!("database \"{database}\" does not exist")).await);
+    let served = &shared.config.database;
+    if database != *served && !shared.config.database_aliases.contains(&database) {
+        let hint = format!("This server serves the one database \"{served}\".");
+        return Err(
+            fatal_with_hint(stream, "3D000", format!("database \"{database}\" does not exist"), Some(&hint)).await
+        );
     }
 
     if tcp && let Some(verifier) = &shared.verifier {

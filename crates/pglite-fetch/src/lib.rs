@@ -44,7 +44,7 @@ pub use crate::{
 };
 
 /// The PGlite release used unless `NSELF_PGLITE_VERSION` or the API says otherwise.
-pub const DEFAULT_PGLITE_VERSION: &str = "0.2.17";
+pub const DEFAULT_PGLITE_VERSION: &str = "0.3.16";
 
 /// A verified, unpacked PGlite release in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -81,12 +81,13 @@ fn trap(err: wasmtime::Error) -> Error {
 }
 
 impl Instance {
-    /// Instantiates the module and runs PGlite's boot up to and including `pg_initdb`,
-    /// returning its result bits.
+    /// Instantiates the module and runs PGlite's boot up to and including `pg_initdb` (and
+    /// the backend's start), with the session in `database`; returns `pg_initdb`'s result bits.
     pub(crate) fn boot(
         module: &Module,
         profile: &'static Profile,
         dirs: &Dirs<'_>,
+        database: &str,
         durable: bool,
     ) -> Result<(Instance, i32), Error> {
         for sub in ["tmp/pglite", "home/web_user", "dev/shm"] {
@@ -201,12 +202,13 @@ impl Instance {
         }
 
         // argv lives in malloc'ed memory: PGlite keeps the pointer and reads it again later.
+        let database = format!("PGDATABASE={database}");
         let args = [
             "./this.program",
             "PGDATA=/tmp/pglite/base",
             "PREFIX=/tmp/pglite",
             "PGUSER=postgres",
-            "PGDATABASE=postgres",
+            database.as_str(),
             "MODE=REACT",
             "REPL=N",
         ];

@@ -8,26 +8,40 @@
 //!
 //! This crate never opens a socket and never touches the network.
 
+mod cluster;
 mod engine;
 mod errno;
 mod imports;
 mod instance;
 mod mem;
+mod pglite;
 mod profile;
+mod sql;
 mod template;
 mod vfs;
-mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use worker::{BootInfo, BootKind, Pglite};
+pub use cluster::cluster_major;
+pub use pglite::{BootInfo, BootKind, Pglite};
 
 /// SQL that gives a session the usual defaults. PGlite's backend arguments set `search_path`
 /// to `pg_catalog` and, by accident, `enable_seqscan` off, at command-line priority; its
 /// single-user boot ignores per-database settings, so this is applied at boot and must be
 /// applied again after anything that resets session settings (`RESET ALL`, `DISCARD ALL`).
 pub const SESSION_BASELINE: &str = "SET search_path TO \"$user\", public; SET enable_seqscan TO on;";
+
+/// The PostgreSQL major version PGlite `version` runs, if this host supports that release.
+pub fn pg_major(version: &str) -> Option<u32> {
+    profile::for_version(version).map(|profile| profile.pg_major)
+}
+
+/// Why extension bundle `name` cannot load on PGlite `version`, if it cannot.
+pub fn extension_unavailable(version: &str, name: &str) -> Option<&'static str> {
+    let profile = profile::for_version(version)?;
+    profile.broken_extensions.iter().find(|(broken, _)| *broken == name).map(|(_, reason)| *reason)
+}
 
 /// A verified PGlite release, extracted on disk.
 #[derive(Clone, Debug)]
@@ -58,6 +72,15 @@ pub struct Config {
     /// Unpacked extension bundles to make available (each holds `lib/` and `share/`), so that
     /// `CREATE EXTENSION` finds their control files and side modules.
     pub extensions: Vec<PathBuf>,
+    /// The database to serve, created when the cluster lacks it. `None` serves the cluster's
+    /// own database: the one it was made with (see `new_database`), or `postgres` for clusters
+    /// made before the data directory recorded it.
+    pub database: Option<String>,
+    /// The name a new cluster's database gets (initdb's `postgres`, renamed).
+    pub new_database: String,
+    /// Roles made to exist at every start as superusers that can log in, like initdb's
+    /// bootstrap superuser (which is always `postgres` here).
+    pub superusers: Vec<String>,
 }
 
 impl Config {
@@ -69,6 +92,9 @@ impl Config {
             module_cache_dir: None,
             startup_timeout: Duration::from_secs(120),
             extensions: Vec::new(),
+            database: None,
+            new_database: "postgres".to_owned(),
+            superusers: Vec::new(),
         }
     }
 }
@@ -90,6 +116,8 @@ pub enum Error {
     Compile { message: String },
     #[error("instantiating the PostgreSQL module failed: {message}")]
     Instantiate { message: String },
+    #[error("the host's own SQL failed ({code} {message}): {sql}")]
+    Sql { sql: String, code: String, message: String },
     #[error("initdb failed (pg_initdb returned {code})")]
     InitdbFailed { code: i32 },
     #[error("PostgreSQL exited with code {code}")]

@@ -31,7 +31,7 @@ pub(crate) mod exit {
 #[command(
     name = "nself-embedded",
     version,
-    about = "PostgreSQL 16 (PGlite in wasmtime) for ordinary PostgreSQL clients on a Unix socket",
+    about = "PostgreSQL (PGlite in wasmtime) for ordinary PostgreSQL clients on a Unix socket",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage, 3 already in use (data directory, socket \
                   or TCP address), 4 PGlite artifact unavailable.\n\
                   Environment: RUST_LOG (log filter, default info), NSELF_CACHE_DIR (cache root), \
@@ -52,9 +52,22 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct FetchArgs {
-    /// The PGlite release; must be one of the pinned ones.
-    #[arg(long, env = "NSELF_PGLITE_VERSION", default_value = DEFAULT_PGLITE_VERSION)]
-    pglite_version: String,
+    #[arg(long, env = "NSELF_PGLITE_VERSION", help = version_help())]
+    pglite_version: Option<String>,
+}
+
+fn version_help() -> String {
+    format!(
+        "The PGlite release; must be one of the pinned ones [default: for `start` on an existing \
+         cluster, the release that runs its PostgreSQL version; else {DEFAULT_PGLITE_VERSION}]"
+    )
+}
+
+impl FetchArgs {
+    /// The release asked for, or the default.
+    fn version(&self) -> &str {
+        self.pglite_version.as_deref().unwrap_or(DEFAULT_PGLITE_VERSION)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,10 +84,26 @@ struct StartArgs {
     /// Password for TCP clients (SCRAM-SHA-256); the Unix socket always trusts its clients.
     #[arg(long, env = "NSELF_PASSWORD", hide_env_values = true, requires = "tcp")]
     password: Option<String>,
-    /// Extensions to make available to CREATE EXTENSION, comma separated (pgcrypto needs
-    /// --pglite-version 0.3.16).
+    /// The database to serve, created if missing [default: the one the runtime directory's
+    /// cluster was made with; `nself` for a new one]. `postgres` is accepted as another name
+    /// for it; any other name is refused.
+    #[arg(long, env = "NSELF_DATABASE", value_name = "NAME")]
+    database: Option<String>,
+    /// More extensions to make available to CREATE EXTENSION, comma separated; pgcrypto,
+    /// citext and uuid-ossp always are (where the release can load them).
     #[arg(long, env = "NSELF_EXTENSIONS", value_delimiter = ',', value_name = "NAMES")]
     extensions: Vec<String>,
+    /// Permission bits of the socket, in octal, e.g. 0660 to admit a group (see
+    /// --socket-group) or 0666 for everyone. Anyone who can reach the socket is trusted as
+    /// any database user, superusers included: open it only to users you would give the
+    /// data. The runtime directory is made searchable for the same users.
+    #[arg(long, env = "NSELF_SOCKET_MODE", value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Group (name or numeric id) to own the socket and the runtime directory, so that the
+    /// socket mode's group bits admit its members, e.g. containers running as another user
+    /// with the socket bind-mounted.
+    #[arg(long, env = "NSELF_SOCKET_GROUP", value_name = "GROUP", value_parser = parse_group)]
+    socket_group: Option<u32>,
     /// Give up starting after this many seconds (fetching not included).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     startup_timeout: u64,
@@ -83,6 +112,26 @@ struct StartArgs {
     /// (0 turns it off).
     #[arg(long, env = "NSELF_BUSY_POLL_US", value_name = "MICROSECONDS", default_value_t = DEFAULT_BUSY_POLL_US)]
     busy_poll_us: u64,
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => Ok(mode),
+        Ok(_) => Err("a permission mode from 0600 to 0777 (the owner keeps read and write)".to_owned()),
+        Err(_) => Err(format!("{text:?} is not an octal mode such as 0660")),
+    }
+}
+
+fn parse_group(text: &str) -> Result<u32, String> {
+    if let Ok(gid) = text.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(text) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {text:?}")),
+        Err(err) => Err(format!("looking up group {text:?}: {err}")),
+    }
 }
 
 /// Runs the command line; the whole of `main`.
@@ -125,7 +174,7 @@ fn init_tracing() {
 }
 
 async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
-    let artifact = fetch(&args.pglite_version).await?;
+    let artifact = fetch(args.version()).await?;
     println!("{}", artifact.dir);
     Ok(())
 }

@@ -14,19 +14,31 @@ use super::{StartArgs, fetch, startup_timeout};
 use crate::{EmbeddedPgRuntime, Error};
 
 pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
-    let runtime_dir = prepare_runtime_dir(args.runtime_dir.clone())?;
-    let version = &args.fetch.pglite_version;
+    let runtime_dir = prepare_runtime_dir(args.runtime_dir.clone(), args.socket_mode)?;
+    let version = choose_release(args.fetch.pglite_version.as_deref(), &runtime_dir.join("data"))?;
+    let version = version.as_str();
     let artifact = fetch(version).await.with_context(|| format!("fetching PGlite {version}"))?;
     let mut runtime = EmbeddedPgRuntime::new(&runtime_dir, artifact);
-    if !args.extensions.is_empty() {
-        let names: Vec<&str> = args.extensions.iter().map(|name| name.trim()).filter(|name| !name.is_empty()).collect();
-        let extensions = crate::fetch_extensions(version, &names).await.context("fetching extensions")?;
-        runtime.set_extensions(&extensions);
+    let mut names: Vec<&str> = crate::DEFAULT_EXTENSIONS
+        .into_iter()
+        .filter(|name| pglite_host::extension_unavailable(version, name).is_none())
+        .collect();
+    for name in args.extensions.iter().map(|name| name.trim()).filter(|name| !name.is_empty()) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let extensions = crate::fetch_extensions(version, &names).await.context("fetching extensions")?;
+    runtime.set_extensions(&extensions);
+    if let Some(database) = &args.database {
+        runtime.set_database(database);
     }
     let bridge_config = runtime.bridge_config_mut();
     bridge_config.tcp = args.tcp;
     bridge_config.tcp_password = args.password.clone();
     bridge_config.busy_poll = Duration::from_micros(args.busy_poll_us);
+    bridge_config.socket_mode = args.socket_mode;
+    bridge_config.socket_group = args.socket_group;
 
     // Hooked before the boot: a signal during start-up stops the server as soon as it is up.
     let mut signals = Signals::new()?;
@@ -75,19 +87,72 @@ fn explain(err: Error, runtime_dir: &Path, args: &StartArgs) -> anyhow::Error {
     anyhow::Error::new(err).context(hint)
 }
 
+/// The PGlite release to run: the one asked for; else, for an existing cluster, the pinned
+/// release that runs its PostgreSQL major version (so a cluster made by another release is not
+/// stranded when the default moves); else the default.
+fn choose_release(asked: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(version) = asked {
+        return Ok(version.to_owned());
+    }
+    let default = crate::DEFAULT_PGLITE_VERSION;
+    let Some(major) = pglite_host::cluster_major(data_dir)? else {
+        return Ok(default.to_owned());
+    };
+    let runs = |version: &str| pglite_host::pg_major(version).is_some_and(|m| m.to_string() == major);
+    if runs(default) {
+        return Ok(default.to_owned());
+    }
+    let pinned: Vec<String> = pglite_fetch::pinned_releases().into_iter().map(|release| release.version).collect();
+    match pinned.iter().rev().find(|version| runs(version)) {
+        Some(version) => {
+            tracing::info!(
+                data_dir = %data_dir.display(),
+                postgres = %major,
+                pglite = %version,
+                "the cluster was made by an earlier release; running the release of its PostgreSQL version"
+            );
+            Ok(version.clone())
+        }
+        None => anyhow::bail!(
+            "the cluster in {} holds PostgreSQL {major}, which no PGlite release this nself-embedded \
+             supports runs (supported: {}); start it with the nself-embedded version that made it",
+            data_dir.display(),
+            pinned
+                .iter()
+                .map(|v| format!("{v} (PostgreSQL {})", pglite_host::pg_major(v).unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// The runtime directory from the flag or `NSELF_RUNTIME_DIR`, else the platform's per-user
-/// data directory; created (mode 0700) and made absolute.
-fn prepare_runtime_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// data directory; created and made absolute. Its mode is the owner's alone, plus search
+/// permission for whom the socket is opened to (`socket_mode`), whether it is new or not: a
+/// directory found wider is narrowed, with a warning.
+fn prepare_runtime_dir(flag: Option<PathBuf>, socket_mode: u32) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = match flag.filter(|dir| !dir.as_os_str().is_empty()) {
         Some(dir) => dir,
         None => default_runtime_dir()?,
     };
+    let mode = pg_bridge::socket_dir_mode(socket_mode);
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(mode)
         .create(&dir)
         .with_context(|| format!("creating the runtime directory {}", dir.display()))?;
-    std::fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let found =
+        std::fs::metadata(&dir).with_context(|| format!("reading {}", dir.display()))?.permissions().mode() & 0o7777;
+    if found != mode {
+        if found & !mode != 0 {
+            tracing::warn!(dir = %dir.display(), found = format!("{found:04o}"), now = format!("{mode:04o}"), "the runtime directory was open to more users than the socket is; narrowed");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    }
+    Ok(dir)
 }
 
 fn default_runtime_dir() -> anyhow::Result<PathBuf> {
@@ -105,14 +170,25 @@ fn default_runtime_dir() -> anyhow::Result<PathBuf> {
 
 fn print_ready(runtime: &EmbeddedPgRuntime, args: &StartArgs) -> std::io::Result<()> {
     let dir = runtime.runtime_dir().to_string_lossy().into_owned();
+    let database = runtime.database().unwrap_or_else(|| crate::DEFAULT_DATABASE.to_owned());
     let mut out = std::io::stdout().lock();
-    writeln!(out, "DATABASE_URL=postgres://postgres@localhost/postgres?host={}", url_encode(&dir))?;
+    writeln!(out, "DATABASE_URL=postgres://postgres@localhost/{}?host={}", url_encode(&database), url_encode(&dir))?;
+    writeln!(out, "dsn: host={} dbname={} sslmode=disable", dsn_quote(&dir), dsn_quote(&database))?;
     if let Some(addr) = runtime.tcp_addr() {
         let auth = if args.password.is_some() { " (password required)" } else { "" };
-        writeln!(out, "tcp: postgres://postgres@{addr}/postgres{auth}")?;
+        writeln!(out, "tcp: postgres://postgres@{addr}/{}{auth}", url_encode(&database))?;
     }
-    writeln!(out, "ready: psql -h {} -U postgres postgres", shell_quote(&dir))?;
+    writeln!(out, "ready: psql -h {} {}", shell_quote(&dir), shell_quote(&database))?;
     out.flush()
+}
+
+/// `s` as a libpq connection-string value: quoted when it has spaces, quotes or backslashes.
+fn dsn_quote(s: &str) -> String {
+    if !s.is_empty() && !s.contains([' ', '\'', '\\']) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
 }
 
 /// `s` as one shell word.

@@ -1,0 +1,340 @@
+//! One cluster on disk and the instance serving it: the data-directory lock, new clusters (from
+//! the template or initdb), the database it serves and the roles that may log in, boot, restart
+//! from disk after a crash, and a clean stop. Runs on whichever thread holds the handle's lock
+//! (`pglite.rs`); knows nothing of threads.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::instance::{Dirs, ExecError, Instance, initdb_bits};
+use crate::profile::Profile;
+use crate::sql::{self, Reply};
+use crate::{Artifact, BootInfo, BootKind, Config, Error, SESSION_BASELINE, engine, template};
+
+/// File inside the data directory that the running host holds an OS lock on. PostgreSQL's own
+/// `postmaster.pid` check cannot work here: inside the guest its pid is always 42.
+pub(crate) const LOCK_FILE: &str = ".nself-host.lock";
+
+/// File inside the data directory naming the database the cluster serves by default. Clusters
+/// made before it existed have none and serve `postgres`.
+const DATABASE_FILE: &str = ".nself-database";
+
+/// The database initdb makes, which a new cluster's database is renamed from.
+const INITDB_DATABASE: &str = "postgres";
+
+/// A database every cluster has and the backend can always boot into to set the others up.
+const SETUP_DATABASE: &str = "template1";
+
+/// Everything one running cluster needs: the compiled module, the live instance (rebuilt from
+/// disk after a crash), its scratch directory and the data-directory lock.
+pub(crate) struct Cluster {
+    module: wasmtime::Module,
+    profile: &'static Profile,
+    artifact: Artifact,
+    config: Config,
+    pub(crate) instance: Option<Instance>,
+    scratch: tempfile::TempDir,
+    /// Held for the cluster's lifetime; dropping it releases the OS lock.
+    _lock: fs::File,
+    pub(crate) info: BootInfo,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+fn exec_error(err: ExecError) -> Error {
+    match err {
+        ExecError::Refused(err) | ExecError::Dead(err) => err,
+    }
+}
+
+impl Cluster {
+    /// Locks the data directory, makes the cluster if there is none, sets up its database and
+    /// roles, and boots the instance that serves it.
+    pub(crate) fn open(artifact: Artifact, config: Config, profile: &'static Profile) -> Result<Cluster, Error> {
+        let started = Instant::now();
+        let lock = lock_data_dir(&config.data_dir)?;
+        check_compatible(&config.data_dir, profile, &artifact.version)?;
+
+        let wasm = fs::read(&artifact.wasm).map_err(io_err(&artifact.wasm))?;
+        let module = engine::compile_cached(engine::engine(), &wasm, config.module_cache_dir.as_deref())
+            .map_err(|e| Error::Compile { message: format!("{e:#}") })?;
+        drop(wasm);
+        let module_load = started.elapsed();
+
+        let kind = if config.data_dir.join("PG_VERSION").exists() {
+            BootKind::Resumed
+        } else {
+            template::clear_except(&config.data_dir, LOCK_FILE)?;
+            let make = |dir: &Path| make_cluster(&module, profile, &artifact, &config, dir);
+            let kind = match &config.template_dir {
+                Some(template_dir) => {
+                    let built_here = !template_dir.exists();
+                    template::ensure(template_dir, make)?;
+                    template::copy_into(template_dir, &config.data_dir)?;
+                    if built_here { BootKind::Initdb } else { BootKind::FromTemplate }
+                }
+                None => {
+                    make(&config.data_dir)?;
+                    BootKind::Initdb
+                }
+            };
+            // Here rather than in the template, so templates cached by earlier versions give
+            // new clusters these settings too.
+            template::append_settings(&config.data_dir, profile.new_cluster_settings)?;
+            kind
+        };
+        let scratch = tempfile::Builder::new().prefix("pglite-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
+        let version = artifact.version.clone();
+        let mut cluster = Cluster {
+            module,
+            profile,
+            artifact,
+            config,
+            instance: None,
+            scratch,
+            _lock: lock,
+            info: BootInfo { kind, module_load, total: Duration::ZERO, version, database: String::new() },
+        };
+        cluster.info.database = cluster.set_up_database(kind != BootKind::Resumed)?;
+        cluster.boot()?;
+        cluster.ensure_superusers()?;
+        Ok(cluster)
+    }
+
+    fn dirs(&self) -> Dirs<'_> {
+        Dirs {
+            data: &self.config.data_dir,
+            package: &self.artifact.package_root,
+            scratch: self.scratch.path(),
+            module_cache: self.config.module_cache_dir.clone(),
+            extensions: &self.config.extensions,
+        }
+    }
+
+    /// Decides which database the backend serves and makes sure it exists, booting into
+    /// `template1` when something must be looked up or changed: a new cluster's database is
+    /// `postgres` renamed, a database asked for by name is created when missing, and a cluster
+    /// that does not say which database it serves (made by an earlier version, or cut short
+    /// before it could say) is asked.
+    fn set_up_database(&self, fresh: bool) -> Result<String, Error> {
+        let marker = self.config.data_dir.join(DATABASE_FILE);
+        let recorded = match fs::read_to_string(&marker) {
+            Ok(name) => Some(name.trim_end_matches('\n').to_owned()).filter(|name| !name.is_empty()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(Error::Io { path: marker, source: err }),
+        };
+        let own = match (&recorded, fresh) {
+            (Some(name), _) => name.clone(),
+            (None, true) => self.config.database.clone().unwrap_or_else(|| self.config.new_database.clone()),
+            (None, false) => {
+                // Made by a version that did not record it: `postgres`, unless this version
+                // renamed it and was stopped before it could write the file.
+                let mut setup = self.setup_session()?;
+                let names = setup.databases()?;
+                setup.finish()?;
+                if names.iter().any(|name| name == INITDB_DATABASE) {
+                    INITDB_DATABASE.to_owned()
+                } else {
+                    self.config.database.clone().unwrap_or_else(|| self.config.new_database.clone())
+                }
+            }
+        };
+        let served = self.config.database.clone().unwrap_or_else(|| own.clone());
+        let rename = fresh && own != INITDB_DATABASE;
+        if rename || served != own {
+            let mut setup = self.setup_session()?;
+            let names = setup.databases()?;
+            if rename && !names.contains(&own) {
+                setup.run(&format!("ALTER DATABASE {} RENAME TO {}", sql::ident(INITDB_DATABASE), sql::ident(&own)))?;
+                tracing::info!(database = %own, "new cluster: database created");
+            }
+            if served != own && !names.contains(&served) {
+                setup.run(&format!("CREATE DATABASE {}", sql::ident(&served)))?;
+                tracing::info!(database = %served, "database created");
+            }
+            setup.finish()?;
+        }
+        if recorded.as_deref() != Some(own.as_str()) {
+            write_synced(&marker, format!("{own}\n").as_bytes())?;
+        }
+        Ok(served)
+    }
+
+    /// A short-lived instance in `template1`, for setting up databases.
+    fn setup_session(&self) -> Result<Setup, Error> {
+        let (instance, rc) = Instance::boot(&self.module, self.profile, &self.dirs(), SETUP_DATABASE, true)?;
+        if rc & initdb_bits::HAS_DB == 0 {
+            return Err(Error::InitdbFailed { code: rc });
+        }
+        Ok(Setup { instance })
+    }
+
+    /// Resumes the cluster in its database and applies the session baseline.
+    fn boot(&mut self) -> Result<(), Error> {
+        let (mut instance, rc) = Instance::boot(&self.module, self.profile, &self.dirs(), &self.info.database, true)?;
+        if rc & initdb_bits::HAS_DB == 0 {
+            return Err(Error::InitdbFailed { code: rc });
+        }
+        instance.exec(&sql::query_message(SESSION_BASELINE)).map_err(exec_error)?;
+        self.instance = Some(instance);
+        Ok(())
+    }
+
+    /// Makes the configured superusers exist (they log in with no password on the socket,
+    /// like initdb's bootstrap superuser).
+    fn ensure_superusers(&mut self) -> Result<(), Error> {
+        if self.config.superusers.is_empty() {
+            return Ok(());
+        }
+        let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
+        let wanted: Vec<String> = self.config.superusers.iter().map(|name| sql::literal(name)).collect();
+        let existing = sql::run(
+            instance,
+            &format!("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ({})", wanted.join(", ")),
+        )?;
+        let existing: Vec<String> =
+            existing.rows.into_iter().filter_map(|row| row.into_iter().next().flatten()).collect();
+        for name in &self.config.superusers {
+            if !existing.contains(name) {
+                sql::run(instance, &format!("CREATE ROLE {} SUPERUSER LOGIN", sql::ident(name)))?;
+                tracing::info!(role = %name, "superuser created");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, Error> {
+        let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
+        match instance.exec(request) {
+            Ok(reply) => Ok(reply),
+            Err(ExecError::Refused(err)) => Err(err),
+            Err(ExecError::Dead(cause)) => {
+                tracing::error!(%cause, "PostgreSQL instance died; restarting from disk");
+                // Drop the dead store (closing its files) before recovering from the same files.
+                self.instance = None;
+                match self.boot() {
+                    Ok(()) => {
+                        if let Some(instance) = self.instance.as_mut() {
+                            instance.release_zero_pages(0, usize::MAX);
+                        }
+                        Err(Error::Restarted { cause: Box::new(cause) })
+                    }
+                    Err(err) => {
+                        tracing::error!(%err, "restart failed");
+                        Err(cause)
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stop(&mut self) -> Result<(), Error> {
+        match self.instance.take() {
+            Some(instance) => instance.shutdown(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An instance booted only to set up databases; shut down cleanly when done.
+struct Setup {
+    instance: Instance,
+}
+
+impl Setup {
+    fn run(&mut self, statement: &str) -> Result<Reply, Error> {
+        sql::run(&mut self.instance, statement)
+    }
+
+    fn databases(&mut self) -> Result<Vec<String>, Error> {
+        let reply = self.run("SELECT datname FROM pg_catalog.pg_database")?;
+        Ok(reply.rows.into_iter().filter_map(|row| row.into_iter().next().flatten()).collect())
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        self.instance.shutdown()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place, synced.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Runs initdb into the empty directory `dir` and shuts the instance down, leaving a pristine
+/// cluster. Per-write fsyncs are skipped; the caller syncs the tree once.
+fn make_cluster(
+    module: &wasmtime::Module,
+    profile: &'static Profile,
+    artifact: &Artifact,
+    config: &Config,
+    dir: &Path,
+) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    let scratch =
+        tempfile::Builder::new().prefix("pglite-initdb-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
+    let dirs = Dirs {
+        data: dir,
+        package: &artifact.package_root,
+        scratch: scratch.path(),
+        module_cache: config.module_cache_dir.clone(),
+        // The template is a pristine cluster, whatever extensions this instance is given.
+        extensions: &[],
+    };
+    let (instance, rc) = Instance::boot(module, profile, &dirs, INITDB_DATABASE, false)?;
+    if rc & initdb_bits::HAS_DB != 0 {
+        return Err(Error::InitdbFailed { code: rc });
+    }
+    instance.shutdown()?;
+    template::sync_tree(dir).map_err(io_err(dir))
+}
+
+fn lock_data_dir(dir: &Path) -> Result<fs::File, Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
+    }
+    // PostgreSQL refuses a data directory readable by others.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_path_buf() }),
+        Err(fs::TryLockError::Error(source)) => Err(Error::Io { path, source }),
+    }
+}
+
+fn check_compatible(dir: &Path, profile: &Profile, version: &str) -> Result<(), Error> {
+    let Some(found) = cluster_major(dir)? else {
+        return Ok(());
+    };
+    if found != profile.pg_major.to_string() {
+        return Err(Error::IncompatibleDataDir {
+            path: dir.to_path_buf(),
+            found,
+            expected: profile.pg_major,
+            version: version.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The PostgreSQL major version of the cluster in `dir` (its `PG_VERSION`), if there is one.
+pub fn cluster_major(dir: &Path) -> Result<Option<String>, Error> {
+    let path = dir.join("PG_VERSION");
+    match fs::read_to_string(&path) {
+        Ok(found) => Ok(Some(found.trim().to_owned())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(Error::Io { path, source: err }),
+    }
+}
