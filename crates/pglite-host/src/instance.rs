@@ -300,38 +300,69 @@ impl Instance {
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
-        let dead = |e: wasmtime::Error| ExecError::Dead(trap(e));
         match &self.entry {
             Entry::Cma { .. } => {
                 // 0.2's error path answers ErrorResponse + ReadyForQuery at once and leaves the
                 // rest of the input unread; the next call then replays that rest at a stale
                 // offset and drops its own input (node's PGlite 0.2.17 does the same). So each
-                // Sync group goes in its own call, and after a failed group its leftover is
-                // drained with a throwaway Sync.
+                // unit of work goes in its own call, and after a failed one its leftover is
+                // drained with a throwaway Flush: never parsed when input is left over, and
+                // ignored while the backend skips to the next Sync when none is.
                 let mut reply = Vec::new();
-                for group in sync_groups(request) {
+                for group in work_units(request) {
                     let start = reply.len();
                     reply.extend(self.cma_call(group)?);
+                    // 0.2 ends every call with ReadyForQuery, whatever its last message was;
+                    // PostgreSQL sends one only for Sync, Query and FunctionCall.
+                    if !ends_unit_of_work(group) && last_frame(&reply[start..]).is_some_and(|(ty, _)| ty == b'Z') {
+                        reply.truncate(reply.len() - READY_FOR_QUERY_LEN);
+                    }
                     let failed = first_frame_types(&reply[start..]).any(|ty| ty == b'E');
                     if failed && group.len() > frame_len(group).unwrap_or(group.len()) {
-                        self.cma_call(b"S\0\0\0\x04")?;
+                        self.cma_call(FLUSH)?;
                     }
                 }
                 Ok(reply)
             }
-            Entry::Callbacks { one } => {
-                let ctx = self.store.data_mut();
-                ctx.wire_in.clear();
-                ctx.wire_in.extend_from_slice(request);
-                ctx.wire_pos = 0;
-                let result = one.call(&mut self.store, (request.len() as i32, i32::from(request[0])));
-                let ctx = self.store.data_mut();
-                ctx.wire_in.clear();
-                let reply = std::mem::take(&mut ctx.wire_out);
-                result.map_err(dead)?;
+            Entry::Callbacks { .. } => {
+                // A failed Query followed by more input in the same call loses its
+                // ReadyForQuery on 0.3, so each Query and FunctionCall goes in a call of its
+                // own; Sync groups may share one.
+                let mut reply = Vec::new();
+                for group in query_units(request) {
+                    reply.extend(self.callbacks_call(group)?);
+                }
                 Ok(reply)
             }
         }
+    }
+
+    /// One exchange through the wire callbacks. 0.3's loop stops when the 8 KiB receive buffer
+    /// it refills from the callback happens to be used up at a message boundary, even with
+    /// input left; the rest, which starts on a message boundary, goes in further calls.
+    fn callbacks_call(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+        let Entry::Callbacks { one } = &self.entry else { unreachable!("callback entry point") };
+        let one = one.clone();
+        let ctx = self.store.data_mut();
+        ctx.wire_in.clear();
+        ctx.wire_in.extend_from_slice(request);
+        ctx.wire_pos = 0;
+        let mut result = Ok(());
+        let mut at = 0;
+        while at < request.len() {
+            result = one.call(&mut self.store, ((request.len() - at) as i32, i32::from(request[at])));
+            let taken = self.store.data().wire_pos;
+            // Nothing more was read, or the backend failed, or the client said goodbye.
+            if result.is_err() || taken == at || frame_types(&request[at..taken]).any(|ty| ty == b'X') {
+                break;
+            }
+            at = taken;
+        }
+        let ctx = self.store.data_mut();
+        ctx.wire_in.clear();
+        let reply = std::mem::take(&mut ctx.wire_out);
+        result.map_err(|e| ExecError::Dead(trap(e)))?;
+        Ok(reply)
     }
 
     /// One CMA exchange: request at address 1, reply right after it.
@@ -415,15 +446,41 @@ fn first_frame_types(mut bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// Splits a request after each message that ends a unit of work (Sync, Query, FunctionCall,
-/// Terminate). Unframeable bytes stay in the last group, for PostgreSQL to reject.
-fn sync_groups(request: &[u8]) -> Vec<&[u8]> {
+/// A `Flush` message.
+const FLUSH: &[u8] = b"H\0\0\0\x04";
+
+/// Length of a `ReadyForQuery` message.
+const READY_FOR_QUERY_LEN: usize = 6;
+
+/// Types of the complete frames of `bytes`, in order.
+fn frame_types(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    first_frame_types(bytes)
+}
+
+/// The type and length of the last complete frame of `bytes`, if they hold whole frames.
+fn last_frame(mut bytes: &[u8]) -> Option<(u8, usize)> {
+    let mut last = None;
+    while let Some(len) = frame_len(bytes) {
+        last = Some((bytes[0], len));
+        bytes = &bytes[len..];
+    }
+    last
+}
+
+/// Whether a group's last message is one PostgreSQL answers with ReadyForQuery.
+fn ends_unit_of_work(group: &[u8]) -> bool {
+    last_frame(group).is_some_and(|(ty, _)| matches!(ty, b'S' | b'Q' | b'F'))
+}
+
+/// Splits a request after each message for which `split` holds. Unframeable bytes stay in
+/// the last group, for PostgreSQL to reject.
+fn groups(request: &[u8], split: impl Fn(u8) -> bool) -> Vec<&[u8]> {
     let mut groups = Vec::new();
     let (mut start, mut at) = (0, 0);
     while let Some(len) = frame_len(&request[at..]) {
         let ty = request[at];
         at += len;
-        if matches!(ty, b'S' | b'Q' | b'F' | b'X') {
+        if split(ty) {
             groups.push(&request[start..at]);
             start = at;
         }
@@ -432,4 +489,15 @@ fn sync_groups(request: &[u8]) -> Vec<&[u8]> {
         groups.push(&request[start..]);
     }
     groups
+}
+
+/// Splits a request after each message that ends a unit of work (Sync, Query, FunctionCall,
+/// Terminate).
+fn work_units(request: &[u8]) -> Vec<&[u8]> {
+    groups(request, |ty| matches!(ty, b'S' | b'Q' | b'F' | b'X'))
+}
+
+/// Splits a request after each Query, FunctionCall and Terminate.
+fn query_units(request: &[u8]) -> Vec<&[u8]> {
+    groups(request, |ty| matches!(ty, b'Q' | b'F' | b'X'))
 }

@@ -159,3 +159,101 @@ fn concurrent_callers_each_get_their_own_answer() {
     });
     assert_eq!(scalar(&pg, "SELECT 'alive'"), "alive");
 }
+
+/// What PostgreSQL answers to batches that do not end in Sync: one response per message and
+/// no ReadyForQuery (asyncpg and postgres.js describe every new statement with Parse,
+/// Describe, Flush). PGlite 0.2 ends every call with one; the host must not pass it on.
+#[test]
+fn batches_ending_in_flush_get_no_ready_for_query() {
+    on_each_release(|version, pg| {
+        let exchange = |parts: &[Vec<u8>]| types(&pg.exec_protocol(parts.concat()).unwrap());
+        let flush = frame(b'H', b"");
+        let sync = frame(b'S', b"");
+        let describe = frame(b'D', b"S\0");
+        assert_eq!(exchange(&[frame(b'P', b"\0SELECT 1\0\0\0"), describe.clone(), flush.clone()]), "1tT", "{version}");
+        assert_eq!(exchange(std::slice::from_ref(&sync)), "Z", "{version}");
+        let bind_execute = [frame(b'B', b"\0\0\0\0\0\0\0\0"), frame(b'E', b"\0\0\0\0\0")];
+        assert_eq!(exchange(&[&bind_execute[..], &[flush.clone()]].concat()), "2DC", "{version}");
+        assert_eq!(exchange(std::slice::from_ref(&sync)), "Z", "{version}");
+        // An error before Flush: the error, then nothing until Sync, which skips to itself.
+        assert_eq!(exchange(&[frame(b'P', b"\0SELECT * FROM nowhere\0\0\0"), flush.clone()]), "E", "{version}");
+        assert_eq!(exchange(&[&bind_execute[..], &[sync.clone()]].concat()), "Z", "{version}");
+        // The same in a transaction block, which the error fails.
+        assert_eq!(exchange(&[query("BEGIN")]), "CZ");
+        assert_eq!(
+            exchange(&[
+                frame(b'P', b"\0SELECT 1/0\0\0\0"),
+                frame(b'B', b"\0\0\0\0\0\0\0\0"),
+                frame(b'E', b"\0\0\0\0\0"),
+                flush
+            ]),
+            // The division by zero is folded when the statement is planned, at Bind.
+            "1E"
+        );
+        assert_eq!(exchange(&[frame(b'P', b"\0SELECT 2\0\0\0"), sync]), "Z");
+        assert_eq!(exchange(&[query("ROLLBACK")]), "CZ");
+        assert_eq!(scalar(pg, "SELECT 'in step'"), "in step");
+    });
+}
+
+/// A batch sent in pieces (a large Bind before its Describe, Execute and Sync) gets exactly
+/// one ReadyForQuery, at the Sync.
+#[test]
+fn a_large_bind_sent_apart_from_its_sync_gets_one_ready_for_query() {
+    on_each_release(|version, pg| {
+        let big = "x".repeat(1 << 20);
+        let mut bind = b"\0\0\0\0\0\x01".to_vec();
+        bind.extend((big.len() as u32).to_be_bytes());
+        bind.extend(big.as_bytes());
+        bind.extend(b"\0\0");
+        let first = [frame(b'P', b"\0SELECT length($1::text)\0\0\0"), frame(b'B', &bind)].concat();
+        assert_eq!(types(&pg.exec_protocol(first).unwrap()), "12", "{version}");
+        let rest = [frame(b'D', b"P\0"), frame(b'E', b"\0\0\0\0\0"), frame(b'S', b"")].concat();
+        let reply = pg.exec_protocol(rest).unwrap();
+        assert_eq!(types(&reply), "TDCZ", "{version}");
+        assert_eq!(outcome(&reply), Outcome::Rows(vec![vec![Some((1 << 20).to_string())]]));
+    });
+}
+
+/// Messages that end exactly where PostgreSQL's 8 KiB receive buffer does, with more after
+/// them: every message runs (PGlite 0.3 stopped reading there and dropped the rest).
+#[test]
+fn batches_with_messages_ending_on_the_receive_buffer_boundary_run_whole() {
+    on_each_release(|version, pg| {
+        scalar(pg, "CREATE TABLE many(x int); SELECT 1");
+        let parse = frame(b'P', b"ins\0INSERT INTO many VALUES ($1::int)\0\0\0");
+        let mut batch = parse.clone();
+        let mut n = 0;
+        // Bind/Execute pairs until the batch is a multiple of 8 KiB, padding with the value's
+        // width, then more pairs after the boundary.
+        while batch.len() < 8192 * 3 || n < 2000 {
+            let value = n.to_string();
+            let mut bind = b"\0ins\0\0\0\0\x01".to_vec();
+            bind.extend((value.len() as u32).to_be_bytes());
+            bind.extend(value.as_bytes());
+            bind.extend(b"\0\0");
+            batch.extend(frame(b'B', &bind));
+            batch.extend(frame(b'E', b"\0\0\0\0\0"));
+            n += 1;
+        }
+        batch.extend(frame(b'S', b""));
+        let reply = pg.exec_protocol(batch).unwrap();
+        let kinds = types(&reply);
+        assert!(kinds.ends_with('Z') && kinds.matches('Z').count() == 1, "{version}: {kinds}");
+        assert_eq!(scalar(pg, "SELECT count(*) FROM many"), n.to_string(), "{version}");
+        // And a Bind ending exactly on the boundary, followed by the rest of its group.
+        let head = [frame(b'P', b"\0SELECT length($1::text)\0\0\0")].concat();
+        // Bind: type, length, two empty names, two counts, the value's length, the value, a count.
+        let fixed = head.len() + 5 + 2 + 2 + 2 + 4 + 2;
+        let value = "v".repeat(8192 - fixed);
+        let mut bind = b"\0\0\0\0\0\x01".to_vec();
+        bind.extend((value.len() as u32).to_be_bytes());
+        bind.extend(value.as_bytes());
+        bind.extend(b"\0\0");
+        let mut request = [head, frame(b'B', &bind)].concat();
+        assert_eq!(request.len(), 8192);
+        request.extend([frame(b'D', b"P\0"), frame(b'E', b"\0\0\0\0\0"), frame(b'S', b"")].concat());
+        let reply = pg.exec_protocol(request).unwrap();
+        assert_eq!(types(&reply), "12TDCZ", "{version}");
+    });
+}
