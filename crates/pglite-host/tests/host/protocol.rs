@@ -173,11 +173,11 @@ fn batches_ending_in_flush_get_no_ready_for_query() {
         assert_eq!(exchange(&[frame(b'P', b"\0SELECT 1\0\0\0"), describe.clone(), flush.clone()]), "1tT", "{version}");
         assert_eq!(exchange(std::slice::from_ref(&sync)), "Z", "{version}");
         let bind_execute = [frame(b'B', b"\0\0\0\0\0\0\0\0"), frame(b'E', b"\0\0\0\0\0")];
-        assert_eq!(exchange(&[&bind_execute[..], &[flush.clone()]].concat()), "2DC", "{version}");
+        assert_eq!(exchange(&[&bind_execute[..], std::slice::from_ref(&flush)].concat()), "2DC", "{version}");
         assert_eq!(exchange(std::slice::from_ref(&sync)), "Z", "{version}");
         // An error before Flush: the error, then nothing until Sync, which skips to itself.
         assert_eq!(exchange(&[frame(b'P', b"\0SELECT * FROM nowhere\0\0\0"), flush.clone()]), "E", "{version}");
-        assert_eq!(exchange(&[&bind_execute[..], &[sync.clone()]].concat()), "Z", "{version}");
+        assert_eq!(exchange(&[&bind_execute[..], std::slice::from_ref(&sync)].concat()), "Z", "{version}");
         // The same in a transaction block, which the error fails.
         assert_eq!(exchange(&[query("BEGIN")]), "CZ");
         assert_eq!(
