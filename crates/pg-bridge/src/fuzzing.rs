@@ -5,9 +5,9 @@
 use bytes::BytesMut;
 
 use crate::classify::{Verdict, classify};
-use crate::frame::{split_frame, split_startup};
 use crate::lexer::LexOptions;
-use crate::message::decode;
+use crate::protocol::frame::{split_frame, split_startup};
+use crate::protocol::frontend::decode;
 
 /// The framer and the structural decoder take any bytes: frames split off (never allocating
 /// what a length field advertises) decode to a message or an error, never a panic.

@@ -30,15 +30,16 @@
 
 mod backend;
 mod classify;
+mod config;
 mod conn;
-mod frame;
-mod lease;
+mod filter;
 mod lexer;
-mod message;
-mod reply;
+pub mod protocol;
 mod scram;
 mod server;
+mod session;
 mod settings;
+mod shared;
 mod socket;
 mod startup;
 mod upstream;
@@ -52,8 +53,9 @@ mod fuzzing;
 mod robustness_tests;
 
 pub use backend::Backend;
-pub use frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
-pub use server::{Bridge, Config, Listeners, bind, serve, socket_dir_mode};
+pub use config::{Config, socket_dir_mode};
+pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
+pub use server::{Bridge, Listeners, bind, serve};
 pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};
 
 /// Everything that can go wrong in the bridge.

@@ -1,4 +1,4 @@
-//! Listening and shutdown: [`Config`], [`Bridge`] and [`serve`].
+//! Listening and shutdown: [`Bridge`], [`bind`] and [`serve`].
 //!
 //! `serve` takes its listeners and a shutdown future from the caller (mini-redis style) and owns
 //! every connection task in a `JoinSet`, so nothing outlives it. `Bridge::listen` is the
@@ -11,91 +11,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::lease::{Session, bootstrap};
-use crate::settings::Settings;
+use crate::config::{Config, socket_dir_mode};
+use crate::session::Session;
+use crate::shared::Shared;
 use crate::socket::Socket;
 use crate::{Backend, Error, scram, startup};
-
-/// How the bridge listens and treats clients.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Directory of the Unix socket; created with mode 0700 if it does not exist.
-    pub socket_dir: PathBuf,
-    /// File name of the Unix socket; the default lets `psql -h <socket_dir>` connect.
-    pub socket_name: String,
-    /// A TCP address to listen on too; off unless set (use a loopback address).
-    pub tcp: Option<SocketAddr>,
-    /// Password required over TCP (SCRAM-SHA-256); the Unix socket always trusts.
-    pub tcp_password: Option<String>,
-    /// The one database served; any other name (but `database_aliases`) gets `3D000`.
-    pub database: String,
-    /// Other names clients may connect with to reach `database`, such as `postgres` for
-    /// tools that open the conventional maintenance database.
-    pub database_aliases: Vec<String>,
-    /// Permission bits of the Unix socket. Whoever can connect to it is trusted: grant
-    /// access to a group or to everyone only where all of them may act as any database user.
-    /// The socket's directory is made searchable for the same classes of users.
-    pub socket_mode: u32,
-    /// Group given ownership of the socket and its directory (a numeric gid), so that
-    /// `socket_mode`'s group bits admit its members (containers running as another user).
-    pub socket_group: Option<u32>,
-    /// Most clients at once; one more gets `53300`.
-    pub max_connections: usize,
-    /// How long a client may hold the backend idle inside a transaction (or an unfinished
-    /// extended-protocol sequence) before it is ended with `25P03` and rolled back.
-    pub idle_in_transaction_timeout: Duration,
-    /// How long a new connection may take to finish its startup phase.
-    pub startup_timeout: Duration,
-    /// After answering a client, how long to keep polling for its next message before the
-    /// event loop may sleep (zero: sleep at once). Each reply may cost up to this much CPU. It
-    /// pays off where a CPU that went idle comes back with cold caches, as virtual machines'
-    /// do: with PGlite behind the bridge, a lone client's next query then runs up to twice as
-    /// fast. Other clients are served while one polls.
-    pub busy_poll: Duration,
-    /// While other clients wait for the backend, how long the client holding it keeps polling
-    /// for the backend's answer before the event loop may sleep (zero: sleep at once). Costs
-    /// CPU only while clients queue, up to this much per exchange. It pays off with a backend
-    /// that answers from another process (`UpstreamBackend`): the answer is read as it arrives,
-    /// not after the CPU went idle and was woken, and the next client's request goes out that
-    /// much sooner. In front of native PostgreSQL on a 2-vCPU virtual machine, eight pgbench
-    /// clients got 1.1–2.3x PgBouncer's throughput, at 1.3–2.7x its CPU per transaction
-    /// (`cargo xtask bench bridge`). A backend that answers inline never waits here.
-    pub poll_while_queued: Duration,
-}
-
-impl Config {
-    /// Defaults for a socket in `socket_dir`.
-    pub fn new(socket_dir: impl Into<PathBuf>) -> Config {
-        Config {
-            socket_dir: socket_dir.into(),
-            socket_name: ".s.PGSQL.5432".to_owned(),
-            tcp: None,
-            tcp_password: None,
-            database: "postgres".to_owned(),
-            database_aliases: Vec::new(),
-            socket_mode: 0o600,
-            socket_group: None,
-            max_connections: 100,
-            idle_in_transaction_timeout: Duration::from_secs(60),
-            startup_timeout: Duration::from_secs(60),
-            busy_poll: Duration::ZERO,
-            poll_while_queued: Duration::from_micros(100),
-        }
-    }
-
-    /// The Unix socket's full path.
-    pub fn socket_path(&self) -> PathBuf {
-        self.socket_dir.join(&self.socket_name)
-    }
-}
 
 /// The sockets `serve` accepts on.
 #[derive(Debug)]
@@ -104,42 +31,6 @@ pub struct Listeners {
     pub unix: UnixListener,
     /// The optional TCP socket (SCRAM when a password is configured).
     pub tcp: Option<TcpListener>,
-}
-
-/// A registered client, for cancel requests.
-pub(crate) struct CancelEntry {
-    pub(crate) secret: i32,
-    pub(crate) running: Arc<AtomicBool>,
-}
-
-/// State shared by all connections of one bridge.
-pub(crate) struct Shared<B> {
-    pub(crate) backend: B,
-    pub(crate) config: Config,
-    /// The lease: whoever holds the guard owns the backend. tokio's mutex queues waiters in
-    /// FIFO order, which is the fairness we promise.
-    pub(crate) lease: Arc<tokio::sync::Mutex<Session>>,
-    /// All settings after the session baseline, in `current_setting` form.
-    pub(crate) baseline: Settings,
-    /// The settings the baseline SQL changed from the backend's own defaults, restored after
-    /// `RESET`.
-    pub(crate) baseline_changes: Settings,
-    /// The backend's own role.
-    pub(crate) backend_user: String,
-    pub(crate) verifier: Option<scram::Verifier>,
-    pub(crate) cancel_keys: StdMutex<HashMap<i32, CancelEntry>>,
-    /// ParameterStatus values of clients by startup settings, once the backend accepted
-    /// them: a pool's next connection then starts without waiting for the lease, which an
-    /// open transaction may hold for long.
-    pub(crate) startup_cache: StdMutex<HashMap<Settings, Settings>>,
-    pub(crate) next_client: AtomicU32,
-    pub(crate) slots: Arc<Semaphore>,
-    /// The backend's request cap (`Backend::max_request`), read once.
-    pub(crate) max_request: Option<usize>,
-    /// Set when the backend failed for good.
-    pub(crate) gone: Arc<std::sync::atomic::AtomicBool>,
-    /// Clients queued on the lease.
-    pub(crate) waiting: AtomicUsize,
 }
 
 /// A running bridge: its sockets and the task serving them.
@@ -202,20 +93,6 @@ impl Drop for Bridge {
     }
 }
 
-/// The mode of the socket's directory for a socket with `socket_mode`: the owner's, plus
-/// search permission for the classes of users the socket admits, so they can reach it
-/// without being able to list or change the directory.
-pub fn socket_dir_mode(socket_mode: u32) -> u32 {
-    let mut mode = 0o700;
-    if socket_mode & 0o060 != 0 {
-        mode |= 0o010;
-    }
-    if socket_mode & 0o006 != 0 {
-        mode |= 0o001;
-    }
-    mode
-}
-
 /// Creates the Unix socket (and the TCP one if configured) as `Config` describes.
 pub async fn bind(config: &Config) -> Result<Listeners, Error> {
     let dir = &config.socket_dir;
@@ -274,9 +151,9 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
     if config.tcp.is_some() && config.tcp_password.is_none() && !config.tcp.is_some_and(|a| a.ip().is_loopback()) {
         return Err(Error::Config { reason: "a TCP listener on a non-loopback address needs a password".to_owned() });
     }
-    let boot = bootstrap(&backend).await?;
+    let (session, baseline) = Session::bootstrap(&backend).await?;
     let verifier = config.tcp_password.as_deref().map(scram::Verifier::new);
-    let gone = boot.session.gone.clone();
+    let gone = session.gone_flag();
     let max_request = backend.max_request();
     Ok(Arc::new(Shared {
         gone,
@@ -284,10 +161,8 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         backend,
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
-        lease: Arc::new(tokio::sync::Mutex::new(boot.session)),
-        baseline: boot.baseline,
-        baseline_changes: boot.baseline_changes,
-        backend_user: boot.backend_user,
+        lease: Arc::new(tokio::sync::Mutex::new(session)),
+        baseline,
         verifier,
         cancel_keys: StdMutex::new(HashMap::new()),
         startup_cache: StdMutex::new(HashMap::new()),

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::frame;
+use crate::protocol::backend::{parameter_status, text_rows};
+use crate::protocol::frame::frames;
 
 /// Setting names mapped to values, in `current_setting` form when they came from the backend.
 pub(crate) type Settings = BTreeMap<String, String>;
@@ -189,33 +190,15 @@ pub(crate) fn overrides(snapshot: &Settings, baseline: &Settings) -> Settings {
         .collect()
 }
 
-/// Reads the two-column text rows (`DataRow`s) of a backend output into a map.
+/// Reads the two-column text rows (`DataRow`s) of a backend output into a map. Keys are lower
+/// case everywhere (`DateStyle` is `datestyle`), as setting names are case-insensitive.
 pub(crate) fn rows(output: &[u8]) -> Settings {
     let mut res = Settings::new();
-    for frame in frame::backend_frames(output).flatten() {
-        if frame.0 != b'D' {
-            continue;
-        }
-        let body = &frame.1[5..];
-        let mut cols = Vec::new();
-        let mut at = 2usize;
-        while cols.len() < 2 && at + 4 <= body.len() {
-            let len = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
-            at += 4;
-            if len < 0 {
-                cols.push(String::new());
-                continue;
-            }
-            let end = (at + len as usize).min(body.len());
-            cols.push(String::from_utf8_lossy(&body[at..end]).into_owned());
-            at = end;
-        }
-        if let Ok([name, value]) = <[String; 2]>::try_from(cols)
+    for row in text_rows(output) {
+        if let [Some(name), value] = row.as_slice()
             && !name.is_empty()
         {
-            // Keys are lower case everywhere (`DateStyle` is `datestyle`), as GUC names
-            // are case-insensitive.
-            res.insert(name.to_ascii_lowercase(), value);
+            res.insert(name.to_ascii_lowercase(), value.clone().unwrap_or_default());
         }
     }
     res
@@ -223,35 +206,11 @@ pub(crate) fn rows(output: &[u8]) -> Settings {
 
 /// Collects the `ParameterStatus` frames of a backend output.
 pub(crate) fn parameter_statuses(output: &[u8], into: &mut Settings) {
-    for frame in frame::backend_frames(output).flatten() {
-        if frame.0 == b'S'
-            && let Some((name, value)) = parameter_status(frame.1)
+    for (tag, frame) in frames(output).flatten() {
+        if tag == b'S'
+            && let Some((name, value)) = parameter_status(frame)
         {
             into.insert(name, value);
         }
     }
-}
-
-/// Decodes one `ParameterStatus` frame.
-pub(crate) fn parameter_status(frame: &[u8]) -> Option<(String, String)> {
-    let body = frame.get(5..)?;
-    let mut parts = body.split(|&b| b == 0);
-    let name = String::from_utf8_lossy(parts.next()?).into_owned();
-    let value = String::from_utf8_lossy(parts.next()?).into_owned();
-    Some((name, value))
-}
-
-/// Whether a backend output holds an `ErrorResponse`; returns its SQLSTATE and message.
-pub(crate) fn first_error(output: &[u8]) -> Option<(String, String)> {
-    let frame = frame::backend_frames(output).flatten().find(|f| f.0 == b'E')?;
-    let mut code = String::new();
-    let mut message = String::new();
-    for field in frame.1[5..].split(|&b| b == 0) {
-        match field.first() {
-            Some(b'C') => code = String::from_utf8_lossy(&field[1..]).into_owned(),
-            Some(b'M') => message = String::from_utf8_lossy(&field[1..]).into_owned(),
-            _ => {}
-        }
-    }
-    Some((code, message))
 }

@@ -16,10 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::conn::{Client, Connection};
-use crate::reply::{Replies, Severity, TxStatus};
-use crate::server::{CancelEntry, Shared};
+use crate::protocol::backend::{Replies, Severity, TxStatus};
+use crate::protocol::frame;
+use crate::session::ClientState;
 use crate::settings::Settings;
-use crate::{Backend, Error, frame, scram, settings};
+use crate::shared::{CancelEntry, Shared};
+use crate::{Backend, Error, scram, settings};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -231,7 +233,7 @@ where
         Ok(startup) => startup,
         Err(reason) => return Err(fatal(stream, "42704", reason).await),
     };
-    if user != shared.backend_user {
+    if user != shared.baseline.user {
         startup.insert("session_authorization".to_owned(), user.clone());
     }
 
@@ -269,7 +271,7 @@ where
     replies.ready(TxStatus::Idle)?;
     stream.write_all(&replies.into_bytes()).await?;
     let standard_strings = reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
-    Ok(Some(Client::new(id, pid, startup, running, permit, buf, standard_strings)))
+    Ok(Some(Client::new(ClientState::new(id, startup), pid, running, permit, buf, standard_strings)))
 }
 
 /// Applies a client's startup settings once on the backend: an invalid one ends the
@@ -283,20 +285,10 @@ where
     S: AsyncWrite + Unpin + Send,
 {
     let mut session = shared.lease.lock().await;
-    if session.broken {
-        return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
-    }
-    let Some(sql) = settings::switch_sql(&session.applied, startup, &shared.baseline) else {
-        return Ok(session.reported.clone());
-    };
-    let mut reported = session.reported.clone();
-    match crate::lease::internal_query(&shared.backend, &sql, &mut reported).await {
-        Err(error) => {
-            session.exchange_failed(&shared.backend).await;
-            Err(error)
-        }
+    match session.apply_startup(&shared.backend, &shared.baseline, startup).await {
+        Err(Error::BackendGone) => Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await),
+        Err(error) => Err(error),
         Ok(Err((code, message))) => {
-            session.reported = reported;
             let code = if startup.contains_key("session_authorization") && code == "42704" {
                 // PostgreSQL reports an unknown login role as an authorization failure.
                 "28000".to_owned()
@@ -305,14 +297,7 @@ where
             };
             Err(fatal(stream, &code, message).await)
         }
-        Ok(Ok(_)) => {
-            session.applied = startup.clone();
-            session.applied_for = None;
-            // A simple query drops the unnamed statement.
-            session.unnamed_owner = None;
-            session.reported = reported;
-            Ok(session.reported.clone())
-        }
+        Ok(Ok(reported)) => Ok(reported),
     }
 }
 

@@ -6,13 +6,17 @@
 
 use std::path::PathBuf;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Mutex;
 
+use crate::protocol::backend::{first_error, parameter_status};
+use crate::protocol::frame;
+use crate::protocol::frontend;
 use crate::socket::Socket;
-use crate::{Backend, Error, frame, scram};
+use crate::{Backend, Error};
 
 /// Where the upstream server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,81 +108,50 @@ impl UpstreamBackend {
     pub async fn connect(config: UpstreamConfig) -> Result<UpstreamBackend, Error> {
         let stream = open(&config.addr).await?;
         let mut conn = Conn { stream, buf: BytesMut::with_capacity(8192) };
-        let mut body = BytesMut::new();
-        body.put_u32(196_608);
         // No application_name: whatever is set here becomes every client's default.
-        for (name, value) in
-            [("user", config.user.as_str()), ("database", config.database.as_str()), ("client_encoding", "UTF8")]
-        {
-            body.put_slice(name.as_bytes());
-            body.put_u8(0);
-            body.put_slice(value.as_bytes());
-            body.put_u8(0);
-        }
-        body.put_u8(0);
-        let mut packet = BytesMut::new();
-        packet.put_u32(body.len() as u32 + 4);
-        packet.put_slice(&body);
-        conn.stream.write_all(&packet).await?;
+        let params =
+            [("user", config.user.as_str()), ("database", config.database.as_str()), ("client_encoding", "UTF8")];
+        conn.stream.write_all(&frontend::startup(&params)).await?;
+        let password = || {
+            config
+                .password
+                .as_deref()
+                .ok_or_else(|| upstream_error("server asked for a password and none is configured"))
+        };
+        let scram_error = |err: std::io::Error| upstream_error(format!("SCRAM: {err}"));
 
         let mut params = Vec::new();
         let (mut pid, mut secret) = (0, 0);
-        let mut sasl = None;
+        let mut sasl: Option<ScramSha256> = None;
         loop {
             let frame = conn.read_frame().await?;
             let mut body = &frame[5..];
             match frame[0] {
                 b'R' if body.len() >= 4 => match body.get_u32() {
                     0 => {}
-                    3 => {
-                        let password = config
-                            .password
-                            .as_deref()
-                            .ok_or_else(|| upstream_error("server asked for a password and none is configured"))?;
-                        let mut msg = BytesMut::new();
-                        msg.put_u8(b'p');
-                        msg.put_u32(password.len() as u32 + 5);
-                        msg.put_slice(password.as_bytes());
-                        msg.put_u8(0);
-                        conn.stream.write_all(&msg).await?;
-                    }
+                    3 => conn.stream.write_all(&frontend::password(password()?)).await?,
                     10 => {
-                        let password = config
-                            .password
-                            .as_deref()
-                            .ok_or_else(|| upstream_error("server asked for a password and none is configured"))?;
-                        let client = scram::Client::new(password);
-                        let first = client.first_message();
-                        let mut msg = BytesMut::new();
-                        let mech = b"SCRAM-SHA-256\0";
-                        msg.put_u8(b'p');
-                        msg.put_u32((4 + mech.len() + 4 + first.len()) as u32);
-                        msg.put_slice(mech);
-                        msg.put_u32(first.len() as u32);
-                        msg.put_slice(first.as_bytes());
-                        conn.stream.write_all(&msg).await?;
+                        let client = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                        conn.stream
+                            .write_all(&frontend::sasl_initial_response(SCRAM_SHA_256, client.message()))
+                            .await?;
                         sasl = Some(client);
                     }
                     11 => {
                         let client = sasl.as_mut().ok_or_else(|| upstream_error("unexpected SASL message"))?;
-                        let reply =
-                            client.final_message(body).map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
-                        let mut msg = BytesMut::new();
-                        msg.put_u8(b'p');
-                        msg.put_u32(reply.len() as u32 + 4);
-                        msg.put_slice(reply.as_bytes());
-                        conn.stream.write_all(&msg).await?;
+                        client.update(body).map_err(scram_error)?;
+                        conn.stream.write_all(&frontend::sasl_response(client.message())).await?;
                     }
                     12 => {
-                        let client = sasl.as_ref().ok_or_else(|| upstream_error("unexpected SASL message"))?;
-                        client.verify_server(body).map_err(|reason| upstream_error(format!("SCRAM: {reason}")))?;
+                        let mut client = sasl.take().ok_or_else(|| upstream_error("unexpected SASL message"))?;
+                        client.finish(body).map_err(scram_error)?;
                     }
                     other => {
                         return Err(upstream_error(format!("unsupported authentication method {other}")));
                     }
                 },
                 b'S' => {
-                    if let Some(param) = crate::settings::parameter_status(&frame) {
+                    if let Some(param) = parameter_status(&frame) {
                         params.push(param);
                     }
                 }
@@ -188,7 +161,7 @@ impl UpstreamBackend {
                 }
                 b'Z' => break,
                 b'E' => {
-                    let (code, message) = crate::settings::first_error(&frame).unwrap_or_default();
+                    let (code, message) = first_error(&frame).unwrap_or_default();
                     return Err(upstream_error(format!("server refused the session: {code} {message}")));
                 }
                 b'N' | b'v' => {}
@@ -216,7 +189,7 @@ fn expectations(frames: &[u8]) -> Result<(Expect, bool), Error> {
     let mut ends_with_flush = false;
     let mut at = 0;
     while at < frames.len() {
-        let (tag, whole) = frame::backend_frames(&frames[at..])
+        let (tag, whole) = frame::frames(&frames[at..])
             .next()
             .and_then(Result::ok)
             .ok_or_else(|| upstream_error("the bridge passed an incomplete frame"))?;
@@ -246,7 +219,7 @@ impl Backend for UpstreamBackend {
         conn.stream.write_all(&frames).await?;
         if expect.trailing > 0 && !ends_with_flush {
             // Without a Flush the server would keep these responses buffered.
-            conn.stream.write_all(b"H\0\0\0\x04").await?;
+            conn.stream.write_all(frontend::FLUSH).await?;
         }
         // The answer is taken from the read buffer in one piece once it is complete: frames
         // are only looked at where they lie.
@@ -264,13 +237,9 @@ impl Backend for UpstreamBackend {
                     // A COPY slipped past the filter (e.g. run from a function): abort it now,
                     // the session must never wait for copy data.
                     let extended = expect.units.get(units_done).is_none_or(|u| *u == b'S');
-                    let mut abort = BytesMut::new();
-                    let reason = b"COPY is not supported by this server\0";
-                    abort.put_u8(b'f');
-                    abort.put_u32(reason.len() as u32 + 4);
-                    abort.put_slice(reason);
+                    let mut abort = BytesMut::from(&frontend::copy_fail("COPY is not supported by this server")[..]);
                     if extended {
-                        abort.put_slice(b"S\0\0\0\x04");
+                        abort.extend_from_slice(&frontend::sync());
                         if expect.units.get(units_done).is_none() {
                             // The trailing part had no Sync of its own; ours will answer.
                             expect.ready += 1;
@@ -300,12 +269,7 @@ impl Backend for UpstreamBackend {
         let Ok(mut stream) = open(&self.addr).await else {
             return false;
         };
-        let mut packet = BytesMut::new();
-        packet.put_u32(16);
-        packet.put_u32(80_877_102);
-        packet.put_i32(self.pid);
-        packet.put_i32(self.secret);
-        if stream.write_all(&packet).await.is_err() {
+        if stream.write_all(&frontend::cancel_request(self.pid, self.secret)).await.is_err() {
             return false;
         }
         // The server closes without replying; wait for that so the cancel has been delivered.

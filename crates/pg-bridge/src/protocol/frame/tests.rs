@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 
-use super::{FrameError, MAX_MESSAGE_LEN, backend_frames, split_frame, split_startup};
+use super::{FrameError, MAX_MESSAGE_LEN, frames, split_frame, split_startup};
 
 #[test]
 fn a_frame_is_split_only_when_complete() {
@@ -50,9 +50,9 @@ fn startup_packets_have_their_own_limits() {
 }
 
 #[test]
-fn backend_frames_reports_a_truncated_tail() {
+fn frames_reports_a_truncated_tail() {
     let out = b"1\0\0\0\x04Z\0\0\0\x05IC\0\0";
-    let frames: Vec<_> = backend_frames(out).collect();
+    let frames: Vec<_> = frames(out).collect();
     assert_eq!(frames.len(), 3);
     assert_eq!(frames[0], Ok((b'1', &b"1\0\0\0\x04"[..])));
     assert_eq!(frames[1], Ok((b'Z', &b"Z\0\0\0\x05I"[..])));

@@ -15,7 +15,7 @@ pub const MAX_STARTUP_LEN: usize = 10_000;
 
 /// Why bytes could not be split into a frame. Every variant ends the connection with `08P01`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// The length field is smaller than the length field itself.
     TooShort { len: u32 },
     /// The length field exceeds the limit; nothing was buffered for it.
@@ -103,16 +103,16 @@ pub(crate) fn split_startup(buf: &mut BytesMut) -> Result<Option<Bytes>, FrameEr
 ///
 /// Yields `(tag, whole frame)`. A truncated tail is reported as one last `Err` so the caller can
 /// treat the backend as broken rather than guess.
-pub(crate) fn backend_frames(buf: &[u8]) -> BackendFrames<'_> {
-    BackendFrames { buf }
+pub fn frames(buf: &[u8]) -> Frames<'_> {
+    Frames { buf }
 }
 
-/// Iterator returned by [`backend_frames`].
-pub(crate) struct BackendFrames<'a> {
+/// Iterator returned by [`frames`].
+pub struct Frames<'a> {
     buf: &'a [u8],
 }
 
-impl<'a> Iterator for BackendFrames<'a> {
+impl<'a> Iterator for Frames<'a> {
     type Item = Result<(u8, &'a [u8]), FrameError>;
 
     fn next(&mut self) -> Option<Self::Item> {

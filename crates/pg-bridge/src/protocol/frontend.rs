@@ -210,13 +210,13 @@ pub(crate) enum Part<'a> {
     Raw(&'a [u8]),
 }
 
-/// A `Q` frame for bridge-internal SQL.
-pub(crate) fn query(sql: &str) -> Bytes {
+/// A `Query` frame for bridge-internal SQL.
+pub fn query(sql: &str) -> Bytes {
     build(b'Q', &[Part::Cstr(sql.as_bytes())])
 }
 
-/// A `S` frame.
-pub(crate) fn sync() -> Bytes {
+/// A `Sync` frame.
+pub fn sync() -> Bytes {
     Bytes::from_static(b"S\0\0\0\x04")
 }
 
@@ -227,3 +227,48 @@ pub(crate) fn close_statement(name: &[u8]) -> Bytes {
 
 #[cfg(test)]
 mod tests;
+
+/// A `Terminate` frame.
+pub const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
+/// A `Flush` frame.
+pub const FLUSH: &[u8] = b"H\0\0\0\x04";
+
+fn built(write: impl FnOnce(&mut BytesMut) -> std::io::Result<()>) -> Bytes {
+    let mut buf = BytesMut::new();
+    // postgres-protocol only fails on a string holding a NUL, which none of our callers pass.
+    write(&mut buf).expect("no NUL inside a protocol string");
+    buf.freeze()
+}
+
+/// A protocol 3.0 `StartupMessage` with these parameters.
+pub fn startup(params: &[(&str, &str)]) -> Bytes {
+    built(|buf| postgres_protocol::message::frontend::startup_message(params.iter().copied(), buf))
+}
+
+/// A `PasswordMessage` carrying a cleartext password.
+pub fn password(password: &str) -> Bytes {
+    built(|buf| postgres_protocol::message::frontend::password_message(password.as_bytes(), buf))
+}
+
+/// The first `SASLInitialResponse` of an exchange using `mechanism`.
+pub fn sasl_initial_response(mechanism: &str, data: &[u8]) -> Bytes {
+    built(|buf| postgres_protocol::message::frontend::sasl_initial_response(mechanism, data, buf))
+}
+
+/// A later `SASLResponse`.
+pub fn sasl_response(data: &[u8]) -> Bytes {
+    built(|buf| postgres_protocol::message::frontend::sasl_response(data, buf))
+}
+
+/// A `CancelRequest` for the backend with this key.
+pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
+    buf.freeze()
+}
+
+/// A `CopyFail` with this reason.
+pub fn copy_fail(reason: &str) -> Bytes {
+    built(|buf| postgres_protocol::message::frontend::copy_fail(reason, buf))
+}

@@ -1,7 +1,7 @@
-//! Backend messages the bridge writes itself, built with pgwire's message types.
-//!
-//! Only synthetic replies are built here (errors, startup messages, ReadyForQuery); messages
-//! from the backend are forwarded as the bytes it produced.
+//! Backend messages: read from the backend's output (errors and notices, parameter status,
+//! ready status, text rows), and built for the bridge's own replies with pgwire's message
+//! types. Messages from the backend are forwarded as the bytes it produced; reading them never
+//! copies more than the field asked for.
 
 use bytes::BytesMut;
 use pgwire::messages::Message;
@@ -9,10 +9,11 @@ use pgwire::messages::response::{CommandComplete, ErrorResponse, ReadyForQuery, 
 use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey};
 
 use crate::Error;
+use crate::protocol::frame::frames;
 
 /// The transaction status carried by `ReadyForQuery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TxStatus {
+pub enum TxStatus {
     /// `I`: not in a transaction block.
     Idle,
     /// `T`: in a transaction block.
@@ -23,7 +24,7 @@ pub(crate) enum TxStatus {
 
 impl TxStatus {
     /// Reads the status byte of a `ReadyForQuery` frame.
-    pub(crate) fn from_byte(b: u8) -> Option<TxStatus> {
+    pub fn from_byte(b: u8) -> Option<TxStatus> {
         match b {
             b'I' => Some(TxStatus::Idle),
             b'T' => Some(TxStatus::InTransaction),
@@ -150,3 +151,67 @@ pub(crate) fn error_frame(severity: Severity, sqlstate: &str, message: &str) -> 
     replies.error(severity, sqlstate, message)?;
     Ok(replies.into_bytes())
 }
+
+/// The fields of an `ErrorResponse` or `NoticeResponse` frame (type, length and body), each
+/// as its one-letter code and text. Empty for a malformed frame.
+pub fn fields(frame: &[u8]) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+    frame.get(5..).unwrap_or_default().split(|&b| b == 0).filter_map(|field| Some((*field.first()?, &field[1..])))
+}
+
+/// One field of an `ErrorResponse` or `NoticeResponse` frame, as text.
+pub fn field(frame: &[u8], code: u8) -> Option<String> {
+    fields(frame).find(|(c, _)| *c == code).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+}
+
+/// The SQLSTATE and message of the first `ErrorResponse` in a backend output.
+pub fn first_error(output: &[u8]) -> Option<(String, String)> {
+    let (_, frame) = frames(output).flatten().find(|(tag, _)| *tag == b'E')?;
+    Some((field(frame, b'C').unwrap_or_default(), field(frame, b'M').unwrap_or_default()))
+}
+
+/// Decodes one `ParameterStatus` frame into its name and value.
+pub fn parameter_status(frame: &[u8]) -> Option<(String, String)> {
+    let body = frame.get(5..)?;
+    let mut parts = body.split(|&b| b == 0);
+    let name = String::from_utf8_lossy(parts.next()?).into_owned();
+    let value = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((name, value))
+}
+
+/// The transaction status of a `ReadyForQuery` frame.
+pub fn ready_status(frame: &[u8]) -> Option<TxStatus> {
+    frame.get(5).copied().and_then(TxStatus::from_byte)
+}
+
+/// The values of a `DataRow` frame (`None` for SQL NULL), or `None` when it is malformed.
+pub fn data_row(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let body = frame.get(5..)?;
+    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let mut at = 2;
+    let mut res = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            res.push(None);
+            continue;
+        }
+        let value = body.get(at..at + len as usize)?;
+        at += len as usize;
+        res.push(Some(value));
+    }
+    (at == body.len()).then_some(res)
+}
+
+/// The text rows of a backend output (`DataRow`s), values decoded as UTF-8.
+pub fn text_rows(output: &[u8]) -> Vec<Vec<Option<String>>> {
+    frames(output)
+        .flatten()
+        .filter(|(tag, _)| *tag == b'D')
+        .filter_map(|(_, frame)| data_row(frame))
+        .map(|row| row.into_iter().map(|value| value.map(|v| String::from_utf8_lossy(v).into_owned())).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

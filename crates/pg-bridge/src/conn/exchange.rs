@@ -1,0 +1,225 @@
+//! One exchange with the backend under the lease: taking the lease (and putting the client's
+//! session state on the backend), sending the batch, filtering and writing the answer,
+//! settling what the client changed, letting the lease go, and cleaning up when it leaves.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::Connection;
+use super::batch::{Batch, Unnamed};
+use crate::filter;
+use crate::protocol::backend::TxStatus;
+use crate::{Backend, Error};
+
+/// Awaits the backend's answer to a batch. While other clients wait for the backend, the loop
+/// is not let sleep for up to `limit`: the task yields instead, so the runtime still polls for
+/// I/O (without blocking) and serves the others, and the answer is read the moment it arrives
+/// rather than after the CPU went idle and had to be woken again.
+async fn answer_while_queued<F: Future>(answer: F, waiting: &AtomicUsize, limit: Duration) -> F::Output {
+    let mut answer = std::pin::pin!(answer);
+    let mut deadline = None;
+    loop {
+        let poll = !limit.is_zero() && waiting.load(Ordering::Relaxed) > 0 && {
+            let now = Instant::now();
+            now < *deadline.get_or_insert(now + limit)
+        };
+        tokio::select! {
+            biased;
+            out = &mut answer => return out,
+            () = tokio::task::yield_now(), if poll => {}
+        }
+    }
+}
+
+/// Counts a client queued on the lease for as long as it waits (a dropped wait included).
+pub(super) struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    pub(super) fn new(waiting: &'a AtomicUsize) -> Queued<'a> {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Queued(waiting)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
+    /// Takes the lease if this client does not hold it, and puts its settings on the backend.
+    pub(super) async fn acquire(&mut self) -> Result<(), Error> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        // Free and nobody queued (the mutex hands a released lease straight to the first in
+        // line): taken without queueing.
+        let mut session = match self.shared.lease.clone().try_lock_owned() {
+            Ok(session) => session,
+            Err(_) => {
+                let _queued = Queued::new(&self.shared.waiting);
+                self.shared.lease.clone().lock_owned().await
+            }
+        };
+        session.enter(&self.shared.backend, &self.shared.baseline, &mut self.client.state).await?;
+        self.lease = Some(session);
+        Ok(())
+    }
+
+    /// Exchanges the batch with the backend and forwards the filtered output.
+    pub(super) async fn send(&mut self) -> Result<(), Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.acquire().await?;
+        let mut batch = std::mem::replace(&mut self.batch, Batch::new());
+        let id = self.client.id();
+        let Some(session) = self.lease.as_mut() else {
+            return Err(Error::BackendGone);
+        };
+        let mut frames = BytesMut::new();
+        if batch.uses_unnamed && session.unnamed_owner() != Some(id) && !self.client.unnamed_parse.is_empty() {
+            frames.extend_from_slice(&self.client.unnamed_parse);
+            batch.plan.drop_leading += 1;
+            session.set_unnamed_owner(Some(id));
+        }
+        if frames.is_empty() && batch.prefix.is_empty() {
+            frames = std::mem::take(&mut batch.frames);
+        } else {
+            frames.extend_from_slice(&batch.prefix);
+            frames.extend_from_slice(&batch.frames);
+        }
+        self.client.running.store(true, Ordering::SeqCst);
+        let answer = session.exchange(&self.shared.backend, frames.freeze());
+        let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
+        self.client.running.store(false, Ordering::SeqCst);
+        let filtered = filter::filter(output?, &batch.plan)?;
+        session.note_reported(&filtered.parameters);
+        match batch.unnamed {
+            Unnamed::Unchanged => {}
+            Unnamed::Mine => session.set_unnamed_owner(Some(id)),
+            Unnamed::Dropped => session.set_unnamed_owner(None),
+        }
+        for (name, value) in &filtered.parameters {
+            if name == "standard_conforming_strings" {
+                self.client.standard_strings = value == "on";
+            }
+        }
+        if let Some(status) = filtered.ready {
+            self.client.tx = status;
+            self.client.pending = false;
+        }
+        if !batch.terminated {
+            self.client.pending = true;
+        }
+        let mut out = filtered.out;
+        if self.client.tx == TxStatus::Idle && !self.client.pending {
+            let status = session
+                .settle(
+                    &self.shared.backend,
+                    &self.shared.baseline,
+                    &mut self.client.state,
+                    batch.session_scoped,
+                    batch.discard_all,
+                )
+                .await?;
+            out.extend_from_slice(&status);
+            if !self.client.state.holds() {
+                self.lease = None;
+                if self.shared.waiting.load(Ordering::SeqCst) > 0 {
+                    // Let the next client send its request before this one's output is
+                    // written, so the backend works while we write.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        self.write_output(&out).await
+    }
+
+    /// Writes backend output to the client. Idle clients were let go of the backend before
+    /// this, so one that stops reading holds up only itself; one that holds the backend gets
+    /// as long as an idle owner would before it is ended (and rolled back).
+    async fn write_output(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.lease.is_none() {
+            self.stream.write_all(bytes).await?;
+            return Ok(());
+        }
+        let limit = self.shared.config.idle_in_transaction_timeout;
+        match tokio::time::timeout(limit, self.stream.write_all(bytes)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => {
+                tracing::warn!(
+                    client = self.client.id(),
+                    "client stopped reading while holding the backend; ending it"
+                );
+                Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading while holding the backend",
+                )))
+            }
+        }
+    }
+
+    /// Undoes everything the client left on the backend: an open extended sequence or
+    /// transaction, its prepared statements, its locks. Runs once the connection is over.
+    pub(crate) async fn finish(&mut self) {
+        let _ = self.stream.flush().await;
+        let stateless = self.lease.is_none()
+            && !self.client.state.has_backend_state()
+            && self.client.tx == TxStatus::Idle
+            && !self.client.pending;
+        if stateless {
+            return;
+        }
+        let mut session = match self.lease.take() {
+            Some(session) => session,
+            None => self.shared.lease.clone().lock_owned().await,
+        };
+        session.clean_up_after(&self.shared.backend, &mut self.client.state, self.client.pending).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::answer_while_queued;
+
+    /// How many times the answer is polled until it resolves, when another task sends it after
+    /// yielding to the runtime ten times.
+    async fn polls(waiting: usize, limit: Duration) -> usize {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let answerer = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            tx.send(42).unwrap();
+        });
+        let mut polls = 0;
+        let answer = std::future::poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut rx).poll(cx)
+        });
+        let got = answer_while_queued(answer, &AtomicUsize::new(waiting), limit).await;
+        answerer.await.unwrap();
+        assert_eq!(got, Ok(42));
+        polls
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn polls_for_the_answer_only_while_others_wait() {
+        // Alone: polled once, then once more when woken by the answer.
+        assert_eq!(polls(0, Duration::from_secs(3600)).await, 2);
+        assert_eq!(polls(1, Duration::ZERO).await, 2);
+        // Others queue: polled again every time the runtime comes round.
+        assert!(polls(1, Duration::from_secs(3600)).await > 5);
+    }
+}

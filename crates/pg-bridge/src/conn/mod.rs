@@ -1,0 +1,351 @@
+//! One client connection after its startup: frames in, filtered backend output out.
+//!
+//! Messages are collected into a batch until a message the client waits on (`Sync`, `Query`,
+//! `Flush`, `FunctionCall`), then the batch is exchanged with the backend under the lease. The
+//! lease is taken for the first exchange and kept while the client is in a transaction, in an
+//! extended-protocol sequence not yet ended by `Sync`, or holds session-level advisory locks or
+//! `WITH HOLD` cursors; everyone else queues on it. On the way in, statement and portal names
+//! are renamed per client, session-scoped commands are scoped to this client, and COPY, LISTEN
+//! and NOTIFY are refused. This module must not block the backend on anything but this
+//! client's own messages and output.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, watch};
+
+use crate::lexer::LexOptions;
+use crate::protocol::backend::{Severity, TxStatus, error_frame};
+use crate::protocol::frame::{self, Frame};
+use crate::protocol::frontend::{self as message, FrontendMessage, Part};
+use crate::session::{ClientState, Session};
+use crate::shared::Shared;
+use crate::{Backend, Error};
+
+mod batch;
+mod exchange;
+mod refusal;
+mod statements;
+
+use batch::{Batch, Unnamed};
+use refusal::Refusal;
+
+/// A batch larger than this is sent even before the client asks for results, so a client
+/// streaming messages without `Sync` cannot make the bridge buffer without bound.
+const BATCH_SOFT_LIMIT: usize = 1 << 20;
+
+/// One client's connection state that outlives single messages; its session state proper
+/// (settings, statements, locks) is the [`ClientState`] the session module keeps.
+pub(crate) struct Client {
+    pub(crate) pid: i32,
+    state: ClientState,
+    running: Arc<AtomicBool>,
+    _permit: OwnedSemaphorePermit,
+    /// Bytes read but not yet framed (startup may have read ahead).
+    buf: BytesMut,
+    standard_strings: bool,
+    /// The SQL text last found to hold only `Plain` statements, and how it was lexed (`None`:
+    /// no such text yet). The buffer is reused.
+    plain_sql: (Vec<u8>, Option<LexOptions>),
+    /// This client's last unnamed Parse, replayed if another client's replaced it since.
+    /// (Empty when there is none; the buffer is reused.)
+    unnamed_parse: Vec<u8>,
+    tx: TxStatus,
+    /// Extended-protocol messages were forwarded and their `Sync` has not been.
+    pending: bool,
+    /// Backend names of statements (the unnamed one as empty) whose SQL may take or release
+    /// session-level advisory locks or cursors.
+    scoped_statements: HashSet<Vec<u8>>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        state: ClientState,
+        pid: i32,
+        running: Arc<AtomicBool>,
+        permit: OwnedSemaphorePermit,
+        buf: BytesMut,
+        standard_strings: bool,
+    ) -> Client {
+        Client {
+            pid,
+            state,
+            running,
+            _permit: permit,
+            buf,
+            standard_strings,
+            plain_sql: (Vec::new(), None),
+            unnamed_parse: Vec::new(),
+            tx: TxStatus::Idle,
+            pending: false,
+            scoped_statements: HashSet::new(),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.state.id
+    }
+
+    /// The backend's name for this client's statement or portal `name`.
+    fn backend_name(&self, name: &[u8]) -> Vec<u8> {
+        let mut res = format!("_pgb{}_", self.id()).into_bytes();
+        // Names longer than NAMEDATALEN - 1 are truncated by the backend; hash instead, so two
+        // long names sharing a prefix stay apart.
+        if res.len() + name.len() > 63 {
+            res.extend_from_slice(format!("h{:016x}", fnv1a(name)).as_bytes());
+        } else {
+            res.extend_from_slice(name);
+        }
+        res
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+enum Next {
+    Frame(Frame),
+    Closed,
+    Stop { sqlstate: &'static str, message: String },
+}
+
+/// A client connection being served.
+pub(crate) struct Connection<B, S> {
+    shared: Arc<Shared<B>>,
+    stream: S,
+    client: Client,
+    shutdown: watch::Receiver<bool>,
+    /// Resolves once shutdown is asked for; kept across reads, so waiting for a message does
+    /// not register with the watch channel anew each time.
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    lease: Option<OwnedMutexGuard<Session>>,
+    batch: Batch,
+    /// A refused command; client messages are discarded until `Sync`.
+    discarding: Option<Refusal>,
+}
+
+/// Resolves when the bridge is told to shut down (never if the sender is gone without).
+async fn stop_requested(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
+    pub(crate) fn new(shared: Arc<Shared<B>>, stream: S, client: Client, shutdown: watch::Receiver<bool>) -> Self {
+        let stopping = Box::pin(stop_requested(shutdown.clone()));
+        Connection { shared, stream, client, shutdown, stopping, lease: None, batch: Batch::new(), discarding: None }
+    }
+
+    /// Serves messages until the client leaves or must be ended. A backend failure ends the
+    /// connection with a FATAL the client can understand, as PostgreSQL does after a crash.
+    pub(crate) async fn serve(&mut self) -> Result<(), Error> {
+        let result = self.serve_frames().await;
+        match &result {
+            Err(Error::Backend(_) | Error::BackendRestarted) => {
+                self.write_error(
+                    Severity::Fatal,
+                    "57P02",
+                    "terminating connection because the database backend crashed and was restarted",
+                )
+                .await;
+            }
+            Err(Error::BackendGone) => {
+                self.write_error(Severity::Fatal, "57P03", "the database system is not available").await;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn serve_frames(&mut self) -> Result<(), Error> {
+        loop {
+            match self.next_frame().await? {
+                Next::Frame(frame) => {
+                    if !self.handle(frame).await? {
+                        return Ok(());
+                    }
+                }
+                Next::Closed => return Ok(()),
+                Next::Stop { sqlstate, message } => {
+                    self.write_error(Severity::Fatal, sqlstate, &message).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn write_error(&mut self, severity: Severity, sqlstate: &str, message: &str) {
+        if let Ok(bytes) = error_frame(severity, sqlstate, message) {
+            let _ = self.stream.write_all(&bytes).await;
+        }
+    }
+
+    async fn next_frame(&mut self) -> Result<Next, Error> {
+        let busy_poll = self.shared.config.busy_poll;
+        let poll_until = (!busy_poll.is_zero()).then(|| Instant::now() + busy_poll);
+        loop {
+            match frame::split_frame(&mut self.client.buf, frame::MAX_MESSAGE_LEN) {
+                Ok(Some(frame)) => return Ok(Next::Frame(frame)),
+                Ok(None) => {}
+                Err(error) => {
+                    return Ok(Next::Stop { sqlstate: "08P01", message: format!("invalid message: {error}") });
+                }
+            }
+            if *self.shutdown.borrow() {
+                return Ok(Next::Stop {
+                    sqlstate: "57P01",
+                    message: "terminating connection due to administrator command".to_owned(),
+                });
+            }
+            let idle_limit = self.shared.config.idle_in_transaction_timeout;
+            let holding = self.lease.is_some();
+            // Room for a whole pipeline in one read; once the frames split off the buffer are
+            // gone this reuses its memory.
+            if self.client.buf.capacity() - self.client.buf.len() < 4096 {
+                self.client.buf.reserve(8192);
+            }
+            let read = self.stream.read_buf(&mut self.client.buf);
+            // Biased: the client's bytes are what wakes this loop nearly every time; the other
+            // branches are polled only when there are none (shutdown is also checked above).
+            tokio::select! {
+                biased;
+                res = read => match res {
+                    Ok(0) => return Ok(Next::Closed),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "reading from client");
+                        return Ok(Next::Closed);
+                    }
+                },
+                // Done only once: the loop then returns at the check above.
+                () = &mut self.stopping => {}
+                // Busy polling: instead of letting the loop sleep, hand it back to the runtime,
+                // which looks for I/O without blocking and runs any other ready client first.
+                () = tokio::task::yield_now(), if poll_until.is_some_and(|until| Instant::now() < until) => {}
+                () = tokio::time::sleep(idle_limit), if holding => {
+                    if self.client.tx == TxStatus::Idle && self.client.state.holds() {
+                        return Ok(Next::Stop {
+                            sqlstate: "57P05",
+                            message: "terminating connection due to idle-session timeout while holding \
+                                      session-level advisory locks or cursors that other clients wait for"
+                                .to_owned(),
+                        });
+                    }
+                    return Ok(Next::Stop {
+                        sqlstate: "25P03",
+                        message: "terminating connection due to idle-in-transaction timeout".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `false` ends the connection.
+    async fn handle(&mut self, frame: Frame) -> Result<bool, Error> {
+        let msg = match message::decode(frame.tag(), frame.body()) {
+            Ok(msg) => msg,
+            Err(malformed) => {
+                self.write_error(Severity::Fatal, "08P01", &malformed.reason).await;
+                return Ok(false);
+            }
+        };
+        if let Some(refusal) = self.discarding.take() {
+            if msg == FrontendMessage::Sync {
+                self.finish_refusal(&refusal).await?;
+                return Ok(true);
+            }
+            self.discarding = Some(refusal);
+            if msg == FrontendMessage::Terminate {
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        if let Some(max) = self.shared.max_request {
+            if frame.bytes().len() > max {
+                let refusal = Refusal::too_large(frame.bytes().len(), max);
+                return self.refuse(frame.tag() == b'Q', refusal).await.map(|()| true);
+            }
+            if !self.batch.is_empty() && self.batch.frames.len() + self.batch.prefix.len() + frame.bytes().len() > max {
+                // The backend takes no more at once: what is batched so far goes first.
+                self.send().await?;
+            }
+        }
+        match msg {
+            FrontendMessage::Terminate => return Ok(false),
+            FrontendMessage::CopyStray => {}
+            FrontendMessage::Query { sql } => self.query(sql).await?,
+            FrontendMessage::Parse { statement, sql, param_types } => {
+                self.parse(frame.bytes(), statement, sql, param_types).await?;
+            }
+            FrontendMessage::Bind { portal, statement, rest } => {
+                if statement.is_empty() {
+                    self.use_unnamed();
+                }
+                let renamed = !portal.is_empty() || !statement.is_empty();
+                let portal = self.portal_name(portal);
+                let statement = self.statement_name(statement);
+                // Most clients never prepare such a statement: skip hashing the name.
+                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement) {
+                    self.batch.session_scoped = true;
+                }
+                let parts = [Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)];
+                self.batch.forward(frame.bytes(), renamed, b'B', &parts);
+            }
+            FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
+                let close = frame.tag() == b'C';
+                let renamed = if kind == b'S' {
+                    if name.is_empty() {
+                        if close {
+                            self.client.unnamed_parse.clear();
+                            self.batch.unnamed = Unnamed::Dropped;
+                        } else {
+                            self.use_unnamed();
+                        }
+                    }
+                    let renamed = self.statement_name(name);
+                    if close {
+                        self.client.state.closed(&renamed);
+                    }
+                    renamed
+                } else {
+                    self.portal_name(name)
+                };
+                self.batch.forward(
+                    frame.bytes(),
+                    !name.is_empty(),
+                    frame.tag(),
+                    &[Part::Raw(&[kind]), Part::Cstr(&renamed)],
+                );
+            }
+            FrontendMessage::Execute { portal, max_rows } => {
+                let renamed = !portal.is_empty();
+                let portal = self.portal_name(portal);
+                let parts = [Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())];
+                self.batch.forward(frame.bytes(), renamed, b'E', &parts);
+            }
+            FrontendMessage::Flush => {
+                self.batch.push(frame.bytes());
+                self.send().await?;
+            }
+            FrontendMessage::Sync | FrontendMessage::FunctionCall => {
+                self.batch.push(frame.bytes());
+                self.batch.terminated = true;
+                self.send().await?;
+            }
+        }
+        if self.batch.frames.len() > BATCH_SOFT_LIMIT {
+            self.send().await?;
+        }
+        Ok(true)
+    }
+}

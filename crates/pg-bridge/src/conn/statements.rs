@@ -1,0 +1,179 @@
+//! The per-statement treatment of a client's SQL on its way in: the filter's verdict, renamed
+//! prepared statements and portals, settings and resets noted for the session, refused
+//! commands.
+
+use std::borrow::Cow;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Connection;
+use super::batch::Unnamed;
+use super::refusal::Refusal;
+use crate::classify::{self, Classified, StatementKind, Verdict};
+use crate::lexer::LexOptions;
+use crate::protocol::frontend::{self as message, Part};
+use crate::{Backend, Error};
+
+impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
+    pub(super) fn statement_name(&self, name: &[u8]) -> Vec<u8> {
+        if name.is_empty() { Vec::new() } else { self.client.backend_name(name) }
+    }
+
+    pub(super) fn portal_name(&self, name: &[u8]) -> Vec<u8> {
+        self.statement_name(name)
+    }
+
+    pub(super) fn use_unnamed(&mut self) {
+        if self.batch.unnamed == Unnamed::Unchanged {
+            self.batch.uses_unnamed = true;
+        }
+    }
+
+    fn lex_options(&self) -> LexOptions {
+        LexOptions { standard_strings: self.client.standard_strings }
+    }
+
+    /// Applies the per-statement treatment to SQL text; returns the text to send.
+    fn rewrite<'a>(&mut self, sql: &'a [u8], statements: &[Classified], simple: bool) -> Cow<'a, [u8]> {
+        let mut res = Vec::new();
+        let mut copied = 0;
+        let replace = |res: &mut Vec<u8>, copied: &mut usize, range: std::ops::Range<usize>, with: &[u8]| {
+            res.extend_from_slice(&sql[*copied..range.start]);
+            res.extend_from_slice(with);
+            *copied = range.end;
+        };
+        for (idx, statement) in statements.iter().enumerate() {
+            if statement.kind.touches_settings() {
+                self.client.state.settings_may_change();
+            }
+            match &statement.kind {
+                StatementKind::Plain | StatementKind::Settings => {}
+                StatementKind::SessionScoped => self.batch.session_scoped = true,
+                StatementKind::Reset { name } => {
+                    self.client.state.reset(name);
+                }
+                StatementKind::ResetAll => self.restore_all(),
+                StatementKind::DeallocateAll | StatementKind::DiscardAll => {
+                    for name in self.client.state.take_statements() {
+                        self.batch.prefix.extend_from_slice(&message::close_statement(&name));
+                        self.batch.plan.drop_leading += 1;
+                    }
+                    let (with, tag): (&[u8], &str) = if statement.kind == StatementKind::DeallocateAll {
+                        // Any harmless statement would do; this one needs nothing from the
+                        // catalog and does nothing when nobody listens.
+                        (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
+                    } else {
+                        self.restore_all();
+                        self.batch.session_scoped = true;
+                        self.batch.discard_all = true;
+                        (b" RESET ALL", "DISCARD ALL")
+                    };
+                    replace(&mut res, &mut copied, statement.span.clone(), with);
+                    if simple {
+                        self.batch.plan.tags.push((idx, tag.to_owned()));
+                    }
+                }
+                StatementKind::NamedStatement { name, value } => {
+                    let renamed = self.client.backend_name(value);
+                    let is_prepare =
+                        sql[statement.span.clone()].iter().position(|b| !b.is_ascii_whitespace()).is_some_and(|at| {
+                            sql[statement.span.start + at..].len() >= 7
+                                && sql[statement.span.start + at..statement.span.start + at + 7]
+                                    .eq_ignore_ascii_case(b"PREPARE")
+                        });
+                    if is_prepare {
+                        self.client.state.prepared(renamed.clone());
+                    }
+                    let mut quoted = Vec::with_capacity(renamed.len() + 2);
+                    quoted.push(b'"');
+                    for &b in &renamed {
+                        if b == b'"' {
+                            quoted.push(b'"');
+                        }
+                        quoted.push(b);
+                    }
+                    quoted.push(b'"');
+                    replace(&mut res, &mut copied, name.clone(), &quoted);
+                }
+            }
+        }
+        if copied == 0 {
+            return Cow::Borrowed(sql);
+        }
+        res.extend_from_slice(&sql[copied..]);
+        Cow::Owned(res)
+    }
+
+    /// Classifies SQL text, skipping the work for the text last found to hold only plain
+    /// statements: clients that do not name their statements send the same text every time.
+    fn classify(&mut self, sql: &[u8]) -> Verdict {
+        let options = self.lex_options();
+        if self.client.plain_sql.1 == Some(options) && self.client.plain_sql.0 == sql {
+            return Verdict::Allow { statements: Default::default() };
+        }
+        let verdict = classify::classify(sql, options);
+        if let Verdict::Allow { statements } = &verdict
+            && statements.iter().all(|s| s.kind == StatementKind::Plain)
+        {
+            let (text, lexed) = &mut self.client.plain_sql;
+            text.clear();
+            text.extend_from_slice(sql);
+            *lexed = Some(options);
+        }
+        verdict
+    }
+
+    fn restore_all(&mut self) {
+        self.client.state.reset_all(&self.shared.baseline);
+    }
+
+    pub(super) async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
+        match self.classify(sql) {
+            Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
+            Verdict::Allow { statements } => {
+                let rewritten = self.rewrite(sql, &statements, true);
+                self.batch.put(b'Q', &[Part::Cstr(&rewritten)]);
+                self.batch.terminated = true;
+                // A simple query drops the unnamed statement, the client's own included.
+                self.client.unnamed_parse.clear();
+                self.batch.unnamed = Unnamed::Dropped;
+                self.send().await
+            }
+        }
+    }
+
+    /// `whole` is the Parse frame as the client sent it.
+    pub(super) async fn parse(
+        &mut self,
+        whole: &[u8],
+        statement: &[u8],
+        sql: &[u8],
+        param_types: &[u8],
+    ) -> Result<(), Error> {
+        match self.classify(sql) {
+            Verdict::Refuse { command } => self.refuse(false, Refusal::unsupported(command)).await,
+            Verdict::Allow { statements } => {
+                let rewritten = self.rewrite(sql, &statements, false);
+                let name = self.statement_name(statement);
+                if statements.iter().any(|s| s.kind == StatementKind::SessionScoped) {
+                    self.client.scoped_statements.insert(name.clone());
+                } else if !self.client.scoped_statements.is_empty() {
+                    self.client.scoped_statements.remove(&name);
+                }
+                let changed = !statement.is_empty() || matches!(rewritten, Cow::Owned(_));
+                let start = self.batch.frames.len();
+                let parts = [Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)];
+                self.batch.forward(whole, changed, b'P', &parts);
+                if statement.is_empty() {
+                    // Kept as sent to the backend, to replay it there.
+                    self.client.unnamed_parse.clear();
+                    self.client.unnamed_parse.extend_from_slice(&self.batch.frames[start..]);
+                    self.batch.unnamed = Unnamed::Mine;
+                } else {
+                    self.client.state.prepared(name);
+                }
+                Ok(())
+            }
+        }
+    }
+}
