@@ -2,11 +2,14 @@
 //! `cargo xtask bench [all|host|bridge|e2e] [--quick]`, `cargo xtask tools`.
 //!
 //! Each subcommand lives in its own module with a `run`; flags are in `flags.rs`. xtask is a
-//! leaf: nothing depends on it.
+//! leaf: nothing depends on it. `tidy` is tests only: the workspace's invariants, checked by
+//! `cargo test -p xtask`.
 
 mod bench;
 mod ci;
 mod flags;
+#[cfg(test)]
+mod tidy;
 mod tools;
 mod update_pins;
 
