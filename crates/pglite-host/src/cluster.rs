@@ -58,10 +58,7 @@ impl Cluster {
         let lock = lock_data_dir(&config.data_dir)?;
         check_compatible(&config.data_dir, profile, &artifact.version)?;
 
-        let wasm = fs::read(&artifact.wasm).map_err(io_err(&artifact.wasm))?;
-        let module = engine::compile_cached(engine::engine(), &wasm, config.module_cache_dir.as_deref())
-            .map_err(|e| Error::Compile { message: format!("{e:#}") })?;
-        drop(wasm);
+        let module = engine::load_main_module(engine::engine(), &artifact, config.module_cache_dir.as_deref())?;
         let module_load = started.elapsed();
 
         let kind = if config.data_dir.join("PG_VERSION").exists() {
@@ -270,7 +267,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// Runs initdb into the empty directory `dir` and shuts the instance down, leaving a pristine
-/// cluster. Per-write fsyncs are skipped; the caller syncs the tree once.
+/// cluster. Per-write fsyncs are skipped; the tree is synced once at the end.
 fn make_cluster(
     module: &wasmtime::Module,
     profile: &'static Profile,

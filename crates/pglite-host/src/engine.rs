@@ -1,6 +1,9 @@
 //! The wasmtime engine and the compiled-module cache. Compiling the 8 MB PostgreSQL module
 //! takes seconds, so its compiled form is kept on disk keyed by the wasm's SHA-256 and the
-//! engine's compatibility hash, written atomically and checked by a receipt before use.
+//! engine's compatibility hash, written atomically and checked by a receipt before use. The
+//! main module's key is the artifact's SHA-256, verified against its pin when it was fetched,
+//! so a warm start neither reads nor hashes the wasm; side modules are hashed as they load.
+//! Nothing here decides which module to run: callers hand in the bytes or the artifact.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -11,8 +14,10 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, Module};
 
-/// Wasm stack for PostgreSQL's recursion (parser, plpgsql); the thread that runs the guest has
-/// a native stack comfortably larger than this.
+use crate::{Artifact, Error};
+
+/// Wasm stack for PostgreSQL's recursion (parser, plpgsql); the native stack the guest runs on
+/// (`pglite.rs`'s `GUEST_STACK`, also the boot thread's) is comfortably larger than this.
 pub(crate) const MAX_WASM_STACK: usize = 16 << 20;
 
 /// The process-wide engine: one configuration, so compiled modules can be shared.
@@ -35,7 +40,7 @@ pub(crate) fn engine() -> &'static Engine {
     })
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
@@ -49,18 +54,54 @@ fn engine_key(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// The cache key for a SHA-256 given in hex (lowercased), if it is one: 64 hex digits.
+fn sha256_key(hex: &str) -> Option<String> {
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+}
+
 /// Where the compiled form of the module with this SHA-256 lives.
-pub(crate) fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
+fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
     dir.join(format!("{}-{}.cwasm", &wasm_sha256[..wasm_sha256.len().min(32)], engine_key(engine)))
 }
 
-/// Compiles `wasm`, or loads its cached compiled form; a missing, stale or corrupt entry is
-/// (re)compiled and rewritten. Cache failures never fail the load, they only cost time.
+/// The artifact's main module: its compiled form from the cache, found by the artifact's
+/// verified SHA-256 without reading the wasm, or else compiled from the wasm file (read only
+/// then) and cached.
+pub(crate) fn load_main_module(
+    engine: &Engine,
+    artifact: &Artifact,
+    cache_dir: Option<&Path>,
+) -> Result<Module, Error> {
+    let read = || std::fs::read(&artifact.wasm).map_err(|source| Error::Io { path: artifact.wasm.clone(), source });
+    let compile = |wasm: &[u8]| Module::new(engine, wasm).map_err(Error::compile);
+    let Some(dir) = cache_dir else {
+        return compile(&read()?);
+    };
+    if let Some(wasm_sha256) = sha256_key(&artifact.wasm_sha256) {
+        return cached(engine, dir, &wasm_sha256, || compile(&read()?));
+    }
+    let wasm = read()?;
+    cached(engine, dir, &sha256_hex(&wasm), || compile(&wasm))
+}
+
+/// Compiles a side module's `wasm`, or loads its cached compiled form (keyed by its hash).
 pub(crate) fn compile_cached(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<Module> {
     let Some(dir) = cache_dir else {
         return Module::new(engine, wasm);
     };
-    let path = cache_path(engine, dir, &sha256_hex(wasm));
+    cached(engine, dir, &sha256_hex(wasm), || Module::new(engine, wasm))
+}
+
+/// The module cached in `dir` under `wasm_sha256`, or else `compile`'s, then cached; a
+/// missing, stale or corrupt entry is (re)compiled and rewritten. Cache failures never fail
+/// the load, they only cost time.
+fn cached<E>(
+    engine: &Engine,
+    dir: &Path,
+    wasm_sha256: &str,
+    compile: impl FnOnce() -> Result<Module, E>,
+) -> Result<Module, E> {
+    let path = cache_path(engine, dir, wasm_sha256);
     if let Some(module) = load_verified(engine, &path) {
         return Ok(module);
     }
@@ -76,7 +117,7 @@ pub(crate) fn compile_cached(engine: &Engine, wasm: &[u8], cache_dir: Option<&Pa
     if let Some(module) = load_verified(engine, &path) {
         return Ok(module);
     }
-    let module = Module::new(engine, wasm)?;
+    let module = compile()?;
     if let Err(err) = store(&module, &path) {
         tracing::warn!(path = %path.display(), %err, "could not write the compiled-module cache");
     }
@@ -140,3 +181,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests;

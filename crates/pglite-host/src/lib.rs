@@ -1,16 +1,20 @@
 //! Runs PGlite's Emscripten build of PostgreSQL inside wasmtime with no JavaScript.
 //!
-//! [`Pglite::start`] takes an extracted artifact and a data directory, boots PostgreSQL on a
-//! dedicated thread that owns the wasm store, and returns a handle. Protocol bytes go in and
-//! out with [`Pglite::exec_protocol`]: one or more frontend messages in, every backend message
-//! they produce out. The startup phase (StartupMessage, SSLRequest, CancelRequest) is the
-//! caller's business: those packets never reach the backend.
+//! [`Pglite::start`] takes a verified, extracted [`Artifact`] and a [`Config`] (the data
+//! directory among it), boots PostgreSQL and returns a handle. The wasm store sits behind a
+//! mutex in the handle, and whoever holds it runs the guest inline on its own thread, on a large
+//! stack borrowed for the call (an async caller that finds it busy waits on tokio's blocking
+//! pool); only the boot runs on a thread of its own, so that a start can time out. Protocol
+//! bytes go in and out with [`Pglite::exec_protocol`]: one or more frontend messages in, every
+//! backend message they produce out. The startup phase (StartupMessage, SSLRequest,
+//! CancelRequest) is the caller's business: those packets never reach the backend.
 //!
 //! This crate never opens a socket and never touches the network.
 
 mod cluster;
 mod engine;
 mod errno;
+mod error;
 mod imports;
 mod instance;
 mod mem;
@@ -24,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cluster::cluster_major;
+pub use error::Error;
 pub use pglite::{BootInfo, BootKind, Pglite};
 
 /// SQL that gives a session the usual defaults. PGlite's backend arguments set `search_path`
@@ -50,7 +55,10 @@ pub struct Artifact {
     pub version: String,
     /// The main module (`postgres.wasm`).
     pub wasm: PathBuf,
-    /// Its SHA-256 (hex), the key of the compiled-module cache.
+    /// Its SHA-256 (hex), as verified against the release's pin. It is the key of the
+    /// compiled-module cache, so a warm start loads the compiled module without reading or
+    /// hashing `wasm`: it must be the hash of that file. A value that is not 64 hex digits is
+    /// ignored and the file hashed instead.
     pub wasm_sha256: String,
     /// The extracted file package: `tmp/pglite/{bin,lib,share}` beneath it.
     pub package_root: PathBuf,
@@ -97,43 +105,4 @@ impl Config {
             superusers: Vec::new(),
         }
     }
-}
-
-/// What can go wrong hosting PGlite.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("PGlite {version} is not supported by this host (supported: 0.2.x and 0.3.11 or later 0.3.x)")]
-    UnsupportedVersion { version: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("extension {name} cannot load on PGlite {version}: {reason}")]
-    ExtensionUnavailable { name: String, version: String, reason: String },
-    #[error("data directory {path} is in use by another process")]
-    Locked { path: PathBuf },
-    #[error("data directory {path} holds a PostgreSQL {found} cluster; PGlite {version} runs PostgreSQL {expected}")]
-    IncompatibleDataDir { path: PathBuf, found: String, expected: u32, version: String },
-    #[error("compiling the PostgreSQL module failed: {message}")]
-    Compile { message: String },
-    #[error("instantiating the PostgreSQL module failed: {message}")]
-    Instantiate { message: String },
-    #[error("the host's own SQL failed ({code} {message}): {sql}")]
-    Sql { sql: String, code: String, message: String },
-    #[error("initdb failed (pg_initdb returned {code})")]
-    InitdbFailed { code: i32 },
-    #[error("PostgreSQL exited with code {code}")]
-    GuestExit { code: i32 },
-    #[error("PostgreSQL crashed: {message}")]
-    Trap { message: String },
-    #[error("request of {len} bytes is larger than this PGlite release accepts ({max} bytes)")]
-    RequestTooLarge { len: usize, max: usize },
-    #[error("startup, SSL and cancel packets are answered by the caller, never sent to the backend")]
-    StartupPacket,
-    #[error("reply of {len} bytes overflowed the {max}-byte transfer buffer")]
-    ReplyOverflow { len: usize, max: usize },
-    #[error("the request failed because PostgreSQL crashed and was restarted from disk: {cause}")]
-    Restarted { cause: Box<Error> },
-    #[error("start-up did not finish within {0:?}")]
-    StartupTimeout(Duration),
-    #[error("the PostgreSQL instance is not running")]
-    NotRunning,
 }

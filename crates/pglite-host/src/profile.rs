@@ -93,7 +93,8 @@ pub(crate) fn for_version(version: &str) -> Option<&'static Profile> {
 }
 
 impl Profile {
-    /// Largest request the transport takes; the rest of the 16 MiB is left for the reply.
+    /// Largest request the transport takes. 0.2's requests and replies share the 16 MiB below
+    /// `memory_base`: what a request does not take is left for the reply.
     pub(crate) fn max_request(&self) -> usize {
         match self.transport {
             Transport::Cma => 15 * 1024 * 1024,

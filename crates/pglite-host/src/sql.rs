@@ -9,7 +9,7 @@ use postgres_protocol::message::{backend, frontend};
 use crate::Error;
 use crate::instance::{ExecError, Instance};
 
-/// What a simple query returned: its rows as text, or the error that ended it.
+/// What a simple query returned: its rows, as text. (An error ends it as [`Error::Sql`].)
 #[derive(Debug, Default)]
 pub(crate) struct Reply {
     pub(crate) rows: Vec<Vec<Option<String>>>,

@@ -34,7 +34,7 @@ struct Library {
     data: HashMap<String, i32>,
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "_dlopen_js", |mut c: Caller<'_, Ctx>, handle: i32| -> wasmtime::Result<i32> {
         match dlopen(&mut c, handle as u32) {
             Ok(()) => Ok(handle),

@@ -5,27 +5,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
 
-use super::{Ctx, GuestExit, split, syscall};
+use super::error::{Abort, GuestExit};
+use super::syscalls::syscall;
+use super::{Ctx, split};
 use crate::errno::Errno;
 
 type C<'a> = Caller<'a, Ctx>;
 
-/// The guest aborted (`abort()`, a failed assertion, PANIC): the instance is dead.
-#[derive(Debug)]
-pub(crate) struct Abort(pub(crate) String);
-
-impl std::fmt::Display for Abort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "guest aborted: {}", self.0)
-    }
-}
-
-impl std::error::Error for Abort {}
-
 const MAX_HEAP: u64 = 2 << 30;
 const WASM_PAGE: u64 = 65536;
 
-pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "emscripten_date_now", || -> f64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
     })?;

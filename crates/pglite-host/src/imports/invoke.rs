@@ -8,9 +8,10 @@ use std::sync::Mutex;
 
 use wasmtime::{Caller, Func, FuncType, Linker, Module, TypedFunc, Val, ValType, WasmParams, WasmResults};
 
-use super::{Ctx, LongJmp};
+use super::Ctx;
+use super::error::LongJmp;
 
-pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmtime::Result<()> {
     linker.func_wrap("env", "_emscripten_throw_longjmp", |_: Caller<'_, Ctx>| -> wasmtime::Result<()> {
         Err(wasmtime::Error::new(LongJmp))
     })?;
@@ -119,7 +120,7 @@ fn table_func(caller: &mut Caller<'_, Ctx>, index: i32) -> wasmtime::Result<Func
 }
 
 /// The host function for an `invoke_*` import of type `ty` (first parameter: table index).
-pub(crate) fn trampoline(
+pub(super) fn trampoline(
     ty: &FuncType,
 ) -> impl Fn(Caller<'_, Ctx>, &[Val], &mut [Val]) -> wasmtime::Result<()> + Send + Sync + 'static {
     let zeros: Vec<Val> = ty.results().map(|t| zero(&t)).collect();

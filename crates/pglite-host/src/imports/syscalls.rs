@@ -2,8 +2,9 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::{Ctx, syscall};
-use crate::errno::Errno;
+use super::{Ctx, split};
+use crate::errno::{Errno, SysResult};
+use crate::mem::Guest;
 use crate::vfs::{AT_FDCWD, DIRENT_SIZE};
 
 const AT_SYMLINK_NOFOLLOW: i32 = 0x100;
@@ -12,7 +13,16 @@ const AT_EMPTY_PATH: i32 = 0x1000;
 
 type C<'a> = Caller<'a, Ctx>;
 
-pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+/// Runs a syscall body and turns its error into the negated errno the guest expects.
+pub(super) fn syscall(
+    caller: &mut Caller<'_, Ctx>,
+    body: impl FnOnce(&mut Guest<'_>, &mut Ctx) -> SysResult<i32>,
+) -> i32 {
+    let (mut guest, ctx) = split(caller);
+    body(&mut guest, ctx).unwrap_or_else(|e| e.neg())
+}
+
+pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "__syscall_openat", |mut c: C<'_>, dirfd: i32, path: i32, flags: i32, va: i32| {
         syscall(&mut c, |g, ctx| {
             let guest = ctx.vfs.resolve(dirfd, &g.cstr(path as u32)?)?;

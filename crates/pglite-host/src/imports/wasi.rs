@@ -5,7 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
 
-use super::{Ctx, GuestExit, split};
+use super::error::GuestExit;
+use super::{Ctx, split};
 use crate::errno::SysResult;
 use crate::mem::Guest;
 
@@ -61,7 +62,7 @@ fn write_iovs(g: &mut Guest<'_>, ctx: &mut Ctx, fd: i32, iov: i32, n: i32, offse
     Ok(total as u32)
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     const M: &str = "wasi_snapshot_preview1";
     linker.func_wrap(M, "fd_read", |mut c: C<'_>, fd: i32, iov: i32, n: i32, out: i32| {
         wasi(&mut c, |g, ctx| {

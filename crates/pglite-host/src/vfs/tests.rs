@@ -1,6 +1,12 @@
 //! Unit tests for path normalisation and mount confinement.
 
-use super::*;
+use std::fs;
+use std::path::Path;
+
+use super::fd::Kind;
+use super::mount::normalize;
+use super::{AT_FDCWD, Mount, Vfs, oflags};
+use crate::errno::Errno;
 
 fn vfs(root: &Path, data: &Path) -> Vfs {
     Vfs::new(

@@ -2,7 +2,7 @@
 
 use pglite_host::Pglite;
 
-use crate::support::{Outcome, RELEASES, artifact, config, extensions, run, scalar};
+use crate::support::{Outcome, artifact, config, extensions, releases, run, scalar};
 
 const COMMON: [&str; 6] = ["uuid-ossp", "hstore", "citext", "ltree", "pg_trgm", "vector"];
 
@@ -104,7 +104,8 @@ fn extensions_work_on_0_2_and_pgcrypto_is_refused_clearly() {
 
 #[test]
 fn without_the_bundle_create_extension_fails_cleanly() {
-    for version in RELEASES {
+    for version in releases() {
+        let version = version.as_str();
         let dir = tempfile::tempdir().unwrap();
         let pg = start_with(version, dir.path(), &[]);
         assert_eq!(run(&pg, "CREATE EXTENSION hstore"), Outcome::Error("0A000".into()));

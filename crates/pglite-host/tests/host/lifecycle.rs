@@ -2,11 +2,12 @@
 
 use pglite_host::{BootKind, Error, Pglite};
 
-use crate::support::{RELEASES, artifact, config, scalar, start};
+use crate::support::{artifact, config, releases, scalar, start};
 
 #[test]
 fn first_boot_then_restart_keeps_data() {
-    for version in RELEASES {
+    for version in releases() {
+        let version = version.as_str();
         first_boot_then_restart(version);
     }
 }

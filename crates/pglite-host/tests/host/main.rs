@@ -1,6 +1,6 @@
-//! Integration tests of the host on the real PGlite 0.2.17 artifact. The artifact, its
-//! compiled module and its template cluster are shared by every test in a cache under the
-//! workspace's `target/test-cache`, so only the first test run downloads and compiles.
+//! Integration tests of the host on the real PGlite artifacts (0.2.17 and 0.3.16). Each
+//! artifact, its compiled module and its template cluster are shared by every test in a cache
+//! under the workspace's `target/test-cache`, so only the first test run downloads and compiles.
 
 mod support;
 

@@ -1,8 +1,9 @@
 //! Shared fixtures: the artifact, a started instance on a fresh data directory, and helpers
 //! that speak just enough of the wire protocol to check results.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use pglite_host::{Artifact, Config, Pglite};
 
@@ -25,15 +26,23 @@ fn block_on<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
     })
 }
 
-/// Every PGlite release the host supports; most tests run on each.
-pub(crate) const RELEASES: [&str; 2] = ["0.2.17", "0.3.16"];
+/// Every pinned PGlite release the host runs; most tests run on each.
+pub(crate) fn releases() -> Vec<String> {
+    pglite_fetch::pinned_releases()
+        .into_iter()
+        .map(|release| release.version)
+        .filter(|version| pglite_host::pg_major(version).is_some())
+        .collect()
+}
 
 /// The verified, extracted artifact of `version` (fetched once per cache).
 pub(crate) fn artifact(version: &str) -> Artifact {
-    static ARTIFACTS: [OnceLock<Artifact>; 2] = [OnceLock::new(), OnceLock::new()];
-    let slot = RELEASES.iter().position(|r| *r == version).expect("a supported release");
-    ARTIFACTS[slot]
-        .get_or_init(|| {
+    static ARTIFACTS: OnceLock<Mutex<HashMap<String, Artifact>>> = OnceLock::new();
+    let artifacts = ARTIFACTS.get_or_init(Default::default);
+    let mut artifacts = artifacts.lock().unwrap();
+    artifacts
+        .entry(version.to_owned())
+        .or_insert_with(|| {
             let mut opts = pglite_fetch::FetchOptions::new(version);
             opts.cache_dir = camino::Utf8PathBuf::from_path_buf(cache_root().join("pglite")).expect("utf-8 cache path");
             let fetched = block_on(pglite_fetch::ensure(&opts)).expect("fetching PGlite");
@@ -69,10 +78,10 @@ pub(crate) fn start(version: &str, data_dir: &Path) -> Pglite {
 
 /// Runs `check` on a new instance of every release, each in a fresh data directory.
 pub(crate) fn on_each_release(check: impl Fn(&str, &Pglite)) {
-    for version in RELEASES {
+    for version in releases() {
         let dir = tempfile::tempdir().unwrap();
-        let pg = start(version, dir.path());
-        check(version, &pg);
+        let pg = start(&version, dir.path());
+        check(&version, &pg);
     }
 }
 

@@ -1,0 +1,76 @@
+//! The store data every host function reaches through its `Caller`: the guest file system, the
+//! handles created before instantiation, the main module's exports the imports call back into,
+//! the side-module registry and the callback transport's buffers. It holds state only; the
+//! host functions that use it live in the sibling modules.
+
+use std::time::Instant;
+
+use wasmtime::{Caller, Func, Global, Memory, Table, TypedFunc};
+
+use super::dylink;
+use crate::mem::Guest;
+use crate::vfs::Vfs;
+
+/// Handles created by the host before instantiation and shared with side modules.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared {
+    pub(crate) memory: Memory,
+    pub(crate) table: Table,
+    pub(crate) stack_pointer: Global,
+}
+
+/// Main-module exports the imports call back into.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    pub(crate) set_threw: TypedFunc<(i32, i32), ()>,
+    pub(crate) malloc: TypedFunc<i32, i32>,
+    pub(crate) calloc: TypedFunc<(i32, i32), i32>,
+    pub(crate) free: TypedFunc<i32, ()>,
+    pub(crate) memalign: TypedFunc<(i32, i32), i32>,
+    pub(crate) dl_seterr: TypedFunc<(i32, i32), ()>,
+    pub(crate) tempret_set: Func,
+    pub(crate) tempret_get: Func,
+}
+
+/// Store data: everything host functions need.
+pub(crate) struct Ctx {
+    pub(crate) vfs: Vfs,
+    pub(crate) shared: Option<Shared>,
+    pub(crate) exports: Option<Exports>,
+    pub(crate) dylink: dylink::Registry,
+    pub(crate) started: Instant,
+    /// Protocol bytes for the callback transport: the pending request and the reply so far.
+    pub(crate) wire_in: Vec<u8>,
+    pub(crate) wire_pos: usize,
+    pub(crate) wire_out: Vec<u8>,
+}
+
+impl Ctx {
+    pub(crate) fn new(vfs: Vfs) -> Ctx {
+        Ctx {
+            vfs,
+            shared: None,
+            exports: None,
+            dylink: dylink::Registry::default(),
+            started: Instant::now(),
+            wire_in: Vec::new(),
+            wire_pos: 0,
+            wire_out: Vec::new(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> Shared {
+        self.shared.expect("shared handles are set before instantiation")
+    }
+
+    pub(crate) fn exports(&self) -> Exports {
+        self.exports.clone().expect("exports are set right after instantiation")
+    }
+}
+
+/// Guest memory and the store data, borrowed together for one host call.
+pub(crate) fn split<'a>(caller: &'a mut Caller<'_, Ctx>) -> (Guest<'a>, &'a mut Ctx) {
+    let memory = caller.data().shared().memory;
+    let (bytes, ctx) = memory.data_and_store_mut(caller);
+    (Guest(bytes), ctx)
+}

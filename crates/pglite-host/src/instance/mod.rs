@@ -1,0 +1,224 @@
+//! One running PGlite instance: its store, a protocol exchange through the release's entry
+//! points, giving zeroed memory back to the OS, and shutdown. Boot is in `boot`, the framing
+//! that cuts a request into calls in `frames`. Lives on whichever thread holds the handle's
+//! lock; knows nothing of locks or templates.
+
+mod boot;
+mod frames;
+
+use std::path::{Path, PathBuf};
+
+use wasmtime::{Memory, Store, TypedFunc};
+
+use self::frames::{
+    FLUSH, READY_FOR_QUERY_LEN, ends_unit_of_work, first_frame_types, frame_len, last_frame, query_units, work_units,
+};
+use crate::Error;
+use crate::imports::Ctx;
+use crate::profile::Profile;
+
+/// `pg_initdb` result bits.
+pub(crate) mod initdb_bits {
+    pub(crate) const FAILED: i32 = 1;
+    /// The cluster existed before this boot (resumed rather than made by initdb).
+    pub(crate) const HAS_DB: i32 = 4;
+}
+
+/// Host directories the guest file system is made of.
+pub(crate) struct Dirs<'a> {
+    /// Backs `/tmp/pglite/base` (PGDATA).
+    pub(crate) data: &'a Path,
+    /// The extracted package: `tmp/pglite/{bin,lib,share}` beneath it.
+    pub(crate) package: &'a Path,
+    /// Per-instance scratch backing `/` (`/tmp`, `/home/web_user`, `/dev/shm`).
+    pub(crate) scratch: &'a Path,
+    /// Where compiled side modules are cached.
+    pub(crate) module_cache: Option<PathBuf>,
+    /// Unpacked extension bundles (`lib/`, `share/` beneath each).
+    pub(crate) extensions: &'a [PathBuf],
+}
+
+/// The exports a protocol exchange goes through.
+enum Entry {
+    /// 0.2: request written at address 1, processed, reply read after it.
+    Cma { write: TypedFunc<i32, ()>, one: TypedFunc<(), ()>, read: TypedFunc<(), i32> },
+    /// 0.3: one call; PostgreSQL reads and writes through the wire callbacks.
+    Callbacks { one: TypedFunc<(i32, i32), ()> },
+}
+
+pub(crate) struct Instance {
+    store: Store<Ctx>,
+    entry: Entry,
+    shutdown: TypedFunc<(), ()>,
+    memory: Memory,
+    profile: &'static Profile,
+}
+
+/// Why an exchange failed.
+pub(crate) enum ExecError {
+    /// Refused before reaching the guest; the instance is fine.
+    Refused(Error),
+    /// The instance is dead and must be rebuilt from disk.
+    Dead(Error),
+}
+
+/// Whether `bytes` are all zero: a cheap look at the start rejects most pages with data, then
+/// an OR over the rest, which compiles to wide vector loads.
+fn is_zero(bytes: &[u8]) -> bool {
+    let (head, rest) = bytes.split_at(bytes.len().min(64));
+    head.iter().fold(0, |acc, &b| acc | b) == 0 && rest.iter().fold(0, |acc, &b| acc | b) == 0
+}
+
+impl Instance {
+    /// Gives the pages of linear memory in `[offset, offset + len)` that hold only zeros back
+    /// to the OS; they read as zeros again when touched. Boot zeroes every byte of the 128 MB
+    /// buffer pool (Emscripten's anonymous `mmap` is a `memset`), so without this an idle
+    /// database is resident in full. Returns where the next slice starts, `None` past the end.
+    pub(crate) fn release_zero_pages(&mut self, offset: usize, len: usize) -> Option<usize> {
+        let page = rustix::param::page_size();
+        let memory = self.memory.data_mut(&mut self.store);
+        if offset >= memory.len() {
+            return None;
+        }
+        let base = memory.as_mut_ptr();
+        let first = offset / page;
+        let end = (offset.saturating_add(len).min(memory.len())) / page;
+        let mut run: Option<usize> = None;
+        for index in first..=end {
+            let zero = index < end && is_zero(&memory[index * page..(index + 1) * page]);
+            match (zero, run) {
+                (true, None) => run = Some(index),
+                (false, Some(start)) => {
+                    // SAFETY: the range lies inside the store's linear memory, which boot
+                    // creates with `Memory::new`: a private anonymous mapping with no
+                    // copy-on-write image behind it, that nothing else touches while we hold
+                    // `&mut self`. It holds only zeros, and after MADV_DONTNEED it reads back as
+                    // the same zeros.
+                    #[expect(unsafe_code, reason = "madvise on zero pages of our own linear memory")]
+                    let advised = unsafe {
+                        rustix::mm::madvise(
+                            base.add(start * page).cast(),
+                            (index - start) * page,
+                            rustix::mm::Advice::LinuxDontNeed,
+                        )
+                    };
+                    if let Err(err) = advised {
+                        tracing::debug!(%err, "madvise(DONTNEED) failed; pages stay resident");
+                    }
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        Some(end * page).filter(|&next| next < memory.len())
+    }
+
+    /// One protocol exchange: frontend messages in, every backend message they produce out.
+    pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+        if request.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A leading 0 byte is a startup-phase packet: it traps (0.2) or starts a bogus
+        // authentication (0.3) in the backend.
+        if request[0] == 0 {
+            return Err(ExecError::Refused(Error::StartupPacket));
+        }
+        let max = self.profile.max_request();
+        if request.len() > max {
+            return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
+        }
+        match &self.entry {
+            Entry::Cma { .. } => {
+                // 0.2's error path answers ErrorResponse + ReadyForQuery at once and leaves the
+                // rest of the input unread; the next call then replays that rest at a stale
+                // offset and drops its own input (node's PGlite 0.2.17 does the same). So each
+                // unit of work goes in its own call, and after a failed one its leftover is
+                // drained with a throwaway Flush: never parsed when input is left over, and
+                // ignored while the backend skips to the next Sync when none is.
+                let mut reply = Vec::new();
+                for group in work_units(request) {
+                    let start = reply.len();
+                    reply.extend(self.cma_call(group)?);
+                    // 0.2 ends every call with ReadyForQuery, whatever its last message was;
+                    // PostgreSQL sends one only for Sync, Query and FunctionCall.
+                    if !ends_unit_of_work(group) && last_frame(&reply[start..]).is_some_and(|(ty, _)| ty == b'Z') {
+                        reply.truncate(reply.len() - READY_FOR_QUERY_LEN);
+                    }
+                    let failed = first_frame_types(&reply[start..]).any(|ty| ty == b'E');
+                    if failed && group.len() > frame_len(group).unwrap_or(group.len()) {
+                        self.cma_call(FLUSH)?;
+                    }
+                }
+                Ok(reply)
+            }
+            Entry::Callbacks { .. } => {
+                // A failed Query followed by more input in the same call loses its
+                // ReadyForQuery on 0.3, so each Query and FunctionCall goes in a call of its
+                // own; Sync groups may share one.
+                let mut reply = Vec::new();
+                for group in query_units(request) {
+                    reply.extend(self.callbacks_call(group)?);
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// One exchange through the wire callbacks. 0.3's loop stops when the 8 KiB receive buffer
+    /// it refills from the callback happens to be used up at a message boundary, even with
+    /// input left; the rest, which starts on a message boundary, goes in further calls.
+    fn callbacks_call(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+        let Entry::Callbacks { one } = &self.entry else { unreachable!("callback entry point") };
+        let one = one.clone();
+        let ctx = self.store.data_mut();
+        ctx.wire_in.clear();
+        ctx.wire_in.extend_from_slice(request);
+        ctx.wire_pos = 0;
+        let mut result = Ok(());
+        let mut at = 0;
+        while at < request.len() {
+            result = one.call(&mut self.store, ((request.len() - at) as i32, i32::from(request[at])));
+            let taken = self.store.data().wire_pos;
+            // Nothing more was read, or the backend failed, or the client said goodbye.
+            if result.is_err() || taken == at || first_frame_types(&request[at..taken]).any(|ty| ty == b'X') {
+                break;
+            }
+            at = taken;
+        }
+        let ctx = self.store.data_mut();
+        ctx.wire_in.clear();
+        let reply = std::mem::take(&mut ctx.wire_out);
+        result.map_err(|e| ExecError::Dead(Error::guest(e)))?;
+        Ok(reply)
+    }
+
+    /// One CMA exchange: request at address 1, reply right after it.
+    fn cma_call(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+        let Entry::Cma { write, one, read } = &self.entry else { unreachable!("CMA entry points") };
+        let dead = |e: wasmtime::Error| ExecError::Dead(Error::guest(e));
+        write.call(&mut self.store, request.len() as i32).map_err(dead)?;
+        self.memory.data_mut(&mut self.store)[1..1 + request.len()].copy_from_slice(request);
+        one.call(&mut self.store, ()).map_err(dead)?;
+        let n = read.call(&mut self.store, ()).map_err(dead)? as u32 as usize;
+        let start = request.len() + 2;
+        let room = self.profile.memory_base as usize - start;
+        if n > room {
+            // The reply ran over PostgreSQL's static data: nothing here can be trusted.
+            return Err(ExecError::Dead(Error::ReplyOverflow { len: n, max: room }));
+        }
+        Ok(self.memory.data(&self.store)[start..start + n].to_vec())
+    }
+
+    /// Terminate, shutdown checkpoint, then close (and sync) every file.
+    pub(crate) fn shutdown(mut self) -> Result<(), Error> {
+        let result = self
+            .exec(b"X\0\0\0\x04")
+            .map(drop)
+            .map_err(|e| match e {
+                ExecError::Refused(e) | ExecError::Dead(e) => e,
+            })
+            .and_then(|()| self.shutdown.call(&mut self.store, ()).map_err(Error::guest));
+        self.store.data_mut().vfs.close_all();
+        result
+    }
+}
