@@ -8,9 +8,12 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use pg_bridge::protocol::backend::{field, text_rows};
+use pg_bridge::protocol::frame;
+use pg_bridge::protocol::frontend;
 use pglite_host::Pglite;
 
-use crate::{Error, wire};
+use crate::Error;
 
 /// The settings a PostgreSQL 16 server reports with `ParameterStatus` at startup
 /// (`GUC_REPORT`), in the order it reports them.
@@ -32,7 +35,8 @@ const REPORTED: [&str; 14] = [
 ];
 
 /// A `CopyFail` frame, put before every `Sync` of a batch (see [`with_copy_fail`]).
-const COPY_FAIL: &[u8] = b"f\0\0\0\x29COPY is not supported by this server\0";
+static COPY_FAIL: std::sync::LazyLock<Bytes> =
+    std::sync::LazyLock::new(|| frontend::copy_fail("COPY is not supported by this server"));
 
 /// The single PostgreSQL session of a PGlite instance, as the bridge sees it.
 pub struct PgliteBackend {
@@ -48,7 +52,7 @@ impl PgliteBackend {
             "SELECT name, pg_catalog.current_setting(name) \
              FROM unnest(ARRAY[{names}]::pg_catalog.text[]) WITH ORDINALITY AS s(name, idx) ORDER BY idx"
         );
-        let reply = host.exec_protocol_async(wire::query(&sql)).await?;
+        let reply = host.exec_protocol_async(frontend::query(&sql).to_vec()).await?;
         let params = parse_settings(&reply)?;
         Ok(PgliteBackend { host, params })
     }
@@ -61,21 +65,21 @@ impl PgliteBackend {
 
 fn parse_settings(reply: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let malformed = || Error::Settings { reason: "malformed reply".to_owned() };
-    let mut res = Vec::new();
-    for (tag, body) in wire::messages(reply).ok_or_else(malformed)? {
-        match tag {
-            b'D' => match wire::data_row(body).ok_or_else(malformed)?.as_slice() {
-                [Some(name), value] => res.push((name.clone(), value.clone().unwrap_or_default())),
-                _ => return Err(malformed()),
-            },
-            b'E' => {
-                let (code, message) = wire::error_fields(body);
-                return Err(Error::Settings { reason: format!("{code} {message}") });
-            }
-            _ => {}
+    for frame in frame::frames(reply) {
+        let (tag, frame) = frame.map_err(|_| malformed())?;
+        if tag == b'E' {
+            let code = field(frame, b'C').unwrap_or_default();
+            let message = field(frame, b'M').unwrap_or_default();
+            return Err(Error::Settings { reason: format!("{code} {message}") });
         }
     }
-    Ok(res)
+    text_rows(reply)
+        .into_iter()
+        .map(|row| match row.as_slice() {
+            [Some(name), value] => Ok((name.clone(), value.clone().unwrap_or_default())),
+            _ => Err(malformed()),
+        })
+        .collect()
 }
 
 /// `frames` with [`COPY_FAIL`] before each `Sync`: defence in depth should an extended-protocol
@@ -91,12 +95,12 @@ fn parse_settings(reply: &[u8]) -> Result<Vec<(String, String)>, Error> {
 fn with_copy_fail(frames: &[u8]) -> Vec<u8> {
     let mut res = Vec::with_capacity(frames.len() + COPY_FAIL.len());
     let mut rest = frames;
-    while let Some(len) = wire::message_len(rest) {
-        if rest[0] == b'S' {
-            res.extend_from_slice(COPY_FAIL);
+    for (tag, frame) in frame::frames(frames).map_while(Result::ok) {
+        if tag == b'S' {
+            res.extend_from_slice(&COPY_FAIL);
         }
-        res.extend_from_slice(&rest[..len]);
-        rest = &rest[len..];
+        res.extend_from_slice(frame);
+        rest = &rest[frame.len()..];
     }
     // A torn tail is the host's to reject; pass it on untouched.
     res.extend_from_slice(rest);

@@ -1,5 +1,5 @@
-//! nself-embedded: PostgreSQL 16 (PGlite's WebAssembly build) in-process, reachable by
-//! ordinary PostgreSQL clients on a Unix socket.
+//! nself-embedded: PostgreSQL (PGlite's WebAssembly build) in-process, reachable by ordinary
+//! PostgreSQL clients on a Unix socket.
 //!
 //! This crate holds no logic of its own beyond wiring and configuration: `pglite-fetch`
 //! provides the verified artifact ([`fetch_or_cached`]), `pglite-host` runs it, and `pg-bridge`
@@ -22,20 +22,21 @@
 //! - `runtime.rs`: [`EmbeddedPgRuntime`], the lifecycle (start once, stop cleanly, health).
 //! - `backend.rs`: [`PgliteBackend`], the bridge's `Backend` over a PGlite instance.
 //! - `probe.rs`: the health check, a real client connection through the socket.
+//! - `release.rs`: [`Release`], a release this build can fetch and run, resolved once.
 //! - `cli/`: the `nself-embedded` command (only `main.rs` uses it).
-//! - `wire.rs`: the few protocol helpers the facade itself needs.
 
 mod backend;
 mod error;
 mod probe;
+mod release;
 mod runtime;
-mod wire;
 
 #[doc(hidden)]
 pub mod cli;
 
 pub use backend::PgliteBackend;
 pub use error::Error;
+pub use release::Release;
 pub use runtime::{EmbeddedPgRuntime, SOCKET_NAME};
 
 /// Accepts PostgreSQL clients on a Unix socket and multiplexes them onto one backend: see

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::{Artifact, BridgeConfig, Error, PgSocketBridge, PgliteBackend, probe};
 
 /// The socket's file name: the one `psql -h <dir>` looks for with the default port.
-pub const SOCKET_NAME: &str = ".s.PGSQL.5432";
+pub use pg_bridge::DEFAULT_SOCKET_NAME as SOCKET_NAME;
 
 /// Longest socket path the platform accepts (`sun_path` less its terminating NUL).
 const MAX_SOCKET_PATH: usize = if cfg!(target_os = "linux") { 107 } else { 103 };

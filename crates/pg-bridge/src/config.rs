@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The socket's file name by default: the one `psql -h <dir>` looks for with the default port.
+pub const DEFAULT_SOCKET_NAME: &str = ".s.PGSQL.5432";
+
 /// How the bridge listens and treats clients.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,7 +60,7 @@ impl Config {
     pub fn new(socket_dir: impl Into<PathBuf>) -> Config {
         Config {
             socket_dir: socket_dir.into(),
-            socket_name: ".s.PGSQL.5432".to_owned(),
+            socket_name: DEFAULT_SOCKET_NAME.to_owned(),
             tcp: None,
             tcp_password: None,
             database: "postgres".to_owned(),

@@ -6,16 +6,20 @@
 //! - [`Backend`] (`backend.rs`): the session behind the bridge; [`UpstreamBackend`]
 //!   (`upstream.rs`) implements it over a socket to a real server, the facade crate implements it
 //!   over PGlite.
-//! - `server.rs`: [`Config`], [`Bridge::listen`] / [`Bridge::close`] and [`serve`], which takes
-//!   its listeners and shutdown future from the caller.
+//! - `config.rs`: [`Config`]. `server.rs`: [`Bridge::listen`] / [`Bridge::close`], [`bind`] and
+//!   [`serve`], which takes its listeners and shutdown future from the caller. `shared.rs`: what
+//!   every connection shares (the backend, the lease, cancel keys, the startup cache).
 //! - `startup.rs`: the startup phase, answered by the bridge itself (SSL/GSS refusal, protocol
 //!   negotiation, database check, trust or SCRAM, per-client BackendKeyData, cancel requests).
-//! - `conn.rs`: one client after startup: frames, the command filter, renaming, the lease.
-//! - `lease.rs`: the backend lease and everything done while holding it (settings switches,
-//!   output filtering, cleanup after a client).
-//! - Sans-IO cores: `frame.rs` (limits, splitting), `message.rs` (structural decoding),
+//! - `conn/`: one client after startup: the frame loop (`mod.rs`), the batch of messages for the
+//!   next exchange (`batch.rs`), the per-statement treatment of its SQL (`statements.rs`),
+//!   refusals (`refusal.rs`) and the exchange under the lease (`exchange.rs`).
+//! - `session.rs`: the one owner of session state: the backend session inside the lease and each
+//!   client's state between turns; entering, settling and cleaning up are its methods.
+//! - `filter.rs`: backend output on its way to a client.
+//! - Sans-IO cores: `protocol/` (the wire codec: framing, frontend and backend messages),
 //!   `lexer.rs` + `classify.rs` (the COPY/LISTEN/NOTIFY filter and session-state statements),
-//!   `settings.rs` (per-client settings and the SQL that switches them), `scram.rs`.
+//!   `settings.rs` (settings maps and the SQL that switches them), `scram.rs`.
 //!
 //! # Invariants
 //!
@@ -53,7 +57,7 @@ mod fuzzing;
 mod robustness_tests;
 
 pub use backend::Backend;
-pub use config::{Config, socket_dir_mode};
+pub use config::{Config, DEFAULT_SOCKET_NAME, socket_dir_mode};
 pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
 pub use server::{Bridge, Listeners, bind, serve};
 pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};
@@ -94,6 +98,12 @@ pub enum Error {
     /// The backend restarted after a failure; this client's session state is gone.
     #[error("the backend restarted; this session's state is lost")]
     BackendRestarted,
+    /// Another server already listens on the socket.
+    #[error("another server is listening on {path}")]
+    SocketInUse {
+        /// The socket's path.
+        path: std::path::PathBuf,
+    },
     /// The bridge's configuration cannot work.
     #[error("invalid configuration: {reason}")]
     Config {

@@ -118,7 +118,7 @@ pub async fn bind(config: &Config) -> Result<Listeners, Error> {
             return Err(Error::Config { reason: format!("{} exists and is not a socket", path.display()) });
         }
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
-            return Err(Error::Config { reason: format!("another server is listening on {}", path.display()) });
+            return Err(Error::SocketInUse { path });
         }
         // A stale socket from a previous run.
         std::fs::remove_file(&path)?;

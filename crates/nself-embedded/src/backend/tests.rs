@@ -1,7 +1,8 @@
 //! Tests of the backend's pure parts; exchanges with the real artifact are in the e2e tests.
 
+use pg_bridge::protocol::frame::frames;
+
 use super::{COPY_FAIL, parse_settings, with_copy_fail};
-use crate::wire;
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut res = vec![tag];
@@ -11,13 +12,13 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 fn tags(bytes: &[u8]) -> String {
-    wire::messages(bytes).expect("whole messages").iter().map(|(tag, _)| *tag as char).collect()
+    frames(bytes).map(|frame| frame.expect("whole messages").0 as char).collect()
 }
 
 #[test]
 fn copy_fail_is_one_well_formed_message() {
-    assert_eq!(wire::message_len(COPY_FAIL), Some(COPY_FAIL.len()));
-    assert_eq!(tags(COPY_FAIL), "f");
+    assert_eq!(frames(&COPY_FAIL).next().unwrap().unwrap().1.len(), COPY_FAIL.len());
+    assert_eq!(tags(&COPY_FAIL), "f");
 }
 
 #[test]

@@ -11,12 +11,12 @@ use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{StartArgs, fetch, startup_timeout};
-use crate::{EmbeddedPgRuntime, Error};
+use crate::{EmbeddedPgRuntime, Error, Release};
 
 pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     let runtime_dir = prepare_runtime_dir(args.runtime_dir.clone(), args.socket_mode)?;
-    let version = choose_release(args.fetch.pglite_version.as_deref(), &runtime_dir.join("data"))?;
-    let version = version.as_str();
+    let release = choose_release(args.fetch.pglite_version.as_deref(), &runtime_dir.join("data"))?;
+    let version = release.version();
     let artifact = fetch(version).await.with_context(|| format!("fetching PGlite {version}"))?;
     let mut runtime = EmbeddedPgRuntime::new(&runtime_dir, artifact);
     let mut names: Vec<&str> = crate::DEFAULT_EXTENSIONS
@@ -68,7 +68,7 @@ pub(super) fn in_use(err: &Error) -> bool {
     match err {
         Error::Host(pglite_host::Error::Locked { .. }) => true,
         Error::Bridge(pg_bridge::Error::Io(io)) => io.kind() == std::io::ErrorKind::AddrInUse,
-        Error::Bridge(pg_bridge::Error::Config { reason }) => reason.starts_with("another server is listening"),
+        Error::Bridge(pg_bridge::Error::SocketInUse { .. }) => true,
         _ => false,
     }
 }
@@ -87,42 +87,32 @@ fn explain(err: Error, runtime_dir: &Path, args: &StartArgs) -> anyhow::Error {
     anyhow::Error::new(err).context(hint)
 }
 
-/// The PGlite release to run: the one asked for; else, for an existing cluster, the pinned
-/// release that runs its PostgreSQL major version (so a cluster made by another release is not
-/// stranded when the default moves); else the default.
-fn choose_release(asked: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+/// The PGlite release to run: the one asked for, else the one for the runtime directory's
+/// cluster (see [`Release::for_cluster`]), logged when it is not the default.
+fn choose_release(asked: Option<&str>, data_dir: &Path) -> anyhow::Result<Release> {
     if let Some(version) = asked {
-        return Ok(version.to_owned());
+        return Ok(Release::parse(version)?);
     }
-    let default = crate::DEFAULT_PGLITE_VERSION;
-    let Some(major) = pglite_host::cluster_major(data_dir)? else {
-        return Ok(default.to_owned());
-    };
-    let runs = |version: &str| pglite_host::pg_major(version).is_some_and(|m| m.to_string() == major);
-    if runs(default) {
-        return Ok(default.to_owned());
-    }
-    let pinned: Vec<String> = pglite_fetch::pinned_releases().into_iter().map(|release| release.version).collect();
-    match pinned.iter().rev().find(|version| runs(version)) {
-        Some(version) => {
-            tracing::info!(
-                data_dir = %data_dir.display(),
-                postgres = %major,
-                pglite = %version,
-                "the cluster was made by an earlier release; running the release of its PostgreSQL version"
-            );
-            Ok(version.clone())
+    match Release::for_cluster(data_dir)? {
+        Ok(release) => {
+            if release != Release::default_release() {
+                tracing::info!(
+                    data_dir = %data_dir.display(),
+                    pglite = %release,
+                    "the cluster was made by an earlier release; running the release of its PostgreSQL version"
+                );
+            }
+            Ok(release)
         }
-        None => anyhow::bail!(
-            "the cluster in {} holds PostgreSQL {major}, which no PGlite release this nself-embedded \
-             supports runs (supported: {}); start it with the nself-embedded version that made it",
-            data_dir.display(),
-            pinned
-                .iter()
-                .map(|v| format!("{v} (PostgreSQL {})", pglite_host::pg_major(v).unwrap_or(0)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Err(major) => {
+            let supported: Vec<String> = Release::all().iter().map(Release::to_string).collect();
+            anyhow::bail!(
+                "the cluster in {} holds PostgreSQL {major}, which no PGlite release this nself-embedded \
+                 supports runs (supported: {}); start it with the nself-embedded version that made it",
+                data_dir.display(),
+                supported.join(", ")
+            )
+        }
     }
 }
 
