@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::instance::{Dirs, ExecError, Instance, initdb_bits};
 use crate::profile::Profile;
 use crate::sql::{self, Reply};
-use crate::{Artifact, BootInfo, BootKind, Config, Error, SESSION_BASELINE, engine, template};
+use crate::{Artifact, BootInfo, BootKind, Config, Error, engine, template};
 
 /// File inside the data directory that the running host holds an OS lock on. PostgreSQL's own
 /// `postmaster.pid` check cannot work here: inside the guest its pid is always 42.
@@ -44,11 +44,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
-fn exec_error(err: ExecError) -> Error {
-    match err {
-        ExecError::Refused(err) | ExecError::Dead(err) => err,
-    }
-}
 
 impl Cluster {
     /// Locks the data directory, makes the cluster if there is none, sets up its database and
@@ -169,15 +164,19 @@ impl Cluster {
         Ok(Setup { instance })
     }
 
-    /// Resumes the cluster in its database and applies the session baseline.
+    /// Resumes the cluster in its database.
     fn boot(&mut self) -> Result<(), Error> {
-        let (mut instance, rc) = Instance::boot(&self.module, self.profile, &self.dirs(), &self.info.database, true)?;
+        let (instance, rc) = Instance::boot(&self.module, self.profile, &self.dirs(), &self.info.database, true)?;
         if rc & initdb_bits::HAS_DB == 0 {
             return Err(Error::InitdbFailed { code: rc });
         }
-        instance.exec(&sql::query_message(SESSION_BASELINE)).map_err(exec_error)?;
         self.instance = Some(instance);
         Ok(())
+    }
+
+    /// What may have changed session state since the last call.
+    pub(crate) fn take_events(&mut self) -> crate::SessionEvents {
+        self.instance.as_mut().map(Instance::take_events).unwrap_or_default()
     }
 
     /// Makes the configured superusers exist (they log in with no password on the socket,
@@ -205,8 +204,23 @@ impl Cluster {
 
     pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, Error> {
         let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
-        match instance.exec(request) {
-            Ok(reply) => Ok(reply),
+        let result = instance.exec(request);
+        self.settle(result)
+    }
+
+    /// Sets the session's connection defaults; see [`Pglite::set_connection_defaults`].
+    ///
+    /// [`Pglite::set_connection_defaults`]: crate::Pglite::set_connection_defaults
+    pub(crate) fn set_connection_defaults(&mut self, settings: &[(String, String)]) -> Result<Vec<String>, Error> {
+        let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
+        let result = instance.set_connection_defaults(settings);
+        self.settle(result)
+    }
+
+    /// Passes a result on, rebuilding the instance from disk first if it died.
+    fn settle<T>(&mut self, result: Result<T, ExecError>) -> Result<T, Error> {
+        match result {
+            Ok(value) => Ok(value),
             Err(ExecError::Refused(err)) => Err(err),
             Err(ExecError::Dead(cause)) => {
                 tracing::error!(%cause, "PostgreSQL instance died; restarting from disk");

@@ -15,6 +15,7 @@ mod cluster;
 mod engine;
 mod errno;
 mod error;
+mod hooks;
 mod imports;
 mod instance;
 mod mem;
@@ -28,14 +29,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cluster::cluster_major;
+pub use hooks::SessionEvents;
 pub use error::Error;
 pub use pglite::{BootInfo, BootKind, Pglite};
-
-/// SQL that gives a session the usual defaults. PGlite's backend arguments set `search_path`
-/// to `pg_catalog` and, by accident, `enable_seqscan` off, at command-line priority; its
-/// single-user boot ignores per-database settings, so this is applied at boot and must be
-/// applied again after anything that resets session settings (`RESET ALL`, `DISCARD ALL`).
-pub const SESSION_BASELINE: &str = "SET search_path TO \"$user\", public; SET enable_seqscan TO on;";
 
 /// The PostgreSQL major version PGlite `version` runs, if this host supports that release.
 pub fn pg_major(version: &str) -> Option<u32> {

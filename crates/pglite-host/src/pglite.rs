@@ -269,6 +269,29 @@ impl Pglite {
         }
     }
 
+    /// Makes `settings` the session's connection defaults, as PostgreSQL does with the
+    /// options of a client's startup packet and its login role (`session_authorization`):
+    /// `RESET` and `DISCARD ALL` return to them. Call only between transactions, with values
+    /// already found valid (a refused one is not set; its name is returned).
+    pub fn set_connection_defaults(&self, settings: &[(String, String)]) -> Result<Vec<String>, Error> {
+        let mut core = self.shared.lock();
+        let Core { cluster, stack } = &mut *core;
+        let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
+        let result = on_stack(stack, || cluster.set_connection_defaults(settings));
+        if cluster.instance.is_none() {
+            self.shared.alive.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// What may have changed session state since the last call: the utility commands that
+    /// ran, at any depth, and the builtins that change settings or session locks (see
+    /// [`SessionEvents`](crate::SessionEvents)). Cheap: no guest code runs.
+    pub fn take_session_events(&self) -> crate::SessionEvents {
+        let mut core = self.shared.lock();
+        core.cluster.as_mut().map(Cluster::take_events).unwrap_or_default()
+    }
+
     /// Stops cleanly: Terminate, shutdown checkpoint, files synced and closed, lock released.
     /// Idempotent.
     pub fn stop(&self) -> Result<(), Error> {

@@ -31,6 +31,8 @@ pub(crate) struct Profile {
     pub(crate) broken_extensions: &'static [(&'static str, &'static str)],
     /// `postgresql.conf` lines added to every cluster made from now on.
     pub(crate) new_cluster_settings: &'static str,
+    /// `sizeof(Datum)` in the build: 4 on 32-bit wasm before PostgreSQL 18, which made it 8.
+    pub(crate) datum_size: u32,
 }
 
 /// PGlite 0.2.x (PostgreSQL 16.4): `-sGLOBAL_BASE=16MB`, a 4 MiB stack above the data.
@@ -50,6 +52,7 @@ pub(crate) static PGLITE_0_2: Profile = Profile {
     // ... SELECT ran 2.2x slower than with fdatasync, which syncs at commit (as PostgreSQL
     // does on Linux, and PGlite 0.3 does). Both are durable; clusters made earlier keep theirs.
     new_cluster_settings: "wal_sync_method = fdatasync\n",
+    datum_size: 4,
     broken_extensions: &[(
         "pgcrypto",
         "its module imports OpenSSL functions (EVP_*) that PGlite 0.2's core does not export; \
@@ -76,6 +79,7 @@ pub(crate) static PGLITE_0_3: Profile = Profile {
     shutdown_export: "pgl_shutdown",
     broken_extensions: &[],
     new_cluster_settings: "",
+    datum_size: 4,
 };
 
 /// The profile for a PGlite release, by its version string.
@@ -93,6 +97,16 @@ pub(crate) fn for_version(version: &str) -> Option<&'static Profile> {
 }
 
 impl Profile {
+    /// Where argument `n`'s value lies in a `FunctionCallInfoBaseData` (after `flinfo`,
+    /// `context`, `resultinfo`, `fncollation`, `isnull` and `nargs`, the `NullableDatum`s,
+    /// aligned to a Datum).
+    pub(crate) fn fcinfo_arg_offset(&self, n: u32) -> u32 {
+        let header: u32 = 4 * 4 + 1 + 1 + 2;
+        let args = header.div_ceil(self.datum_size) * self.datum_size;
+        let nullable_datum = (self.datum_size + 1).div_ceil(self.datum_size) * self.datum_size;
+        args + n * nullable_datum
+    }
+
     /// Largest request the transport takes. 0.2's requests and replies share the 16 MiB below
     /// `memory_base`: what a request does not take is left for the reply.
     pub(crate) fn max_request(&self) -> usize {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use wasmtime::{Caller, Func, Global, Memory, Table, TypedFunc};
 
 use super::dylink;
+use crate::hooks::{Calibration, SessionEvents};
 use crate::mem::Guest;
 use crate::vfs::Vfs;
 
@@ -43,6 +44,10 @@ pub(crate) struct Ctx {
     pub(crate) wire_in: Vec<u8>,
     pub(crate) wire_pos: usize,
     pub(crate) wire_out: Vec<u8>,
+    /// What may have changed session state since the last exchange (see `hooks`).
+    pub(crate) events: SessionEvents,
+    /// What the utility hook knows about the build's parse nodes.
+    pub(crate) calibration: Calibration,
 }
 
 impl Ctx {
@@ -56,6 +61,8 @@ impl Ctx {
             wire_in: Vec::new(),
             wire_pos: 0,
             wire_out: Vec::new(),
+            events: SessionEvents::default(),
+            calibration: Calibration::default(),
         }
     }
 

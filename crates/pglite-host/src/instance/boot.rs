@@ -10,7 +10,7 @@ use wasmtime::{
 };
 
 use super::{Dirs, Entry, Instance, initdb_bits};
-use crate::Error;
+use crate::{Error, hooks};
 use crate::imports::{self, Ctx, Exports, GuestExit, Shared};
 use crate::profile::{Profile, Transport};
 use crate::vfs::{Mount, Vfs};
@@ -68,7 +68,19 @@ impl Instance {
         if let Some(backend) = start.backend {
             backend.call(&mut store, ()).map_err(Error::guest)?;
         }
-        Ok((Instance { store, entry, shutdown, memory: imported.memory, profile }, rc))
+        // A serving backend (not the one initdb just made a cluster with).
+        let serving = rc & initdb_bits::HAS_DB != 0;
+        if serving {
+            hooks::install(&mut store, &instance, imported.table, profile)?;
+        }
+        let mut res = Instance { store, instance, entry, shutdown, memory: imported.memory, profile };
+        if serving {
+            res.exec(&crate::sql::query_message(hooks::CALIBRATION)).map_err(|e| match e {
+                super::ExecError::Refused(e) | super::ExecError::Dead(e) => e,
+            })?;
+            hooks::learn(&mut res.store);
+        }
+        Ok((res, rc))
     }
 }
 

@@ -48,6 +48,7 @@ enum Entry {
 
 pub(crate) struct Instance {
     store: Store<Ctx>,
+    instance: wasmtime::Instance,
     entry: Entry,
     shutdown: TypedFunc<(), ()>,
     memory: Memory,
@@ -207,6 +208,18 @@ impl Instance {
             return Err(ExecError::Dead(Error::ReplyOverflow { len: n, max: room }));
         }
         Ok(self.memory.data(&self.store)[start..start + n].to_vec())
+    }
+
+    /// Sets the session's connection defaults (see `hooks::set_connection_defaults`); a
+    /// failure leaves the instance in an unknown state, so it is dead.
+    pub(crate) fn set_connection_defaults(&mut self, settings: &[(String, String)]) -> Result<Vec<String>, ExecError> {
+        crate::hooks::set_connection_defaults(&mut self.store, &self.instance, settings)
+            .map_err(|e| ExecError::Dead(Error::guest(e)))
+    }
+
+    /// What may have changed session state since the last call (see `hooks`).
+    pub(crate) fn take_events(&mut self) -> crate::SessionEvents {
+        std::mem::take(&mut self.store.data_mut().events)
     }
 
     /// Terminate, shutdown checkpoint, then close (and sync) every file.

@@ -9,4 +9,5 @@ mod extensions;
 mod full_disk;
 mod lifecycle;
 mod protocol;
+mod session;
 mod sql;

@@ -1,0 +1,318 @@
+//! What the host learns from inside the backend, and the defaults it sets there directly.
+//!
+//! Many clients share the one backend session, so whoever multiplexes them must know when one
+//! of them may have changed session state, by any route: a `SET` in a `DO` block, a function
+//! calling `set_config`, a protocol-level statement. Reading SQL text cannot see those; the
+//! backend can. PostgreSQL exports `ProcessUtility_hook`, through which every utility command
+//! passes at any depth (top level, SPI in plpgsql and SQL functions, `DO`): the host installs
+//! a function there that runs `standard_ProcessUtility` and records the command's tag. The
+//! builtins that change session state without a utility command (`set_config`, the
+//! session-level advisory-lock functions) are wrapped where PostgreSQL calls them, in the
+//! function table. Callers take the record with [`SessionEvents`] after each exchange.
+//!
+//! The backend's own defaults are put right at their source: PGlite starts with `search_path`
+//! set to `pg_catalog`, `enable_seqscan` off (a quirk of its `-f` argument) and
+//! `allow_system_table_mods` on, all at command-line level, so `RESET` and `DISCARD ALL` went
+//! back to them. Setting PostgreSQL's defaults at that same level makes them what `RESET`
+//! restores.
+
+use wasmtime::{Func, Ref, Store, Table, Val};
+
+use crate::Error;
+use crate::imports::{Ctx, split};
+use crate::profile::Profile;
+
+/// What may have changed session state since the caller last asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionEvents {
+    /// A utility command ran that may change any session state (`SET`, `RESET`, `DISCARD`,
+    /// `CREATE`, `LISTEN`, ...), at any depth. Commands known to leave it alone (transaction
+    /// control, `SHOW`, `FETCH`, `EXECUTE`, `EXPLAIN`) are not counted, nor are the ones below.
+    pub utility: bool,
+    /// `DECLARE` or `CLOSE` of a cursor ran (a `WITH HOLD` cursor outlives its transaction).
+    pub cursors: bool,
+    /// `PREPARE` or `DEALLOCATE` ran.
+    pub statements: bool,
+    /// `set_config(..., false)` ran: a setting may have changed for the session.
+    pub settings: bool,
+    /// A session-level advisory-lock function ran.
+    pub locks: bool,
+}
+
+impl SessionEvents {
+    /// Whether anything was recorded.
+    pub fn is_empty(&self) -> bool {
+        *self == SessionEvents::default()
+    }
+}
+
+/// What the utility hook knows about the build's parse nodes, learnt at start-up by running
+/// known statements through it (node numbers and struct layouts differ between majors).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Calibration {
+    /// Offset of `utilityStmt` in `PlannedStmt`; `None` until learnt (every utility command
+    /// then counts).
+    utility_offset: Option<u32>,
+    quiet: Vec<i32>,
+    cursors: Vec<i32>,
+    statements: Vec<i32>,
+    /// While learning: the first words of each `PlannedStmt` the hook saw.
+    seen: Vec<Vec<u32>>,
+    learning: bool,
+}
+
+/// Statements whose node types the hook learns: `BEGIN`, `SHOW`, `DECLARE`, `FETCH`, `CLOSE`,
+/// `COMMIT`, `PREPARE`, `EXECUTE`, `DEALLOCATE`, `EXPLAIN` (none leaves anything behind).
+const CALIBRATION_SQL: &str = "BEGIN; SHOW work_mem; DECLARE nself_calibration CURSOR FOR SELECT 1; \
+     FETCH nself_calibration; CLOSE nself_calibration; COMMIT; \
+     PREPARE nself_calibration AS SELECT 1; EXECUTE nself_calibration; DEALLOCATE nself_calibration; \
+     EXPLAIN SELECT 1";
+
+/// Words of each `PlannedStmt` kept while learning: enough to hold `utilityStmt` in 16–19.
+const PLANNED_STMT_WORDS: u32 = 48;
+
+impl Calibration {
+    /// Learns from what the hook saw for [`CALIBRATION_SQL`]: the offset at which every
+    /// `PlannedStmt` points to a node whose type tells the ten statements apart as expected.
+    fn learn(&mut self, memory: &[u8]) {
+        self.learning = false;
+        let seen = std::mem::take(&mut self.seen);
+        if seen.len() != 10 {
+            tracing::warn!(seen = seen.len(), "utility hook calibration saw an unexpected number of statements");
+            return;
+        }
+        let tag_at = |pointer: u32| -> Option<i32> {
+            let bytes = memory.get(pointer as usize..pointer as usize + 4)?;
+            Some(i32::from_le_bytes(bytes.try_into().ok()?)).filter(|tag| (1..5000).contains(tag))
+        };
+        let mut found = Vec::new();
+        for word in 0..PLANNED_STMT_WORDS as usize {
+            let Some(tags) = seen.iter().map(|words| tag_at(*words.get(word)?)).collect::<Option<Vec<i32>>>() else {
+                continue;
+            };
+            // BEGIN and COMMIT share a node type; the other eight differ from it and each other.
+            let mut distinct = tags.clone();
+            distinct.remove(5);
+            let mut sorted = distinct.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if tags[0] == tags[5] && sorted.len() == distinct.len() {
+                found.push((word as u32 * 4, tags));
+            }
+        }
+        match found.as_slice() {
+            [(offset, tags)] => {
+                self.utility_offset = Some(*offset);
+                self.quiet = vec![tags[0], tags[1], tags[3], tags[7], tags[9]];
+                self.cursors = vec![tags[2], tags[4]];
+                self.statements = vec![tags[6], tags[8]];
+            }
+            _ => tracing::warn!(candidates = found.len(), "utility hook calibration failed; every utility command counts"),
+        }
+    }
+
+    /// Records one utility command in `events`.
+    fn record(&mut self, memory: &[u8], planned_stmt: u32, events: &mut SessionEvents) {
+        let word = |at: u32| -> Option<u32> {
+            let bytes = memory.get(at as usize..at as usize + 4)?;
+            Some(u32::from_le_bytes(bytes.try_into().ok()?))
+        };
+        if self.learning {
+            self.seen.push((0..PLANNED_STMT_WORDS).filter_map(|i| word(planned_stmt + i * 4)).collect());
+            return;
+        }
+        let tag = self.utility_offset.and_then(|offset| word(word(planned_stmt + offset)?)).map(|tag| tag as i32);
+        match tag {
+            Some(tag) if self.quiet.contains(&tag) => {}
+            Some(tag) if self.cursors.contains(&tag) => events.cursors = true,
+            Some(tag) if self.statements.contains(&tag) => events.statements = true,
+            _ => events.utility = true,
+        }
+    }
+}
+
+/// The settings PostgreSQL has by default that PGlite's start-up arguments change, set back
+/// at the same (command-line) level.
+const DEFAULTS: [(&str, &str); 3] =
+    [("search_path", "\"$user\", public"), ("enable_seqscan", "on"), ("allow_system_table_mods", "off")];
+
+/// `GucContext` and `GucSource` values, `GUC_ACTION_SET` and an elog level that only logs
+/// (the same in PostgreSQL 16–19).
+const PGC_POSTMASTER: i32 = 1;
+const PGC_SU_BACKEND: i32 = 3;
+const PGC_S_ARGV: i32 = 4;
+const PGC_S_CLIENT: i32 = 9;
+const GUC_ACTION_SET: i32 = 0;
+const DEBUG1: i32 = 14;
+
+/// OIDs of the builtins that change session state outside utility commands: `set_config`,
+/// then the session-level advisory-lock functions (the `_xact_` ones end with the transaction).
+const SET_CONFIG: i32 = 2078;
+const ADVISORY_LOCKS: std::ops::RangeInclusive<i32> = 2880..=2892;
+
+/// How a wrapped builtin is recorded.
+#[derive(Clone, Copy)]
+enum Watched {
+    SetConfig,
+    AdvisoryLock,
+}
+
+/// Installs the utility hook (learning until [`learn`]) and the builtin wrappers, and sets
+/// PostgreSQL's defaults.
+pub(crate) fn install(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    table: Table,
+    profile: &Profile,
+) -> Result<(), Error> {
+    set_defaults(store, instance)?;
+    install_utility_hook(store, instance, table)?;
+    store.data_mut().calibration.learning = true;
+    let fmgr_info = instance
+        .get_typed_func::<(i32, i32), ()>(&mut *store, "fmgr_info")
+        .map_err(Error::instantiate)?;
+    let exports = store.data().exports();
+    let finfo = exports.malloc.call(&mut *store, 64).map_err(Error::guest)?;
+    let mut wrapped = Vec::new();
+    for (oid, watched) in std::iter::once((SET_CONFIG, Watched::SetConfig))
+        .chain(ADVISORY_LOCKS.map(|oid| (oid, Watched::AdvisoryLock)))
+    {
+        fmgr_info.call(&mut *store, (oid, finfo)).map_err(Error::guest)?;
+        let memory = store.data().shared().memory;
+        let mut addr = [0u8; 4];
+        memory.read(&*store, finfo as usize, &mut addr).map_err(Error::trap)?;
+        let index = u32::from_le_bytes(addr);
+        // Several OIDs can share one C function (and so one table slot).
+        if index == 0 || wrapped.contains(&index) {
+            continue;
+        }
+        wrap(store, table, index, watched, profile)?;
+        wrapped.push(index);
+    }
+    exports.free.call(&mut *store, finfo).map_err(Error::guest)?;
+    Ok(())
+}
+
+/// The statements that teach the utility hook the build's node types; run them right after
+/// [`install`], then call [`learn`].
+pub(crate) const CALIBRATION: &str = CALIBRATION_SQL;
+
+/// Ends the calibration begun by [`install`].
+pub(crate) fn learn(store: &mut Store<Ctx>) {
+    let memory = store.data().shared().memory;
+    let (bytes, ctx) = memory.data_and_store_mut(&mut *store);
+    ctx.calibration.learn(bytes);
+    ctx.events = SessionEvents::default();
+}
+
+/// Sets [`DEFAULTS`] with `SetConfigOption` at command-line level.
+fn set_defaults(store: &mut Store<Ctx>, instance: &wasmtime::Instance) -> Result<(), Error> {
+    let set = instance
+        .get_typed_func::<(i32, i32, i32, i32), ()>(&mut *store, "SetConfigOption")
+        .map_err(Error::instantiate)?;
+    let exports = store.data().exports();
+    let memory = store.data().shared().memory;
+    for (name, value) in DEFAULTS {
+        let mut strings = Vec::new();
+        for text in [name, value] {
+            let ptr = exports.malloc.call(&mut *store, text.len() as i32 + 1).map_err(Error::guest)?;
+            memory.write(&mut *store, ptr as usize, text.as_bytes()).map_err(Error::trap)?;
+            memory.write(&mut *store, ptr as usize + text.len(), &[0]).map_err(Error::trap)?;
+            strings.push(ptr);
+        }
+        set.call(&mut *store, (strings[0], strings[1], PGC_POSTMASTER, PGC_S_ARGV)).map_err(Error::guest)?;
+        for ptr in strings {
+            exports.free.call(&mut *store, ptr).map_err(Error::guest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts a host function in `ProcessUtility_hook` that records the command (see
+/// [`Calibration::record`]) and runs `standard_ProcessUtility`.
+fn install_utility_hook(store: &mut Store<Ctx>, instance: &wasmtime::Instance, table: Table) -> Result<(), Error> {
+    let standard = instance
+        .get_func(&mut *store, "standard_ProcessUtility")
+        .ok_or_else(|| Error::instantiate("module does not export standard_ProcessUtility"))?;
+    let hook_address = *store
+        .data()
+        .dylink
+        .main_data
+        .get("ProcessUtility_hook")
+        .ok_or_else(|| Error::instantiate("module does not export ProcessUtility_hook"))?;
+    let ty = standard.ty(&*store);
+    let hook = Func::new(&mut *store, ty, move |mut caller, params, results| {
+        let planned_stmt = params.first().and_then(Val::i32).unwrap_or(0) as u32;
+        let (guest, ctx) = split(&mut caller);
+        ctx.calibration.record(guest.0, planned_stmt, &mut ctx.events);
+        standard.call(&mut caller, params, results)
+    });
+    let index = table.grow(&mut *store, 1, Ref::Func(Some(hook))).map_err(Error::instantiate)?;
+    let memory = store.data().shared().memory;
+    memory.write(&mut *store, hook_address as usize, &(index as u32).to_le_bytes()).map_err(Error::trap)
+}
+
+/// Replaces the function in table slot `index` with one that records the call, then calls it.
+fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, profile: &Profile) -> Result<(), Error> {
+    let Some(original) = table.get(&mut *store, index as u64).and_then(|r| r.as_func().flatten().copied()) else {
+        return Err(Error::instantiate(format!("no function in table slot {index}")));
+    };
+    let is_local = profile.fcinfo_arg_offset(2);
+    let ty = original.ty(&*store);
+    let wrapper = Func::new(&mut *store, ty, move |mut caller, params, results| {
+        match watched {
+            Watched::SetConfig => {
+                // set_config(name, value, is_local): only a session-level change matters.
+                let fcinfo = params.first().and_then(Val::i32).unwrap_or(0) as u32;
+                let (guest, ctx) = split(&mut caller);
+                let local = guest.slice(fcinfo.wrapping_add(is_local), 1).map(|b| b[0] != 0).unwrap_or(false);
+                if !local {
+                    ctx.events.settings = true;
+                }
+            }
+            Watched::AdvisoryLock => caller.data_mut().events.locks = true,
+        }
+        original.call(&mut caller, params, results)
+    });
+    table.set(&mut *store, index as u64, Ref::Func(Some(wrapper))).map_err(Error::instantiate)
+}
+
+/// Makes `settings` the session's connection defaults, as PostgreSQL does with the options of a
+/// startup packet (and `session_authorization` with the login role): set at the client level,
+/// so `RESET` and `DISCARD ALL` return to them, inside a transaction (checking a role needs the
+/// catalog). Only for an idle backend. A value PostgreSQL refuses is logged, not raised, and
+/// its name returned; callers validate values first.
+pub(crate) fn set_connection_defaults(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    settings: &[(String, String)],
+) -> wasmtime::Result<Vec<String>> {
+    let start = instance.get_typed_func::<(), ()>(&mut *store, "StartTransactionCommand")?;
+    let commit = instance.get_typed_func::<(), ()>(&mut *store, "CommitTransactionCommand")?;
+    let set = instance
+        .get_typed_func::<(i32, i32, i32, i32, i32, i32, i32, i32), i32>(&mut *store, "set_config_option")?;
+    let exports = store.data().exports();
+    let memory = store.data().shared().memory;
+    let mut refused = Vec::new();
+    start.call(&mut *store, ())?;
+    for (name, value) in settings {
+        let mut strings = Vec::new();
+        for text in [name.as_str(), value.as_str()] {
+            let ptr = exports.malloc.call(&mut *store, text.len() as i32 + 1)?;
+            memory.write(&mut *store, ptr as usize, text.as_bytes())?;
+            memory.write(&mut *store, ptr as usize + text.len(), &[0])?;
+            strings.push(ptr);
+        }
+        let args = (strings[0], strings[1], PGC_SU_BACKEND, PGC_S_CLIENT, GUC_ACTION_SET, 1, DEBUG1, 0);
+        if set.call(&mut *store, args)? <= 0 {
+            refused.push(name.clone());
+        }
+        for ptr in strings {
+            exports.free.call(&mut *store, ptr)?;
+        }
+    }
+    commit.call(&mut *store, ())?;
+    // The host's own changes are not the client's.
+    store.data_mut().events = SessionEvents::default();
+    Ok(refused)
+}
