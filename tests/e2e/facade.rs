@@ -162,7 +162,8 @@ async fn backend_reports_pglite_settings() {
     assert_eq!(get("integer_datetimes"), Some("on"));
     assert_eq!(get("standard_conforming_strings"), Some("on"));
     assert!(get("DateStyle").is_some() && get("TimeZone").is_some(), "{params:?}");
-    assert_eq!(backend.session_baseline(), pglite_host::SESSION_BASELINE);
+    assert_eq!(backend.session_baseline(), "", "PostgreSQL's defaults are set inside the backend");
+    assert!(!backend.reports_parameters() && backend.has_connection_defaults());
     assert!(!backend.cancel().await);
     backend_stop(backend).await;
 }

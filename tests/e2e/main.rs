@@ -11,6 +11,7 @@ mod support;
 
 mod clients;
 mod facade;
+mod isolation;
 mod lifecycle;
 mod migrations;
 mod pgbench;

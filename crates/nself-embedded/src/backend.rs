@@ -129,8 +129,33 @@ impl pg_bridge::Backend for PgliteBackend {
         self.params.clone()
     }
 
-    fn session_baseline(&self) -> &str {
-        pglite_host::SESSION_BASELINE
+    fn session_events(&self) -> Option<pg_bridge::SessionEvents> {
+        let events = self.host.take_session_events();
+        Some(pg_bridge::SessionEvents {
+            utility: events.utility,
+            cursors: events.cursors,
+            statements: events.statements,
+            settings: events.settings,
+            locks: events.locks,
+            custom_settings: events.custom_settings,
+        })
+    }
+
+    fn has_connection_defaults(&self) -> bool {
+        true
+    }
+
+    async fn set_connection_defaults(&self, settings: &[(String, String)]) -> Result<Vec<String>, pg_bridge::Error> {
+        self.host.set_connection_defaults(settings).map_err(|err| pg_bridge::Error::Backend(Box::new(err)))
+    }
+
+    fn reports_parameters(&self) -> bool {
+        // PGlite's single-user backend never turns reporting on.
+        false
+    }
+
+    fn reported_parameters(&self) -> Vec<String> {
+        REPORTED.iter().map(|name| (*name).to_owned()).collect()
     }
 
     async fn cancel(&self) -> bool {

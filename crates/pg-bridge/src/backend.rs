@@ -11,6 +11,63 @@ use bytes::{Bytes, BytesMut};
 
 use crate::Error;
 
+/// What may have changed session state during an exchange, as the backend saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionEvents {
+    /// A utility command ran that may change any session state (`SET`, `RESET`, `DISCARD`,
+    /// `CREATE`, `LISTEN`, ...), at any depth.
+    pub utility: bool,
+    /// `DECLARE` or `CLOSE` of a cursor ran.
+    pub cursors: bool,
+    /// `PREPARE` or `DEALLOCATE` ran.
+    pub statements: bool,
+    /// `set_config(..., false)` ran.
+    pub settings: bool,
+    /// A session-level advisory-lock function ran.
+    pub locks: bool,
+    /// Names of custom (dotted) settings that were set or reset: PostgreSQL does not list
+    /// those in `pg_settings`.
+    pub custom_settings: Vec<String>,
+}
+
+impl SessionEvents {
+    /// Taken when the backend cannot tell: anything may have changed.
+    pub fn anything() -> SessionEvents {
+        SessionEvents {
+            utility: true,
+            cursors: true,
+            statements: true,
+            settings: true,
+            locks: true,
+            custom_settings: Vec::new(),
+        }
+    }
+
+    /// Whether settings may have changed.
+    pub(crate) fn settings_may_change(&self) -> bool {
+        self.utility || self.settings
+    }
+
+    /// Whether session-level locks, cursors or temporary objects may have changed.
+    pub(crate) fn holds_may_change(&self) -> bool {
+        self.utility || self.cursors || self.locks
+    }
+
+    /// Adds what `other` recorded.
+    pub(crate) fn merge(&mut self, other: &SessionEvents) {
+        self.utility |= other.utility;
+        self.cursors |= other.cursors;
+        self.statements |= other.statements;
+        self.settings |= other.settings;
+        self.locks |= other.locks;
+        for name in &other.custom_settings {
+            if !self.custom_settings.contains(name) {
+                self.custom_settings.push(name.clone());
+            }
+        }
+    }
+}
+
 /// A single PostgreSQL session, already past its startup phase.
 ///
 /// The bridge calls `exchange` from one task at a time (it holds the lease), but `cancel` may be
@@ -34,11 +91,47 @@ pub trait Backend: Send + Sync + 'static {
     fn parameter_status(&self) -> Vec<(String, String)>;
 
     /// Session-level SQL that must be in effect for every client, applied once at bridge start
-    /// and restored for the names it sets whenever a client resets its settings. For PGlite:
-    /// `SET search_path TO "$user", public; SET enable_seqscan TO on`; for a native server,
-    /// empty.
+    /// and restored for the names it sets whenever a client resets its settings. Empty for a
+    /// backend whose defaults are right.
     fn session_baseline(&self) -> &str {
         ""
+    }
+
+    /// What ran since the last call that may have changed session state, as the backend itself
+    /// saw it (commands inside functions and `DO` blocks included); `None` when it cannot tell,
+    /// and the bridge then takes anything to have changed.
+    fn session_events(&self) -> Option<SessionEvents> {
+        None
+    }
+
+    /// Whether [`set_connection_defaults`](Self::set_connection_defaults) works.
+    fn has_connection_defaults(&self) -> bool {
+        false
+    }
+
+    /// Makes `settings` what `RESET` and `DISCARD ALL` return to, as PostgreSQL does with a
+    /// client's startup options and its login role (`session_authorization`). Called only
+    /// between transactions, with values the backend accepted as settings. Returns the names
+    /// the backend refused.
+    fn set_connection_defaults(
+        &self,
+        settings: &[(String, String)],
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send {
+        let refused = settings.iter().map(|(name, _)| name.clone()).collect();
+        async { Ok(refused) }
+    }
+
+    /// Whether the backend sends `ParameterStatus` itself when a reported setting changes, as a
+    /// PostgreSQL server does; otherwise the bridge sends them for the settings in
+    /// [`reported_parameters`](Self::reported_parameters).
+    fn reports_parameters(&self) -> bool {
+        true
+    }
+
+    /// The settings PostgreSQL reports with `ParameterStatus` (its `GUC_REPORT` ones), by name
+    /// as reported.
+    fn reported_parameters(&self) -> Vec<String> {
+        self.parameter_status().into_iter().map(|(name, _)| name).collect()
     }
 
     /// Asks the backend to cancel whatever `exchange` is running now. Returns whether the

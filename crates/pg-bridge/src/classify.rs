@@ -3,8 +3,8 @@
 //! COPY, LISTEN and NOTIFY can never work on the shared single-session backend (COPY cannot
 //! be resumed across exchanges, notifications would reach the wrong client), so a message
 //! containing one as the first keyword of any statement is refused whole. Everything else is
-//! allowed, and the verdict notes the statements that touch per-client session state, which the
-//! connection then scopes to its client (renamed prepared statements, replayed settings).
+//! allowed, and the verdict notes the statements whose prepared-statement names the connection
+//! renames to its client's.
 
 use std::ops::Range;
 
@@ -34,37 +34,20 @@ pub(crate) struct Classified {
     pub(crate) kind: StatementKind,
 }
 
-/// How one statement touches session state.
+/// How one statement touches session state the bridge must scope to its client. (Settings,
+/// locks and the like are learnt from the backend after the fact, whatever route changed
+/// them; only the names of prepared statements are rewritten on the way in.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StatementKind {
     /// Nothing the bridge needs to scope.
     Plain,
-    /// `SET`, `RESET name`, `set_config(..)` and the like: settings may have changed.
-    Settings,
-    /// `RESET ALL`: settings return to the client's startup values.
-    ResetAll,
-    /// `RESET name`: that setting returns to the client's startup value.
-    Reset { name: String },
     /// `DISCARD ALL`: reset everything this client owns, not the backend.
     DiscardAll,
     /// `DEALLOCATE [PREPARE] ALL`: this client's prepared statements only.
     DeallocateAll,
-    /// `PREPARE name`, `EXECUTE name`, `DEALLOCATE [PREPARE] name`: the name is renamed.
+    /// `PREPARE name`, `EXECUTE name`, `DEALLOCATE [PREPARE] name`, `EXPLAIN ... EXECUTE
+    /// name`, `CREATE TABLE ... AS EXECUTE name`: the name is renamed.
     NamedStatement { name: Range<usize>, value: Vec<u8> },
-    /// State that outlives the transaction and cannot be renamed per client: session-level
-    /// advisory locks (`pg_advisory_lock(..)`, `pg_advisory_unlock_all()`) and cursors
-    /// (`DECLARE .. WITH HOLD`, `CLOSE ALL`). The client keeps the backend while it holds any.
-    SessionScoped,
-}
-
-impl StatementKind {
-    /// Whether the statement may change this client's settings.
-    pub(crate) fn touches_settings(&self) -> bool {
-        matches!(
-            self,
-            StatementKind::Settings | StatementKind::Reset { .. } | StatementKind::ResetAll | StatementKind::DiscardAll
-        )
-    }
 }
 
 /// Classifies the SQL text of one Query or Parse message.
@@ -123,27 +106,12 @@ fn refused(sql: &[u8], statement: &Statement) -> Option<&'static str> {
 fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
     let first = word(sql, statement, 0).unwrap_or_default();
     let second = word(sql, statement, 1).unwrap_or_default();
-    let name_at = |idx: usize| {
-        let token = statement.head.get(idx)?;
+    let named = |token: &crate::lexer::Token| {
         let value = lexer::identifier_value(sql, token)?;
         Some(StatementKind::NamedStatement { name: token.span.clone(), value })
     };
+    let name_at = |idx: usize| named(statement.head.get(idx)?);
     match (first.as_slice(), second.as_slice()) {
-        (b"SET", b"LOCAL" | b"TRANSACTION") => {}
-        (b"SET", _) => return StatementKind::Settings,
-        (b"RESET", b"ALL") => return StatementKind::ResetAll,
-        (b"RESET", _) => {
-            if let Some(name) = statement.head.get(1).and_then(|t| lexer::identifier_value(sql, t)) {
-                let name = match String::from_utf8_lossy(&name).as_ref() {
-                    // `RESET SESSION AUTHORIZATION`, `RESET TIME ZONE`.
-                    "session" => "session_authorization".to_owned(),
-                    "time" => "timezone".to_owned(),
-                    other => other.to_owned(),
-                };
-                return StatementKind::Reset { name };
-            }
-            return StatementKind::Settings;
-        }
         (b"DISCARD", b"ALL") => return StatementKind::DiscardAll,
         (b"DEALLOCATE", b"ALL") => return StatementKind::DeallocateAll,
         (b"DEALLOCATE", b"PREPARE") => {
@@ -154,20 +122,21 @@ fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
                 return named;
             }
         }
+        // Two-phase commit, not a prepared statement.
+        (b"PREPARE", b"TRANSACTION") => {}
         (b"DEALLOCATE" | b"PREPARE" | b"EXECUTE", _) => {
             if let Some(named) = name_at(1) {
                 return named;
             }
         }
+        (b"EXPLAIN" | b"CREATE", _) => {
+            if let Some(named) = statement.mentions.execute_target.as_ref().and_then(named) {
+                return named;
+            }
+        }
         _ => {}
     }
-    if statement.mentions.set_config {
-        StatementKind::Settings
-    } else if statement.mentions.advisory || matches!(first.as_slice(), b"DECLARE" | b"CLOSE") {
-        StatementKind::SessionScoped
-    } else {
-        StatementKind::Plain
-    }
+    StatementKind::Plain
 }
 
 #[cfg(test)]

@@ -50,14 +50,14 @@ pub(crate) struct Statement {
     pub(crate) mentions: Mentions,
 }
 
-/// Function names that matter wherever they appear in a statement.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Words that matter wherever they appear in a statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Mentions {
-    /// `set_config(...)` can change session settings.
-    pub(crate) set_config: bool,
-    /// `pg_advisory_*` / `pg_try_advisory_*`: session-level advisory locks may be taken or
-    /// released.
-    pub(crate) advisory: bool,
+    /// The token after the first `EXECUTE` (the statement `EXPLAIN ... EXECUTE name` and
+    /// `CREATE TABLE ... AS EXECUTE name` run).
+    pub(crate) execute_target: Option<Token>,
+    /// The last token was the first `EXECUTE`.
+    after_execute: bool,
 }
 
 /// Lexing options that depend on the client's session.
@@ -94,10 +94,6 @@ fn is_ident_cont(b: u8) -> bool {
     IDENT_CONT[usize::from(b)]
 }
 
-fn starts_with_ignore_case(word: &[u8], prefix: &[u8]) -> bool {
-    word.len() >= prefix.len() && word[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
@@ -121,16 +117,15 @@ pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Statements {
             ));
             continue;
         }
-        // The shortest name looked for has 10 bytes; most words are shorter.
-        if token.kind == TokenKind::Word && token.span.len() >= 10 {
-            let word = &sql[token.span.clone()];
-            if word.eq_ignore_ascii_case(b"set_config") {
-                current.mentions.set_config = true;
-            } else if starts_with_ignore_case(word, b"pg_advisory_")
-                || starts_with_ignore_case(word, b"pg_try_advisory_")
-            {
-                current.mentions.advisory = true;
-            }
+        let mentions = &mut current.mentions;
+        if mentions.after_execute {
+            mentions.after_execute = false;
+            mentions.execute_target = Some(token.clone());
+        } else if mentions.execute_target.is_none()
+            && token.kind == TokenKind::Word
+            && sql[token.span.clone()].eq_ignore_ascii_case(b"EXECUTE")
+        {
+            mentions.after_execute = true;
         }
         if current.head.len() < HEAD_TOKENS {
             current.head.push(token);

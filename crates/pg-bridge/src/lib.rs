@@ -56,7 +56,7 @@ mod fuzzing;
 #[cfg(test)]
 mod robustness_tests;
 
-pub use backend::Backend;
+pub use backend::{Backend, SessionEvents};
 pub use config::{Config, DEFAULT_SOCKET_NAME, socket_dir_mode};
 pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
 pub use server::{Bridge, Listeners, bind, serve};

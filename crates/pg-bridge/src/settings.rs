@@ -1,14 +1,16 @@
-//! Per-client session settings: what a client asked for at startup and with `SET`, and the SQL
-//! that moves the shared backend from one client's settings to another's.
+//! Per-client session settings: what a client asked for at startup and with `SET`, the SQL that
+//! reads them from the backend, and the SQL that moves the shared backend from one client's
+//! session-level settings to another's.
 //!
-//! A client's settings are kept as overrides of the bridge's baseline (the backend's defaults
-//! plus the session baseline SQL). Only the difference between the overrides applied on the
-//! backend and the next owner's is sent, so clients with equal settings switch for free.
+//! A client's startup options (and login role) are the backend's connection defaults while it
+//! runs, where the backend supports them; what it changes at session level (`SET`,
+//! `set_config`, in any function) is read back from the backend (`pg_settings.source`) and kept
+//! as its overrides. Only the difference between the overrides applied on the backend and the
+//! next owner's is sent, so clients with equal settings switch for free.
 
 use std::collections::BTreeMap;
 
-use crate::protocol::backend::{parameter_status, text_rows};
-use crate::protocol::frame::frames;
+use crate::protocol::backend::text_rows;
 
 /// Setting names mapped to values, in `current_setting` form when they came from the backend.
 pub(crate) type Settings = BTreeMap<String, String>;
@@ -16,6 +18,39 @@ pub(crate) type Settings = BTreeMap<String, String>;
 /// Names whose values follow from the identity and must be applied first (to regain privilege)
 /// and last (to drop it), in this order.
 const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+
+/// SQL listing the settings the session itself changed (`SET`, `set_config`), with their values,
+/// then its role (`none` when not set) and session user.
+///
+/// `role` and `session_authorization` are hidden from `pg_settings`; the `transaction_*`
+/// settings only mirror `default_transaction_*` outside a transaction.
+pub(crate) const SESSION_SQL: &str = "SELECT name, current_setting(name) FROM pg_catalog.pg_settings \
+     WHERE source = 'session' AND name NOT LIKE 'transaction\\_%' \
+     UNION ALL SELECT 'role', current_setting('role') \
+     UNION ALL SELECT 'session_authorization', session_user";
+
+/// [`SESSION_SQL`], plus the custom (dotted) settings `custom`, which `pg_settings` does not
+/// list, with their values (empty or NULL when unset).
+pub(crate) fn session_sql(custom: &std::collections::BTreeSet<String>) -> String {
+    if custom.is_empty() {
+        return SESSION_SQL.to_owned();
+    }
+    let names: Vec<String> = custom.iter().map(|name| literal(name)).collect();
+    format!(
+        "{SESSION_SQL} UNION ALL SELECT name, pg_catalog.current_setting(name, true) \
+         FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS name",
+        names.join(", ")
+    )
+}
+
+/// SQL listing the current values of the settings `names`, by those names.
+pub(crate) fn values_sql(names: &[String]) -> String {
+    let names: Vec<String> = names.iter().map(|name| literal(name)).collect();
+    format!(
+        "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS name",
+        names.join(", ")
+    )
+}
 
 /// SQL listing every setting a session can change, with its current value.
 ///
@@ -115,49 +150,42 @@ pub(crate) fn literal(s: &str) -> String {
     res
 }
 
-/// The SQL that moves the backend from overrides `applied` to `target`, given the `baseline`
-/// values, or `None` when they are equal.
+/// The SQL that moves the backend from session-level overrides `applied` to `target`, or
+/// `None` when they are equal. Names `target` lacks are `RESET` (to the connection default),
+/// the others set with `set_config`, in name order.
 ///
-/// Identity goes back to the backend's own user first (so the rest runs privileged) and is set
-/// last, with `SET SESSION AUTHORIZATION` and `SET ROLE`: the single-user backend never puts
-/// its own user in the `session_authorization` setting, which reads as empty, so neither
-/// `set_config` nor `RESET` can take it back there. Everything else is set with `set_config`,
-/// in name order.
-pub(crate) fn switch_sql(applied: &Settings, target: &Settings, baseline: &Settings) -> Option<String> {
+/// Identity (`session_authorization`, `role`) goes back to the backend's own user, a superuser,
+/// first, so the rest runs privileged, and to the target's last: its own session
+/// authorization, or `RESET` to the connection default (the login role), then its role.
+pub(crate) fn switch_sql(applied: &Settings, target: &Settings, backend_user: &str) -> Option<String> {
     if applied == target {
         return None;
     }
     let mut res = String::new();
     let identity_changes = IDENTITY.iter().any(|n| applied.get(*n) != target.get(*n));
-    if identity_changes && IDENTITY.iter().any(|n| applied.contains_key(*n)) {
-        // `SET SESSION AUTHORIZATION DEFAULT` does nothing on the single-user backend, whose
-        // own user was never put in the setting: name it.
-        match baseline.get("session_authorization") {
-            Some(user) => res.push_str(&format!("RESET ROLE; SET SESSION AUTHORIZATION {}; ", ident(user))),
-            None => res.push_str("RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; "),
-        }
+    if identity_changes {
+        res.push_str(&format!("RESET ROLE; SET SESSION AUTHORIZATION {}; ", ident(backend_user)));
     }
-    let mut calls = Vec::new();
     for name in applied.keys() {
         if !IDENTITY.contains(&name.as_str()) && !target.contains_key(name) {
-            calls.push(reset_call(name, baseline));
+            res.push_str(&format!("RESET {}; ", ident(name)));
         }
     }
-    for (name, value) in target {
-        if !IDENTITY.contains(&name.as_str()) && applied.get(name) != Some(value) {
-            calls.push(set_call(name, value));
-        }
-    }
+    let calls: Vec<String> = target
+        .iter()
+        .filter(|(name, value)| !IDENTITY.contains(&name.as_str()) && applied.get(*name) != Some(*value))
+        .map(|(name, value)| set_call(name, value))
+        .collect();
     if !calls.is_empty() {
         res.push_str(&format!("SELECT {}; ", calls.join(", ")));
     }
     if identity_changes {
-        if let Some(user) = target.get("session_authorization") {
-            res.push_str(&format!("SET SESSION AUTHORIZATION {}; ", ident(user)));
+        match target.get("session_authorization") {
+            Some(user) => res.push_str(&format!("SET SESSION AUTHORIZATION {}; ", ident(user))),
+            None => res.push_str("RESET SESSION AUTHORIZATION; "),
         }
-        match target.get("role").map(String::as_str) {
-            None | Some("none") => {}
-            Some(role) => res.push_str(&format!("SET ROLE {}; ", ident(role))),
+        if let Some(role) = target.get("role") {
+            res.push_str(&format!("SET ROLE {}; ", ident(role)));
         }
     }
     Some(res)
@@ -172,20 +200,16 @@ fn set_call(name: &str, value: &str) -> String {
     format!("pg_catalog.set_config({}, {}, false)", literal(name), literal(value))
 }
 
-fn reset_call(name: &str, baseline: &Settings) -> String {
-    match baseline.get(name) {
-        Some(value) => set_call(name, value),
-        // A name the baseline snapshot does not list (a custom `app.x` setting): an empty
-        // value is what `RESET` leaves for placeholders.
-        None => set_call(name, ""),
-    }
-}
-
-/// The overrides in `snapshot` relative to `baseline`.
-pub(crate) fn overrides(snapshot: &Settings, baseline: &Settings) -> Settings {
-    snapshot
-        .iter()
-        .filter(|(name, value)| baseline.get(*name) != Some(*value))
+/// The session-level overrides in rows of [`SESSION_SQL`], for a client logged in as `login`:
+/// its role unless `none`, its session user unless `login`.
+pub(crate) fn session_overrides(rows: &Settings, login: &str) -> Settings {
+    rows.iter()
+        .filter(|(name, value)| match name.as_str() {
+            "role" => value.as_str() != "none",
+            "session_authorization" => value.as_str() != login,
+            // A custom setting that is unset reads as empty.
+            _ => !value.is_empty(),
+        })
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()
 }
@@ -202,15 +226,4 @@ pub(crate) fn rows(output: &[u8]) -> Settings {
         }
     }
     res
-}
-
-/// Collects the `ParameterStatus` frames of a backend output.
-pub(crate) fn parameter_statuses(output: &[u8], into: &mut Settings) {
-    for (tag, frame) in frames(output).flatten() {
-        if tag == b'S'
-            && let Some((name, value)) = parameter_status(frame)
-        {
-            into.insert(name, value);
-        }
-    }
 }

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::scram;
-use crate::session::{Baseline, Session};
+use crate::session::{Baseline, Session, Started};
 use crate::settings::Settings;
 
 /// A registered client, for cancel requests.
@@ -30,10 +30,10 @@ pub(crate) struct Shared<B> {
     pub(crate) baseline: Baseline,
     pub(crate) verifier: Option<scram::Verifier>,
     pub(crate) cancel_keys: StdMutex<HashMap<i32, CancelEntry>>,
-    /// ParameterStatus values of clients by startup settings, once the backend accepted
-    /// them: a pool's next connection then starts without waiting for the lease, which an
-    /// open transaction may hold for long.
-    pub(crate) startup_cache: StdMutex<HashMap<Settings, Settings>>,
+    /// What clients' login settings came to, once the backend accepted them: a pool's next
+    /// connection then starts without waiting for the lease, which an open transaction may
+    /// hold for long.
+    pub(crate) startup_cache: StdMutex<HashMap<Settings, Started>>,
     pub(crate) next_client: AtomicU32,
     pub(crate) slots: Arc<Semaphore>,
     /// The backend's request cap (`Backend::max_request`), read once.

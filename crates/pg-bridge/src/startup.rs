@@ -18,8 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use crate::conn::{Client, Connection};
 use crate::protocol::backend::{Replies, Severity, TxStatus};
 use crate::protocol::frame;
-use crate::session::ClientState;
-use crate::settings::Settings;
+use crate::session::{ClientState, Started};
 use crate::shared::{CancelEntry, Shared};
 use crate::{Backend, Error, scram, settings};
 
@@ -229,35 +228,35 @@ where
         return Err(fatal(stream, "53300", "sorry, too many clients already".to_owned()).await);
     };
 
-    let mut startup = match settings::from_startup(&params) {
+    let startup = match settings::from_startup(&params) {
         Ok(startup) => startup,
         Err(reason) => return Err(fatal(stream, "42704", reason).await),
     };
-    if user != shared.baseline.user {
-        startup.insert("session_authorization".to_owned(), user.clone());
-    }
-
     if shared.gone.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
     }
-    let cached = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&startup).cloned();
-    let reported = match cached {
-        Some(reported) => reported,
+    let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    let mut state = ClientState::new(id, &user, startup, &shared.baseline);
+    let cached = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).get(state.login()).cloned();
+    let started = match cached {
+        Some(started) => started,
         None => {
-            let reported = validate_settings(shared, stream, &startup).await?;
+            let started = start_session(shared, stream, &mut state).await?;
             let mut cache = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= STARTUP_CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(startup.clone(), reported.clone());
-            reported
+            cache.insert(state.login().clone(), started.clone());
+            started
         }
     };
-    for (name, value) in &reported {
+    let mut startup_replies = replies.into_bytes();
+    startup_replies.extend_from_slice(&started.notices);
+    let mut replies = Replies::new();
+    for (name, value) in &started.reported {
         replies.parameter_status(name, value)?;
     }
 
-    let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     // The pid only has to be unique among our clients; keep it clear of real pids' range.
     let pid = 0x4000_0000 | (id as i32 & 0x3fff_ffff);
     let secret: i32 = rand::rng().random();
@@ -269,35 +268,30 @@ where
         .insert(pid, CancelEntry { secret, running: running.clone() });
     replies.backend_key(pid, secret)?;
     replies.ready(TxStatus::Idle)?;
-    stream.write_all(&replies.into_bytes()).await?;
-    let standard_strings = reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
-    Ok(Some(Client::new(ClientState::new(id, startup), pid, running, permit, buf, standard_strings)))
+    startup_replies.extend_from_slice(&replies.into_bytes());
+    stream.write_all(&startup_replies).await?;
+    let standard_strings = started.reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
+    state.set_reported(started.reported);
+    Ok(Some(Client::new(state, pid, running, permit, buf, standard_strings)))
 }
 
-/// Applies a client's startup settings once on the backend: an invalid one ends the
-/// connection like in PostgreSQL, and the ParameterStatus values must be the backend's answers.
-async fn validate_settings<B: Backend, S>(
+/// Checks a new client's login and startup settings on the backend and puts them on it: an
+/// invalid one ends the connection like in PostgreSQL, and the `ParameterStatus` values are
+/// the backend's answers.
+async fn start_session<B: Backend, S>(
     shared: &Arc<Shared<B>>,
     stream: &mut S,
-    startup: &Settings,
-) -> Result<Settings, Error>
+    state: &mut ClientState,
+) -> Result<Started, Error>
 where
     S: AsyncWrite + Unpin + Send,
 {
     let mut session = shared.lease.lock().await;
-    match session.apply_startup(&shared.backend, &shared.baseline, startup).await {
+    match session.start(&shared.backend, &shared.baseline, state).await {
         Err(Error::BackendGone) => Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await),
         Err(error) => Err(error),
-        Ok(Err((code, message))) => {
-            let code = if startup.contains_key("session_authorization") && code == "42704" {
-                // PostgreSQL reports an unknown login role as an authorization failure.
-                "28000".to_owned()
-            } else {
-                code
-            };
-            Err(fatal(stream, &code, message).await)
-        }
-        Ok(Ok(reported)) => Ok(reported),
+        Ok(Err((code, message))) => Err(fatal(stream, &code, message).await),
+        Ok(Ok(started)) => Ok(started),
     }
 }
 

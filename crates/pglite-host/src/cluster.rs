@@ -44,7 +44,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
-
 impl Cluster {
     /// Locks the data directory, makes the cluster if there is none, sets up its database and
     /// roles, and boots the instance that serves it.

@@ -37,6 +37,9 @@ pub struct SessionEvents {
     pub settings: bool,
     /// A session-level advisory-lock function ran.
     pub locks: bool,
+    /// Names of custom (dotted, `app.tenant`) settings `SET`, `RESET` or `set_config` touched:
+    /// PostgreSQL does not list those in `pg_settings`.
+    pub custom_settings: Vec<String>,
 }
 
 impl SessionEvents {
@@ -56,14 +59,48 @@ pub(crate) struct Calibration {
     quiet: Vec<i32>,
     cursors: Vec<i32>,
     statements: Vec<i32>,
+    /// `VariableSetStmt`, whose `name` follows its type and kind.
+    set: Option<i32>,
     /// While learning: the first words of each `PlannedStmt` the hook saw.
     seen: Vec<Vec<u32>>,
     learning: bool,
 }
 
-/// Statements whose node types the hook learns: `BEGIN`, `SHOW`, `DECLARE`, `FETCH`, `CLOSE`,
-/// `COMMIT`, `PREPARE`, `EXECUTE`, `DEALLOCATE`, `EXPLAIN` (none leaves anything behind).
-const CALIBRATION_SQL: &str = "BEGIN; SHOW work_mem; DECLARE nself_calibration CURSOR FOR SELECT 1; \
+/// The NUL-terminated string at `addr`.
+fn cstr(memory: &[u8], addr: u32) -> Option<String> {
+    let tail = memory.get(addr as usize..)?;
+    let len = tail.iter().take(1024).position(|&b| b == 0)?;
+    Some(String::from_utf8_lossy(&tail[..len]).into_owned())
+}
+
+/// Records `name` if it is a custom setting (`prefix.name`).
+fn note_custom(events: &mut SessionEvents, name: String) {
+    let name = name.to_ascii_lowercase();
+    if name.contains('.') && !events.custom_settings.contains(&name) {
+        events.custom_settings.push(name);
+    }
+}
+
+/// The text of a `text` Datum at `addr` (a 1-byte or 4-byte varlena header, uncompressed).
+fn text_datum(memory: &[u8], addr: u32) -> Option<String> {
+    let first = *memory.get(addr as usize)?;
+    let (start, len) = if first & 1 == 1 {
+        (addr as usize + 1, (first >> 1) as usize - 1)
+    } else {
+        let header = u32::from_le_bytes(memory.get(addr as usize..addr as usize + 4)?.try_into().ok()?);
+        if header & 3 != 0 {
+            return None;
+        }
+        (addr as usize + 4, (header >> 2) as usize - 4)
+    };
+    Some(String::from_utf8_lossy(memory.get(start..start + len)?).into_owned())
+}
+
+/// Statements whose node types the hook learns: `BEGIN`, `SET LOCAL`, `SHOW`, `DECLARE`,
+/// `FETCH`, `CLOSE`, `COMMIT`, `PREPARE`, `EXECUTE`, `DEALLOCATE`, `EXPLAIN` (none leaves
+/// anything behind).
+const CALIBRATION_SQL: &str = "BEGIN; SET LOCAL work_mem = DEFAULT; SHOW work_mem; \
+     DECLARE nself_calibration CURSOR FOR SELECT 1; \
      FETCH nself_calibration; CLOSE nself_calibration; COMMIT; \
      PREPARE nself_calibration AS SELECT 1; EXECUTE nself_calibration; DEALLOCATE nself_calibration; \
      EXPLAIN SELECT 1";
@@ -77,7 +114,7 @@ impl Calibration {
     fn learn(&mut self, memory: &[u8]) {
         self.learning = false;
         let seen = std::mem::take(&mut self.seen);
-        if seen.len() != 10 {
+        if seen.len() != 11 {
             tracing::warn!(seen = seen.len(), "utility hook calibration saw an unexpected number of statements");
             return;
         }
@@ -90,24 +127,28 @@ impl Calibration {
             let Some(tags) = seen.iter().map(|words| tag_at(*words.get(word)?)).collect::<Option<Vec<i32>>>() else {
                 continue;
             };
-            // BEGIN and COMMIT share a node type; the other eight differ from it and each other.
+            // BEGIN and COMMIT share a node type; the other nine differ from it and each other.
             let mut distinct = tags.clone();
-            distinct.remove(5);
+            distinct.remove(6);
             let mut sorted = distinct.clone();
             sorted.sort_unstable();
             sorted.dedup();
-            if tags[0] == tags[5] && sorted.len() == distinct.len() {
+            if tags[0] == tags[6] && sorted.len() == distinct.len() {
                 found.push((word as u32 * 4, tags));
             }
         }
         match found.as_slice() {
             [(offset, tags)] => {
                 self.utility_offset = Some(*offset);
-                self.quiet = vec![tags[0], tags[1], tags[3], tags[7], tags[9]];
-                self.cursors = vec![tags[2], tags[4]];
-                self.statements = vec![tags[6], tags[8]];
+                self.quiet = vec![tags[0], tags[2], tags[4], tags[8], tags[10]];
+                self.set = Some(tags[1]);
+                self.cursors = vec![tags[3], tags[5]];
+                self.statements = vec![tags[7], tags[9]];
             }
-            _ => tracing::warn!(candidates = found.len(), "utility hook calibration failed; every utility command counts"),
+            _ => tracing::warn!(
+                candidates = found.len(),
+                "utility hook calibration failed; every utility command counts"
+            ),
         }
     }
 
@@ -121,9 +162,19 @@ impl Calibration {
             self.seen.push((0..PLANNED_STMT_WORDS).filter_map(|i| word(planned_stmt + i * 4)).collect());
             return;
         }
-        let tag = self.utility_offset.and_then(|offset| word(word(planned_stmt + offset)?)).map(|tag| tag as i32);
+        let node = self.utility_offset.and_then(|offset| word(planned_stmt + offset));
+        let tag = node.and_then(word).map(|tag| tag as i32);
         match tag {
             Some(tag) if self.quiet.contains(&tag) => {}
+            Some(tag) if Some(tag) == self.set => {
+                events.utility = true;
+                // VariableSetStmt { type, kind, name, .. }: a NULL name is RESET ALL.
+                if let Some(name) = node.and_then(|node| word(node + 8)).filter(|&name| name != 0)
+                    && let Some(name) = cstr(memory, name)
+                {
+                    note_custom(events, name);
+                }
+            }
             Some(tag) if self.cursors.contains(&tag) => events.cursors = true,
             Some(tag) if self.statements.contains(&tag) => events.statements = true,
             _ => events.utility = true,
@@ -168,14 +219,12 @@ pub(crate) fn install(
     set_defaults(store, instance)?;
     install_utility_hook(store, instance, table)?;
     store.data_mut().calibration.learning = true;
-    let fmgr_info = instance
-        .get_typed_func::<(i32, i32), ()>(&mut *store, "fmgr_info")
-        .map_err(Error::instantiate)?;
+    let fmgr_info = instance.get_typed_func::<(i32, i32), ()>(&mut *store, "fmgr_info").map_err(Error::instantiate)?;
     let exports = store.data().exports();
     let finfo = exports.malloc.call(&mut *store, 64).map_err(Error::guest)?;
     let mut wrapped = Vec::new();
-    for (oid, watched) in std::iter::once((SET_CONFIG, Watched::SetConfig))
-        .chain(ADVISORY_LOCKS.map(|oid| (oid, Watched::AdvisoryLock)))
+    for (oid, watched) in
+        std::iter::once((SET_CONFIG, Watched::SetConfig)).chain(ADVISORY_LOCKS.map(|oid| (oid, Watched::AdvisoryLock)))
     {
         fmgr_info.call(&mut *store, (oid, finfo)).map_err(Error::guest)?;
         let memory = store.data().shared().memory;
@@ -258,6 +307,7 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
         return Err(Error::instantiate(format!("no function in table slot {index}")));
     };
     let is_local = profile.fcinfo_arg_offset(2);
+    let name_arg = profile.fcinfo_arg_offset(0);
     let ty = original.ty(&*store);
     let wrapper = Func::new(&mut *store, ty, move |mut caller, params, results| {
         match watched {
@@ -268,6 +318,11 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
                 let local = guest.slice(fcinfo.wrapping_add(is_local), 1).map(|b| b[0] != 0).unwrap_or(false);
                 if !local {
                     ctx.events.settings = true;
+                    if let Ok(name) = guest.u32(fcinfo.wrapping_add(name_arg))
+                        && let Some(name) = text_datum(guest.0, name)
+                    {
+                        note_custom(&mut ctx.events, name);
+                    }
                 }
             }
             Watched::AdvisoryLock => caller.data_mut().events.locks = true,
@@ -289,8 +344,8 @@ pub(crate) fn set_connection_defaults(
 ) -> wasmtime::Result<Vec<String>> {
     let start = instance.get_typed_func::<(), ()>(&mut *store, "StartTransactionCommand")?;
     let commit = instance.get_typed_func::<(), ()>(&mut *store, "CommitTransactionCommand")?;
-    let set = instance
-        .get_typed_func::<(i32, i32, i32, i32, i32, i32, i32, i32), i32>(&mut *store, "set_config_option")?;
+    let set =
+        instance.get_typed_func::<(i32, i32, i32, i32, i32, i32, i32, i32), i32>(&mut *store, "set_config_option")?;
     let exports = store.data().exports();
     let memory = store.data().shared().memory;
     let mut refused = Vec::new();

@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cluster::cluster_major;
-pub use hooks::SessionEvents;
 pub use error::Error;
+pub use hooks::SessionEvents;
 pub use pglite::{BootInfo, BootKind, Pglite};
 
 /// The PostgreSQL major version PGlite `version` runs, if this host supports that release.

@@ -24,8 +24,6 @@ pub(super) struct Batch {
     pub(super) unnamed: Unnamed,
     /// The last message waits for results (`Sync`, `Query`, `FunctionCall`).
     pub(super) terminated: bool,
-    /// A statement may have taken or released session-level locks or cursors.
-    pub(super) session_scoped: bool,
     /// The client sent `DISCARD ALL`.
     pub(super) discard_all: bool,
 }
@@ -40,7 +38,6 @@ impl Batch {
             uses_unnamed: false,
             unnamed: Unnamed::Unchanged,
             terminated: false,
-            session_scoped: false,
             discard_all: false,
         }
     }

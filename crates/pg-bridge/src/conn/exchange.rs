@@ -12,7 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::Connection;
 use super::batch::{Batch, Unnamed};
 use crate::filter;
-use crate::protocol::backend::TxStatus;
+use crate::protocol::backend::{TxStatus, parameter_status};
+
+/// Length of a `ReadyForQuery` message, the last of an output that has one.
+const READY_FOR_QUERY_LEN: usize = 6;
 use crate::{Backend, Error};
 
 /// Awaits the backend's answer to a batch. While other clients wait for the backend, the loop
@@ -95,7 +98,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             frames.extend_from_slice(&batch.frames);
         }
         self.client.running.store(true, Ordering::SeqCst);
-        let answer = session.exchange(&self.shared.backend, frames.freeze());
+        let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze());
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
         self.client.running.store(false, Ordering::SeqCst);
         let filtered = filter::filter(output?, &batch.plan)?;
@@ -105,30 +108,38 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Unnamed::Mine => session.set_unnamed_owner(Some(id)),
             Unnamed::Dropped => session.set_unnamed_owner(None),
         }
-        for (name, value) in &filtered.parameters {
-            if name == "standard_conforming_strings" {
-                self.client.standard_strings = value == "on";
-            }
-        }
+        let mut out = filtered.out;
+        let mut parameters = filtered.parameters;
         if let Some(status) = filtered.ready {
             self.client.tx = status;
             self.client.pending = false;
+            // ParameterStatus for what the turn changed, before its ReadyForQuery, as
+            // PostgreSQL sends them.
+            let failed = status == TxStatus::Failed;
+            let reports =
+                session.report(&self.shared.backend, &self.shared.baseline, &mut self.client.state, failed).await?;
+            if !reports.is_empty() {
+                parameters.extend(
+                    crate::protocol::frame::frames(&reports).flatten().filter_map(|(_, frame)| parameter_status(frame)),
+                );
+                let ready = out.split_off(out.len() - READY_FOR_QUERY_LEN);
+                out.extend_from_slice(&reports);
+                out.extend_from_slice(&ready);
+            }
         }
         if !batch.terminated {
             self.client.pending = true;
         }
-        let mut out = filtered.out;
+        for (name, value) in &parameters {
+            if name == "standard_conforming_strings" {
+                self.client.standard_strings = value == "on";
+            }
+        }
         if self.client.tx == TxStatus::Idle && !self.client.pending {
-            let status = session
-                .settle(
-                    &self.shared.backend,
-                    &self.shared.baseline,
-                    &mut self.client.state,
-                    batch.session_scoped,
-                    batch.discard_all,
-                )
-                .await?;
-            out.extend_from_slice(&status);
+            if batch.discard_all {
+                session.discard_all(&self.shared.backend, &self.shared.baseline, &mut self.client.state).await?;
+            }
+            session.settle(&self.shared.backend, &self.shared.baseline, &mut self.client.state).await?;
             if !self.client.state.holds() {
                 self.lease = None;
                 if self.shared.waiting.load(Ordering::SeqCst) > 0 {

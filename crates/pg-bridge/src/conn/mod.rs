@@ -9,7 +9,6 @@
 //! and NOTIFY are refused. This module must not block the backend on anything but this
 //! client's own messages and output.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,9 +58,6 @@ pub(crate) struct Client {
     tx: TxStatus,
     /// Extended-protocol messages were forwarded and their `Sync` has not been.
     pending: bool,
-    /// Backend names of statements (the unnamed one as empty) whose SQL may take or release
-    /// session-level advisory locks or cursors.
-    scoped_statements: HashSet<Vec<u8>>,
 }
 
 impl Client {
@@ -84,7 +80,6 @@ impl Client {
             unnamed_parse: Vec::new(),
             tx: TxStatus::Idle,
             pending: false,
-            scoped_statements: HashSet::new(),
         }
     }
 
@@ -294,10 +289,6 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 let renamed = !portal.is_empty() || !statement.is_empty();
                 let portal = self.portal_name(portal);
                 let statement = self.statement_name(statement);
-                // Most clients never prepare such a statement: skip hashing the name.
-                if !self.client.scoped_statements.is_empty() && self.client.scoped_statements.contains(&statement) {
-                    self.batch.session_scoped = true;
-                }
                 let parts = [Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)];
                 self.batch.forward(frame.bytes(), renamed, b'B', &parts);
             }

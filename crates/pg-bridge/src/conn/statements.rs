@@ -1,6 +1,5 @@
 //! The per-statement treatment of a client's SQL on its way in: the filter's verdict, renamed
-//! prepared statements and portals, settings and resets noted for the session, refused
-//! commands.
+//! prepared statements and portals, `DISCARD ALL` scoped to the client, refused commands.
 
 use std::borrow::Cow;
 
@@ -11,6 +10,7 @@ use super::batch::Unnamed;
 use super::refusal::Refusal;
 use crate::classify::{self, Classified, StatementKind, Verdict};
 use crate::lexer::LexOptions;
+use crate::protocol::backend::TxStatus;
 use crate::protocol::frontend::{self as message, Part};
 use crate::{Backend, Error};
 
@@ -42,17 +42,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             res.extend_from_slice(with);
             *copied = range.end;
         };
+        // `DISCARD ALL` runs only alone and outside a transaction block; elsewhere it goes to
+        // the backend as it is, which refuses it as PostgreSQL does.
+        let alone = statements.len() == 1 && self.client.tx == TxStatus::Idle;
         for (idx, statement) in statements.iter().enumerate() {
-            if statement.kind.touches_settings() {
-                self.client.state.settings_may_change();
-            }
             match &statement.kind {
-                StatementKind::Plain | StatementKind::Settings => {}
-                StatementKind::SessionScoped => self.batch.session_scoped = true,
-                StatementKind::Reset { name } => {
-                    self.client.state.reset(name);
-                }
-                StatementKind::ResetAll => self.restore_all(),
+                StatementKind::Plain => {}
+                StatementKind::DiscardAll if !alone => {}
                 StatementKind::DeallocateAll | StatementKind::DiscardAll => {
                     for name in self.client.state.take_statements() {
                         self.batch.prefix.extend_from_slice(&message::close_statement(&name));
@@ -63,8 +59,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                         // catalog and does nothing when nobody listens.
                         (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
                     } else {
-                        self.restore_all();
-                        self.batch.session_scoped = true;
+                        // The rest of what DISCARD ALL does is done for this client alone as
+                        // its turn ends (nothing else can run in the same batch).
                         self.batch.discard_all = true;
                         (b" RESET ALL", "DISCARD ALL")
                     };
@@ -123,10 +119,6 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         verdict
     }
 
-    fn restore_all(&mut self) {
-        self.client.state.reset_all(&self.shared.baseline);
-    }
-
     pub(super) async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
@@ -155,11 +147,6 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
                 let name = self.statement_name(statement);
-                if statements.iter().any(|s| s.kind == StatementKind::SessionScoped) {
-                    self.client.scoped_statements.insert(name.clone());
-                } else if !self.client.scoped_statements.is_empty() {
-                    self.client.scoped_statements.remove(&name);
-                }
                 let changed = !statement.is_empty() || matches!(rewritten, Cow::Owned(_));
                 let start = self.batch.frames.len();
                 let parts = [Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)];

@@ -172,14 +172,14 @@ pub(crate) fn decode(tag: u8, body: &[u8]) -> Result<FrontendMessage<'_>, Malfor
 
 /// Builds a frame of type `tag` from body parts, each `Some` part followed by a NUL when it is a
 /// C string. Used to re-encode only the messages whose names we rewrite.
-pub(crate) fn build(tag: u8, parts: &[Part<'_>]) -> Bytes {
+pub fn build(tag: u8, parts: &[Part<'_>]) -> Bytes {
     let mut out = BytesMut::new();
     put(&mut out, tag, parts);
     out.freeze()
 }
 
 /// Appends a frame with `tag` whose body is `parts` to `out`.
-pub(crate) fn put(out: &mut BytesMut, tag: u8, parts: &[Part<'_>]) {
+pub fn put(out: &mut BytesMut, tag: u8, parts: &[Part<'_>]) {
     let body_len: usize = parts
         .iter()
         .map(|p| match p {
@@ -203,7 +203,7 @@ pub(crate) fn put(out: &mut BytesMut, tag: u8, parts: &[Part<'_>]) {
 
 /// One piece of a message body for [`build`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Part<'a> {
+pub enum Part<'a> {
     /// A C string; the NUL is appended.
     Cstr(&'a [u8]),
     /// Bytes copied as they are.
@@ -221,7 +221,7 @@ pub fn sync() -> Bytes {
 }
 
 /// A `C` frame closing statement `name`.
-pub(crate) fn close_statement(name: &[u8]) -> Bytes {
+pub fn close_statement(name: &[u8]) -> Bytes {
     build(b'C', &[Part::Raw(b"S"), Part::Cstr(name)])
 }
 

@@ -10,10 +10,10 @@ use wasmtime::{
 };
 
 use super::{Dirs, Entry, Instance, initdb_bits};
-use crate::{Error, hooks};
 use crate::imports::{self, Ctx, Exports, GuestExit, Shared};
 use crate::profile::{Profile, Transport};
 use crate::vfs::{Mount, Vfs};
+use crate::{Error, hooks};
 
 /// What the host creates before instantiation and the module imports.
 #[derive(Clone, Copy)]

@@ -23,23 +23,38 @@ fn session_changes_are_recorded_by_any_route() {
     on_each_release(|version, pg| {
         let utility = SessionEvents { utility: true, ..SessionEvents::default() };
         assert!(events_of(pg, "SELECT 1").is_empty(), "{version}");
+        assert_eq!(events_of(pg, "RESET ALL"), utility, "{version}");
+        assert!(events_of(pg, "SELECT 1").is_empty(), "{version}");
         assert_eq!(events_of(pg, "SET work_mem = '77MB'; SELECT 1"), utility, "{version}");
         // Inside a DO block and a function.
         assert_eq!(events_of(pg, "DO $$BEGIN PERFORM 1; END$$; SELECT 1"), utility, "{version}");
-        scalar(pg, "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$BEGIN CREATE TEMP TABLE t(x int); RETURN 1; END$$; SELECT 1");
+        scalar(
+            pg,
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$BEGIN CREATE TEMP TABLE t(x int); RETURN 1; END$$; SELECT 1",
+        );
         assert_eq!(events_of(pg, "SELECT f()"), utility, "{version}");
         // Commands that leave the session alone, and those of cursors and statements.
         let quiet = "BEGIN; SHOW work_mem; DECLARE c CURSOR FOR SELECT 1; FETCH c; COMMIT; EXPLAIN SELECT 1";
         assert_eq!(events_of(pg, quiet), SessionEvents { cursors: true, ..SessionEvents::default() }, "{version}");
         let prepared = "PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p; SELECT 1";
-        assert_eq!(events_of(pg, prepared), SessionEvents { statements: true, ..SessionEvents::default() }, "{version}");
-        // set_config: only a session-level change counts.
-        assert!(events_of(pg, "SELECT set_config('app.tenant', '42', false)").settings, "{version}");
+        assert_eq!(
+            events_of(pg, prepared),
+            SessionEvents { statements: true, ..SessionEvents::default() },
+            "{version}"
+        );
+        // set_config: only a session-level change counts. Custom settings are named.
+        let custom = events_of(pg, "SELECT set_config('app.tenant', '42', false)");
+        assert!(custom.settings && custom.custom_settings == ["app.tenant"], "{version}: {custom:?}");
+        let custom = events_of(pg, "DO $$BEGIN SET App.Other = 'x'; END$$; SELECT 1");
+        assert_eq!(custom.custom_settings, ["app.other"], "{version}");
         let local = events_of(pg, "BEGIN; SELECT set_config('app.tenant', '7', true); COMMIT; SELECT 1");
         assert!(local.is_empty(), "{version}: {local:?}");
         assert!(events_of(pg, "SELECT pg_advisory_lock(1)").locks, "{version}");
         assert!(events_of(pg, "SELECT pg_advisory_unlock_all()").locks, "{version}");
-        assert!(!events_of(pg, "SELECT pg_advisory_xact_lock(1)").locks, "{version}: transaction-level locks end with it");
+        assert!(
+            !events_of(pg, "SELECT pg_advisory_xact_lock(1)").locks,
+            "{version}: transaction-level locks end with it"
+        );
     });
 }
 
@@ -74,7 +89,10 @@ fn connection_defaults_are_what_reset_returns_to() {
         let state = "SELECT current_setting('TimeZone') || ' ' || current_setting('application_name') || ' ' \
                      || current_user || ' ' || session_user";
         assert_eq!(scalar(pg, state), "Asia/Tokyo app app app", "{version}");
-        scalar(pg, "SET TimeZone = 'UTC'; SET application_name = 'other'; SET SESSION AUTHORIZATION postgres; SELECT 1");
+        scalar(
+            pg,
+            "SET TimeZone = 'UTC'; SET application_name = 'other'; SET SESSION AUTHORIZATION postgres; SELECT 1",
+        );
         assert_eq!(scalar(pg, state), "UTC other postgres postgres", "{version}");
         scalar(pg, "RESET TimeZone; RESET SESSION AUTHORIZATION; SELECT 1");
         assert_eq!(scalar(pg, state), "Asia/Tokyo other app app", "{version}");

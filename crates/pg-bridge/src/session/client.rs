@@ -1,0 +1,101 @@
+//! [`ClientState`]: one client's session state as the bridge keeps it while the client is not
+//! on the backend. Changed only by its own methods and by `Session`'s.
+
+use std::collections::{BTreeSet, HashSet};
+
+use super::Baseline;
+use crate::SessionEvents;
+use crate::settings::Settings;
+
+/// A client's session state as the bridge keeps it while the client is not on the backend.
+#[derive(Debug)]
+pub(crate) struct ClientState {
+    pub(crate) id: u32,
+    /// Its connection settings: startup options and, where the backend takes connection
+    /// defaults, `session_authorization` as its login role.
+    pub(super) login: Settings,
+    /// The role it logged in as.
+    pub(super) user: String,
+    /// What it changed at session level (and, without connection defaults, its startup
+    /// options), as overrides of its connection defaults.
+    pub(super) overrides: Settings,
+    /// The `ParameterStatus` values it was last told.
+    pub(super) reported: Settings,
+    /// Custom (dotted) settings it set or reset, which `pg_settings` does not list.
+    pub(super) custom: BTreeSet<String>,
+    /// What may have changed during its turn, as the backend reported it.
+    pub(super) events: SessionEvents,
+    /// Backend names of this client's prepared statements, closed when it leaves.
+    pub(super) statements: HashSet<Vec<u8>>,
+    /// The client holds session-level advisory locks, `WITH HOLD` cursors or temporary
+    /// objects. They cannot be told apart from other clients' on the one backend session, so
+    /// it keeps the lease until it lets go of them: others wait, and what it releases is only
+    /// its own.
+    pub(super) holds: bool,
+    /// The backend session this client has used; state on an older one is gone.
+    pub(super) generation: Option<u64>,
+}
+
+impl ClientState {
+    /// A new client logging in as `user` with startup settings `startup`.
+    pub(crate) fn new(id: u32, user: &str, startup: Settings, baseline: &Baseline) -> ClientState {
+        let mut login = startup;
+        let overrides = if baseline.connection_defaults {
+            login.insert("session_authorization".to_owned(), user.to_owned());
+            Settings::new()
+        } else {
+            // Applied as session settings; identity only when it is not the backend's.
+            if user != baseline.user {
+                login.insert("session_authorization".to_owned(), user.to_owned());
+            }
+            login.clone()
+        };
+        ClientState {
+            id,
+            login,
+            user: user.to_owned(),
+            overrides,
+            reported: Settings::new(),
+            custom: BTreeSet::new(),
+            events: SessionEvents::default(),
+            statements: HashSet::new(),
+            holds: false,
+            generation: None,
+        }
+    }
+
+    /// The client prepared a statement with this backend name.
+    pub(crate) fn prepared(&mut self, name: Vec<u8>) {
+        self.statements.insert(name);
+    }
+
+    /// The client closed its statement with this backend name.
+    pub(crate) fn closed(&mut self, name: &[u8]) {
+        self.statements.remove(name);
+    }
+
+    /// Forgets every prepared statement, returning their backend names to close.
+    pub(crate) fn take_statements(&mut self) -> Vec<Vec<u8>> {
+        self.statements.drain().collect()
+    }
+
+    /// Whether the client keeps the backend between transactions.
+    pub(crate) fn holds(&self) -> bool {
+        self.holds
+    }
+
+    /// Whether the client left something on the backend that needs cleaning up.
+    pub(crate) fn has_backend_state(&self) -> bool {
+        !self.statements.is_empty() || self.holds
+    }
+
+    /// Its connection settings (startup options and login role).
+    pub(crate) fn login(&self) -> &Settings {
+        &self.login
+    }
+
+    /// Records the `ParameterStatus` values it was told at startup.
+    pub(crate) fn set_reported(&mut self, reported: Settings) {
+        self.reported = reported;
+    }
+}

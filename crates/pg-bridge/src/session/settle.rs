@@ -1,0 +1,181 @@
+//! The end of a client's turn and of the client: what `DISCARD ALL` does for this client
+//! alone, the settings it changed and the locks, cursors and temporary objects it holds read
+//! from the backend, and the cleanup after it leaves.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Baseline, ClientState, Session, note_parameter_statuses};
+use crate::protocol::backend::text_rows;
+use crate::protocol::frontend::{self, Part};
+use crate::settings;
+use crate::{Backend, Error, SessionEvents};
+
+/// Returns a row when the backend session holds session-level advisory locks, `WITH HOLD`
+/// cursors or temporary objects. Run only when idle, so they can only be those of the client
+/// holding the lease. (PGlite 0.3's single-user backend shows its locks with no pid, and its
+/// own pid as 0.)
+const HOLDS_SQL: &str = "SELECT 1 WHERE EXISTS (SELECT FROM pg_catalog.pg_locks \
+     WHERE locktype = 'advisory' AND (pid = pg_catalog.pg_backend_pid() OR pid IS NULL)) \
+     OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
+     OR (pg_catalog.pg_my_temp_schema() <> 0 AND (EXISTS (SELECT FROM pg_catalog.pg_class \
+     WHERE relnamespace = pg_catalog.pg_my_temp_schema()) OR EXISTS (SELECT FROM pg_catalog.pg_type \
+     WHERE typnamespace = pg_catalog.pg_my_temp_schema() AND typrelid = 0)))";
+
+impl Session {
+    /// What `DISCARD ALL` does besides the `RESET ALL` the client's own batch ran, for this
+    /// client alone: cursors, identity, locks, listeners, plans, temporary objects, sequences.
+    /// (Its prepared statements were closed with its batch.)
+    pub(crate) async fn discard_all<B: Backend>(
+        &mut self,
+        backend: &B,
+        baseline: &Baseline,
+        client: &mut ClientState,
+    ) -> Result<(), Error> {
+        let identity = match client.login.get("session_authorization").filter(|_| !baseline.connection_defaults) {
+            Some(user) => format!("SET SESSION AUTHORIZATION {}", settings::ident(user)),
+            None => "RESET SESSION AUTHORIZATION".to_owned(),
+        };
+        let sql = format!(
+            "CLOSE ALL; {identity}; RESET ROLE; SELECT pg_catalog.pg_advisory_unlock_all(); UNLISTEN *; \
+             DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+        );
+        if let Err((code, message)) = self.internal(backend, &sql).await? {
+            tracing::warn!(code, message, "discarding a client's session state failed");
+        }
+        client.events.merge(&SessionEvents::anything());
+        Ok(())
+    }
+
+    /// After a client's turn ends idle: records the settings it changed if it may have changed
+    /// any, and finds out whether it holds session-level locks, cursors or temporary objects
+    /// if those may have changed (or it held some).
+    pub(crate) async fn settle<B: Backend>(
+        &mut self,
+        backend: &B,
+        baseline: &Baseline,
+        client: &mut ClientState,
+    ) -> Result<(), Error> {
+        let events = std::mem::take(&mut client.events);
+        client.custom.extend(events.custom_settings.iter().cloned());
+        if events.settings_may_change() {
+            self.settle_settings(backend, baseline, client).await?;
+        }
+        if events.holds_may_change() || client.holds {
+            self.settle_holds(backend, client).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_settings<B: Backend>(
+        &mut self,
+        backend: &B,
+        baseline: &Baseline,
+        client: &mut ClientState,
+    ) -> Result<(), Error> {
+        let Ok(out) = self.internal(backend, &settings::session_sql(&client.custom)).await? else {
+            return Ok(());
+        };
+        let rows = settings::rows(&out);
+        let login_user = client.login.get("session_authorization").unwrap_or(&baseline.user).clone();
+        let mut overrides = settings::session_overrides(&rows, &login_user);
+        if !baseline.connection_defaults {
+            // Startup settings are session settings here: one `RESET` took back to the
+            // backend's default is put back, as PostgreSQL's `RESET` returns to it.
+            let restore: Vec<(String, String)> = client
+                .login
+                .iter()
+                .filter(|(name, _)| name.as_str() != "session_authorization" && !rows.contains_key(*name))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            if !restore.is_empty() {
+                let calls: Vec<String> = restore
+                    .iter()
+                    .map(|(name, value)| {
+                        format!(
+                            "pg_catalog.set_config({}, {}, false)",
+                            settings::literal(name),
+                            settings::literal(value)
+                        )
+                    })
+                    .collect();
+                if let Err((code, message)) = self.internal(backend, &format!("SELECT {}", calls.join(", "))).await? {
+                    tracing::warn!(code, message, "restoring a client's startup settings failed");
+                }
+                overrides.extend(restore);
+            }
+            if let Some(user) = client.login.get("session_authorization")
+                && !overrides.contains_key("session_authorization")
+            {
+                overrides.insert("session_authorization".to_owned(), user.clone());
+            }
+        }
+        client.overrides = overrides;
+        self.applied = client.overrides.clone();
+        self.applied_for = Some(client.id);
+        Ok(())
+    }
+
+    /// Finds out whether the client still holds session-level advisory locks, `WITH HOLD`
+    /// cursors or temporary objects (then it keeps the lease).
+    async fn settle_holds<B: Backend>(&mut self, backend: &B, client: &mut ClientState) -> Result<(), Error> {
+        client.holds = match self.internal(backend, HOLDS_SQL).await? {
+            Ok(out) => !text_rows(&out).is_empty(),
+            Err((code, message)) => {
+                // Cannot tell: keeping the lease is the safe side (the idle timeout bounds it).
+                tracing::warn!(code, message, "checking a client's session locks failed");
+                true
+            }
+        };
+        Ok(())
+    }
+
+    /// Undoes everything a departed client left on the backend: an open extended sequence or
+    /// transaction, its locks, cursors and temporary objects, its prepared statements; the
+    /// next client to enter resets its settings.
+    pub(crate) async fn clean_up_after<B: Backend>(&mut self, backend: &B, client: &mut ClientState, pending: bool) {
+        if self.broken || client.generation.is_some_and(|g| g != self.generation) {
+            return;
+        }
+        let frames = cleanup_frames(pending, client.holds, client.statements.drain());
+        match backend.exchange(frames).await {
+            Ok(out) => {
+                let _ = backend.session_events();
+                note_parameter_statuses(&out, &mut self.reported);
+                // `Query` drops the unnamed statement.
+                self.unnamed_owner = None;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cleaning up after a client failed");
+                self.exchange_failed(backend).await;
+            }
+        }
+    }
+}
+
+/// Frames that end whatever the client left open on the backend: an unfinished extended
+/// sequence (forced into an error, then synced), a transaction (rolled back), its locks,
+/// cursors and temporary objects, and its prepared statements (closed).
+fn cleanup_frames(pending_extended: bool, holds: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
+    let mut batch = BytesMut::new();
+    if pending_extended {
+        // Executing a portal that cannot exist fails the open sequence, so the Sync that
+        // follows never commits its implicit transaction. If the sequence had already failed,
+        // both are swallowed until the Sync, which answers either way.
+        batch
+            .extend_from_slice(&frontend::build(b'E', &[Part::Cstr(b"_pgb_no_such_portal"), Part::Raw(&[0, 0, 0, 0])]));
+        batch.extend_from_slice(&frontend::sync());
+    }
+    batch.extend_from_slice(&frontend::query("ROLLBACK"));
+    if holds {
+        batch.extend_from_slice(&frontend::query("CLOSE ALL"));
+        batch.extend_from_slice(&frontend::query("SELECT pg_catalog.pg_advisory_unlock_all()"));
+        batch.extend_from_slice(&frontend::query("DISCARD TEMP"));
+    }
+    // LISTEN is refused, but a function can still run it; notifications are dropped anyway.
+    batch.extend_from_slice(&frontend::query("UNLISTEN *"));
+    for name in statements {
+        batch.extend_from_slice(&frontend::close_statement(&name));
+    }
+    batch.extend_from_slice(&frontend::sync());
+    batch.freeze()
+}

@@ -1,0 +1,136 @@
+//! A new client's start on the backend, and what it is told of reported settings: its login
+//! checked and its settings applied (with the notices PostgreSQL raises doing so), and
+//! `ParameterStatus` for reported settings its turns change, where the backend does not send
+//! them itself.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{BackendError, Baseline, ClientState, Session, note_parameter_statuses};
+use crate::protocol::backend::{Replies, first_error, text_rows};
+use crate::protocol::frame::frames;
+use crate::protocol::frontend;
+use crate::settings::{self, Settings};
+use crate::{Backend, Error};
+
+/// What a new client's startup settings come to: the `ParameterStatus` values it starts with
+/// and the notices applying them raised (as PostgreSQL sends them at startup).
+#[derive(Clone, Debug)]
+pub(crate) struct Started {
+    pub(crate) reported: Settings,
+    pub(crate) notices: Bytes,
+}
+
+impl Session {
+    /// Checks a new client's startup settings and puts them on the backend: an invalid one is
+    /// the backend's error (which ends the connection, as in PostgreSQL); else the
+    /// `ParameterStatus` values the client starts with and the notices PostgreSQL raised
+    /// applying them (an `application_name` of 64 bytes or more is truncated, with a notice).
+    pub(crate) async fn start<B: Backend>(
+        &mut self,
+        backend: &B,
+        baseline: &Baseline,
+        client: &mut ClientState,
+    ) -> Result<Result<Started, BackendError>, Error> {
+        if self.broken {
+            return Err(Error::BackendGone);
+        }
+        // Checked in a transaction rolled back, so nothing sticks but the notices: the role
+        // (NULL when it does not exist), then each setting.
+        let calls: Vec<String> = client
+            .login
+            .iter()
+            .filter(|(name, _)| name.as_str() != "session_authorization")
+            .map(|(name, value)| {
+                format!("pg_catalog.set_config({}, {}, true)", settings::literal(name), settings::literal(value))
+            })
+            .collect();
+        let mut check = format!(
+            "BEGIN; SELECT (SELECT rolcanlogin::pg_catalog.text FROM pg_catalog.pg_roles WHERE rolname = {}); ",
+            settings::literal(&client.user)
+        );
+        if !calls.is_empty() {
+            check.push_str(&format!("SELECT {}; ", calls.join(", ")));
+        }
+        check.push_str("ROLLBACK");
+        let out = backend.exchange(frontend::query(&check)).await;
+        let out = match out {
+            Ok(out) => out,
+            Err(error) => {
+                self.exchange_failed(backend).await;
+                return Err(error);
+            }
+        };
+        let _ = backend.session_events();
+        note_parameter_statuses(&out, &mut self.reported);
+        self.unnamed_owner = None;
+        let role = &client.user;
+        match text_rows(&out).first().and_then(|row| row.first().cloned()) {
+            Some(None) => return Ok(Err(("28000".to_owned(), format!("role \"{role}\" does not exist")))),
+            Some(Some(can_login)) if can_login != "true" => {
+                return Ok(Err(("28000".to_owned(), format!("role \"{role}\" is not permitted to log in"))));
+            }
+            _ => {}
+        }
+        if let Some(error) = first_error(&out) {
+            return Ok(Err(error));
+        }
+        let mut notices = BytesMut::new();
+        for (tag, frame) in frames(&out).flatten() {
+            if tag == b'N' {
+                notices.extend_from_slice(frame);
+            }
+        }
+        self.enter(backend, baseline, client).await?;
+        let reported = self.read_reported(backend, baseline).await?;
+        client.reported = reported.clone();
+        Ok(Ok(Started { reported, notices: notices.freeze() }))
+    }
+
+    /// The current values of the reported settings, as the backend has them.
+    async fn read_reported<B: Backend>(&mut self, backend: &B, baseline: &Baseline) -> Result<Settings, Error> {
+        if !baseline.synthesize_reports {
+            return Ok(self.reported.clone());
+        }
+        let out = match self.internal(backend, &settings::values_sql(&baseline.reported)).await? {
+            Ok(out) => out,
+            Err((code, message)) => {
+                tracing::warn!(code, message, "reading the reported settings failed");
+                return Ok(self.reported.clone());
+            }
+        };
+        let mut res = Settings::new();
+        for row in text_rows(&out) {
+            if let [Some(name), value] = row.as_slice() {
+                res.insert(name.clone(), value.clone().unwrap_or_default());
+            }
+        }
+        Ok(res)
+    }
+
+    /// After an exchange ended in `ReadyForQuery`: tells the client (with `ParameterStatus`
+    /// frames, returned) about reported settings its turn changed, where the backend does not
+    /// send them itself. In a failed transaction nothing can be read, and nothing was changed
+    /// since it failed.
+    pub(crate) async fn report<B: Backend>(
+        &mut self,
+        backend: &B,
+        baseline: &Baseline,
+        client: &mut ClientState,
+        failed_transaction: bool,
+    ) -> Result<BytesMut, Error> {
+        let mut res = BytesMut::new();
+        if !baseline.synthesize_reports || !client.events.settings_may_change() || failed_transaction {
+            return Ok(res);
+        }
+        let now = self.read_reported(backend, baseline).await?;
+        let mut replies = Replies::new();
+        for (name, value) in &now {
+            if client.reported.get(name) != Some(value) {
+                replies.parameter_status(name, value)?;
+            }
+        }
+        client.reported = now;
+        res.extend_from_slice(&replies.into_bytes());
+        Ok(res)
+    }
+}
