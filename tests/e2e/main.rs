@@ -10,10 +10,12 @@
 mod support;
 
 mod clients;
+mod differential;
 mod facade;
 mod isolation;
 mod lifecycle;
 mod migrations;
+mod native;
 mod pgbench;
 mod psql;
 mod resilience;

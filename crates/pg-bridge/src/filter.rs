@@ -1,11 +1,13 @@
 //! Backend output on its way to one client: notifications and COPY frames never pass,
-//! responses to messages the bridge prepended are dropped, and `CommandComplete` tags of
-//! statements the bridge rewrote are restored. Sans I/O; the `Plan` says what to do.
+//! responses to messages the bridge prepended are dropped, `CommandComplete` tags of
+//! statements the bridge rewrote are restored, and errors and notices name the client's
+//! prepared statements and portals as the client named them. Sans I/O; the `Plan` says what to
+//! do.
 
 use bytes::BytesMut;
 
 use crate::Error;
-use crate::protocol::backend::{Replies, Severity, TxStatus, parameter_status, ready_status};
+use crate::protocol::backend::{Replies, Severity, TxStatus, fields, parameter_status, ready_status};
 use crate::protocol::frame::frames;
 
 /// How to post-process the output of one exchange for its client.
@@ -16,6 +18,11 @@ pub(crate) struct Plan {
     pub(crate) drop_leading: usize,
     /// For a simple query: `CommandComplete` tags to replace, by statement index.
     pub(crate) tags: Vec<(usize, String)>,
+    /// The prefix of the backend names of this client's statements and portals (`_pgb7_`),
+    /// taken back out of error and notice texts.
+    pub(crate) renamed: Vec<u8>,
+    /// The batch's error is one the bridge raised itself: it carries no context.
+    pub(crate) raised: bool,
 }
 
 /// The result of filtering one exchange's output.
@@ -42,6 +49,10 @@ pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
                     clean = false;
                     break;
                 }
+                b'E' | b'N' if plan.raised || names_renamed(bytes, &plan.renamed) => {
+                    clean = false;
+                    break;
+                }
                 b'S' => {
                     if let Some(parameter) = parameter_status(bytes) {
                         res.parameters.push(parameter);
@@ -57,6 +68,41 @@ pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
         }
     }
     filter_copy(&output, plan)
+}
+
+/// Whether an error or notice frame mentions one of the client's renamed objects.
+fn names_renamed(frame: &[u8], prefix: &[u8]) -> bool {
+    !prefix.is_empty() && memchr::memmem::find(frame, prefix).is_some()
+}
+
+/// An error or notice frame with the client's names restored (`"_pgb7_s1"` is `"s1"`) and,
+/// for an error the bridge raised itself, without the context of how it raised it.
+fn restore_names(frame: &[u8], plan: &Plan) -> BytesMut {
+    let quoted: Vec<u8> = [b"\"".as_slice(), &plan.renamed].concat();
+    let mut body = Vec::with_capacity(frame.len());
+    for (code, value) in fields(frame) {
+        if plan.raised && code == b'W' {
+            continue;
+        }
+        body.push(code);
+        if plan.renamed.is_empty() || !matches!(code, b'M' | b'D' | b'H') {
+            body.extend_from_slice(value);
+        } else {
+            let mut rest = value;
+            while let Some(at) = memchr::memmem::find(rest, &quoted) {
+                body.extend_from_slice(&rest[..=at]);
+                rest = &rest[at + quoted.len()..];
+            }
+            body.extend_from_slice(rest);
+        }
+        body.push(0);
+    }
+    body.push(0);
+    let mut res = BytesMut::with_capacity(body.len() + 5);
+    res.extend_from_slice(&[frame[0]]);
+    res.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    res.extend_from_slice(&body);
+    res
 }
 
 /// `filter` for output from which something is removed or replaced.
@@ -109,6 +155,9 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
                 res.ready = ready_status(bytes);
                 statement_idx = 0;
                 res.out.extend_from_slice(bytes);
+            }
+            b'E' | b'N' if plan.raised || names_renamed(bytes, &plan.renamed) => {
+                res.out.extend_from_slice(&restore_names(bytes, plan));
             }
             _ => res.out.extend_from_slice(bytes),
         }

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::conn::{Client, Connection};
-use crate::protocol::backend::{Replies, Severity, TxStatus};
+use crate::protocol::backend::{Replies, Severity, TxStatus, error_frame};
 use crate::protocol::frame;
 use crate::session::{ClientState, Started};
 use crate::shared::{CancelEntry, Shared};
@@ -202,13 +202,6 @@ where
         return Err(fatal(stream, "0A000", "replication connections are not supported".to_owned()).await);
     }
     let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
-    let served = &shared.config.database;
-    if database != *served && !shared.config.database_aliases.contains(&database) {
-        let hint = format!("This server serves the one database \"{served}\".");
-        return Err(
-            fatal_with_hint(stream, "3D000", format!("database \"{database}\" does not exist"), Some(&hint)).await
-        );
-    }
 
     if tcp && let Some(verifier) = &shared.verifier {
         stream.write_all(&replies.into_bytes()).await?;
@@ -222,31 +215,59 @@ where
             .await);
         }
     }
-    replies.auth_ok()?;
-
     let Some(permit) = permit else {
         return Err(fatal(stream, "53300", "sorry, too many clients already".to_owned()).await);
     };
-
+    replies.auth_ok()?;
+    // From here on PostgreSQL has said AuthenticationOk before a FATAL.
+    let after_auth = |replies: Replies, sqlstate: &str, reason: String, hint: Option<String>| {
+        let mut res = replies.into_bytes();
+        let mut error = Replies::new();
+        let built = error.error_with_hint(Severity::Fatal, sqlstate, &reason, hint.as_deref());
+        res.extend_from_slice(&error.into_bytes());
+        (built, res, Error::Rejected { sqlstate: sqlstate.to_owned(), reason })
+    };
+    let served = &shared.config.database;
+    if database != *served && !shared.config.database_aliases.contains(&database) {
+        let hint = format!("This server serves the one database \"{served}\".");
+        let (built, bytes, error) =
+            after_auth(replies, "3D000", format!("database \"{database}\" does not exist"), Some(hint));
+        built?;
+        return Err(refuse(stream, &bytes, error).await);
+    }
     let startup = match settings::from_startup(&params) {
         Ok(startup) => startup,
-        Err(reason) => return Err(fatal(stream, "42704", reason).await),
+        Err(reason) => {
+            let (built, bytes, error) = after_auth(replies, "42704", reason, None);
+            built?;
+            return Err(refuse(stream, &bytes, error).await);
+        }
     };
     if shared.gone.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await);
     }
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let mut state = ClientState::new(id, &user, startup, &shared.baseline);
-    let cached = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).get(state.login()).cloned();
+    let asked = state.login().clone();
+    let cached = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&asked).cloned();
     let started = match cached {
         Some(started) => started,
         None => {
-            let started = start_session(shared, stream, &mut state).await?;
+            let started = match start_session(shared, &mut state).await? {
+                Ok(started) => started,
+                Err(fatal) => {
+                    let mut bytes = replies.into_bytes();
+                    bytes.extend_from_slice(&fatal);
+                    let reason = crate::protocol::backend::field(&fatal, b'M').unwrap_or_default();
+                    let sqlstate = crate::protocol::backend::field(&fatal, b'C').unwrap_or_default();
+                    return Err(refuse(stream, &bytes, Error::Rejected { sqlstate, reason }).await);
+                }
+            };
             let mut cache = shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= STARTUP_CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(state.login().clone(), started.clone());
+            cache.insert(asked, started.clone());
             started
         }
     };
@@ -271,28 +292,32 @@ where
     startup_replies.extend_from_slice(&replies.into_bytes());
     stream.write_all(&startup_replies).await?;
     let standard_strings = started.reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
+    state.set_login(started.login);
     state.set_reported(started.reported);
     Ok(Some(Client::new(state, pid, running, permit, buf, standard_strings)))
 }
 
 /// Checks a new client's login and startup settings on the backend and puts them on it: an
-/// invalid one ends the connection like in PostgreSQL, and the `ParameterStatus` values are
-/// the backend's answers.
-async fn start_session<B: Backend, S>(
+/// invalid one is the FATAL `ErrorResponse` that ends the connection, as in PostgreSQL, and the
+/// `ParameterStatus` values are the backend's answers.
+async fn start_session<B: Backend>(
     shared: &Arc<Shared<B>>,
-    stream: &mut S,
     state: &mut ClientState,
-) -> Result<Started, Error>
-where
-    S: AsyncWrite + Unpin + Send,
-{
+) -> Result<Result<Started, Bytes>, Error> {
     let mut session = shared.lease.lock().await;
     match session.start(&shared.backend, &shared.baseline, state).await {
-        Err(Error::BackendGone) => Err(fatal(stream, "57P03", "the database system is not available".to_owned()).await),
-        Err(error) => Err(error),
-        Ok(Err((code, message))) => Err(fatal(stream, &code, message).await),
-        Ok(Ok(started)) => Ok(started),
+        Err(Error::BackendGone) => {
+            Ok(Err(error_frame(Severity::Fatal, "57P03", "the database system is not available")?.freeze()))
+        }
+        other => other,
     }
+}
+
+/// Writes `bytes` (replies ending in a FATAL) and returns `error` for the caller's log.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], error: Error) -> Error {
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.flush().await;
+    error
 }
 
 /// SCRAM-SHA-256 over the startup connection; `Ok(Err(reason))` when the password is wrong.

@@ -183,9 +183,17 @@ impl Calibration {
 }
 
 /// The settings PostgreSQL has by default that PGlite's start-up arguments change, set back
-/// at the same (command-line) level.
-const DEFAULTS: [(&str, &str); 3] =
-    [("search_path", "\"$user\", public"), ("enable_seqscan", "on"), ("allow_system_table_mods", "off")];
+/// at the same (command-line) level once the backend is up. (`exit_on_error` and
+/// `ignore_invalid_pages` matter to PGlite only while it boots and recovers; 0.3 leaves
+/// `lc_messages` empty.)
+const DEFAULTS: [(&str, &str); 6] = [
+    ("search_path", "\"$user\", public"),
+    ("enable_seqscan", "on"),
+    ("allow_system_table_mods", "off"),
+    ("exit_on_error", "off"),
+    ("ignore_invalid_pages", "off"),
+    ("lc_messages", "C"),
+];
 
 /// `GucContext` and `GucSource` values, `GUC_ACTION_SET` and an elog level that only logs
 /// (the same in PostgreSQL 16–19).
@@ -367,7 +375,8 @@ pub(crate) fn set_connection_defaults(
         }
     }
     commit.call(&mut *store, ())?;
-    // The host's own changes are not the client's.
+    // The host's own changes are not the client's, nor is anything they printed.
     store.data_mut().events = SessionEvents::default();
+    store.data_mut().wire_out.clear();
     Ok(refused)
 }

@@ -81,6 +81,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         self.acquire().await?;
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
+        batch.plan.renamed = self.client.name_prefix();
         let id = self.client.id();
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);

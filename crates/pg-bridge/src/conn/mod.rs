@@ -87,9 +87,14 @@ impl Client {
         self.state.id
     }
 
+    /// The prefix of the backend's names for this client's statements and portals.
+    fn name_prefix(&self) -> Vec<u8> {
+        format!("_pgb{}_", self.id()).into_bytes()
+    }
+
     /// The backend's name for this client's statement or portal `name`.
     fn backend_name(&self, name: &[u8]) -> Vec<u8> {
-        let mut res = format!("_pgb{}_", self.id()).into_bytes();
+        let mut res = self.name_prefix();
         // Names longer than NAMEDATALEN - 1 are truncated by the backend; hash instead, so two
         // long names sharing a prefix stay apart.
         if res.len() + name.len() > 63 {

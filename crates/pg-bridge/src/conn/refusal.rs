@@ -57,6 +57,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             // Let the backend raise the error, so an open transaction is aborted exactly as
             // PostgreSQL would.
             self.batch.push(&message::query(&refusal.raise_sql()));
+            self.batch.plan.raised = true;
             self.batch.terminated = true;
             self.batch.unnamed = Unnamed::Dropped;
             self.send().await
@@ -86,6 +87,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         self.batch.push(&message::sync());
         self.batch.terminated = true;
         self.batch.plan.drop_leading += 2;
+        self.batch.plan.raised = true;
         self.batch.unnamed = Unnamed::Dropped;
         self.send().await
     }

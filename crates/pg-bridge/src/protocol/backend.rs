@@ -145,6 +145,23 @@ impl Replies {
     }
 }
 
+/// The `ErrorResponse` frame `frame` with severity `severity` (the fields otherwise as they
+/// are): how a backend's error to a setting becomes the FATAL that ends a connection.
+pub fn with_severity(frame: &[u8], severity: &str) -> BytesMut {
+    let mut body = Vec::with_capacity(frame.len());
+    for (code, value) in fields(frame) {
+        body.push(code);
+        body.extend_from_slice(if matches!(code, b'S' | b'V') { severity.as_bytes() } else { value });
+        body.push(0);
+    }
+    body.push(0);
+    let mut res = BytesMut::with_capacity(body.len() + 5);
+    res.extend_from_slice(&[frame.first().copied().unwrap_or(b'E')]);
+    res.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    res.extend_from_slice(&body);
+    res
+}
+
 /// A buffer holding one `ErrorResponse`, for the many places that only need that.
 pub(crate) fn error_frame(severity: Severity, sqlstate: &str, message: &str) -> Result<BytesMut, Error> {
     let mut replies = Replies::new();

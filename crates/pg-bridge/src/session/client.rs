@@ -94,6 +94,15 @@ impl ClientState {
         &self.login
     }
 
+    /// Its connection settings as the backend spells them (see `Started::login`).
+    pub(crate) fn set_login(&mut self, login: Settings) {
+        if self.overrides == self.login {
+            // Without connection defaults they are its session settings too.
+            self.overrides = login.clone();
+        }
+        self.login = login;
+    }
+
     /// Records the `ParameterStatus` values it was told at startup.
     pub(crate) fn set_reported(&mut self, reported: Settings) {
         self.reported = reported;

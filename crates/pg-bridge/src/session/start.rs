@@ -5,19 +5,22 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{BackendError, Baseline, ClientState, Session, note_parameter_statuses};
-use crate::protocol::backend::{Replies, first_error, text_rows};
+use super::{Baseline, ClientState, Session, note_parameter_statuses};
+use crate::protocol::backend::{Replies, Severity, error_frame, text_rows, with_severity};
 use crate::protocol::frame::frames;
 use crate::protocol::frontend;
 use crate::settings::{self, Settings};
 use crate::{Backend, Error};
 
-/// What a new client's startup settings come to: the `ParameterStatus` values it starts with
-/// and the notices applying them raised (as PostgreSQL sends them at startup).
+/// What a new client's startup settings come to: the `ParameterStatus` values it starts with,
+/// the notices applying them raised (as PostgreSQL sends them at startup), and the settings as
+/// the backend spells them (`DateStyle=German` is `German, DMY`, a long `application_name`
+/// truncated), which setting again raises nothing.
 #[derive(Clone, Debug)]
 pub(crate) struct Started {
     pub(crate) reported: Settings,
     pub(crate) notices: Bytes,
+    pub(crate) login: Settings,
 }
 
 impl Session {
@@ -30,12 +33,14 @@ impl Session {
         backend: &B,
         baseline: &Baseline,
         client: &mut ClientState,
-    ) -> Result<Result<Started, BackendError>, Error> {
+    ) -> Result<Result<Started, Bytes>, Error> {
         if self.broken {
             return Err(Error::BackendGone);
         }
         // Checked in a transaction rolled back, so nothing sticks but the notices: the role
         // (NULL when it does not exist), then each setting.
+        let names: Vec<String> =
+            client.login.keys().filter(|name| name.as_str() != "session_authorization").cloned().collect();
         let calls: Vec<String> = client
             .login
             .iter()
@@ -64,15 +69,18 @@ impl Session {
         note_parameter_statuses(&out, &mut self.reported);
         self.unnamed_owner = None;
         let role = &client.user;
+        let refused = |message: String| -> Result<Result<Started, Bytes>, Error> {
+            Ok(Err(error_frame(Severity::Fatal, "28000", &message)?.freeze()))
+        };
         match text_rows(&out).first().and_then(|row| row.first().cloned()) {
-            Some(None) => return Ok(Err(("28000".to_owned(), format!("role \"{role}\" does not exist")))),
+            Some(None) => return refused(format!("role \"{role}\" does not exist")),
             Some(Some(can_login)) if can_login != "true" => {
-                return Ok(Err(("28000".to_owned(), format!("role \"{role}\" is not permitted to log in"))));
+                return refused(format!("role \"{role}\" is not permitted to log in"));
             }
             _ => {}
         }
-        if let Some(error) = first_error(&out) {
-            return Ok(Err(error));
+        if let Some((_, error)) = frames(&out).flatten().find(|(tag, _)| *tag == b'E') {
+            return Ok(Err(with_severity(error, "FATAL").freeze()));
         }
         let mut notices = BytesMut::new();
         for (tag, frame) in frames(&out).flatten() {
@@ -80,10 +88,18 @@ impl Session {
                 notices.extend_from_slice(frame);
             }
         }
+        if let Some(values) = text_rows(&out).get(1) {
+            for (name, value) in names.iter().zip(values) {
+                client.login.insert(name.clone(), value.clone().unwrap_or_default());
+            }
+            if !baseline.connection_defaults {
+                client.overrides = client.login.clone();
+            }
+        }
         self.enter(backend, baseline, client).await?;
         let reported = self.read_reported(backend, baseline).await?;
         client.reported = reported.clone();
-        Ok(Ok(Started { reported, notices: notices.freeze() }))
+        Ok(Ok(Started { reported, notices: notices.freeze(), login: client.login.clone() }))
     }
 
     /// The current values of the reported settings, as the backend has them.

@@ -85,7 +85,7 @@ async fn bad_startups_get_fatal_errors() {
 
     let mut raw = Raw::connect(&socket).await;
     raw.send(&startup_packet(196_608, &[("user", "postgres"), ("database", "nonexistent")])).await;
-    raw.expect_fatal("3D000").await;
+    raw.expect_fatal_after_auth("3D000").await;
 
     let mut raw = Raw::connect(&socket).await;
     raw.send(&startup_packet(196_608, &[("user", "nobody_here")])).await;

@@ -189,7 +189,15 @@ impl Raw {
         res
     }
 
-    /// Sends a message and expects a FATAL with `sqlstate`, then the close.
+    /// Expects AuthenticationOk, then a FATAL with `sqlstate`, then the close: how PostgreSQL
+    /// refuses what it checks after authenticating (the database, the role, settings).
+    pub(crate) async fn expect_fatal_after_auth(&mut self, sqlstate: &str) {
+        let msg = self.recv().await.expect("expected AuthenticationOk, got end of stream");
+        assert_eq!((msg.tag, msg.body.as_slice()), (b'R', &[0, 0, 0, 0][..]), "{msg:?}");
+        self.expect_fatal(sqlstate).await;
+    }
+
+    /// Expects a FATAL with `sqlstate`, then the close.
     pub(crate) async fn expect_fatal(&mut self, sqlstate: &str) {
         let msg = self.recv().await.expect("expected an ErrorResponse, got end of stream");
         assert_eq!(msg.tag, b'E', "{msg:?}");

@@ -70,3 +70,30 @@ pub(super) fn work_units(request: &[u8]) -> Vec<&[u8]> {
 pub(super) fn query_units(request: &[u8]) -> Vec<&[u8]> {
     groups(request, |ty| matches!(ty, b'Q' | b'F' | b'X'))
 }
+
+/// Removes the debugging notices PGlite's build adds to PostgreSQL's output, which a client of
+/// PostgreSQL never sees: `WARNING:  # 1743: aborting transaction <xid>`, sent by
+/// `RecordTransactionAbort` whenever a transaction that wrote is rolled back.
+pub(super) fn drop_debug_notices(reply: &mut Vec<u8>) {
+    const ROUTINE: &[u8] = b"RRecordTransactionAbort\0";
+    if memchr::memmem::find(reply, ROUTINE).is_none() {
+        return;
+    }
+    let mut kept = Vec::with_capacity(reply.len());
+    let mut rest = &reply[..];
+    while let Some(len) = frame_len(rest) {
+        let frame = &rest[..len];
+        let debug = frame[0] == b'N' && memchr::memmem::find(frame, ROUTINE).is_some() && {
+            let body = &frame[5..];
+            body.split(|&b| b == 0).any(|field| {
+                field.starts_with(b"M# ") && memchr::memmem::find(field, b": aborting transaction ").is_some()
+            })
+        };
+        if !debug {
+            kept.extend_from_slice(frame);
+        }
+        rest = &rest[len..];
+    }
+    kept.extend_from_slice(rest);
+    *reply = kept;
+}

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use wasmtime::{Memory, Store, TypedFunc};
 
 use self::frames::{
-    FLUSH, READY_FOR_QUERY_LEN, ends_unit_of_work, first_frame_types, frame_len, last_frame, query_units, work_units,
+    FLUSH, READY_FOR_QUERY_LEN, drop_debug_notices, ends_unit_of_work, first_frame_types, frame_len, last_frame,
+    query_units, work_units,
 };
 use crate::Error;
 use crate::imports::Ctx;
@@ -128,6 +129,13 @@ impl Instance {
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
+        let mut reply = self.exchange(request)?;
+        drop_debug_notices(&mut reply);
+        Ok(reply)
+    }
+
+    /// [`exec`](Self::exec) through the release's transport.
+    fn exchange(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
         match &self.entry {
             Entry::Cma { .. } => {
                 // 0.2's error path answers ErrorResponse + ReadyForQuery at once and leaves the
