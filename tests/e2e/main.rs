@@ -11,6 +11,7 @@ mod support;
 
 mod clients;
 mod differential;
+mod drivers;
 mod facade;
 mod isolation;
 mod lifecycle;

@@ -12,6 +12,7 @@
 //! This crate never opens a socket and never touches the network.
 
 mod cluster;
+mod encodings;
 mod engine;
 mod errno;
 mod error;

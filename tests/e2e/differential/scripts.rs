@@ -505,3 +505,25 @@ fn server_settings() {
          'allow_system_table_mods', 'exit_on_error', 'ignore_invalid_pages') ORDER BY name",
     ));
 }
+
+#[test]
+fn client_encodings() {
+    // The query texts are ASCII; what comes back is converted to each client encoding.
+    let mut script = Script::new("client_encodings");
+    for encoding in ["LATIN1", "WIN1252", "SJIS", "EUC_JP", "GBK", "WIN1251", "KOI8R", "LATIN2"] {
+        script = script
+            .query(&format!("SET client_encoding = '{encoding}'"))
+            .query(
+                "SELECT chr(233) AS e_acute, chr(8364) AS euro, convert_from('\\xe697a5e69cac', 'UTF8') AS nihon, \
+                 convert_from('\\xd09fd180d0b8', 'UTF8') AS cyrillic, convert_to(chr(233), current_setting('client_encoding')) AS bytes",
+            );
+    }
+    check(
+        script
+            .query("SET client_encoding = 'LATIN1'")
+            .query("SELECT 'plain ascii' AS fine")
+            .query("RESET client_encoding")
+            .query("SELECT convert_to(chr(8364), 'LATIN1')")
+            .query("SELECT convert_from('\\x8140', 'SJIS') AS sjis_space, convert_from('\\xff', 'UTF8')"),
+    );
+}

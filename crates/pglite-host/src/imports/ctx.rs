@@ -48,6 +48,10 @@ pub(crate) struct Ctx {
     pub(crate) events: SessionEvents,
     /// What the utility hook knows about the build's parse nodes.
     pub(crate) calibration: Calibration,
+    /// The build's PostgreSQL major version and `sizeof(Datum)`, for the functions the host
+    /// stands in for.
+    pub(crate) pg_major: u32,
+    pub(crate) datum_size: u32,
 }
 
 impl Ctx {
@@ -63,6 +67,8 @@ impl Ctx {
             wire_out: Vec::new(),
             events: SessionEvents::default(),
             calibration: Calibration::default(),
+            pg_major: 0,
+            datum_size: 4,
         }
     }
 

@@ -32,6 +32,44 @@ pub(crate) struct Registry {
 struct Library {
     funcs: HashMap<String, Func>,
     data: HashMap<String, i32>,
+    /// One of PostgreSQL's encoding-conversion modules, answered by the host (see
+    /// `encodings.rs`): its symbols are made when looked up.
+    conversions: bool,
+}
+
+/// PostgreSQL's encoding-conversion modules (`src/backend/utils/mb/conversion_procs`).
+pub(crate) const CONVERSION_MODULES: [&str; 24] = [
+    "cyrillic_and_mic",
+    "euc2004_sjis2004",
+    "euc_cn_and_mic",
+    "euc_jp_and_sjis",
+    "euc_kr_and_mic",
+    "euc_tw_and_big5",
+    "latin2_and_win1250",
+    "latin_and_mic",
+    "utf8_and_big5",
+    "utf8_and_cyrillic",
+    "utf8_and_euc2004",
+    "utf8_and_euc_cn",
+    "utf8_and_euc_jp",
+    "utf8_and_euc_kr",
+    "utf8_and_euc_tw",
+    "utf8_and_gb18030",
+    "utf8_and_gbk",
+    "utf8_and_iso8859",
+    "utf8_and_iso8859_1",
+    "utf8_and_johab",
+    "utf8_and_sjis",
+    "utf8_and_sjis2004",
+    "utf8_and_uhc",
+    "utf8_and_win",
+];
+
+/// Whether the library at guest path `name` is one of [`CONVERSION_MODULES`].
+fn is_conversion_module(name: &str) -> bool {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let stem = file.strip_suffix(".so").unwrap_or(file);
+    CONVERSION_MODULES.contains(&stem)
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
@@ -50,17 +88,26 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         "env",
         "_dlsym_js",
         |mut c: Caller<'_, Ctx>, handle: i32, sym: i32, _index: i32| -> wasmtime::Result<i32> {
-            let (g, ctx) = split(&mut c);
-            let symbol = g.cstr(sym as u32).unwrap_or_default();
-            let Some(lib_name) = ctx.dylink.handles.get(&(handle as u32)).cloned() else {
+            let (symbol, lib_name) = {
+                let (g, ctx) = split(&mut c);
+                (g.cstr(sym as u32).unwrap_or_default(), ctx.dylink.handles.get(&(handle as u32)).cloned())
+            };
+            let Some(lib_name) = lib_name else {
                 set_error(&mut c, "dlsym on a handle that is not open")?;
                 return Ok(0);
             };
-            let lib = &ctx.dylink.libs[&lib_name];
+            let lib = &c.data().dylink.libs[&lib_name];
             if let Some(addr) = lib.data.get(&symbol) {
                 return Ok(*addr);
             }
-            match lib.funcs.get(&symbol).copied() {
+            if lib.conversions
+                && !lib.funcs.contains_key(&symbol)
+                && let Some(func) = super::conversions::function(&mut c, &symbol)?
+            {
+                let lib = c.data_mut().dylink.libs.get_mut(&lib_name).expect("an open library");
+                lib.funcs.insert(symbol.clone(), func);
+            }
+            match c.data().dylink.libs[&lib_name].funcs.get(&symbol).copied() {
                 Some(func) => Ok(slot_for(&mut c, (lib_name, symbol), func)? as i32),
                 None => {
                     set_error(
@@ -173,6 +220,20 @@ fn mem_info(wasm: &[u8]) -> Option<(u32, u32, u32)> {
 }
 
 fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
+    {
+        let (g, _) = split(c);
+        let name = g.cstr(handle + 36)?;
+        if is_conversion_module(&name) {
+            let ctx = c.data_mut();
+            ctx.dylink.libs.entry(name.clone()).or_insert_with(|| Library {
+                funcs: HashMap::new(),
+                data: HashMap::new(),
+                conversions: true,
+            });
+            ctx.dylink.handles.insert(handle, name);
+            return Ok(());
+        }
+    }
     let (name, wasm) = {
         let (g, ctx) = split(c);
         let name = g.cstr(handle + 36)?;
@@ -189,6 +250,7 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
         c.data_mut().dylink.handles.insert(handle, name);
         return Ok(());
     }
+
     let (mem_size, align_log2, table_size) = mem_info(&wasm)
         .ok_or_else(|| Failure::Guest(format!("Could not load dynamic lib: {name}: not a side module")))?;
     let exports = c.data().exports();
@@ -254,7 +316,7 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
     }
     let instance = wasmtime::Instance::new(&mut *c, &module, &imports)?;
 
-    let mut lib = Library { funcs: HashMap::new(), data: HashMap::new() };
+    let mut lib = Library { funcs: HashMap::new(), data: HashMap::new(), conversions: false };
     let export_list: Vec<_> = instance.exports(&mut *c).map(|e| (e.name().to_owned(), e.into_extern())).collect();
     for (export, ext) in export_list {
         match ext {

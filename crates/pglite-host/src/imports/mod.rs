@@ -4,6 +4,7 @@
 //! share is in `ctx`, the errors they unwind the guest with in `error`. This module only wires
 //! them into a linker.
 
+mod conversions;
 mod ctx;
 mod dylink;
 mod emscripten;
@@ -13,6 +14,7 @@ mod syscalls;
 mod wasi;
 
 pub(crate) use self::ctx::{Ctx, Exports, Shared, split};
+pub(crate) use self::dylink::CONVERSION_MODULES;
 pub(crate) use self::error::GuestExit;
 use crate::errno::Errno;
 

@@ -84,6 +84,10 @@ impl Instance {
     }
 }
 
+/// Where the placeholder files of the conversion modules are, beneath the scratch directory
+/// (overlaid on the package's `lib`).
+const CONVERSIONS_DIR: &str = "conversions/lib/postgresql";
+
 /// The guest file system's mounts: scratch at `/`, the data directory as PGDATA, and the
 /// package's directories read-only with the extension bundles overlaid.
 fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
@@ -93,6 +97,9 @@ fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
         let mut mount = Mount::new(format!("/tmp/pglite/{name}"), pkg.join(name), true);
         // Extension bundles carry lib/postgresql/*.so and share/postgresql/extension/*.
         mount.overlays = dirs.extensions.iter().map(|ext| ext.join(name)).filter(|dir| dir.is_dir()).collect();
+        if name == "lib" {
+            mount.overlays.push(dirs.scratch.join("conversions/lib"));
+        }
         mounts.push(mount);
     }
     mounts
@@ -101,9 +108,15 @@ fn mounts(dirs: &Dirs<'_>) -> Vec<Mount> {
 /// A store whose data holds the instance's file system over `dirs` (the scratch directories
 /// the guest expects are made first).
 fn new_store(module: &Module, profile: &Profile, dirs: &Dirs<'_>, durable: bool) -> Result<Store<Ctx>, Error> {
-    for sub in ["tmp/pglite", "home/web_user", "dev/shm"] {
+    for sub in ["tmp/pglite", "home/web_user", "dev/shm", CONVERSIONS_DIR] {
         std::fs::create_dir_all(dirs.scratch.join(sub))
             .map_err(|source| Error::Io { path: dirs.scratch.join(sub), source })?;
+    }
+    // The encoding-conversion modules the host stands in for must exist as files, as
+    // PostgreSQL checks before it loads one (PGlite 0.2 ships none).
+    for name in imports::CONVERSION_MODULES {
+        let path = dirs.scratch.join(CONVERSIONS_DIR).join(format!("{name}.so"));
+        std::fs::write(&path, b"").map_err(|source| Error::Io { path, source })?;
     }
     let mut vfs = Vfs::new(mounts(dirs), durable);
     if let Transport::Cma = profile.transport {
@@ -111,6 +124,8 @@ fn new_store(module: &Module, profile: &Profile, dirs: &Dirs<'_>, durable: bool)
         vfs.keep_in_memory("/tmp/pglite/base/.s.PGSQL.");
     }
     let mut ctx = Ctx::new(vfs);
+    ctx.pg_major = profile.pg_major;
+    ctx.datum_size = profile.datum_size;
     ctx.dylink.module_cache = dirs.module_cache.clone();
     Ok(Store::new(module.engine(), ctx))
 }
