@@ -38,7 +38,8 @@ SELECT id, name, add_one(id) AS next FROM t ORDER BY id;
         "UPDATE 1",
         "DELETE 1",
         " 2 | TWO  |    3",
-        &format!("via socket in \"{}\"", dir.path().display()),
+        // \conninfo names the socket directory (a sentence before psql 18, a table since).
+        &dir.path().display().to_string(),
         &owner,
         "display name",
         "\"t_pkey\" PRIMARY KEY, btree (id)",

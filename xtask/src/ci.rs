@@ -14,6 +14,11 @@ pub(crate) fn run() -> anyhow::Result<()> {
     // Native servers, client tools and drivers under <target>/tools; the tests find them
     // through these variables.
     for (name, value) in crate::tools::provision()? {
+        if name == "NSELF_PG_CLIENT_BIN" {
+            // psql and pgbench, which the tests run by name.
+            let path = std::env::var("PATH").unwrap_or_default();
+            sh.set_var("PATH", format!("{value}:{path}"));
+        }
         sh.set_var(name, value);
     }
     if is_installed(&sh, "nextest") {

@@ -1,6 +1,8 @@
 //! Test harness: one throwaway PostgreSQL cluster per test binary, and bridges in front of it.
 //!
-//! PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` OS user.
+//! The server is native PostgreSQL 17.5 from `cargo xtask tools` (`NSELF_NATIVE_PG17_BIN`, else
+//! `target/tools/pg17/bin`; `PG_BIN` overrides). PostgreSQL refuses to run as root, so as root
+//! the cluster runs as `NSELF_RUN_AS` (default `nobody`), through `setpriv`.
 //! The server is started through a shell that stops it when this process's end of a pipe
 //! closes, so it does not outlive the test binary even though statics are never dropped.
 
@@ -12,33 +14,41 @@ use std::time::Duration;
 
 use pg_bridge::{Bridge, Config, UpstreamAddr, UpstreamBackend, UpstreamConfig};
 
-const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 pub(crate) struct Cluster {
     pub(crate) socket_dir: PathBuf,
     _server: Mutex<Child>,
 }
 
 fn pg_bin() -> PathBuf {
-    let dir = PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| DEFAULT_BIN.to_owned()));
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/pg17/bin");
+    let dir = ["PG_BIN", "NSELF_NATIVE_PG17_BIN"]
+        .iter()
+        .find_map(|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+        .map_or(tools, PathBuf::from);
     assert!(
         dir.join("postgres").exists() && dir.join("initdb").exists(),
-        "PostgreSQL server binaries not found in {} (set PG_BIN, or install postgresql-15: \
-         these tests need a real server and must not pass without one)",
+        "PostgreSQL server binaries not found in {} (run `cargo xtask tools`: these tests need a \
+         real server and must not pass without one)",
         dir.display()
     );
     dir
+}
+
+/// The OS user the server runs as when we are root.
+fn run_as() -> String {
+    std::env::var("NSELF_RUN_AS").ok().filter(|user| !user.is_empty()).unwrap_or_else(|| "nobody".to_owned())
 }
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
 }
 
-/// Runs `program` as the `postgres` user when we are root, directly otherwise.
+/// Runs `program` as [`run_as`] when we are root (with that user's primary group and no
+/// other), directly otherwise.
 fn as_pg_user(program: &Path) -> Command {
     if is_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", run_as())).args(["--init-groups", "--"]).arg(program);
         cmd
     } else {
         Command::new(program)
@@ -57,8 +67,8 @@ fn start_cluster() -> Cluster {
     let socket_dir = base.join("sock");
     std::fs::create_dir_all(&socket_dir).unwrap();
     if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&base).status().unwrap();
-        assert!(status.success(), "chown of the cluster directory to postgres failed");
+        let status = Command::new("chown").arg("-R").arg(run_as()).arg(&base).status().unwrap();
+        assert!(status.success(), "chown of the cluster directory to {} failed", run_as());
     }
     let out = as_pg_user(&bin.join("initdb"))
         .args(["-D"])
