@@ -9,6 +9,7 @@
 
 mod support;
 
+mod cache;
 mod clients;
 mod differential;
 mod drivers;

@@ -53,11 +53,14 @@ pub(crate) fn for_each_dist_file(
     Ok(())
 }
 
-/// Unpacks every regular file of an extension bundle (`lib/postgresql/<name>.so`,
-/// `share/postgresql/extension/...`) beneath `dest`, refusing unsafe paths and links.
-pub(crate) fn unpack_bundle(tgz: impl Read, dest: &std::path::Path) -> Result<Vec<std::path::PathBuf>, Reason> {
+/// Walks an extension bundle and calls `found(relative_path, size, entry)` for every regular
+/// file (`lib/postgresql/<name>.so`, `share/postgresql/extension/...`), in archive order.
+/// Refuses unsafe paths and links; skips directories and dot files.
+pub(crate) fn for_each_bundle_file(
+    tgz: impl Read,
+    mut found: impl FnMut(&str, u64, &mut dyn Read) -> Result<(), Reason>,
+) -> Result<(), Reason> {
     let mut archive = tar::Archive::new(GzDecoder::new(tgz));
-    let mut written = Vec::new();
     for entry in archive.entries().map_err(Reason::Io)? {
         let mut entry = entry.map_err(Reason::Io)?;
         let path_bytes = entry.path_bytes().into_owned();
@@ -73,14 +76,30 @@ pub(crate) fn unpack_bundle(tgz: impl Read, dest: &std::path::Path) -> Result<Ve
         if path.is_empty() || path.starts_with('.') {
             continue;
         }
+        let size = entry.size();
+        found(path, size, &mut entry)?;
+    }
+    Ok(())
+}
+
+/// Unpacks every regular file of an extension bundle beneath `dest`, each synced and given
+/// the mtime `mtime`; returns their relative paths and sizes, in archive order.
+pub(crate) fn unpack_bundle(
+    tgz: impl Read,
+    dest: &std::path::Path,
+    mtime: std::time::SystemTime,
+) -> Result<Vec<(String, u64)>, Reason> {
+    let mut written = Vec::new();
+    for_each_bundle_file(tgz, |path, _, entry| {
         let target = dest.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(Reason::Io)?;
         }
         let mut file = std::fs::File::create(&target).map_err(Reason::Io)?;
-        std::io::copy(&mut entry, &mut file).map_err(Reason::Io)?;
-        file.sync_all().map_err(Reason::Io)?;
-        written.push(target);
-    }
+        let size = std::io::copy(entry, &mut file).map_err(Reason::Io)?;
+        file.set_modified(mtime).and_then(|()| file.sync_all()).map_err(Reason::Io)?;
+        written.push((path.to_owned(), size));
+        Ok(())
+    })?;
     Ok(written)
 }

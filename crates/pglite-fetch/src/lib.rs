@@ -6,8 +6,13 @@
 //!
 //! Layout: `pins` (generated table) and `pin` (its types), `glue` (JS file-list parser),
 //! `archive` (tarball reading), `hash` and `source` are sans-IO; `http` (network), `cache`
-//! (disk) and `fill` (trying sources in order) are the edges. This crate never runs the code
-//! it downloads and knows nothing about wasmtime or PostgreSQL.
+//! (disk), `tree` (checks of extracted trees), `fill` (trying sources in order) and `verify`
+//! (the full check on request) are the edges. This crate never runs the code it downloads and
+//! knows nothing about wasmtime or PostgreSQL.
+//!
+//! Every [`ensure`] checks, cheaply, that what the cache extracted is still whole (each file's
+//! size and mtime, see `tree.rs`) and extracts it again from the verified bundle when it is
+//! not; [`verify`] checks every byte, downloads included.
 //!
 //! Tests of other crates can share one warm cache by setting `NSELF_CACHE_DIR` to
 //! `<workspace>/target/test-cache` and calling [`fetch_or_cached`]: the first run downloads,
@@ -24,6 +29,8 @@ mod options;
 mod pin;
 mod pins;
 mod source;
+mod tree;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -41,6 +48,8 @@ pub use crate::{
         NSELF_CDN, Source, UNPKG, default_sources, expand_template, npm_registry, npm_tarball_url, parse_sources,
         registry_from_npmrc,
     },
+    tree::{Damage, Problem},
+    verify::{Verified, verify, verify_with_pins},
 };
 
 /// The PGlite release used unless `NSELF_PGLITE_VERSION` or the API says otherwise.
@@ -131,19 +140,39 @@ pub async fn ensure_with_pins(opts: &FetchOptions, release: &PinnedRelease) -> R
         tracing::info!(version = %release.version, n_missing = missing.len(), "fetching PGlite");
         fill::fill(opts, &dir, missing).await?;
     }
-    let files = {
+    let (files, damage) = {
         let (dir, release) = (dir.clone(), release.clone());
         blocking(move || {
             let files = read_file_list(&dir, &release)?;
-            if !cache::is_root_complete(&dir, &release.data, &files) {
-                cache::extract_root(&dir, &release.data, &files)?;
-            }
-            Ok(files)
+            let damage = cache::root_damage(&dir, &release.data, &files)?;
+            Ok((files, damage))
         })
         .await?
     };
+    if let Some(damage) = damage {
+        if !damage.is_empty() {
+            tracing::warn!(
+                version = %release.version,
+                damaged = %tree::summary(&damage),
+                "the extracted PGlite files are damaged; extracting them again from the verified bundle"
+            );
+        }
+        rehash_or_fill(opts, &dir, &release.data).await?;
+        let (dir, release, files) = (dir.clone(), release.clone(), files.clone());
+        blocking(move || cache::extract_root(&dir, &release.data, &files)).await?;
+        if !damage.is_empty() {
+            tracing::info!(version = %release.version, n_files = damage.len(), "repaired the extracted PGlite files");
+        }
+    }
     drop(lock);
     Ok(artifact(&dir, release, files))
+}
+
+/// Whether `artifact`'s extracted tree passes the quick check every [`ensure`] runs (each
+/// file's size and mtime); reads only. For measuring that check (`examples/check_cost.rs`).
+#[doc(hidden)]
+pub fn extracted_is_whole(artifact: &Artifact) -> bool {
+    cache::root_quick_check(&artifact.dir, &artifact.files).is_whole()
 }
 
 /// [`ensure_extensions`] against an explicit pin table entry; for tests.
@@ -165,31 +194,8 @@ pub async fn ensure_extensions_with_pins(
         .collect::<Result<Vec<FilePin>, Error>>()?;
     let version_dir = version_dir(opts, release)?;
     let dir = version_dir.join("extensions");
-    let unpack = |dir: Utf8PathBuf, pins: Vec<FilePin>| {
-        blocking(move || {
-            pins.iter()
-                .map(|pin| {
-                    Ok(Extension {
-                        name: pin.name.trim_end_matches(".tar.gz").to_owned(),
-                        archive: dir.join(&pin.name),
-                        root: cache::unpacked_extension(&dir, pin)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, Error>>()
-        })
-    };
-    let missing = {
-        let (dir, pins) = (dir.clone(), pins.clone());
-        blocking(move || missing_pins(&dir, &pins)).await?
-    };
-    if missing.is_empty() {
-        let _lock = {
-            let version_dir = version_dir.clone();
-            blocking(move || cache::lock(&version_dir)).await?
-        };
-        return unpack(dir, pins).await;
-    }
     cache::create_dir_all(&dir)?;
+    // Always under the lock: checking a tree may stamp its files or write its manifest.
     let lock = {
         let version_dir = version_dir.clone();
         blocking(move || cache::lock(&version_dir)).await?
@@ -205,9 +211,53 @@ pub async fn ensure_extensions_with_pins(
     if !missing.is_empty() {
         fill::fill(opts, &dir, missing).await?;
     }
-    let res = unpack(dir, pins).await;
+    let mut res = Vec::new();
+    for pin in pins {
+        let unpacked = {
+            let (dir, pin) = (dir.clone(), pin.clone());
+            blocking(move || cache::unpacked_extension(&dir, &pin)).await?
+        };
+        let name = pin::extension_name(&pin.name).to_owned();
+        let root = match unpacked {
+            cache::Unpacked::Whole(root) => root,
+            cache::Unpacked::No => unpack_extension(opts, &dir, &pin).await?,
+            cache::Unpacked::Damaged(damage) => {
+                tracing::warn!(
+                    extension = %name,
+                    damaged = %tree::summary(&damage),
+                    "an unpacked extension is damaged; unpacking it again from the verified bundle"
+                );
+                let root = unpack_extension(opts, &dir, &pin).await?;
+                tracing::info!(extension = %name, n_files = damage.len(), "repaired the unpacked extension");
+                root
+            }
+        };
+        res.push(Extension { name, archive: dir.join(&pin.name), root });
+    }
     drop(lock);
-    res
+    Ok(res)
+}
+
+/// Unpacks extension bundle `pin` (again), from bytes hashed just before. Call under the lock.
+async fn unpack_extension(opts: &FetchOptions, dir: &Utf8Path, pin: &FilePin) -> Result<Utf8PathBuf, Error> {
+    rehash_or_fill(opts, dir, pin).await?;
+    let (dir, pin) = (dir.to_owned(), pin.clone());
+    blocking(move || cache::unpack_extension(&dir, &pin)).await
+}
+
+/// Makes sure `<dir>/<pin.name>` hashes to its pin right now, receipt or not, fetching it
+/// again if it does not: nothing is extracted from bytes that were not just hashed. Call under
+/// the lock.
+async fn rehash_or_fill(opts: &FetchOptions, dir: &Utf8Path, pin: &FilePin) -> Result<(), Error> {
+    let problem = {
+        let (dir, pin) = (dir.to_owned(), pin.clone());
+        blocking(move || cache::hash_state(&dir, &pin)).await?
+    };
+    if let Some(problem) = problem {
+        tracing::warn!(file = %dir.join(&pin.name), %problem, "a cached file no longer matches its pin; fetching it again");
+        fill::fill(opts, dir, vec![pin.clone()]).await?;
+    }
+    Ok(())
 }
 
 fn version_dir(opts: &FetchOptions, release: &PinnedRelease) -> Result<Utf8PathBuf, Error> {
@@ -221,13 +271,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
     tokio::task::spawn_blocking(f).await.expect("cache task panicked")
 }
 
-/// The file list when every core file verifies and `root/` is complete; no writes needed.
+/// The file list when every core file verifies and `root/` is complete and whole (every file
+/// of the size and mtime it was extracted with, or compared equal to the bundle); no lock and
+/// no writes needed, so a read-only cache stays usable.
 fn warm_files(dir: &Utf8Path, release: &PinnedRelease) -> Result<Option<Vec<PackageFile>>, Error> {
     if !dir.is_dir() || !missing_pins(dir, release.core_files())?.is_empty() {
         return Ok(None);
     }
     let files = read_file_list(dir, release)?;
-    Ok(cache::is_root_complete(dir, &release.data, &files).then_some(files))
+    let whole = cache::root_damage(dir, &release.data, &files)?.is_none();
+    Ok(whole.then_some(files))
 }
 
 fn missing_pins<'a>(dir: &Utf8Path, pins: impl IntoIterator<Item = &'a FilePin>) -> Result<Vec<FilePin>, Error> {

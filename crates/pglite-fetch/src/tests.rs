@@ -1,4 +1,5 @@
-//! Unit tests for the sans-IO parts: glue parser, pins, archive paths, sources, URL policy.
+//! Unit tests for the sans-IO parts: glue parser, pins, archive paths, sources, URL policy,
+//! manifests and damage reports.
 
 use std::time::Duration;
 
@@ -290,10 +291,38 @@ mod policy {
     }
 }
 
+mod tree {
+    use crate::tree::{parse_manifest, render_manifest, summary};
+    use crate::{Damage, Problem};
+
+    const DIGEST: &str = "445e02e5b497bbd9579ebdac87e580c1d2bbdc7adf0687fb71d391eb52c04700";
+
+    #[test]
+    fn manifests_round_trip_and_belong_to_one_bundle() {
+        let entries = vec![("lib/postgresql/a b.so".to_owned(), 7), ("share/x.control".to_owned(), 0)];
+        let text = render_manifest(DIGEST, &entries);
+        assert_eq!(parse_manifest(&text, DIGEST), Some(entries));
+        assert_eq!(parse_manifest(&text, &DIGEST.replace('4', "5")), None, "another bundle's");
+        assert_eq!(parse_manifest("v1 x\n", DIGEST), None);
+        assert_eq!(parse_manifest(&format!("v1 {DIGEST}\nseven lib/x.so\n"), DIGEST), None);
+    }
+
+    #[test]
+    fn a_summary_names_a_few_files_and_counts_the_rest() {
+        let damage = |n: usize| Damage { path: format!("/c/root/{n}").into(), problem: Problem::Missing };
+        assert_eq!(summary(&[damage(1)]), "/c/root/1: missing");
+        let many: Vec<Damage> = (0..8).map(damage).collect();
+        assert!(summary(&many).ends_with("/c/root/4: missing; and 3 more"), "{}", summary(&many));
+        let size = Damage { path: "/c/x".into(), problem: Problem::Size { expected: 9, actual: 4 } };
+        assert_eq!(size.to_string(), "/c/x: 4 bytes, expected 9");
+    }
+}
+
 #[test]
 fn fetch_futures_can_run_on_any_runtime_thread() {
     fn assert_send<T: Send>(_: &T) {}
     let opts = crate::FetchOptions::new("0.2.17");
     assert_send(&crate::ensure(&opts));
     assert_send(&crate::ensure_extensions(&opts, &["hstore"]));
+    assert_send(&crate::verify(&opts));
 }

@@ -1,7 +1,9 @@
 //! One cluster on disk and the instance serving it: the data-directory lock, new clusters (from
 //! the template or initdb), the database it serves and the roles that may log in, boot, restart
 //! from disk after a crash, and a clean stop. Runs on whichever thread holds the handle's lock
-//! (`pglite.rs`); knows nothing of threads.
+//! (`pglite.rs`); knows nothing of threads. A new cluster that fails to come up is removed
+//! again, so the next start makes it afresh. Also the full check of the host's caches on
+//! request ([`verify_cache`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::instance::{Dirs, ExecError, Instance, initdb_bits};
 use crate::profile::Profile;
 use crate::sql::{self, Reply};
+use crate::template::{CacheDamage, CacheProblem};
 use crate::{Artifact, BootInfo, BootKind, Config, Error, engine, template};
 
 /// File inside the data directory that the running host holds an OS lock on. PostgreSQL's own
@@ -55,27 +58,11 @@ impl Cluster {
         let module = engine::load_main_module(engine::engine(), &artifact, config.module_cache_dir.as_deref())?;
         let module_load = started.elapsed();
 
-        let kind = if config.data_dir.join("PG_VERSION").exists() {
-            BootKind::Resumed
-        } else {
-            template::clear_except(&config.data_dir, LOCK_FILE)?;
-            let make = |dir: &Path| make_cluster(&module, profile, &artifact, &config, dir);
-            let kind = match &config.template_dir {
-                Some(template_dir) => {
-                    let built_here = !template_dir.exists();
-                    template::ensure(template_dir, make)?;
-                    template::copy_into(template_dir, &config.data_dir)?;
-                    if built_here { BootKind::Initdb } else { BootKind::FromTemplate }
-                }
-                None => {
-                    make(&config.data_dir)?;
-                    BootKind::Initdb
-                }
-            };
-            // Here rather than in the template, so templates cached by earlier versions give
-            // new clusters these settings too.
-            template::append_settings(&config.data_dir, profile.new_cluster_settings)?;
-            kind
+        let fresh = !config.data_dir.join("PG_VERSION").exists();
+        let made = if fresh { make_data_dir(&module, profile, &artifact, &config) } else { Ok(BootKind::Resumed) };
+        let kind = match made {
+            Ok(kind) => kind,
+            Err(err) => return Err(discard_new_cluster(&config.data_dir, err)),
         };
         let scratch = tempfile::Builder::new().prefix("pglite-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
         let version = artifact.version.clone();
@@ -89,10 +76,22 @@ impl Cluster {
             _lock: lock,
             info: BootInfo { kind, module_load, total: Duration::ZERO, version, database: String::new() },
         };
-        cluster.info.database = cluster.set_up_database(kind != BootKind::Resumed)?;
-        cluster.boot()?;
-        cluster.ensure_superusers()?;
-        Ok(cluster)
+        match cluster.start(fresh) {
+            Ok(()) => Ok(cluster),
+            Err(err) if fresh => {
+                // Close the instance's files first; the lock is held until `cluster` drops.
+                cluster.instance = None;
+                Err(discard_new_cluster(&cluster.config.data_dir, err))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Sets up the database and roles and boots the instance that serves them.
+    fn start(&mut self, fresh: bool) -> Result<(), Error> {
+        self.info.database = self.set_up_database(fresh)?;
+        self.boot()?;
+        self.ensure_superusers()
     }
 
     fn dirs(&self) -> Dirs<'_> {
@@ -269,6 +268,47 @@ impl Setup {
     }
 }
 
+/// Makes a new cluster in the (empty but for its lock) data directory: a copy of the template,
+/// checked and if need be built again first, or initdb when there is no template.
+fn make_data_dir(
+    module: &wasmtime::Module,
+    profile: &'static Profile,
+    artifact: &Artifact,
+    config: &Config,
+) -> Result<BootKind, Error> {
+    template::clear_except(&config.data_dir, LOCK_FILE)?;
+    let module_cache = config.module_cache_dir.as_deref();
+    let make = |dir: &Path| make_cluster(module, profile, artifact, module_cache, dir);
+    let kind = match &config.template_dir {
+        Some(template_dir) => {
+            let ensured = template::ensure(template_dir, template::Check::Quick, make)?;
+            template::copy_into(template_dir, &config.data_dir)?;
+            if ensured.built { BootKind::Initdb } else { BootKind::FromTemplate }
+        }
+        None => {
+            make(&config.data_dir)?;
+            BootKind::Initdb
+        }
+    };
+    // Here rather than in the template, so templates cached by earlier versions give new
+    // clusters these settings too.
+    template::append_settings(&config.data_dir, profile.new_cluster_settings)?;
+    Ok(kind)
+}
+
+/// After a new cluster failed to come up: empties its data directory (it holds nothing yet,
+/// and a half-made cluster with a `PG_VERSION` would be resumed, and fail, at every later
+/// start), so that the next start makes it again, from a repaired cache if that was the
+/// cause. Returns `err`.
+fn discard_new_cluster(data_dir: &Path, err: Error) -> Error {
+    // `PG_VERSION` first: should the clearing be cut short, what is left is not a cluster.
+    let _ = fs::remove_file(data_dir.join("PG_VERSION"));
+    if let Err(clear_err) = template::clear_except(data_dir, LOCK_FILE) {
+        tracing::warn!(%clear_err, "could not empty the data directory of a cluster that failed to start");
+    }
+    err
+}
+
 /// Writes `bytes` to `path` through a temporary file renamed into place, synced.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp: PathBuf = path.with_extension("tmp");
@@ -285,7 +325,7 @@ fn make_cluster(
     module: &wasmtime::Module,
     profile: &'static Profile,
     artifact: &Artifact,
-    config: &Config,
+    module_cache: Option<&Path>,
     dir: &Path,
 ) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
@@ -296,7 +336,7 @@ fn make_cluster(
         data: dir,
         package: &artifact.package_root,
         scratch: scratch.path(),
-        module_cache: config.module_cache_dir.clone(),
+        module_cache: module_cache.map(Path::to_path_buf),
         // The template is a pristine cluster, whatever extensions this instance is given.
         extensions: &[],
     };
@@ -347,4 +387,92 @@ pub fn cluster_major(dir: &Path) -> Result<Option<String>, Error> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(Error::Io { path, source: err }),
     }
+}
+
+/// The full check of what the host caches for `artifact`, for `nself-embedded fetch --verify`:
+/// every compiled module in `module_cache_dir` is hashed against its receipt (a damaged one is
+/// removed, and the artifact's main module compiled again at once; side modules are compiled
+/// again when next loaded), and every file of the template in `template_dir`, if there is one,
+/// against its manifest (built again when anything differs). Returns what was damaged, all of it
+/// repaired.
+pub fn verify_cache(
+    artifact: &Artifact,
+    template_dir: &Path,
+    module_cache_dir: Option<&Path>,
+) -> Result<Vec<CacheDamage>, Error> {
+    let profile = crate::profile::for_version(&artifact.version)
+        .ok_or_else(|| Error::UnsupportedVersion { version: artifact.version.clone() })?;
+    let mut damage = match module_cache_dir {
+        Some(dir) => verify_modules(dir)?,
+        None => Vec::new(),
+    };
+    // The main module's compiled form is named after the first half of the wasm's SHA-256.
+    let main_prefix = artifact.wasm_sha256.get(..32).unwrap_or_default().to_ascii_lowercase();
+    let main_damaged = damage.iter().any(|damage| {
+        let name = damage.path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        !main_prefix.is_empty() && name.starts_with(&main_prefix)
+    });
+    if main_damaged {
+        engine::load_main_module(engine::engine(), artifact, module_cache_dir)?;
+    }
+    if template_dir.exists() {
+        let make = |dir: &Path| {
+            let module = engine::load_main_module(engine::engine(), artifact, module_cache_dir)?;
+            make_cluster(&module, profile, artifact, module_cache_dir, dir)
+        };
+        damage.extend(template::ensure(template_dir, template::Check::Full, make)?.damage);
+    }
+    Ok(damage)
+}
+
+/// Hashes every compiled module in `dir` against the SHA-256 its receipt (written by
+/// `engine.rs` as `<size> <mtime> <sha256>`) records, each under that module's compile lock;
+/// removes those that differ, or have no readable receipt, so they are compiled again.
+fn verify_modules(dir: &Path) -> Result<Vec<CacheDamage>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(Error::Io { path: dir.to_path_buf(), source: err }),
+    };
+    let mut paths: Vec<PathBuf> =
+        entries.map(|entry| entry.map(|entry| entry.path()).map_err(io_err(dir))).collect::<Result<_, _>>()?;
+    paths.retain(|path| path.extension().is_some_and(|ext| ext == "cwasm"));
+    paths.sort();
+    let mut res = Vec::new();
+    for path in paths {
+        let lock_path = path.with_extension("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .and_then(|file| file.lock().map(|()| file))
+            .map_err(io_err(&lock_path))?;
+        let receipt_path = path.with_extension("cwasm.receipt");
+        let recorded = fs::read_to_string(&receipt_path)
+            .ok()
+            .and_then(|receipt| receipt.split_whitespace().nth(2).map(str::to_owned));
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            // Removed since it was listed: nothing to check.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(Error::Io { path, source: err }),
+        };
+        let (actual, _) = template::sha256_file(&file).map_err(io_err(&path))?;
+        drop(file);
+        if recorded.as_deref() != Some(actual.as_str()) {
+            let problem = if recorded.is_some() { CacheProblem::Content } else { CacheProblem::Missing };
+            let damaged = if recorded.is_some() { path.clone() } else { receipt_path.clone() };
+            tracing::warn!(path = %damaged.display(), %problem, "compiled module damaged; removing it to compile it again");
+            for stale in [&path, &receipt_path] {
+                match fs::remove_file(stale) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io_err(stale)(err)),
+                    _ => {}
+                }
+            }
+            res.push(CacheDamage { path: damaged, problem });
+        }
+        drop(lock);
+    }
+    Ok(res)
 }

@@ -29,10 +29,11 @@ mod vfs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use cluster::cluster_major;
+pub use cluster::{cluster_major, verify_cache};
 pub use error::Error;
 pub use hooks::SessionEvents;
 pub use pglite::{BootInfo, BootKind, Pglite};
+pub use template::{CacheDamage, CacheProblem};
 
 /// The PostgreSQL major version PGlite `version` runs, if this host supports that release.
 pub fn pg_major(version: &str) -> Option<u32> {

@@ -1,5 +1,6 @@
 //! The `nself-embedded` command line: `start` (fetch, boot, serve until SIGINT or SIGTERM,
-//! stop cleanly) and `fetch` (fill the cache, print its path).
+//! stop cleanly) and `fetch` (fill the cache, print its path; with `--verify`, check every
+//! byte of it and repair what is damaged).
 //!
 //! Standard output carries only what a script may want (connection lines, the final
 //! `ready:` line, the cache path); logs and progress go to standard error. Failures end with a
@@ -7,6 +8,7 @@
 
 mod progress;
 mod start;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,12 +21,14 @@ use crate::{Artifact, DEFAULT_BUSY_POLL_US, DEFAULT_PGLITE_VERSION, Error};
 
 /// Exit codes besides 0 (success) and 2 (usage, from clap).
 pub(crate) mod exit {
-    /// Anything not listed below.
+    /// Anything not listed below; for `fetch --verify`, damage that could not be repaired.
     pub(crate) const FAILURE: u8 = 1;
     /// The runtime directory, its socket or the TCP address is already in use.
     pub(crate) const IN_USE: u8 = 3;
     /// The PGlite artifact could not be had: version not pinned, or no source reachable.
     pub(crate) const NO_ARTIFACT: u8 = 4;
+    /// `fetch --verify` found damage in the cache and repaired all of it.
+    pub(crate) const REPAIRED: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -33,7 +37,8 @@ pub(crate) mod exit {
     version,
     about = "PostgreSQL (PGlite in wasmtime) for ordinary PostgreSQL clients on a Unix socket",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage, 3 already in use (data directory, socket \
-                  or TCP address), 4 PGlite artifact unavailable.\n\
+                  or TCP address), 4 PGlite artifact unavailable, 5 (fetch --verify) damage found in the \
+                  cache and repaired; fetch --verify exits 1 when damage could not be repaired.\n\
                   Environment: RUST_LOG (log filter, default info), NSELF_CACHE_DIR (cache root), \
                   NSELF_PGLITE_SOURCES (download sources)."
 )]
@@ -47,7 +52,22 @@ enum Command {
     /// Fetch PGlite if needed, boot it and serve clients until SIGINT or SIGTERM.
     Start(StartArgs),
     /// Make sure PGlite is in the cache, verified, and print the cache directory.
-    Fetch(FetchArgs),
+    Fetch(FetchCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct FetchCommand {
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Check every byte of the cache, whatever sizes and dates say (bit rot keeps both):
+    /// downloads against their pinned SHA-256s, extracted files and extension bundles against
+    /// the verified archives, the template cluster and the compiled modules against the
+    /// hashes recorded when they were made. Damaged files are repaired (fetched, extracted,
+    /// built or compiled again). Without --pglite-version, every release in the cache is
+    /// checked. Exit code 0: all whole; 5: damage found and repaired; 1: damage that could
+    /// not be repaired.
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -148,17 +168,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
+    let verifying = matches!(&cli.command, Command::Fetch(FetchCommand { verify: true, .. }));
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Start(args) => start::run(args).await,
-            Command::Fetch(args) => fetch_command(args).await,
+            Command::Start(args) => start::run(args).await.map(|()| 0),
+            Command::Fetch(FetchCommand { fetch, verify: true }) => verify::run(&fetch).await,
+            Command::Fetch(FetchCommand { fetch, verify: false }) => fetch_command(fetch).await.map(|()| 0),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("nself-embedded: {err:#}");
-            ExitCode::from(exit_code(&err))
+            ExitCode::from(if verifying { verify::exit_code(&err) } else { exit_code(&err) })
         }
     }
 }
@@ -181,13 +203,19 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<()> {
 
 /// The verified artifact, downloading what is missing with progress on standard error.
 async fn fetch(version: &str) -> anyhow::Result<Artifact> {
+    let (opts, reporter) = fetch_options(version)?;
+    let result = pglite_fetch::ensure(&opts).await;
+    reporter.finish();
+    Ok(result.map_err(Error::Fetch)?)
+}
+
+/// Options for `version` from the environment, reporting progress on standard error.
+fn fetch_options(version: &str) -> anyhow::Result<(pglite_fetch::FetchOptions, progress::Reporter)> {
     let mut opts = pglite_fetch::FetchOptions::from_env().map_err(Error::Fetch)?;
     opts.version = version.to_owned();
     let reporter = progress::Reporter::new();
     opts.progress = Some(reporter.callback());
-    let result = pglite_fetch::ensure(&opts).await;
-    reporter.finish();
-    Ok(result.map_err(Error::Fetch)?)
+    Ok((opts, reporter))
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {

@@ -40,11 +40,14 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     bridge_config.socket_mode = args.socket_mode;
     bridge_config.socket_group = args.socket_group;
 
+    // A new cluster comes from the cache (the template, or initdb from the extracted files), so
+    // its failing to boot may be the cache's fault.
+    let fresh = !runtime.data_dir().join("PG_VERSION").exists();
     // Hooked before the boot: a signal during start-up stops the server as soon as it is up.
     let mut signals = Signals::new()?;
     tokio::select! {
         started = runtime.start(startup_timeout(&args)) => {
-            started.map_err(|err| explain(err, &runtime_dir, &args))?;
+            started.map_err(|err| explain(err, &runtime_dir, &args, fresh))?;
         }
         name = signals.recv() => {
             tracing::info!(signal = name, "interrupted during start-up");
@@ -73,7 +76,32 @@ pub(super) fn in_use(err: &Error) -> bool {
     }
 }
 
-fn explain(err: Error, runtime_dir: &Path, args: &StartArgs) -> anyhow::Error {
+/// Whether a failed start may come from a damaged cache: a new cluster (copied from the
+/// template, or made by initdb from the extracted files) that does not boot, or PostgreSQL
+/// missing a file of its installation (a library, a time zone) at any start.
+fn may_be_the_cache(err: &Error, fresh: bool) -> bool {
+    let Error::Host(err) = err else {
+        return false;
+    };
+    let text = err.to_string();
+    let missing_file = ["could not access file", "could not load library", "could not open file"]
+        .iter()
+        .any(|symptom| text.contains(symptom));
+    let boot_failed = matches!(
+        err,
+        pglite_host::Error::Trap { .. }
+            | pglite_host::Error::InitdbFailed { .. }
+            | pglite_host::Error::GuestExit { .. }
+            | pglite_host::Error::Sql { .. }
+            | pglite_host::Error::Instantiate { .. }
+    );
+    missing_file || (fresh && boot_failed)
+}
+
+/// How to run the full check of the cache, for error messages.
+const VERIFY_HINT: &str = "the cache may be damaged: run `nself-embedded fetch --verify`";
+
+fn explain(err: Error, runtime_dir: &Path, args: &StartArgs, fresh: bool) -> anyhow::Error {
     let hint = match &err {
         Error::Bridge(pg_bridge::Error::Io(io)) if io.kind() == std::io::ErrorKind::AddrInUse => {
             let addr = args.tcp.map(|addr| addr.to_string()).unwrap_or_default();
@@ -81,6 +109,9 @@ fn explain(err: Error, runtime_dir: &Path, args: &StartArgs) -> anyhow::Error {
         }
         err if in_use(err) => {
             format!("cannot start on {}: is nself-embedded already running on it?", runtime_dir.display())
+        }
+        err if may_be_the_cache(err, fresh) => {
+            format!("starting PostgreSQL in {} failed ({VERIFY_HINT})", runtime_dir.display())
         }
         _ => format!("starting PostgreSQL in {}", runtime_dir.display()),
     };

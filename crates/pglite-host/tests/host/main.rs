@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cache;
 mod crash;
 mod extensions;
 mod full_disk;
