@@ -6,6 +6,8 @@
 //! anything: filtering, renaming and leasing are the bridge's job.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::{Bytes, BytesMut};
 
@@ -86,6 +88,18 @@ pub trait Backend: Send + Sync + 'static {
     /// bridge hides the copy frames from clients.
     fn exchange(&self, frames: Bytes) -> impl Future<Output = Result<BytesMut, Error>> + Send;
 
+    /// [`exchange`](Self::exchange) for a client's own messages: raising `cancel` while it runs
+    /// (then calling [`cancel`](Self::cancel)) cancels the statement running, or the next to
+    /// start, as PostgreSQL's cancel request does. The default ignores the flag.
+    fn exchange_cancellable(
+        &self,
+        frames: Bytes,
+        cancel: Arc<AtomicBool>,
+    ) -> impl Future<Output = Result<BytesMut, Error>> + Send {
+        let _ = cancel;
+        self.exchange(frames)
+    }
+
     /// The `ParameterStatus` values the backend reported at its own startup (`server_version`,
     /// `server_encoding`, `DateStyle`, ...), in the order reported.
     fn parameter_status(&self) -> Vec<(String, String)>;
@@ -134,8 +148,10 @@ pub trait Backend: Send + Sync + 'static {
         self.parameter_status().into_iter().map(|(name, _)| name).collect()
     }
 
-    /// Asks the backend to cancel whatever `exchange` is running now. Returns whether the
-    /// backend supports cancellation at all; the default supports none.
+    /// Asks the backend to cancel the client's statement: the client's cancel flag (see
+    /// [`exchange_cancellable`](Self::exchange_cancellable)) was just raised, or, for a
+    /// backend that ignores the flag, whatever `exchange` runs now. Returns whether the backend
+    /// supports cancellation at all; the default supports none.
     fn cancel(&self) -> impl Future<Output = bool> + Send {
         async { false }
     }

@@ -32,6 +32,7 @@
 //! - Malformed input ends that one connection with `08P01`; it never panics and never
 //!   allocates the size a frame advertises.
 
+mod acceptor;
 mod backend;
 mod classify;
 mod config;

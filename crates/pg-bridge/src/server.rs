@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, socket_dir_mode};
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::socket::Socket;
+use crate::acceptor::Acceptor;
 use crate::{Backend, Error, scram, startup};
 
 /// The sockets `serve` accepts on.
@@ -179,31 +179,15 @@ async fn run<B: Backend>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let unix_path = listeners.unix.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let (greeted_tx, mut greeted) = mpsc::unbounded_channel();
+    let acceptor = Acceptor::spawn(listeners, shared.clone(), greeted_tx, stop_rx.clone())?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listeners.unix.accept() => match accepted {
-                Ok((stream, _)) => match Socket::unix(stream) {
-                    Ok(stream) => {
-                        tasks.spawn(startup::run(shared.clone(), stream, false, stop_rx.clone()));
-                    }
-                    Err(error) => tracing::warn!(%error, "registering a unix connection"),
-                },
-                Err(error) => tracing::warn!(%error, "accepting on the unix socket"),
-            },
-            accepted = accept_tcp(&listeners.tcp) => match accepted {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    match Socket::tcp(stream) {
-                        Ok(stream) => {
-                            tasks.spawn(startup::run(shared.clone(), stream, true, stop_rx.clone()));
-                        }
-                        Err(error) => tracing::warn!(%error, "registering a tcp connection"),
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "accepting on the tcp socket"),
-            },
+            Some(client) = greeted.recv() => {
+                tasks.spawn(startup::run(shared.clone(), client, stop_rx.clone()));
+            }
             Some(done) = tasks.join_next() => {
                 if let Err(error) = done {
                     tracing::error!(%error, "a connection task failed");
@@ -211,22 +195,15 @@ async fn run<B: Backend>(
             }
         }
     }
-    drop(listeners);
+    let _ = stop_tx.send(true);
+    acceptor.stopped().await;
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }
-    let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         if let Err(error) = done {
             tracing::error!(%error, "a connection task failed");
         }
     }
     Ok(())
-}
-
-async fn accept_tcp(listener: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
-    match listener {
-        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
-        None => std::future::pending().await,
-    }
 }

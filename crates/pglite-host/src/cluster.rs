@@ -3,6 +3,8 @@
 //! from disk after a crash, and a clean stop. Runs on whichever thread holds the handle's lock
 //! (`pglite.rs`); knows nothing of threads.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -102,6 +104,8 @@ impl Cluster {
             scratch: self.scratch.path(),
             module_cache: self.config.module_cache_dir.clone(),
             extensions: &self.config.extensions,
+            wasm: &self.artifact.wasm,
+            wasm_sha256: &self.artifact.wasm_sha256,
         }
     }
 
@@ -201,9 +205,9 @@ impl Cluster {
         Ok(())
     }
 
-    pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, Error> {
+    pub(crate) fn exec(&mut self, request: &[u8], cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, Error> {
         let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
-        let result = instance.exec(request);
+        let result = instance.exec(request, cancel);
         self.settle(result)
     }
 
@@ -299,6 +303,8 @@ fn make_cluster(
         module_cache: config.module_cache_dir.clone(),
         // The template is a pristine cluster, whatever extensions this instance is given.
         extensions: &[],
+        wasm: &artifact.wasm,
+        wasm_sha256: &artifact.wasm_sha256,
     };
     let (instance, rc) = Instance::boot(module, profile, &dirs, INITDB_DATABASE, false)?;
     if rc & initdb_bits::HAS_DB != 0 {

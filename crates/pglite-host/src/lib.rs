@@ -19,6 +19,7 @@ mod error;
 mod hooks;
 mod imports;
 mod instance;
+mod interrupts;
 mod mem;
 mod pglite;
 mod profile;

@@ -78,10 +78,10 @@ fn on_stack<R>(stack: &mut DefaultStack, f: impl FnOnce() -> R) -> R {
 }
 
 impl Core {
-    fn exec(&mut self, request: &[u8], alive: &AtomicBool) -> Result<Vec<u8>, Error> {
+    fn exec(&mut self, request: &[u8], cancel: Option<Arc<AtomicBool>>, alive: &AtomicBool) -> Result<Vec<u8>, Error> {
         let Core { cluster, stack } = self;
         let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
-        let result = on_stack(stack, || cluster.exec(request));
+        let result = on_stack(stack, || cluster.exec(request, cancel));
         if cluster.instance.is_none() {
             alive.store(false, Ordering::SeqCst);
         }
@@ -123,8 +123,8 @@ impl Shared {
         guard
     }
 
-    fn exec(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
-        self.lock().exec(request, &self.alive)
+    fn exec(&self, request: &[u8], cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, Error> {
+        self.lock().exec(request, cancel, &self.alive)
     }
 
     fn stop(&self) -> Result<(), Error> {
@@ -243,31 +243,42 @@ impl Pglite {
 
     /// One exchange on the calling thread, waiting for any exchange in progress first.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.shared.exec(&request)
+        self.shared.exec(&request, None)
     }
 
     /// One exchange for async callers. When the instance is free it runs right here (an
     /// exchange is usually tens of microseconds, and there is only one instance to run it on);
     /// when another caller holds it, this waits on tokio's blocking pool instead of blocking
     /// the runtime.
-    pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
+    ///
+    /// While it runs, raising `cancel` and then calling [`interrupt`](Self::interrupt) cancels
+    /// the statement running at that moment, or the next one to start in this exchange, with
+    /// PostgreSQL's `57014`; a flag still raised when the exchange ends is left as it is.
+    pub async fn exec_protocol_async(&self, request: Vec<u8>, cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, Error> {
         let shared = &self.shared;
         // The guard must not live across the await below (it is not Send).
-        let inline = match shared.core.try_lock() {
-            Ok(mut core) => Some(core.exec(&request, &shared.alive)),
+        let (inline, cancel) = match shared.core.try_lock() {
+            Ok(mut core) => (Some(core.exec(&request, cancel, &shared.alive)), None),
             Err(TryLockError::Poisoned(poisoned)) => {
-                Some(shared.recover(poisoned.into_inner()).exec(&request, &shared.alive))
+                (Some(shared.recover(poisoned.into_inner()).exec(&request, cancel, &shared.alive)), None)
             }
-            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::WouldBlock) => (None, cancel),
         };
         match inline {
             Some(result) => result,
             None => {
                 let shared = shared.clone();
-                off_runtime(move || shared.exec(&request)).await
+                off_runtime(move || shared.exec(&request, cancel)).await
             }
         }
     }
+
+    /// Makes a running exchange look at its cancel flag now (see
+    /// [`exec_protocol_async`](Self::exec_protocol_async)). Cheap; harmless when nothing runs.
+    pub fn interrupt(&self) {
+        crate::engine::interrupt_now();
+    }
+
 
     /// Makes `settings` the session's connection defaults, as PostgreSQL does with the
     /// options of a client's startup packet and its login role (`session_authorization`):

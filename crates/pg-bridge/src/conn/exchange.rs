@@ -79,6 +79,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        // From here a cancel request is for this batch, queued or running.
+        let _running = self.client.run.start();
         self.acquire().await?;
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
         batch.plan.renamed = self.client.name_prefix();
@@ -98,10 +100,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             frames.extend_from_slice(&batch.prefix);
             frames.extend_from_slice(&batch.frames);
         }
-        self.client.running.store(true, Ordering::SeqCst);
-        let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze());
+        let cancel = self.client.run.cancel.clone();
+        let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze(), cancel);
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
-        self.client.running.store(false, Ordering::SeqCst);
+        drop(_running);
         let filtered = filter::filter(output?, &batch.plan)?;
         session.note_reported(&filtered.parameters);
         match batch.unnamed {

@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -24,7 +23,7 @@ use crate::protocol::backend::{Severity, TxStatus, error_frame};
 use crate::protocol::frame::{self, Frame};
 use crate::protocol::frontend::{self as message, FrontendMessage, Part};
 use crate::session::{ClientState, Session};
-use crate::shared::Shared;
+use crate::shared::{RunState, Shared};
 use crate::{Backend, Error};
 
 mod batch;
@@ -44,7 +43,7 @@ const BATCH_SOFT_LIMIT: usize = 1 << 20;
 pub(crate) struct Client {
     pub(crate) pid: i32,
     state: ClientState,
-    running: Arc<AtomicBool>,
+    run: Arc<RunState>,
     _permit: OwnedSemaphorePermit,
     /// Bytes read but not yet framed (startup may have read ahead).
     buf: BytesMut,
@@ -64,7 +63,7 @@ impl Client {
     pub(crate) fn new(
         state: ClientState,
         pid: i32,
-        running: Arc<AtomicBool>,
+        run: Arc<RunState>,
         permit: OwnedSemaphorePermit,
         buf: BytesMut,
         standard_strings: bool,
@@ -72,7 +71,7 @@ impl Client {
         Client {
             pid,
             state,
-            running,
+            run,
             _permit: permit,
             buf,
             standard_strings,

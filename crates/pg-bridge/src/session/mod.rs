@@ -172,8 +172,9 @@ impl Session {
         backend: &B,
         client: &mut ClientState,
         frames: Bytes,
+        cancel: Arc<AtomicBool>,
     ) -> Result<BytesMut, Error> {
-        match backend.exchange(frames).await {
+        match backend.exchange_cancellable(frames, cancel).await {
             Ok(out) => {
                 let events = backend.session_events().unwrap_or_else(SessionEvents::anything);
                 client.events.merge(&events);

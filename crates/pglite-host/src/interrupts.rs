@@ -1,0 +1,516 @@
+//! Interrupting a running query the way PostgreSQL does, and the stack-depth guard.
+//!
+//! PostgreSQL cancels a query by setting `QueryCancelPending` and `InterruptPending` from a
+//! signal handler; the running code notices at its next `CHECK_FOR_INTERRUPTS()` and raises
+//! `57014` there, at a point where an error is safe. Here the guest runs on the caller's
+//! thread, so the "signal" arrives through wasmtime's epoch interruption: whoever wants the
+//! running statement cancelled raises the exchange's cancel flag and bumps the engine's epoch,
+//! and the store's epoch callback, running on the guest's thread between two wasm
+//! instructions, sets the two flags in guest memory. Nothing else in the guest is touched.
+//!
+//! PGlite compiles PostgreSQL's timers out (`insert_timeout` returns at once under
+//! Emscripten), so `statement_timeout` is kept here: the executor and utility hooks mark where
+//! a top-level statement starts and ends, the deadline is the setting's value after the start,
+//! and a due deadline is delivered like a cancel; the error PostgreSQL raises then says "user
+//! request", and the reply gets PostgreSQL's own statement-timeout text instead.
+//!
+//! PGlite never sets `stack_base_ptr`, so `check_stack_depth()` never fires and deep
+//! recursion ran until the wasm stack trapped (or the C stack ran over static data). The host
+//! sets it to the top of the C stack it gave the guest and keeps `max_stack_depth` within
+//! that stack, so recursion ends in PostgreSQL's own `54001`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::{AsContextMut, Store, StoreContextMut, TypedFunc};
+
+use crate::imports::Ctx;
+
+/// `QueryCancelPending` follows `InterruptPending` in PostgreSQL's `globals.c` (16–19); boot
+/// checks that a cancel set there really cancels before relying on it.
+const QUERY_CANCEL_PENDING_OFFSET: u32 = 4;
+
+/// PostgreSQL's margin between `max_stack_depth` and the real stack (`STACK_DEPTH_SLOP`).
+const STACK_DEPTH_SLOP: u32 = 512 * 1024;
+
+/// Why a statement was interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    User,
+    StatementTimeout,
+}
+
+const USER_REQUEST: &str = "canceling statement due to user request";
+const STATEMENT_TIMEOUT: &str = "canceling statement due to statement timeout";
+
+/// `errcode(ERRCODE_QUERY_CANCELED)`'s argument: `57014` as PostgreSQL packs a SQLSTATE.
+const QUERY_CANCELED: i32 = 5 | (7 << 6) | (1 << 18) | (4 << 24);
+
+/// Where PostgreSQL keeps variables the host needs and the module does not export, as offsets
+/// from the memory base, read from the code of exported functions that use them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// `stack_base_ptr` and `max_stack_depth_bytes`: the first two words `check_stack_depth`
+    /// loads.
+    pub(crate) stack: Option<(u32, u32)>,
+    /// `DoingCommandRead`: the flag `ProcessInterrupts` tests right before it raises
+    /// "canceling statement due to user request" (its last `57014`).
+    pub(crate) doing_command_read: Option<u32>,
+}
+
+/// A value on the operand stack, as far as [`Facts::from_wasm`] follows it.
+#[derive(Clone, Copy, PartialEq)]
+enum Value {
+    MemoryBase,
+    Const(u32),
+    /// `__memory_base` plus a constant: a variable's address.
+    Address(u32),
+    Other,
+}
+
+/// What one function's straight-line code loads from variables at `__memory_base` plus a
+/// constant: each load's offset and width, and the last one-byte load before each
+/// `errcode(57014)`.
+#[derive(Default)]
+struct Loads {
+    words: Vec<u32>,
+    flag_before_cancel: Option<u32>,
+}
+
+fn loads(body: &wasmparser::FunctionBody<'_>, memory_base: u32) -> Option<Loads> {
+    use wasmparser::Operator;
+    let mut stack: Vec<Value> = Vec::new();
+    let mut locals: std::collections::HashMap<u32, Value> = Default::default();
+    let mut res = Loads::default();
+    let mut last_flag = None;
+    for op in body.get_operators_reader().ok()? {
+        match op.ok()? {
+            Operator::GlobalGet { global_index } => {
+                stack.push(if global_index == memory_base { Value::MemoryBase } else { Value::Other })
+            }
+            Operator::I32Const { value } => {
+                if value == QUERY_CANCELED {
+                    res.flag_before_cancel = last_flag;
+                }
+                stack.push(Value::Const(value as u32))
+            }
+            Operator::LocalGet { local_index } => stack.push(locals.get(&local_index).copied().unwrap_or(Value::Other)),
+            Operator::LocalTee { local_index } => {
+                locals.insert(local_index, stack.last().copied().unwrap_or(Value::Other));
+            }
+            Operator::LocalSet { local_index } => {
+                locals.insert(local_index, stack.pop().unwrap_or(Value::Other));
+            }
+            Operator::I32Add => {
+                let (b, a) = (stack.pop().unwrap_or(Value::Other), stack.pop().unwrap_or(Value::Other));
+                stack.push(match (a, b) {
+                    (Value::MemoryBase, Value::Const(c)) | (Value::Const(c), Value::MemoryBase) => Value::Address(c),
+                    _ => Value::Other,
+                });
+            }
+            Operator::I32Load { memarg } => {
+                if let Some(Value::Address(c)) = stack.pop() {
+                    res.words.push(c.wrapping_add(memarg.offset as u32));
+                }
+                stack.push(Value::Other);
+            }
+            Operator::I32Load8U { memarg } => {
+                if let Some(Value::Address(c)) = stack.pop() {
+                    last_flag = Some(c.wrapping_add(memarg.offset as u32));
+                }
+                stack.push(Value::Other);
+            }
+            // Anything else: forget what the operand stack held.
+            _ => stack.clear(),
+        }
+    }
+    Some(res)
+}
+
+impl Facts {
+    /// Reads the facts from the module's code.
+    pub(crate) fn from_wasm(wasm: &[u8]) -> Facts {
+        use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+        let mut facts = Facts::default();
+        let mut imported_funcs = 0u32;
+        let mut memory_base = None;
+        let (mut stack_fn, mut interrupts_fn) = (None, None);
+        let mut index = 0u32;
+        for payload in Parser::new(0).parse_all(wasm) {
+            let Ok(payload) = payload else { break };
+            match payload {
+                Payload::ImportSection(reader) => {
+                    let mut globals = 0u32;
+                    for import in reader.into_imports().flatten() {
+                        match import.ty {
+                            TypeRef::Func(_) => imported_funcs += 1,
+                            TypeRef::Global(_) => {
+                                if import.name == "__memory_base" {
+                                    memory_base = Some(globals);
+                                }
+                                globals += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Payload::ExportSection(reader) => {
+                    for export in reader.into_iter().flatten() {
+                        match (export.name, export.kind) {
+                            ("check_stack_depth", ExternalKind::Func) => stack_fn = Some(export.index),
+                            ("ProcessInterrupts", ExternalKind::Func) => interrupts_fn = Some(export.index),
+                            _ => {}
+                        }
+                    }
+                }
+                Payload::CodeSectionEntry(body) => {
+                    let this = imported_funcs + index;
+                    index += 1;
+                    let Some(memory_base) = memory_base else { continue };
+                    if Some(this) == stack_fn {
+                        facts.stack = loads(&body, memory_base).and_then(|l| Some((*l.words.first()?, *l.words.get(1)?)));
+                    } else if Some(this) == interrupts_fn {
+                        facts.doing_command_read = loads(&body, memory_base).and_then(|l| l.flag_before_cancel);
+                    }
+                }
+                _ => {}
+            }
+        }
+        facts
+    }
+}
+
+/// The interrupt state of one instance, in its store data.
+#[derive(Default)]
+pub(crate) struct Interrupts {
+    /// Guest addresses of `InterruptPending` and `QueryCancelPending`, once boot found that
+    /// setting them cancels.
+    flags: Option<(u32, u32)>,
+    /// The running exchange's cancel flag, raised by whoever wants it cancelled.
+    pub(crate) cancel: Option<Arc<AtomicBool>>,
+    /// `statement_timeout` as last read; re-read when settings may have changed.
+    statement_timeout: Option<Duration>,
+    settings_dirty: bool,
+    /// When the running top-level statement times out.
+    deadline: Option<Instant>,
+    /// Hook frames (executor, utility) active: above zero, a statement is running.
+    pub(crate) depth: u32,
+    /// What was delivered during this exchange, in order.
+    delivered: Vec<Reason>,
+    /// `GetConfigOption` and the guest strings of the names it is asked for.
+    config: Option<ConfigReader>,
+    /// The stack-depth check's variables (guest addresses) and the largest limit the C stack
+    /// allows, once boot set the stack base.
+    stack: Option<(u32, u32)>,
+    /// `DoingCommandRead`, which PGlite 0.2 leaves set while a command runs, so PostgreSQL
+    /// ignored cancels; cleared when a statement starts, as PostgreSQL's own loop does.
+    doing_command_read: Option<u32>,
+    /// `MyLatch` (the variable holding the process latch's address): a signal handler sets
+    /// the latch, which ends a wait such as `pg_sleep`'s.
+    my_latch: Option<u32>,
+}
+
+/// Reads settings through PostgreSQL's `GetConfigOption`.
+struct ConfigReader {
+    get: TypedFunc<(i32, i32, i32), i32>,
+    statement_timeout: i32,
+}
+
+impl Interrupts {
+    /// Whether cancel works on this instance.
+    pub(crate) fn can_cancel(&self) -> bool {
+        self.flags.is_some()
+    }
+
+    /// Settings may have changed (a utility command, `set_config`, an error, new connection
+    /// defaults): re-read them at the next statement.
+    pub(crate) fn settings_changed(&mut self) {
+        self.settings_dirty = true;
+    }
+}
+
+/// Sets up interrupts on a booted instance: the stack base and limit (when `stack` was found
+/// in the module and the limit variable holds what `max_stack_depth` says), the settings
+/// reader, and the epoch callback. `stack_top` and `stack_size` describe the C stack the host
+/// gave the guest.
+pub(crate) fn install(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    memory_base: u32,
+    facts: Facts,
+    stack_top: u32,
+    stack_size: u32,
+) -> wasmtime::Result<()> {
+    let get = instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, "GetConfigOption")?;
+    let exports = store.data().exports();
+    let memory = store.data().shared().memory;
+    let name = |store: &mut Store<Ctx>, text: &str| -> wasmtime::Result<i32> {
+        let ptr = exports.malloc.call(&mut *store, text.len() as i32 + 1)?;
+        memory.write(&mut *store, ptr as usize, text.as_bytes())?;
+        memory.write(&mut *store, ptr as usize + text.len(), &[0])?;
+        Ok(ptr)
+    };
+    let statement_timeout = name(store, "statement_timeout")?;
+    let max_stack_depth = name(store, "max_stack_depth")?;
+    let reader = ConfigReader { get, statement_timeout };
+    if let Some((base_ptr, max_bytes)) = facts.stack {
+        let (base_ptr, max_bytes) = (memory_base + base_ptr, memory_base + max_bytes);
+        let kb = read_int(&mut *store, &reader.get, max_stack_depth)?;
+        let mut word = [0u8; 4];
+        memory.read(&*store, max_bytes as usize, &mut word)?;
+        if kb.is_some_and(|kb| i64::from(u32::from_le_bytes(word)) == kb * 1024) {
+            memory.write(&mut *store, base_ptr as usize, &stack_top.to_le_bytes())?;
+            let limit = stack_size.saturating_sub(STACK_DEPTH_SLOP);
+            store.data_mut().interrupts.stack = Some((max_bytes, limit));
+        } else {
+            tracing::warn!("PostgreSQL's stack-depth variables are not where expected; deep recursion may crash");
+        }
+    }
+    exports.free.call(&mut *store, max_stack_depth)?;
+    let ctx = store.data_mut();
+    ctx.interrupts.config = Some(reader);
+    ctx.interrupts.settings_dirty = true;
+    let main_data = &ctx.dylink.main_data;
+    if let Some(&pending) = main_data.get("InterruptPending") {
+        let pending = pending as u32;
+        ctx.interrupts.flags = Some((pending, pending + QUERY_CANCEL_PENDING_OFFSET));
+    }
+    ctx.interrupts.doing_command_read = facts.doing_command_read.map(|offset| memory_base + offset);
+    ctx.interrupts.my_latch = ctx.dylink.main_data.get("MyLatch").map(|&addr| addr as u32);
+    store.epoch_deadline_callback(|mut cx| {
+        on_epoch(&mut cx);
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    });
+    store.set_epoch_deadline(1);
+    refresh(store)?;
+    Ok(())
+}
+
+/// The [`Facts`] of the module at `wasm`, read from its code once per module (by SHA-256) in
+/// this process.
+pub(crate) fn facts(wasm: &std::path::Path, sha256: &str) -> Facts {
+    static KNOWN: std::sync::Mutex<Vec<(String, Facts)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, facts)) = known.iter().find(|(key, _)| key == sha256) {
+        return *facts;
+    }
+    let facts = std::fs::read(wasm).map(|bytes| Facts::from_wasm(&bytes)).unwrap_or_default();
+    known.push((sha256.to_owned(), facts));
+    facts
+}
+
+/// Gives up on cancelling (boot found the flags elsewhere than expected).
+pub(crate) fn disable_cancel(store: &mut Store<Ctx>) {
+    store.data_mut().interrupts.flags = None;
+}
+
+/// An integer setting through `GetConfigOption(name, false, false)`.
+fn read_int(
+    mut store: impl AsContextMut<Data = Ctx>,
+    get: &TypedFunc<(i32, i32, i32), i32>,
+    name: i32,
+) -> wasmtime::Result<Option<i64>> {
+    let ptr = get.call(&mut store, (name, 0, 0))?;
+    let memory = store.as_context_mut().data().shared().memory;
+    let bytes = memory.data(&store);
+    let text = bytes.get(ptr as usize..).and_then(|tail| tail.iter().position(|&b| b == 0).map(|n| &tail[..n]));
+    Ok(text.and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.trim().parse().ok()))
+}
+
+/// Re-reads the settings interrupts depend on, and keeps the stack-depth limit within the C
+/// stack (a superuser may raise `max_stack_depth`; PostgreSQL would check it against the
+/// stack's rlimit, which the build cannot see).
+fn refresh(mut store: impl AsContextMut<Data = Ctx>) -> wasmtime::Result<()> {
+    let mut store = store.as_context_mut();
+    let interrupts = &mut store.data_mut().interrupts;
+    interrupts.settings_dirty = false;
+    let Some(reader) = interrupts.config.as_ref() else {
+        return Ok(());
+    };
+    let (get, name) = (reader.get.clone(), reader.statement_timeout);
+    let ms = read_int(&mut store, &get, name)?.unwrap_or(0);
+    tracing::trace!(statement_timeout_ms = ms, "settings re-read");
+    store.data_mut().interrupts.statement_timeout =
+        (ms > 0).then(|| Duration::from_millis(ms as u64));
+    if let Some((max_bytes, limit)) = store.data().interrupts.stack {
+        let memory = store.data().shared().memory;
+        let mut word = [0u8; 4];
+        memory.read(&store, max_bytes as usize, &mut word)?;
+        if u32::from_le_bytes(word) > limit {
+            memory.write(&mut store, max_bytes as usize, &limit.to_le_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// A top-level statement starts (an executor or utility hook entered at depth zero):
+/// re-reads changed settings, arms the statement deadline and delivers a cancel that was
+/// waiting for a statement to run.
+pub(crate) fn statement_start(mut store: StoreContextMut<'_, Ctx>) -> wasmtime::Result<()> {
+    if store.data().interrupts.settings_dirty {
+        refresh(&mut store)?;
+    }
+    if let Some(flag) = store.data().interrupts.doing_command_read {
+        let memory = store.data().shared().memory;
+        if let Some(byte) = memory.data_mut(&mut store).get_mut(flag as usize) {
+            *byte = 0;
+        }
+    }
+    let interrupts = &mut store.data_mut().interrupts;
+    interrupts.deadline = interrupts.statement_timeout.map(|timeout| {
+        let deadline = Instant::now() + timeout;
+        crate::engine::tick_until(deadline);
+        deadline
+    });
+    poll(&mut store);
+    Ok(())
+}
+
+/// The top-level statement ended.
+pub(crate) fn statement_end(ctx: &mut Ctx) {
+    ctx.interrupts.deadline = None;
+}
+
+/// The epoch moved on: deliver what is due, if a statement is running.
+fn on_epoch(store: &mut StoreContextMut<'_, Ctx>) {
+    if store.data().interrupts.depth > 0 {
+        poll(store);
+    }
+}
+
+/// Delivers a raised cancel flag, else a passed deadline.
+fn poll(store: &mut StoreContextMut<'_, Ctx>) {
+    let interrupts = &mut store.data_mut().interrupts;
+    let Some((pending, cancel_pending)) = interrupts.flags else {
+        return;
+    };
+    let reason = if interrupts.cancel.as_ref().is_some_and(|flag| flag.swap(false, Ordering::SeqCst)) {
+        Reason::User
+    } else if interrupts.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        interrupts.deadline = None;
+        Reason::StatementTimeout
+    } else {
+        return;
+    };
+    tracing::trace!(?reason, "interrupt delivered");
+    interrupts.delivered.push(reason);
+    let my_latch = interrupts.my_latch;
+    let memory = store.data().shared().memory;
+    let bytes = memory.data_mut(&mut *store);
+    // What StatementCancelHandler does: both flags, then SetLatch(MyLatch) (`is_set` is the
+    // latch's first field; the process is its own owner, so there is no one to wake).
+    let latch = my_latch.and_then(|var| Some(u32::from_le_bytes(bytes.get(var as usize..var as usize + 4)?.try_into().ok()?)));
+    for addr in [Some(cancel_pending), Some(pending), latch.filter(|&l| l != 0)].into_iter().flatten() {
+        if let Some(word) = bytes.get_mut(addr as usize..addr as usize + 4) {
+            word.copy_from_slice(&1u32.to_le_bytes());
+        }
+    }
+}
+
+/// The exchange is over: a delivered cancel the backend did not act on is withdrawn (it
+/// would cancel whatever runs next, maybe another client's), and the errors that timeouts
+/// caused get PostgreSQL's text for them. Returns the reasons acted on.
+pub(crate) fn finish_exchange(store: &mut Store<Ctx>, reply: &mut Vec<u8>) -> Vec<Reason> {
+    let memory = store.data().shared().memory;
+
+    let interrupts = &mut store.data_mut().interrupts;
+    interrupts.cancel = None;
+    interrupts.deadline = None;
+    interrupts.depth = 0;
+    let mut delivered = std::mem::take(&mut interrupts.delivered);
+    if let Some((_, cancel_pending)) = interrupts.flags
+        && !delivered.is_empty()
+    {
+        let bytes = memory.data_mut(&mut *store);
+        if let Some(word) = bytes.get_mut(cancel_pending as usize..cancel_pending as usize + 4)
+            && word != [0; 4]
+        {
+            word.copy_from_slice(&[0; 4]);
+            delivered.pop();
+        }
+    }
+    if delivered.iter().any(|reason| *reason != Reason::User) {
+        rewrite_cancel_messages(reply, &delivered);
+    }
+    delivered
+}
+
+/// Gives each `57014` "user request" error in `reply` the text of the reason delivered for
+/// it, in order.
+fn rewrite_cancel_messages(reply: &mut Vec<u8>, reasons: &[Reason]) {
+    let mut reasons = reasons.iter();
+    let mut out = Vec::with_capacity(reply.len());
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes([reply[at + 1], reply[at + 2], reply[at + 3], reply[at + 4]]) as usize;
+        let end = (at + 1 + len).min(reply.len());
+        let frame = &reply[at..end];
+        let rewritten = (frame[0] == b'E')
+            .then(|| error_fields(&frame[5..]))
+            .filter(|fields| {
+                fields.iter().any(|(t, v)| *t == b'C' && v == b"57014")
+                    && fields.iter().any(|(t, v)| *t == b'M' && v == USER_REQUEST.as_bytes())
+            })
+            .and_then(|fields| match reasons.next() {
+                Some(Reason::StatementTimeout) => Some(error_frame(&fields, STATEMENT_TIMEOUT)),
+                _ => None,
+            });
+        out.extend_from_slice(rewritten.as_deref().unwrap_or(frame));
+        at = end;
+    }
+    out.extend_from_slice(&reply[at..]);
+    *reply = out;
+}
+
+fn error_fields(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut fields = Vec::new();
+    let mut rest = body;
+    while let Some((&tag, tail)) = rest.split_first() {
+        if tag == 0 {
+            break;
+        }
+        let Some(nul) = tail.iter().position(|&b| b == 0) else { break };
+        fields.push((tag, tail[..nul].to_vec()));
+        rest = &tail[nul + 1..];
+    }
+    fields
+}
+
+fn error_frame(fields: &[(u8, Vec<u8>)], message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (tag, value) in fields {
+        body.push(*tag);
+        body.extend_from_slice(if *tag == b'M' { message.as_bytes() } else { value });
+        body.push(0);
+    }
+    body.push(0);
+    let mut frame = vec![b'E'];
+    frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: &str, message: &str) -> Vec<u8> {
+        let fields = vec![(b'S', b"ERROR".to_vec()), (b'C', code.as_bytes().to_vec()), (b'M', message.as_bytes().to_vec())];
+        error_frame(&fields, message)
+    }
+
+    #[test]
+    fn only_cancels_get_the_timeout_text_in_delivery_order() {
+        let mut reply = error("22012", "division by zero");
+        reply.extend(error("57014", USER_REQUEST));
+        reply.extend(b"Z\0\0\0\x05I");
+        reply.extend(error("57014", USER_REQUEST));
+        rewrite_cancel_messages(&mut reply, &[Reason::User, Reason::StatementTimeout]);
+        let mut expected = error("22012", "division by zero");
+        expected.extend(error("57014", USER_REQUEST));
+        expected.extend(b"Z\0\0\0\x05I");
+        expected.extend(error("57014", STATEMENT_TIMEOUT));
+        assert_eq!(reply, expected);
+    }
+}
