@@ -19,7 +19,7 @@ use crate::{Artifact, Error};
 
 /// Wasm stack for PostgreSQL's recursion (parser, plpgsql); the native stack the guest runs on
 /// (`pglite.rs`'s `GUEST_STACK`, also the boot thread's) is comfortably larger than this.
-pub(crate) const MAX_WASM_STACK: usize = 16 << 20;
+pub(crate) const MAX_WASM_STACK: usize = 64 << 20;
 
 /// The process-wide engine: one configuration, so compiled modules can be shared.
 pub(crate) fn engine() -> &'static Engine {

@@ -206,9 +206,69 @@ pub(crate) struct Interrupts {
     /// `DoingCommandRead`, which PGlite 0.2 leaves set while a command runs, so PostgreSQL
     /// ignored cancels; cleared when a statement starts, as PostgreSQL's own loop does.
     doing_command_read: Option<u32>,
+    /// What turns a wasm stack overflow into PostgreSQL's `54001` (see [`StackGuard`]).
+    pub(crate) guard: Option<StackGuard>,
     /// `MyLatch` (the variable holding the process latch's address): a signal handler sets
     /// the latch, which ends a wait such as `pg_sleep`'s.
     my_latch: Option<u32>,
+}
+
+/// PostgreSQL measures stack depth on the C stack in linear memory, but the wasm stack (where
+/// most locals live) runs out first in some recursions: a JSON parse or SQL functions use
+/// little C stack per level. When it does, wasmtime traps at a function entry, and the trap
+/// unwinds to the nearest `invoke_*`, the call site of a `setjmp` (PostgreSQL's `PG_TRY` or
+/// its main loop). There the host raises `54001` as `check_stack_depth` would: the C stack
+/// pointer and `error_context_stack` are put back to what they were when that call began
+/// (the frames in between are gone), and `check_stack_depth` is run with its limit at zero,
+/// so PostgreSQL raises its own error, which longjmps like any other. An error in a critical
+/// section is still a PANIC, as PostgreSQL makes it.
+#[derive(Clone)]
+pub(crate) struct StackGuard {
+    check: TypedFunc<(), ()>,
+    /// `max_stack_depth_bytes` and `error_context_stack`.
+    max_bytes: u32,
+    pub(crate) context_stack: u32,
+}
+
+/// If `error` is a wasm stack overflow and there is a guard, raises `54001` in the guest
+/// (see [`StackGuard`]) with the C stack pointer at `sp` and `error_context_stack` at
+/// `context`: returns the longjmp that raises it (to be handled as the caller handles any),
+/// or the error to pass on.
+pub(crate) fn stack_overflow_to_error(
+    caller: &mut wasmtime::Caller<'_, Ctx>,
+    error: wasmtime::Error,
+    sp: wasmtime::Val,
+    context: u32,
+) -> wasmtime::Error {
+    let overflow = error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow);
+    let Some(guard) = caller.data().interrupts.guard.clone().filter(|_| overflow) else {
+        return error;
+    };
+    let shared = caller.data().shared();
+    if shared.stack_pointer.set(&mut *caller, sp).is_err() {
+        return error;
+    }
+    let memory = shared.memory;
+    let bytes = memory.data_mut(&mut *caller);
+    let word = |bytes: &[u8], at: u32| bytes.get(at as usize..at as usize + 4).map(|w| [w[0], w[1], w[2], w[3]]);
+    let (Some(limit), Some(_)) = (word(bytes, guard.max_bytes), word(bytes, guard.context_stack)) else {
+        return error;
+    };
+    bytes[guard.context_stack as usize..guard.context_stack as usize + 4].copy_from_slice(&context.to_le_bytes());
+    bytes[guard.max_bytes as usize..guard.max_bytes as usize + 4].copy_from_slice(&0u32.to_le_bytes());
+    let raised = guard.check.call(&mut *caller, ());
+    let bytes = memory.data_mut(&mut *caller);
+    bytes[guard.max_bytes as usize..guard.max_bytes as usize + 4].copy_from_slice(&limit);
+    match raised {
+        // check_stack_depth raised: its longjmp is what the caller handles.
+        Err(raised) if raised.is::<crate::imports::LongJmp>() => {
+            tracing::debug!("wasm stack exhausted; raised PostgreSQL's stack depth error");
+            raised
+        }
+        // Still no room here (or no error): let an outer call site try.
+        Err(raised) => raised,
+        Ok(()) => error,
+    }
 }
 
 /// Reads settings through PostgreSQL's `GetConfigOption`.
@@ -268,6 +328,11 @@ pub(crate) fn install(
         }
     }
     exports.free.call(&mut *store, max_stack_depth)?;
+    let check = instance.get_typed_func::<(), ()>(&mut *store, "check_stack_depth")?;
+    let context_stack = store.data().dylink.main_data.get("error_context_stack").map(|&a| a as u32);
+    if let (Some((max_bytes, _)), Some(context_stack)) = (store.data().interrupts.stack, context_stack) {
+        store.data_mut().interrupts.guard = Some(StackGuard { check, max_bytes, context_stack });
+    }
     let ctx = store.data_mut();
     ctx.interrupts.config = Some(reader);
     ctx.interrupts.settings_dirty = true;
