@@ -8,10 +8,20 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::Error;
+
+/// A session's timeouts as the backend has them (`None` is off), which the bridge keeps for
+/// a backend that does not run them itself: the idle ones and `transaction_timeout`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    pub idle_in_transaction: Option<Duration>,
+    pub idle_session: Option<Duration>,
+    pub transaction: Option<Duration>,
+}
 
 /// What may have changed session state during an exchange, as the backend saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,13 +101,23 @@ pub trait Backend: Send + Sync + 'static {
     /// [`exchange`](Self::exchange) for a client's own messages: raising `cancel` while it runs
     /// (then calling [`cancel`](Self::cancel)) cancels the statement running, or the next to
     /// start, as PostgreSQL's cancel request does. The default ignores the flag.
+    ///
+    /// The statement running at `deadline` is cancelled the same way (the bridge words the
+    /// error itself).
     fn exchange_cancellable(
         &self,
         frames: Bytes,
         cancel: Arc<AtomicBool>,
+        deadline: Option<Instant>,
     ) -> impl Future<Output = Result<BytesMut, Error>> + Send {
-        let _ = cancel;
+        let _ = (cancel, deadline);
         self.exchange(frames)
+    }
+
+    /// The timeouts of the session as it is after the last exchange, if the bridge is to keep
+    /// them (see [`SessionTimeouts`]); `None` for a backend that keeps its own.
+    fn session_timeouts(&self) -> Option<SessionTimeouts> {
+        None
     }
 
     /// The `ParameterStatus` values the backend reported at its own startup (`server_version`,

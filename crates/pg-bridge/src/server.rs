@@ -34,12 +34,48 @@ pub struct Listeners {
 }
 
 /// A running bridge: its sockets and the task serving them.
-#[derive(Debug)]
 pub struct Bridge {
     socket_path: PathBuf,
     tcp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    interrupter: Interrupter,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("socket_path", &self.socket_path).field("tcp_addr", &self.tcp_addr).finish()
+    }
+}
+
+/// Cancels what every client is running, from any thread (see [`Bridge::interrupter`]).
+#[derive(Clone)]
+pub struct Interrupter(Arc<dyn InterruptAll>);
+
+trait InterruptAll: Send + Sync {
+    fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl<B: Backend> InterruptAll for Shared<B> {
+    fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let any = {
+                let keys = self.cancel_keys.lock().unwrap_or_else(|p| p.into_inner());
+                keys.values().fold(false, |any, entry| entry.run.cancel() || any)
+            };
+            if any {
+                self.backend.cancel().await;
+            }
+        })
+    }
+}
+
+impl Interrupter {
+    /// Cancels every client's request in flight (queued or running), as a cancel request
+    /// from each would.
+    pub async fn interrupt_all(&self) {
+        self.0.interrupt_all().await;
+    }
 }
 
 impl Bridge {
@@ -53,6 +89,7 @@ impl Bridge {
             None => None,
         };
         let shared = prepare(backend, config).await?;
+        let interrupter = Interrupter(shared.clone());
         let (shutdown, mut signal) = watch::channel(false);
         let task = tokio::spawn(async move {
             let stop = async move {
@@ -60,7 +97,14 @@ impl Bridge {
             };
             run(listeners, shared, stop).await
         });
-        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task) })
+        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task), interrupter })
+    }
+
+    /// What cancels every client's request in flight, usable from any thread, for as long as
+    /// the process lives: a signal handler on a thread of its own can cut short a query the
+    /// serving runtime is busy with.
+    pub fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
     }
 
     /// The Unix socket's path.
@@ -73,10 +117,12 @@ impl Bridge {
         self.tcp_addr
     }
 
-    /// Stops accepting, ends every connection once its current message is done (open
-    /// transactions are rolled back) and waits until all are gone.
+    /// Stops accepting, cancels what clients are running, ends every connection once its
+    /// current message is done (open transactions are rolled back) and waits until all are
+    /// gone.
     pub async fn close(mut self) -> Result<(), Error> {
         let _ = self.shutdown.send(true);
+        self.interrupter.interrupt_all().await;
         match self.task.take() {
             Some(task) => task
                 .await

@@ -3,8 +3,6 @@
 //! from disk after a crash, and a clean stop. Runs on whichever thread holds the handle's lock
 //! (`pglite.rs`); knows nothing of threads.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -178,6 +176,10 @@ impl Cluster {
     }
 
     /// What may have changed session state since the last call.
+    pub(crate) fn session_timeouts(&self) -> crate::SessionTimeouts {
+        self.instance.as_ref().map(Instance::session_timeouts).unwrap_or_default()
+    }
+
     pub(crate) fn take_events(&mut self) -> crate::SessionEvents {
         self.instance.as_mut().map(Instance::take_events).unwrap_or_default()
     }
@@ -205,9 +207,9 @@ impl Cluster {
         Ok(())
     }
 
-    pub(crate) fn exec(&mut self, request: &[u8], cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, Error> {
+    pub(crate) fn exec(&mut self, request: &[u8], interrupt: crate::Interrupt) -> Result<Vec<u8>, Error> {
         let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
-        let result = instance.exec(request, cancel);
+        let result = instance.exec(request, interrupt);
         self.settle(result)
     }
 

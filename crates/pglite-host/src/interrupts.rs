@@ -34,11 +34,35 @@ const QUERY_CANCEL_PENDING_OFFSET: u32 = 4;
 /// PostgreSQL's margin between `max_stack_depth` and the real stack (`STACK_DEPTH_SLOP`).
 const STACK_DEPTH_SLOP: u32 = 512 * 1024;
 
+/// How the caller of an exchange may interrupt it.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt {
+    /// Raised (then [`Pglite::interrupt`](crate::Pglite::interrupt) called), it cancels the
+    /// statement running, or the next one to start in the exchange, with PostgreSQL's `57014`
+    /// "canceling statement due to user request". Lowered when it has been acted on.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// The statement running at this instant is cancelled the same way: the caller's own
+    /// timeouts (`transaction_timeout`), whose errors the caller words.
+    pub deadline: Option<Instant>,
+}
+
+/// The session's timeouts as the backend has them now (zero is off, so `None`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    pub statement: Option<Duration>,
+    pub idle_in_transaction: Option<Duration>,
+    pub idle_session: Option<Duration>,
+    /// PostgreSQL 17 and later.
+    pub transaction: Option<Duration>,
+}
+
 /// Why a statement was interrupted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reason {
     User,
     StatementTimeout,
+    /// The caller's deadline: left for the caller to word.
+    Deadline,
 }
 
 const USER_REQUEST: &str = "canceling statement due to user request";
@@ -187,10 +211,10 @@ pub(crate) struct Interrupts {
     /// Guest addresses of `InterruptPending` and `QueryCancelPending`, once boot found that
     /// setting them cancels.
     flags: Option<(u32, u32)>,
-    /// The running exchange's cancel flag, raised by whoever wants it cancelled.
-    pub(crate) cancel: Option<Arc<AtomicBool>>,
-    /// `statement_timeout` as last read; re-read when settings may have changed.
-    statement_timeout: Option<Duration>,
+    /// How the running exchange may be interrupted.
+    pub(crate) exchange: Interrupt,
+    /// The timeouts as last read; re-read when settings may have changed.
+    pub(crate) timeouts: SessionTimeouts,
     settings_dirty: bool,
     /// When the running top-level statement times out.
     deadline: Option<Instant>,
@@ -274,8 +298,13 @@ pub(crate) fn stack_overflow_to_error(
 /// Reads settings through PostgreSQL's `GetConfigOption`.
 struct ConfigReader {
     get: TypedFunc<(i32, i32, i32), i32>,
-    statement_timeout: i32,
+    /// Guest strings: `statement_timeout`, `idle_in_transaction_session_timeout`,
+    /// `idle_session_timeout`, `transaction_timeout`.
+    names: [i32; 4],
 }
+
+const TIMEOUT_SETTINGS: [&str; 4] =
+    ["statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout", "transaction_timeout"];
 
 impl Interrupts {
     /// Whether cancel works on this instance.
@@ -311,9 +340,12 @@ pub(crate) fn install(
         memory.write(&mut *store, ptr as usize + text.len(), &[0])?;
         Ok(ptr)
     };
-    let statement_timeout = name(store, "statement_timeout")?;
+    let mut names = [0; 4];
+    for (slot, setting) in names.iter_mut().zip(TIMEOUT_SETTINGS) {
+        *slot = name(store, setting)?;
+    }
     let max_stack_depth = name(store, "max_stack_depth")?;
-    let reader = ConfigReader { get, statement_timeout };
+    let reader = ConfigReader { get, names };
     if let Some((base_ptr, max_bytes)) = facts.stack {
         let (base_ptr, max_bytes) = (memory_base + base_ptr, memory_base + max_bytes);
         let kb = read_int(&mut *store, &reader.get, max_stack_depth)?;
@@ -370,13 +402,17 @@ pub(crate) fn disable_cancel(store: &mut Store<Ctx>) {
     store.data_mut().interrupts.flags = None;
 }
 
-/// An integer setting through `GetConfigOption(name, false, false)`.
+/// An integer setting through `GetConfigOption(name, true, false)` (`None` for one this
+/// release does not have).
 fn read_int(
     mut store: impl AsContextMut<Data = Ctx>,
     get: &TypedFunc<(i32, i32, i32), i32>,
     name: i32,
 ) -> wasmtime::Result<Option<i64>> {
-    let ptr = get.call(&mut store, (name, 0, 0))?;
+    let ptr = get.call(&mut store, (name, 1, 0))?;
+    if ptr == 0 {
+        return Ok(None);
+    }
     let memory = store.as_context_mut().data().shared().memory;
     let bytes = memory.data(&store);
     let text = bytes.get(ptr as usize..).and_then(|tail| tail.iter().position(|&b| b == 0).map(|n| &tail[..n]));
@@ -393,11 +429,14 @@ fn refresh(mut store: impl AsContextMut<Data = Ctx>) -> wasmtime::Result<()> {
     let Some(reader) = interrupts.config.as_ref() else {
         return Ok(());
     };
-    let (get, name) = (reader.get.clone(), reader.statement_timeout);
-    let ms = read_int(&mut store, &get, name)?.unwrap_or(0);
-    tracing::trace!(statement_timeout_ms = ms, "settings re-read");
-    store.data_mut().interrupts.statement_timeout =
-        (ms > 0).then(|| Duration::from_millis(ms as u64));
+    let (get, names) = (reader.get.clone(), reader.names);
+    let mut values = [None; 4];
+    for (value, name) in values.iter_mut().zip(names) {
+        let ms = read_int(&mut store, &get, name)?.unwrap_or(0);
+        *value = (ms > 0).then(|| Duration::from_millis(ms as u64));
+    }
+    let [statement, idle_in_transaction, idle_session, transaction] = values;
+    store.data_mut().interrupts.timeouts = SessionTimeouts { statement, idle_in_transaction, idle_session, transaction };
     if let Some((max_bytes, limit)) = store.data().interrupts.stack {
         let memory = store.data().shared().memory;
         let mut word = [0u8; 4];
@@ -405,6 +444,15 @@ fn refresh(mut store: impl AsContextMut<Data = Ctx>) -> wasmtime::Result<()> {
         if u32::from_le_bytes(word) > limit {
             memory.write(&mut store, max_bytes as usize, &limit.to_le_bytes())?;
         }
+    }
+    Ok(())
+}
+
+/// Re-reads the settings if they may have changed (after an exchange, so that
+/// [`SessionTimeouts`] describe the session as it is now).
+pub(crate) fn refresh_if_changed(store: &mut Store<Ctx>) -> wasmtime::Result<()> {
+    if store.data().interrupts.settings_dirty {
+        refresh(store)?;
     }
     Ok(())
 }
@@ -423,7 +471,7 @@ pub(crate) fn statement_start(mut store: StoreContextMut<'_, Ctx>) -> wasmtime::
         }
     }
     let interrupts = &mut store.data_mut().interrupts;
-    interrupts.deadline = interrupts.statement_timeout.map(|timeout| {
+    interrupts.deadline = interrupts.timeouts.statement.map(|timeout| {
         let deadline = Instant::now() + timeout;
         crate::engine::tick_until(deadline);
         deadline
@@ -450,9 +498,13 @@ fn poll(store: &mut StoreContextMut<'_, Ctx>) {
     let Some((pending, cancel_pending)) = interrupts.flags else {
         return;
     };
-    let reason = if interrupts.cancel.as_ref().is_some_and(|flag| flag.swap(false, Ordering::SeqCst)) {
+    let due = |deadline: Option<Instant>| deadline.is_some_and(|deadline| Instant::now() >= deadline);
+    let reason = if interrupts.exchange.cancel.as_ref().is_some_and(|flag| flag.swap(false, Ordering::SeqCst)) {
         Reason::User
-    } else if interrupts.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+    } else if due(interrupts.exchange.deadline) {
+        interrupts.exchange.deadline = None;
+        Reason::Deadline
+    } else if due(interrupts.deadline) {
         interrupts.deadline = None;
         Reason::StatementTimeout
     } else {
@@ -480,7 +532,7 @@ pub(crate) fn finish_exchange(store: &mut Store<Ctx>, reply: &mut Vec<u8>) -> Ve
     let memory = store.data().shared().memory;
 
     let interrupts = &mut store.data_mut().interrupts;
-    interrupts.cancel = None;
+    interrupts.exchange = Interrupt::default();
     interrupts.deadline = None;
     interrupts.depth = 0;
     let mut delivered = std::mem::take(&mut interrupts.delivered);
@@ -495,7 +547,7 @@ pub(crate) fn finish_exchange(store: &mut Store<Ctx>, reply: &mut Vec<u8>) -> Ve
             delivered.pop();
         }
     }
-    if delivered.iter().any(|reason| *reason != Reason::User) {
+    if delivered.contains(&Reason::StatementTimeout) {
         rewrite_cancel_messages(reply, &delivered);
     }
     delivered
@@ -519,7 +571,7 @@ fn rewrite_cancel_messages(reply: &mut Vec<u8>, reasons: &[Reason]) {
             })
             .and_then(|fields| match reasons.next() {
                 Some(Reason::StatementTimeout) => Some(error_frame(&fields, STATEMENT_TIMEOUT)),
-                _ => None,
+                Some(Reason::User | Reason::Deadline) | None => None,
             });
         out.extend_from_slice(rewritten.as_deref().unwrap_or(frame));
         at = end;

@@ -33,6 +33,7 @@ use std::time::Duration;
 pub use cluster::cluster_major;
 pub use error::Error;
 pub use hooks::SessionEvents;
+pub use interrupts::{Interrupt, SessionTimeouts};
 pub use pglite::{BootInfo, BootKind, Pglite};
 
 /// The PostgreSQL major version PGlite `version` runs, if this host supports that release.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use corosensei::stack::DefaultStack;
 use corosensei::{CoroutineResult, ScopedCoroutine, Yielder};
 
+use crate::Interrupt;
 use crate::cluster::Cluster;
 use crate::{Artifact, Config, Error, engine, profile};
 
@@ -78,10 +79,10 @@ fn on_stack<R>(stack: &mut DefaultStack, f: impl FnOnce() -> R) -> R {
 }
 
 impl Core {
-    fn exec(&mut self, request: &[u8], cancel: Option<Arc<AtomicBool>>, alive: &AtomicBool) -> Result<Vec<u8>, Error> {
+    fn exec(&mut self, request: &[u8], interrupt: Interrupt, alive: &AtomicBool) -> Result<Vec<u8>, Error> {
         let Core { cluster, stack } = self;
         let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
-        let result = on_stack(stack, || cluster.exec(request, cancel));
+        let result = on_stack(stack, || cluster.exec(request, interrupt));
         if cluster.instance.is_none() {
             alive.store(false, Ordering::SeqCst);
         }
@@ -123,8 +124,8 @@ impl Shared {
         guard
     }
 
-    fn exec(&self, request: &[u8], cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, Error> {
-        self.lock().exec(request, cancel, &self.alive)
+    fn exec(&self, request: &[u8], interrupt: Interrupt) -> Result<Vec<u8>, Error> {
+        self.lock().exec(request, interrupt, &self.alive)
     }
 
     fn stop(&self) -> Result<(), Error> {
@@ -243,7 +244,7 @@ impl Pglite {
 
     /// One exchange on the calling thread, waiting for any exchange in progress first.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.shared.exec(&request, None)
+        self.shared.exec(&request, Interrupt::default())
     }
 
     /// One exchange for async callers. When the instance is free it runs right here (an
@@ -251,26 +252,29 @@ impl Pglite {
     /// when another caller holds it, this waits on tokio's blocking pool instead of blocking
     /// the runtime.
     ///
-    /// While it runs, raising `cancel` and then calling [`interrupt`](Self::interrupt) cancels
-    /// the statement running at that moment, or the next one to start in this exchange, with
-    /// PostgreSQL's `57014`; a flag still raised when the exchange ends is left as it is.
-    pub async fn exec_protocol_async(&self, request: Vec<u8>, cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, Error> {
+    /// `interrupt` says how the caller may cancel the statement running (see [`Interrupt`]).
+    pub async fn exec_protocol_async(&self, request: Vec<u8>, interrupt: Interrupt) -> Result<Vec<u8>, Error> {
         let shared = &self.shared;
         // The guard must not live across the await below (it is not Send).
-        let (inline, cancel) = match shared.core.try_lock() {
-            Ok(mut core) => (Some(core.exec(&request, cancel, &shared.alive)), None),
+        let (inline, interrupt) = match shared.core.try_lock() {
+            Ok(mut core) => (Some(core.exec(&request, interrupt, &shared.alive)), Interrupt::default()),
             Err(TryLockError::Poisoned(poisoned)) => {
-                (Some(shared.recover(poisoned.into_inner()).exec(&request, cancel, &shared.alive)), None)
+                (Some(shared.recover(poisoned.into_inner()).exec(&request, interrupt, &shared.alive)), Interrupt::default())
             }
-            Err(TryLockError::WouldBlock) => (None, cancel),
+            Err(TryLockError::WouldBlock) => (None, interrupt),
         };
         match inline {
             Some(result) => result,
             None => {
                 let shared = shared.clone();
-                off_runtime(move || shared.exec(&request, cancel)).await
+                off_runtime(move || shared.exec(&request, interrupt)).await
             }
         }
+    }
+
+    /// The session's timeouts as the backend has them after the last exchange.
+    pub fn session_timeouts(&self) -> crate::SessionTimeouts {
+        self.shared.lock().cluster.as_ref().map(Cluster::session_timeouts).unwrap_or_default()
     }
 
     /// Makes a running exchange look at its cancel flag now (see

@@ -26,7 +26,7 @@ pub(crate) fn query_message(sql: &str) -> Vec<u8> {
 /// Runs `sql` (statements the host wrote) and returns its rows; an `ErrorResponse` becomes
 /// [`Error::Sql`].
 pub(crate) fn run(instance: &mut Instance, sql: &str) -> Result<Reply, Error> {
-    let reply = instance.exec(&query_message(sql), None).map_err(|err| match err {
+    let reply = instance.exec(&query_message(sql), crate::Interrupt::default()).map_err(|err| match err {
         ExecError::Refused(err) | ExecError::Dead(err) => err,
     })?;
     parse(&reply, sql)

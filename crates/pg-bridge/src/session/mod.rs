@@ -173,8 +173,9 @@ impl Session {
         client: &mut ClientState,
         frames: Bytes,
         cancel: Arc<AtomicBool>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<BytesMut, Error> {
-        match backend.exchange_cancellable(frames, cancel).await {
+        match backend.exchange_cancellable(frames, cancel, deadline).await {
             Ok(out) => {
                 let events = backend.session_events().unwrap_or_else(SessionEvents::anything);
                 client.events.merge(&events);

@@ -82,7 +82,7 @@ impl Instance {
             let dead = |e| match e {
                 super::ExecError::Refused(e) | super::ExecError::Dead(e) => e,
             };
-            res.exec(&crate::sql::query_message(hooks::CALIBRATION), None).map_err(dead)?;
+            res.exec(&crate::sql::query_message(hooks::CALIBRATION), crate::Interrupt::default()).map_err(dead)?;
             hooks::learn(&mut res.store);
             res.calibrate_cancel().map_err(dead)?;
         }

@@ -121,9 +121,9 @@ impl Instance {
     }
 
     /// One protocol exchange: frontend messages in, every backend message they produce out.
-    /// Raising `cancel` (and moving the engine's epoch on) cancels the statement running then,
-    /// as PostgreSQL's cancel request does.
-    pub(crate) fn exec(&mut self, request: &[u8], cancel: Option<Arc<AtomicBool>>) -> Result<Vec<u8>, ExecError> {
+    /// `interrupt` says how the caller may cancel the statement running (see
+    /// [`Interrupt`](crate::Interrupt)).
+    pub(crate) fn exec(&mut self, request: &[u8], interrupt: crate::Interrupt) -> Result<Vec<u8>, ExecError> {
         if request.is_empty() {
             return Ok(Vec::new());
         }
@@ -136,7 +136,10 @@ impl Instance {
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
-        self.store.data_mut().interrupts.cancel = cancel;
+        if let Some(deadline) = interrupt.deadline {
+            crate::engine::tick_until(deadline);
+        }
+        self.store.data_mut().interrupts.exchange = interrupt;
         let reply = self.exchange(request);
         let mut reply = match reply {
             Ok(reply) => reply,
@@ -150,6 +153,7 @@ impl Instance {
             // An error rolls back settings made in its transaction.
             self.store.data_mut().interrupts.settings_changed();
         }
+        crate::interrupts::refresh_if_changed(&mut self.store).map_err(|e| ExecError::Dead(Error::guest(e)))?;
         drop_debug_notices(&mut reply);
         Ok(reply)
     }
@@ -245,8 +249,8 @@ impl Instance {
         if !self.store.data().interrupts.can_cancel() {
             return Ok(());
         }
-        let flag = Arc::new(AtomicBool::new(true));
-        let reply = self.exec(&crate::sql::query_message("SELECT 1"), Some(flag))?;
+        let cancel = Some(Arc::new(AtomicBool::new(true)));
+        let reply = self.exec(&crate::sql::query_message("SELECT 1"), crate::Interrupt { cancel, deadline: None })?;
         let cancelled = crate::sql::first_error_code(&reply).as_deref() == Some("57014");
         if !cancelled {
             tracing::warn!("cancelling a statement had no effect; cancel requests will be ignored");
@@ -264,6 +268,10 @@ impl Instance {
     }
 
     /// What may have changed session state since the last call (see `hooks`).
+    pub(crate) fn session_timeouts(&self) -> crate::SessionTimeouts {
+        self.store.data().interrupts.timeouts
+    }
+
     pub(crate) fn take_events(&mut self) -> crate::SessionEvents {
         std::mem::take(&mut self.store.data_mut().events)
     }
@@ -271,7 +279,7 @@ impl Instance {
     /// Terminate, shutdown checkpoint, then close (and sync) every file.
     pub(crate) fn shutdown(mut self) -> Result<(), Error> {
         let result = self
-            .exec(b"X\0\0\0\x04", None)
+            .exec(b"X\0\0\0\x04", crate::Interrupt::default())
             .map(drop)
             .map_err(|e| match e {
                 ExecError::Refused(e) | ExecError::Dead(e) => e,
