@@ -102,6 +102,7 @@ impl Cluster {
             scratch: self.scratch.path(),
             module_cache: self.config.module_cache_dir.clone(),
             extensions: &self.config.extensions,
+            settings: &self.config.settings,
             wasm: &self.artifact.wasm,
             wasm_sha256: &self.artifact.wasm_sha256,
         }
@@ -305,6 +306,7 @@ fn make_cluster(
         module_cache: config.module_cache_dir.clone(),
         // The template is a pristine cluster, whatever extensions this instance is given.
         extensions: &[],
+        settings: &[],
         wasm: &artifact.wasm,
         wasm_sha256: &artifact.wasm_sha256,
     };

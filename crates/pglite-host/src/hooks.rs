@@ -223,8 +223,10 @@ pub(crate) fn install(
     instance: &wasmtime::Instance,
     table: Table,
     profile: &Profile,
+    settings: &[(String, String)],
 ) -> Result<(), Error> {
-    set_defaults(store, instance)?;
+    let ours = DEFAULTS.iter().map(|(name, value)| (*name, *value));
+    set_defaults(store, instance, ours.chain(settings.iter().map(|(n, v)| (n.as_str(), v.as_str()))))?;
     install_utility_hook(store, instance, table)?;
     install_executor_hooks(store, instance, table)?;
     store.data_mut().calibration.learning = true;
@@ -263,14 +265,19 @@ pub(crate) fn learn(store: &mut Store<Ctx>) {
     ctx.events = SessionEvents::default();
 }
 
-/// Sets [`DEFAULTS`] with `SetConfigOption` at command-line level.
-fn set_defaults(store: &mut Store<Ctx>, instance: &wasmtime::Instance) -> Result<(), Error> {
+/// Sets `settings` with `SetConfigOption` at command-line level (a refused value is an ERROR,
+/// which fails the boot).
+fn set_defaults<'a>(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    settings: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<(), Error> {
     let set = instance
         .get_typed_func::<(i32, i32, i32, i32), ()>(&mut *store, "SetConfigOption")
         .map_err(Error::instantiate)?;
     let exports = store.data().exports();
     let memory = store.data().shared().memory;
-    for (name, value) in DEFAULTS {
+    for (name, value) in settings {
         let mut strings = Vec::new();
         for text in [name, value] {
             let ptr = exports.malloc.call(&mut *store, text.len() as i32 + 1).map_err(Error::guest)?;

@@ -88,6 +88,9 @@ pub struct Config {
     /// Roles made to exist at every start as superusers that can log in, like initdb's
     /// bootstrap superuser (which is always `postgres` here).
     pub superusers: Vec<String>,
+    /// Server-wide settings, as if in postgresql.conf (what `RESET` returns to), e.g.
+    /// `statement_timeout`. A value PostgreSQL refuses fails the start.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Config {
@@ -102,6 +105,7 @@ impl Config {
             database: None,
             new_database: "postgres".to_owned(),
             superusers: Vec::new(),
+            settings: Vec::new(),
         }
     }
 }

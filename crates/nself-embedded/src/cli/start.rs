@@ -34,6 +34,9 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(database) = &args.database {
         runtime.set_database(database);
     }
+    if let Some(timeout) = &args.statement_timeout {
+        runtime.host_config_mut().settings.push(("statement_timeout".to_owned(), timeout.clone()));
+    }
     let bridge_config = runtime.bridge_config_mut();
     bridge_config.tcp = args.tcp;
     bridge_config.tcp_password = args.password.clone();

@@ -71,7 +71,7 @@ impl Instance {
         // A serving backend (not the one initdb just made a cluster with).
         let serving = rc & initdb_bits::HAS_DB != 0;
         if serving {
-            hooks::install(&mut store, &instance, imported.table, profile)?;
+            hooks::install(&mut store, &instance, imported.table, profile, dirs.settings)?;
         }
         let mut res = Instance { store, instance, entry, shutdown, memory: imported.memory, profile };
         if serving {

@@ -39,6 +39,8 @@ pub(crate) struct Dirs<'a> {
     pub(crate) module_cache: Option<PathBuf>,
     /// Unpacked extension bundles (`lib/`, `share/` beneath each).
     pub(crate) extensions: &'a [PathBuf],
+    /// Server-wide settings (see [`Config::settings`](crate::Config::settings)).
+    pub(crate) settings: &'a [(String, String)],
     /// The main module's wasm and its SHA-256, for facts read from its code.
     pub(crate) wasm: &'a Path,
     pub(crate) wasm_sha256: &'a str,
