@@ -43,9 +43,9 @@ pub use runtime::{EmbeddedPgRuntime, SOCKET_NAME};
 /// [`pg_bridge::Bridge::listen`] and [`pg_bridge::Bridge::close`]. COPY, LISTEN and NOTIFY are
 /// answered with SQLSTATE `0A000` instead of being forwarded.
 pub use pg_bridge::Bridge as PgSocketBridge;
-pub use pg_bridge::Interrupter;
 /// How a [`PgSocketBridge`] listens.
 pub use pg_bridge::Config as BridgeConfig;
+pub use pg_bridge::Interrupter;
 /// A verified, unpacked PGlite release in the cache.
 pub use pglite_fetch::Artifact;
 

@@ -18,10 +18,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::acceptor::Acceptor;
 use crate::config::{Config, socket_dir_mode};
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::acceptor::Acceptor;
 use crate::{Backend, Error, scram, startup};
 
 /// The sockets `serve` accepts on.

@@ -146,7 +146,8 @@ async fn negotiate_owned<B: Backend, T>(
 where
     T: Owner + Unpin + Send,
 {
-    let mut socket = Socket::new(stream).inspect_err(|error| tracing::warn!(%error, "registering a connection")).ok()?;
+    let mut socket =
+        Socket::new(stream).inspect_err(|error| tracing::warn!(%error, "registering a connection")).ok()?;
     let negotiated = tokio::time::timeout(shared.config.startup_timeout, negotiate(shared, &mut socket, buf)).await;
     let (minor, params) = match negotiated {
         Ok(Ok(Some(startup))) => startup,
@@ -169,11 +170,15 @@ where
 pub(crate) async fn run<B: Backend>(shared: Arc<Shared<B>>, greeted: Greeted, shutdown: watch::Receiver<bool>) {
     match greeted.stream {
         Stream::Unix(stream) => match Socket::new(stream) {
-            Ok(socket) => serve(shared, socket, false, greeted.buf, greeted.minor, greeted.params, greeted.permit, shutdown).await,
+            Ok(socket) => {
+                serve(shared, socket, false, greeted.buf, greeted.minor, greeted.params, greeted.permit, shutdown).await
+            }
             Err(error) => tracing::warn!(%error, "registering a unix connection"),
         },
         Stream::Tcp(stream) => match Socket::new(stream) {
-            Ok(socket) => serve(shared, socket, true, greeted.buf, greeted.minor, greeted.params, greeted.permit, shutdown).await,
+            Ok(socket) => {
+                serve(shared, socket, true, greeted.buf, greeted.minor, greeted.params, greeted.permit, shutdown).await
+            }
             Err(error) => tracing::warn!(%error, "registering a tcp connection"),
         },
     }
@@ -379,11 +384,7 @@ where
     let pid = 0x4000_0000 | (id as i32 & 0x3fff_ffff);
     let secret: i32 = rand::rng().random();
     let run = Arc::new(RunState::default());
-    shared
-        .cancel_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(pid, CancelEntry { secret, run: run.clone() });
+    shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, CancelEntry { secret, run: run.clone() });
     replies.backend_key(pid, secret)?;
     replies.ready(TxStatus::Idle)?;
     startup_replies.extend_from_slice(&replies.into_bytes());

@@ -193,7 +193,8 @@ impl Facts {
                     index += 1;
                     let Some(memory_base) = memory_base else { continue };
                     if Some(this) == stack_fn {
-                        facts.stack = loads(&body, memory_base).and_then(|l| Some((*l.words.first()?, *l.words.get(1)?)));
+                        facts.stack =
+                            loads(&body, memory_base).and_then(|l| Some((*l.words.first()?, *l.words.get(1)?)));
                     } else if Some(this) == interrupts_fn {
                         facts.doing_command_read = loads(&body, memory_base).and_then(|l| l.flag_before_cancel);
                     }
@@ -436,7 +437,8 @@ fn refresh(mut store: impl AsContextMut<Data = Ctx>) -> wasmtime::Result<()> {
         *value = (ms > 0).then(|| Duration::from_millis(ms as u64));
     }
     let [statement, idle_in_transaction, idle_session, transaction] = values;
-    store.data_mut().interrupts.timeouts = SessionTimeouts { statement, idle_in_transaction, idle_session, transaction };
+    store.data_mut().interrupts.timeouts =
+        SessionTimeouts { statement, idle_in_transaction, idle_session, transaction };
     if let Some((max_bytes, limit)) = store.data().interrupts.stack {
         let memory = store.data().shared().memory;
         let mut word = [0u8; 4];
@@ -517,7 +519,8 @@ fn poll(store: &mut StoreContextMut<'_, Ctx>) {
     let bytes = memory.data_mut(&mut *store);
     // What StatementCancelHandler does: both flags, then SetLatch(MyLatch) (`is_set` is the
     // latch's first field; the process is its own owner, so there is no one to wake).
-    let latch = my_latch.and_then(|var| Some(u32::from_le_bytes(bytes.get(var as usize..var as usize + 4)?.try_into().ok()?)));
+    let latch =
+        my_latch.and_then(|var| Some(u32::from_le_bytes(bytes.get(var as usize..var as usize + 4)?.try_into().ok()?)));
     for addr in [Some(cancel_pending), Some(pending), latch.filter(|&l| l != 0)].into_iter().flatten() {
         if let Some(word) = bytes.get_mut(addr as usize..addr as usize + 4) {
             word.copy_from_slice(&1u32.to_le_bytes());
@@ -613,7 +616,8 @@ mod tests {
     use super::*;
 
     fn error(code: &str, message: &str) -> Vec<u8> {
-        let fields = vec![(b'S', b"ERROR".to_vec()), (b'C', code.as_bytes().to_vec()), (b'M', message.as_bytes().to_vec())];
+        let fields =
+            vec![(b'S', b"ERROR".to_vec()), (b'C', code.as_bytes().to_vec()), (b'M', message.as_bytes().to_vec())];
         error_frame(&fields, message)
     }
 

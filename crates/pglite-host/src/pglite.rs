@@ -258,9 +258,10 @@ impl Pglite {
         // The guard must not live across the await below (it is not Send).
         let (inline, interrupt) = match shared.core.try_lock() {
             Ok(mut core) => (Some(core.exec(&request, interrupt, &shared.alive)), Interrupt::default()),
-            Err(TryLockError::Poisoned(poisoned)) => {
-                (Some(shared.recover(poisoned.into_inner()).exec(&request, interrupt, &shared.alive)), Interrupt::default())
-            }
+            Err(TryLockError::Poisoned(poisoned)) => (
+                Some(shared.recover(poisoned.into_inner()).exec(&request, interrupt, &shared.alive)),
+                Interrupt::default(),
+            ),
             Err(TryLockError::WouldBlock) => (None, interrupt),
         };
         match inline {
@@ -282,7 +283,6 @@ impl Pglite {
     pub fn interrupt(&self) {
         crate::engine::interrupt_now();
     }
-
 
     /// Makes `settings` the session's connection defaults, as PostgreSQL does with the
     /// options of a client's startup packet and its login role (`session_authorization`):

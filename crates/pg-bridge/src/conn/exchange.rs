@@ -103,8 +103,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let cancel = self.client.run.cancel.clone();
         let started = Instant::now();
         // transaction_timeout covers a statement outside a transaction block too.
-        let tx_deadline = self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit);
-        let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze(), cancel, tx_deadline);
+        let tx_deadline =
+            self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit);
+        let answer =
+            session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze(), cancel, tx_deadline);
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
         drop(_running);
         let output = output?;
@@ -116,9 +118,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // client's to see.
         let stopping = *self.shutdown.borrow();
         let cancelled = (stopping || tx_deadline.is_some())
-            && crate::protocol::frame::frames(&output)
-            .flatten()
-            .any(|(tag, frame)| tag == b'E' && crate::protocol::backend::field(frame, b'C').as_deref() == Some("57014"));
+            && crate::protocol::frame::frames(&output).flatten().any(|(tag, frame)| {
+                tag == b'E' && crate::protocol::backend::field(frame, b'C').as_deref() == Some("57014")
+            });
         if cancelled {
             if stopping {
                 self.ending = Some(("57P01", "terminating connection due to administrator command"));

@@ -208,8 +208,11 @@ impl Session {
     }
 
     /// Puts `client`'s state on the backend as it takes the lease, unless it is there
-    /// already. A client whose state lived on an older backend session gets
-    /// [`Error::BackendRestarted`].
+    /// already. A client with state that lived only on an older backend session (prepared
+    /// statements, session locks, cursors, temporary objects) gets
+    /// [`Error::BackendRestarted`]; one without carries on, its settings put on the new
+    /// session like any client's. (No other client can have been in a transaction: the one in
+    /// a transaction holds the lease.)
     pub(crate) async fn enter<B: Backend>(
         &mut self,
         backend: &B,
@@ -220,7 +223,9 @@ impl Session {
             return Err(Error::BackendGone);
         }
         match client.generation {
-            Some(generation) if generation != self.generation => return Err(Error::BackendRestarted),
+            Some(generation) if generation != self.generation && client.has_backend_state() => {
+                return Err(Error::BackendRestarted);
+            }
             _ => client.generation = Some(self.generation),
         }
         if self.applied_for == Some(client.id) {

@@ -124,7 +124,12 @@ fn error_context(caller: &mut Caller<'_, Ctx>) -> Option<u32> {
 
 /// A wasm stack overflow below this call site becomes PostgreSQL's `54001` (see
 /// `interrupts::StackGuard`); any other error is returned as it is.
-fn overflow_to_error(caller: &mut Caller<'_, Ctx>, err: wasmtime::Error, sp: Val, context: Option<u32>) -> wasmtime::Error {
+fn overflow_to_error(
+    caller: &mut Caller<'_, Ctx>,
+    err: wasmtime::Error,
+    sp: Val,
+    context: Option<u32>,
+) -> wasmtime::Error {
     match context {
         Some(context) => crate::interrupts::stack_overflow_to_error(caller, err, sp, context),
         None => err,
