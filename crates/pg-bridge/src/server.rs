@@ -61,7 +61,8 @@ impl<B: Backend> InterruptAll for Shared<B> {
         Box::pin(async move {
             let any = {
                 let keys = self.cancel_keys.lock().unwrap_or_else(|p| p.into_inner());
-                keys.values().fold(false, |any, entry| entry.run.cancel() || any)
+                // Every client's flag, not just up to the first running one.
+                keys.values().filter(|entry| entry.run.cancel()).count() > 0
             };
             if any {
                 self.backend.cancel().await;

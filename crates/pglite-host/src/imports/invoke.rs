@@ -102,7 +102,7 @@ fn invoke<P: WasmParams, R: WasmResults + Default>(
     match typed.call(&mut caller, args) {
         Ok(result) => Ok(result),
         Err(err) => {
-            let err = overflow_to_error(&mut caller, err, sp.clone(), context);
+            let err = overflow_to_error(&mut caller, err, sp, context);
             if !err.is::<LongJmp>() {
                 return Err(err);
             }
@@ -158,7 +158,7 @@ pub(super) fn trampoline(
         match func.call(&mut caller, &params[1..], results) {
             Ok(()) => Ok(()),
             Err(err) => {
-                let err = overflow_to_error(&mut caller, err, sp.clone(), context);
+                let err = overflow_to_error(&mut caller, err, sp, context);
                 if !err.is::<LongJmp>() {
                     return Err(err);
                 }
