@@ -13,6 +13,7 @@ mod clients;
 mod differential;
 mod drivers;
 mod facade;
+mod interrupts;
 mod isolation;
 mod lifecycle;
 mod migrations;

@@ -37,7 +37,7 @@ pub struct Listeners {
 pub struct Bridge {
     socket_path: PathBuf,
     tcp_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
     interrupter: Interrupter,
 }
@@ -48,9 +48,13 @@ impl std::fmt::Debug for Bridge {
     }
 }
 
-/// Cancels what every client is running, from any thread (see [`Bridge::interrupter`]).
+/// Cancels what every client is running and stops the bridge, from any thread (see
+/// [`Bridge::interrupter`]).
 #[derive(Clone)]
-pub struct Interrupter(Arc<dyn InterruptAll>);
+pub struct Interrupter {
+    all: Arc<dyn InterruptAll>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
 
 trait InterruptAll: Send + Sync {
     fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
@@ -75,7 +79,15 @@ impl Interrupter {
     /// Cancels every client's request in flight (queued or running), as a cancel request
     /// from each would.
     pub async fn interrupt_all(&self) {
-        self.0.interrupt_all().await;
+        self.all.interrupt_all().await;
+    }
+
+    /// Begins the bridge's stop: no client starts anything more (each is ended with `57P01`
+    /// at its next message) and what they are running is cancelled. [`Bridge::close`] then
+    /// finishes the stop.
+    pub async fn stop_serving(&self) {
+        let _ = self.shutdown.send(true);
+        self.interrupt_all().await;
     }
 }
 
@@ -90,8 +102,9 @@ impl Bridge {
             None => None,
         };
         let shared = prepare(backend, config).await?;
-        let interrupter = Interrupter(shared.clone());
         let (shutdown, mut signal) = watch::channel(false);
+        let shutdown = Arc::new(shutdown);
+        let interrupter = Interrupter { all: shared.clone(), shutdown: shutdown.clone() };
         let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = signal.wait_for(|stop| *stop).await;
@@ -122,8 +135,7 @@ impl Bridge {
     /// current message is done (open transactions are rolled back) and waits until all are
     /// gone.
     pub async fn close(mut self) -> Result<(), Error> {
-        let _ = self.shutdown.send(true);
-        self.interrupter.interrupt_all().await;
+        self.interrupter.stop_serving().await;
         match self.task.take() {
             Some(task) => task
                 .await

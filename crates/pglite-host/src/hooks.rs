@@ -209,6 +209,14 @@ const DEBUG1: i32 = 14;
 const SET_CONFIG: i32 = 2078;
 const ADVISORY_LOCKS: std::ops::RangeInclusive<i32> = 2880..=2892;
 
+/// The environment variable that arms the crash trigger for tests (see [`CRASH_SETTING`]).
+pub(crate) const CRASH_TRIGGER_ENV: &str = "NSELF_TEST_CRASH_TRIGGER";
+
+/// With [`CRASH_TRIGGER_ENV`] set to `1` when the instance boots, `set_config` of this setting
+/// traps the instance on the spot, as a crash would: tests use it to crash the backend in the
+/// middle of a transaction or statement, from any client.
+const CRASH_SETTING: &str = "nself.crash";
+
 /// How a wrapped builtin is recorded.
 #[derive(Clone, Copy)]
 enum Watched {
@@ -378,6 +386,7 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
     };
     let is_local = profile.fcinfo_arg_offset(2);
     let name_arg = profile.fcinfo_arg_offset(0);
+    let crash_trigger = std::env::var(CRASH_TRIGGER_ENV).is_ok_and(|v| v == "1");
     let ty = original.ty(&*store);
     let wrapper = Func::new(&mut *store, ty, move |mut caller, params, results| {
         match watched {
@@ -386,6 +395,12 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
                 // the session's state, any change to the interrupt settings.
                 let fcinfo = params.first().and_then(Val::i32).unwrap_or(0) as u32;
                 let (guest, ctx) = split(&mut caller);
+                if crash_trigger
+                    && let Ok(name) = guest.u32(fcinfo.wrapping_add(name_arg))
+                    && text_datum(guest.0, name).as_deref() == Some(CRASH_SETTING)
+                {
+                    return Err(wasmtime::Error::msg("crash triggered on purpose (test trigger)"));
+                }
                 let local = guest.slice(fcinfo.wrapping_add(is_local), 1).map(|b| b[0] != 0).unwrap_or(false);
                 if !local {
                     ctx.events.settings = true;

@@ -16,6 +16,7 @@ mod encodings;
 mod engine;
 mod errno;
 mod error;
+mod facts;
 mod hooks;
 mod imports;
 mod instance;

@@ -244,7 +244,7 @@ impl Signals {
                         };
                         let current = interrupter.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         if let Some(current) = current {
-                            current.interrupt_all().await;
+                            current.stop_serving().await;
                         }
                         if sender.send(name).is_err() {
                             return;

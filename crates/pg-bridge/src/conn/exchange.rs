@@ -79,8 +79,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        // From here a cancel request is for this batch, queued or running.
+        // From here a cancel request is for this batch, queued or running; and a stop that
+        // comes later cancels it, while one that came before is seen here.
         let _running = self.client.run.start();
+        if *self.shutdown.borrow() {
+            self.ending = Some(("57P01", "terminating connection due to administrator command"));
+            return Ok(());
+        }
         self.acquire().await?;
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
         batch.plan.renamed = self.client.name_prefix();

@@ -75,7 +75,7 @@ impl Instance {
         }
         let mut res = Instance { store, instance, entry, shutdown, memory: imported.memory, profile };
         if serving {
-            let facts = interrupts::facts(dirs.wasm, dirs.wasm_sha256);
+            let facts = crate::facts::facts(dirs.wasm, dirs.wasm_sha256);
             let (store, instance) = (&mut res.store, &res.instance);
             interrupts::install(store, instance, profile.memory_base, facts, profile.stack_pointer, profile.stack_size)
                 .map_err(Error::guest)?;
