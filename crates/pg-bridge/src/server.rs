@@ -58,9 +58,14 @@ pub struct Interrupter {
 
 trait InterruptAll: Send + Sync {
     fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn begin_stop(&self);
 }
 
 impl<B: Backend> InterruptAll for Shared<B> {
+    fn begin_stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let any = {
@@ -86,6 +91,7 @@ impl Interrupter {
     /// at its next message) and what they are running is cancelled. [`Bridge::close`] then
     /// finishes the stop.
     pub async fn stop_serving(&self) {
+        self.all.begin_stop();
         let _ = self.shutdown.send(true);
         self.interrupt_all().await;
     }
@@ -227,6 +233,7 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         startup_cache: StdMutex::new(HashMap::new()),
         next_client: AtomicU32::new(1),
         waiting: AtomicUsize::new(0),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 

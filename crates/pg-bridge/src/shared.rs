@@ -77,4 +77,7 @@ pub(crate) struct Shared<B> {
     pub(crate) gone: Arc<std::sync::atomic::AtomicBool>,
     /// Clients queued on the lease.
     pub(crate) waiting: AtomicUsize,
+    /// Set when the bridge begins to stop, from whatever thread: no client starts anything
+    /// more.
+    pub(crate) stopping: AtomicBool,
 }

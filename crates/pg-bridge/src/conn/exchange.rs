@@ -82,7 +82,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // From here a cancel request is for this batch, queued or running; and a stop that
         // comes later cancels it, while one that came before is seen here.
         let _running = self.client.run.start();
-        if *self.shutdown.borrow() {
+        if self.stopping() {
             self.ending = Some(("57P01", "terminating connection due to administrator command"));
             return Ok(());
         }
@@ -121,7 +121,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // A statement the bridge had cancelled (its transaction ran out of time, or the bridge
         // is stopping) ends the connection, as PostgreSQL's FATAL does; its error is not the
         // client's to see.
-        let stopping = *self.shutdown.borrow();
+        let stopping = *self.shutdown.borrow() || self.shared.stopping.load(Ordering::SeqCst);
         let cancelled = (stopping || tx_deadline.is_some())
             && crate::protocol::frame::frames(&output).flatten().any(|(tag, frame)| {
                 tag == b'E' && crate::protocol::backend::field(frame, b'C').as_deref() == Some("57014")
@@ -191,6 +191,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
         }
         self.write_output(&out).await
+    }
+
+    /// Whether the bridge is stopping (told through the shutdown channel, or begun from another
+    /// thread by an [`Interrupter`](crate::Interrupter)).
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow() || self.shared.stopping.load(Ordering::SeqCst)
     }
 
     /// Writes backend output to the client. Idle clients were let go of the backend before

@@ -223,11 +223,13 @@ impl Session {
             return Err(Error::BackendGone);
         }
         match client.generation {
-            Some(generation) if generation != self.generation && client.has_backend_state() => {
+            Some(generation) if generation != self.generation && client.had_backend_state() => {
                 return Err(Error::BackendRestarted);
             }
             _ => client.generation = Some(self.generation),
         }
+        let fresh = std::mem::take(&mut client.fresh);
+        client.statements.extend(fresh);
         if self.applied_for == Some(client.id) {
             // Nobody else had the backend since this client's state was put on it.
             return Ok(());
