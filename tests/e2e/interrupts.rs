@@ -328,3 +328,107 @@ async fn a_crash_ends_only_the_sessions_whose_state_it_took() {
         drop(server);
     }
 }
+
+/// What a worker committed: per table it created (and did not drop), its rows.
+type Committed = std::collections::BTreeMap<String, i64>;
+
+/// Creates, fills, indexes and drops tables in short transactions with the simple protocol
+/// (no session state), until `stop`; reconnects should the bridge end it. Returns what
+/// committed, as the server acknowledged it.
+async fn worker(dir: std::path::PathBuf, id: usize, stop: tokio::sync::watch::Receiver<bool>) -> Committed {
+    let mut committed = Committed::new();
+    let mut client = connect(&dir).await;
+    let mut n = 0;
+    while !*stop.borrow() {
+        n += 1;
+        let table = format!("w{id}_{n}");
+        let sql = format!(
+            "BEGIN; CREATE TABLE {table}(id int PRIMARY KEY, v text); \
+             INSERT INTO {table} SELECT g, repeat('v', g % 50) FROM generate_series(1, 200) g; \
+             CREATE INDEX ON {table}(v); UPDATE {table} SET v = v || 'u' WHERE id % 3 = 0; \
+             DELETE FROM {table} WHERE id % 7 = 0; COMMIT"
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                committed.insert(table.clone(), 200 - 200 / 7);
+            }
+            Err(err) if client.is_closed() => {
+                // Ended (it should not be: it keeps no state); nothing of this transaction
+                // was acknowledged.
+                panic!("worker {id} was ended by a crash it had no state in: {err}");
+            }
+            Err(err) => panic!("worker {id}: {err}"),
+        }
+        if n % 3 == 0 {
+            let victim = format!("w{id}_{}", n - 1);
+            client.batch_execute(&format!("DROP TABLE {victim}")).await.unwrap();
+            committed.remove(&victim);
+        }
+        if client.is_closed() {
+            client = connect(&dir).await;
+        }
+    }
+    committed
+}
+
+#[tokio::test]
+async fn crashes_during_concurrent_ddl_lose_nothing_committed_and_leave_every_index_sound() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = start_crashable(dir.path(), release, &["--extensions", "amcheck"]);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let workers: Vec<_> = (0..3).map(|id| tokio::spawn(worker(dir.path().to_owned(), id, stop.clone()))).collect();
+        for round in 0..6 {
+            // The crasher's own uncommitted DDL and DML die with the instance.
+            let crasher = connect(dir.path()).await;
+            let sql = format!(
+                "BEGIN; CREATE TABLE doomed{round}(x int PRIMARY KEY); \
+                 INSERT INTO doomed{round} SELECT generate_series(1, 1000); CREATE INDEX ON doomed{round}(x); {CRASH}"
+            );
+            let crashed = run(&crasher, &sql).await;
+            assert_eq!(crashed.map_err(|e| e.0), Err("57P02".to_owned()), "{release} round {round}");
+        }
+        stop_tx.send(true).unwrap();
+        let mut committed = Committed::new();
+        for worker in workers {
+            committed.extend(worker.await.expect("a worker"));
+        }
+        assert!(!committed.is_empty(), "{release}: the workers committed nothing");
+
+        // After the crashes, and again after a clean restart: every committed row is there,
+        // nothing uncommitted is, and every btree index (catalog and user) agrees with its
+        // table, every heap tuple included.
+        for pass in ["after the crashes", "after a restart"] {
+            let client = connect(dir.path()).await;
+            for (table, rows) in &committed {
+                let count: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+                assert_eq!(count, *rows, "{release} {pass}: {table}");
+            }
+            let doomed: i64 = client
+                .query_one("SELECT count(*) FROM pg_class WHERE relname LIKE 'doomed%'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(doomed, 0, "{release} {pass}: uncommitted tables survived");
+            client.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck").await.unwrap();
+            let checked: i64 = client
+                .query_one(
+                    "SELECT count(bt_index_check(c.oid, true)::text) FROM pg_index i \
+                     JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+                     WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisvalid",
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|err| panic!("{release} {pass}: an index disagrees with its table: {err}"))
+                .get(0);
+            assert!(checked > 100, "{release} {pass}: only {checked} indexes checked");
+            drop(client);
+            if pass == "after the crashes" {
+                let (status, _) = server.terminate();
+                assert!(status.success(), "{release}");
+                server = start_crashable(dir.path(), release, &["--extensions", "amcheck"]);
+            }
+        }
+        drop(server);
+    }
+}
