@@ -14,6 +14,7 @@ mod clients;
 mod differential;
 mod drivers;
 mod facade;
+mod interrupts;
 mod isolation;
 mod lifecycle;
 mod migrations;

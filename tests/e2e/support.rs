@@ -94,11 +94,20 @@ impl Server {
 
     /// Starts the command on `dir` with extra arguments; does not wait.
     pub(crate) fn spawn(dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn_env(dir, extra, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables.
+    pub(crate) fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir_arg = dir.to_str().expect("utf-8 temp dir");
         let mut args = vec!["start", "--runtime-dir", dir_arg];
         args.extend_from_slice(extra);
-        let mut child =
-            command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning nself-embedded");
+        let mut child = command(&args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning nself-embedded");
         let pid = child.id();
         let (line_tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
@@ -281,6 +290,20 @@ pub(crate) fn text(output: &Output) -> (String, String) {
 
 /// A tokio-postgres connection with the seed's connection string on the socket in `dir`; the
 /// connection task is spawned.
+/// A tokio-postgres connection to `dsn`, and what its connection task ended with: a FATAL the
+/// server sends while the client is idle surfaces there.
+pub(crate) async fn connect_watched(
+    dsn: &str,
+) -> (tokio_postgres::Client, tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>) {
+    let config: tokio_postgres::Config = dsn.parse().expect("a valid connection string");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connecting with tokio-postgres");
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = done_tx.send(connection.await);
+    });
+    (client, done)
+}
+
 pub(crate) async fn connect(dir: &Path) -> tokio_postgres::Client {
     let config: tokio_postgres::Config = seed_dsn(dir).parse().expect("a valid connection string");
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connecting with tokio-postgres");

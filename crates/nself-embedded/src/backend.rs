@@ -6,6 +6,7 @@
 //! phase).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::{Bytes, BytesMut};
 use pg_bridge::protocol::backend::{field, text_rows};
@@ -52,7 +53,7 @@ impl PgliteBackend {
             "SELECT name, pg_catalog.current_setting(name) \
              FROM unnest(ARRAY[{names}]::pg_catalog.text[]) WITH ORDINALITY AS s(name, idx) ORDER BY idx"
         );
-        let reply = host.exec_protocol_async(frontend::query(&sql).to_vec()).await?;
+        let reply = host.exec_protocol_async(frontend::query(&sql).to_vec(), Default::default()).await?;
         let params = parse_settings(&reply)?;
         Ok(PgliteBackend { host, params })
     }
@@ -109,7 +110,20 @@ fn with_copy_fail(frames: &[u8]) -> Vec<u8> {
 
 impl pg_bridge::Backend for PgliteBackend {
     async fn exchange(&self, frames: Bytes) -> Result<BytesMut, pg_bridge::Error> {
-        match self.host.exec_protocol_async(with_copy_fail(&frames)).await {
+        match self.host.exec_protocol_async(with_copy_fail(&frames), Default::default()).await {
+            Ok(reply) => Ok(BytesMut::from(&reply[..])),
+            Err(err) => Err(pg_bridge::Error::Backend(Box::new(err))),
+        }
+    }
+
+    async fn exchange_cancellable(
+        &self,
+        frames: Bytes,
+        cancel: Arc<AtomicBool>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<BytesMut, pg_bridge::Error> {
+        let interrupt = pglite_host::Interrupt { cancel: Some(cancel), deadline };
+        match self.host.exec_protocol_async(with_copy_fail(&frames), interrupt).await {
             Ok(reply) => Ok(BytesMut::from(&reply[..])),
             Err(err) => Err(pg_bridge::Error::Backend(Box::new(err))),
         }
@@ -141,6 +155,16 @@ impl pg_bridge::Backend for PgliteBackend {
         })
     }
 
+    fn session_timeouts(&self) -> Option<pg_bridge::SessionTimeouts> {
+        // statement_timeout is the host's own (it runs inside the backend).
+        let timeouts = self.host.session_timeouts();
+        Some(pg_bridge::SessionTimeouts {
+            idle_in_transaction: timeouts.idle_in_transaction,
+            idle_session: timeouts.idle_session,
+            transaction: timeouts.transaction,
+        })
+    }
+
     fn has_connection_defaults(&self) -> bool {
         true
     }
@@ -159,8 +183,9 @@ impl pg_bridge::Backend for PgliteBackend {
     }
 
     async fn cancel(&self) -> bool {
-        // One wasm thread runs the query; nothing can interrupt it from outside.
-        false
+        // The client's flag is up: the guest looks at it between two instructions.
+        self.host.interrupt();
+        true
     }
 }
 

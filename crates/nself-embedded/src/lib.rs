@@ -45,6 +45,7 @@ pub use runtime::{EmbeddedPgRuntime, SOCKET_NAME};
 pub use pg_bridge::Bridge as PgSocketBridge;
 /// How a [`PgSocketBridge`] listens.
 pub use pg_bridge::Config as BridgeConfig;
+pub use pg_bridge::Interrupter;
 /// A verified, unpacked PGlite release in the cache.
 pub use pglite_fetch::Artifact;
 

@@ -49,6 +49,7 @@ pub struct EmbeddedPgRuntime {
 struct Serving {
     host: Arc<Pglite>,
     tcp_addr: Option<SocketAddr>,
+    interrupter: pg_bridge::Interrupter,
 }
 
 struct Running {
@@ -199,7 +200,8 @@ impl EmbeddedPgRuntime {
         let failure = match tokio::time::timeout_at(deadline, listen).await {
             Ok(Ok(bridge)) => {
                 tracing::info!(socket = %sock_path.display(), %database, "accepting connections");
-                let serving = Serving { host: host.clone(), tcp_addr: bridge.tcp_addr() };
+                let serving =
+                    Serving { host: host.clone(), tcp_addr: bridge.tcp_addr(), interrupter: bridge.interrupter() };
                 *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(serving);
                 *state = Some(Running { host, bridge });
                 guard.host = None;
@@ -213,6 +215,13 @@ impl EmbeddedPgRuntime {
             tracing::warn!(%err, "PostgreSQL did not stop cleanly after a failed start");
         }
         Err(failure)
+    }
+
+    /// While serving: what cancels every client's running query from any thread, so that a
+    /// stop cannot wait for a long query (the CLI calls it from its signal thread before
+    /// [`stop`](Self::stop)).
+    pub fn interrupter(&self) -> Option<pg_bridge::Interrupter> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.interrupter.clone())
     }
 
     /// Stops accepting, ends every client (open transactions are rolled back), stops

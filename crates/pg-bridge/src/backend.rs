@@ -6,10 +6,22 @@
 //! anything: filtering, renaming and leasing are the bridge's job.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::Error;
+
+/// A session's timeouts as the backend has them (`None` is off), which the bridge keeps for
+/// a backend that does not run them itself: the idle ones and `transaction_timeout`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    pub idle_in_transaction: Option<Duration>,
+    pub idle_session: Option<Duration>,
+    pub transaction: Option<Duration>,
+}
 
 /// What may have changed session state during an exchange, as the backend saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,6 +98,28 @@ pub trait Backend: Send + Sync + 'static {
     /// bridge hides the copy frames from clients.
     fn exchange(&self, frames: Bytes) -> impl Future<Output = Result<BytesMut, Error>> + Send;
 
+    /// [`exchange`](Self::exchange) for a client's own messages: raising `cancel` while it runs
+    /// (then calling [`cancel`](Self::cancel)) cancels the statement running, or the next to
+    /// start, as PostgreSQL's cancel request does. The default ignores the flag.
+    ///
+    /// The statement running at `deadline` is cancelled the same way (the bridge words the
+    /// error itself).
+    fn exchange_cancellable(
+        &self,
+        frames: Bytes,
+        cancel: Arc<AtomicBool>,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<BytesMut, Error>> + Send {
+        let _ = (cancel, deadline);
+        self.exchange(frames)
+    }
+
+    /// The timeouts of the session as it is after the last exchange, if the bridge is to keep
+    /// them (see [`SessionTimeouts`]); `None` for a backend that keeps its own.
+    fn session_timeouts(&self) -> Option<SessionTimeouts> {
+        None
+    }
+
     /// The `ParameterStatus` values the backend reported at its own startup (`server_version`,
     /// `server_encoding`, `DateStyle`, ...), in the order reported.
     fn parameter_status(&self) -> Vec<(String, String)>;
@@ -134,8 +168,10 @@ pub trait Backend: Send + Sync + 'static {
         self.parameter_status().into_iter().map(|(name, _)| name).collect()
     }
 
-    /// Asks the backend to cancel whatever `exchange` is running now. Returns whether the
-    /// backend supports cancellation at all; the default supports none.
+    /// Asks the backend to cancel the client's statement: the client's cancel flag (see
+    /// [`exchange_cancellable`](Self::exchange_cancellable)) was just raised, or, for a
+    /// backend that ignores the flag, whatever `exchange` runs now. Returns whether the backend
+    /// supports cancellation at all; the default supports none.
     fn cancel(&self) -> impl Future<Output = bool> + Send {
         async { false }
     }

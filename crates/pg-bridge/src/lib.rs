@@ -32,6 +32,7 @@
 //! - Malformed input ends that one connection with `08P01`; it never panics and never
 //!   allocates the size a frame advertises.
 
+mod acceptor;
 mod backend;
 mod classify;
 mod config;
@@ -56,10 +57,10 @@ mod fuzzing;
 #[cfg(test)]
 mod robustness_tests;
 
-pub use backend::{Backend, SessionEvents};
+pub use backend::{Backend, SessionEvents, SessionTimeouts};
 pub use config::{Config, DEFAULT_SOCKET_NAME, socket_dir_mode};
 pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
-pub use server::{Bridge, Listeners, bind, serve};
+pub use server::{Bridge, Interrupter, Listeners, bind, serve};
 pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};
 
 /// Everything that can go wrong in the bridge.

@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::acceptor::Acceptor;
 use crate::config::{Config, socket_dir_mode};
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::socket::Socket;
 use crate::{Backend, Error, scram, startup};
 
 /// The sockets `serve` accepts on.
@@ -34,12 +34,67 @@ pub struct Listeners {
 }
 
 /// A running bridge: its sockets and the task serving them.
-#[derive(Debug)]
 pub struct Bridge {
     socket_path: PathBuf,
     tcp_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    interrupter: Interrupter,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("socket_path", &self.socket_path).field("tcp_addr", &self.tcp_addr).finish()
+    }
+}
+
+/// Cancels what every client is running and stops the bridge, from any thread (see
+/// [`Bridge::interrupter`]).
+#[derive(Clone)]
+pub struct Interrupter {
+    all: Arc<dyn InterruptAll>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+trait InterruptAll: Send + Sync {
+    fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn begin_stop(&self);
+}
+
+impl<B: Backend> InterruptAll for Shared<B> {
+    fn begin_stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn interrupt_all(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let any = {
+                let keys = self.cancel_keys.lock().unwrap_or_else(|p| p.into_inner());
+                // Every client's flag, not just up to the first running one.
+                keys.values().filter(|entry| entry.run.cancel()).count() > 0
+            };
+            if any {
+                self.backend.cancel().await;
+            }
+        })
+    }
+}
+
+impl Interrupter {
+    /// Cancels every client's request in flight (queued or running), as a cancel request
+    /// from each would.
+    pub async fn interrupt_all(&self) {
+        self.all.interrupt_all().await;
+    }
+
+    /// Begins the bridge's stop: no client starts anything more (each is ended with `57P01`
+    /// at its next message) and what they are running is cancelled. [`Bridge::close`] then
+    /// finishes the stop.
+    pub async fn stop_serving(&self) {
+        self.all.begin_stop();
+        let _ = self.shutdown.send(true);
+        self.interrupt_all().await;
+    }
 }
 
 impl Bridge {
@@ -54,13 +109,22 @@ impl Bridge {
         };
         let shared = prepare(backend, config).await?;
         let (shutdown, mut signal) = watch::channel(false);
+        let shutdown = Arc::new(shutdown);
+        let interrupter = Interrupter { all: shared.clone(), shutdown: shutdown.clone() };
         let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             };
             run(listeners, shared, stop).await
         });
-        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task) })
+        Ok(Bridge { socket_path, tcp_addr, shutdown, task: Some(task), interrupter })
+    }
+
+    /// What cancels every client's request in flight, usable from any thread, for as long as
+    /// the process lives: a signal handler on a thread of its own can cut short a query the
+    /// serving runtime is busy with.
+    pub fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
     }
 
     /// The Unix socket's path.
@@ -73,10 +137,11 @@ impl Bridge {
         self.tcp_addr
     }
 
-    /// Stops accepting, ends every connection once its current message is done (open
-    /// transactions are rolled back) and waits until all are gone.
+    /// Stops accepting, cancels what clients are running, ends every connection once its
+    /// current message is done (open transactions are rolled back) and waits until all are
+    /// gone.
     pub async fn close(mut self) -> Result<(), Error> {
-        let _ = self.shutdown.send(true);
+        self.interrupter.stop_serving().await;
         match self.task.take() {
             Some(task) => task
                 .await
@@ -168,6 +233,7 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         startup_cache: StdMutex::new(HashMap::new()),
         next_client: AtomicU32::new(1),
         waiting: AtomicUsize::new(0),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 
@@ -179,31 +245,15 @@ async fn run<B: Backend>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let unix_path = listeners.unix.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let (greeted_tx, mut greeted) = mpsc::unbounded_channel();
+    let acceptor = Acceptor::spawn(listeners, shared.clone(), greeted_tx, stop_rx.clone())?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listeners.unix.accept() => match accepted {
-                Ok((stream, _)) => match Socket::unix(stream) {
-                    Ok(stream) => {
-                        tasks.spawn(startup::run(shared.clone(), stream, false, stop_rx.clone()));
-                    }
-                    Err(error) => tracing::warn!(%error, "registering a unix connection"),
-                },
-                Err(error) => tracing::warn!(%error, "accepting on the unix socket"),
-            },
-            accepted = accept_tcp(&listeners.tcp) => match accepted {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    match Socket::tcp(stream) {
-                        Ok(stream) => {
-                            tasks.spawn(startup::run(shared.clone(), stream, true, stop_rx.clone()));
-                        }
-                        Err(error) => tracing::warn!(%error, "registering a tcp connection"),
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "accepting on the tcp socket"),
-            },
+            Some(client) = greeted.recv() => {
+                tasks.spawn(startup::run(shared.clone(), client, stop_rx.clone()));
+            }
             Some(done) = tasks.join_next() => {
                 if let Err(error) = done {
                     tracing::error!(%error, "a connection task failed");
@@ -211,22 +261,15 @@ async fn run<B: Backend>(
             }
         }
     }
-    drop(listeners);
+    let _ = stop_tx.send(true);
+    acceptor.stopped().await;
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }
-    let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         if let Err(error) = done {
             tracing::error!(%error, "a connection task failed");
         }
     }
     Ok(())
-}
-
-async fn accept_tcp(listener: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
-    match listener {
-        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
-        None => std::future::pending().await,
-    }
 }

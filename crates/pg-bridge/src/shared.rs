@@ -3,7 +3,7 @@
 //! `Arc`; everything here is either immutable after start or behind its own lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use tokio::sync::Semaphore;
@@ -16,7 +16,42 @@ use crate::settings::Settings;
 /// A registered client, for cancel requests.
 pub(crate) struct CancelEntry {
     pub(crate) secret: i32,
-    pub(crate) running: Arc<AtomicBool>,
+    pub(crate) run: Arc<RunState>,
+}
+
+/// Whether a client has a request in flight (queued for the backend or running on it), and
+/// the flag that cancels it.
+#[derive(Default)]
+pub(crate) struct RunState {
+    pub(crate) running: AtomicBool,
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+impl RunState {
+    /// A request is on its way: a cancel from now on is for it. Ended by dropping the guard.
+    pub(crate) fn start(self: &Arc<Self>) -> RunGuard {
+        self.cancel.store(false, Ordering::SeqCst);
+        self.running.store(true, Ordering::SeqCst);
+        RunGuard(self.clone())
+    }
+
+    /// Raises the cancel flag if a request is in flight; returns whether one was.
+    pub(crate) fn cancel(&self) -> bool {
+        let running = self.running.load(Ordering::SeqCst);
+        if running {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+        running
+    }
+}
+
+/// Marks the end of a request in flight when dropped.
+pub(crate) struct RunGuard(Arc<RunState>);
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+    }
 }
 
 /// State shared by all connections of one bridge.
@@ -42,4 +77,7 @@ pub(crate) struct Shared<B> {
     pub(crate) gone: Arc<std::sync::atomic::AtomicBool>,
     /// Clients queued on the lease.
     pub(crate) waiting: AtomicUsize,
+    /// Set when the bridge begins to stop, from whatever thread: no client starts anything
+    /// more.
+    pub(crate) stopping: AtomicBool,
 }

@@ -42,9 +42,15 @@ impl Owner for std::net::TcpStream {}
 impl Owner for OwnedFd {}
 
 impl<T: Owner> Socket<T> {
-    /// Wraps a socket in non-blocking mode that is registered nowhere else.
-    fn new(socket: T) -> io::Result<Socket<T>> {
+    /// Wraps a socket in non-blocking mode that is registered nowhere else, with the runtime
+    /// of the calling task.
+    pub(crate) fn new(socket: T) -> io::Result<Socket<T>> {
         Ok(Socket { read: register(socket, Interest::READABLE)?, write: None })
+    }
+
+    /// The socket, registered nowhere again (to be taken over by another runtime).
+    pub(crate) fn into_inner(self) -> io::Result<T> {
+        Ok(self.read.into_inner())
     }
 }
 

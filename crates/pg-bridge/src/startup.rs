@@ -8,7 +8,7 @@
 //! PostgreSQL) so its ParameterStatus values are the ones the backend really reports.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
@@ -19,7 +19,8 @@ use crate::conn::{Client, Connection};
 use crate::protocol::backend::{Replies, Severity, TxStatus, error_frame};
 use crate::protocol::frame;
 use crate::session::{ClientState, Started};
-use crate::shared::{CancelEntry, Shared};
+use crate::shared::{CancelEntry, RunState, Shared};
+use crate::socket::{Owner, Socket};
 use crate::{Backend, Error, scram, settings};
 
 const SSL_REQUEST: u32 = 80_877_103;
@@ -97,19 +98,107 @@ fn startup_params(body: &[u8]) -> Option<Vec<(String, String)>> {
     }
 }
 
-/// Serves one accepted connection from its first byte to its end.
-pub(crate) async fn run<B: Backend, S>(
+/// A connection past the negotiation phase, handed from the acceptor thread to the runtime
+/// that serves clients: its socket (registered nowhere), its startup packet's version and
+/// settings, bytes it sent after that packet, and its connection slot (if one was free).
+pub(crate) struct Greeted {
+    pub(crate) stream: Stream,
+    pub(crate) buf: BytesMut,
+    minor: u32,
+    params: Vec<(String, String)>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// An accepted socket, registered with no runtime.
+pub(crate) enum Stream {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+/// The negotiation phase of one accepted connection, on the acceptor thread: SSL and GSS
+/// requests answered `N`, a CancelRequest carried out, then the startup packet read. Runs
+/// where a long query on the serving runtime cannot hold it up, so a cancel request is
+/// carried out while the query it cancels runs.
+pub(crate) async fn greet<B: Backend>(shared: Arc<Shared<B>>, stream: Stream) -> Option<Greeted> {
+    // Taken before the startup packet so a flood of half-open connections counts too.
+    let permit = shared.slots.clone().try_acquire_owned().ok();
+    let mut buf = BytesMut::with_capacity(1024);
+    let (stream, minor, params) = match stream {
+        Stream::Unix(stream) => {
+            let (stream, minor, params) = negotiate_owned(&shared, stream, &mut buf).await?;
+            (Stream::Unix(stream), minor, params)
+        }
+        Stream::Tcp(stream) => {
+            let (stream, minor, params) = negotiate_owned(&shared, stream, &mut buf).await?;
+            (Stream::Tcp(stream), minor, params)
+        }
+    };
+    Some(Greeted { stream, buf, minor, params, permit })
+}
+
+/// [`negotiate`] on `stream`, registered with the calling task's runtime for as long as it
+/// takes; the stream is returned unregistered.
+async fn negotiate_owned<B: Backend, T>(
+    shared: &Arc<Shared<B>>,
+    stream: T,
+    buf: &mut BytesMut,
+) -> Option<(T, u32, Vec<(String, String)>)>
+where
+    T: Owner + Unpin + Send,
+{
+    let mut socket =
+        Socket::new(stream).inspect_err(|error| tracing::warn!(%error, "registering a connection")).ok()?;
+    let negotiated = tokio::time::timeout(shared.config.startup_timeout, negotiate(shared, &mut socket, buf)).await;
+    let (minor, params) = match negotiated {
+        Ok(Ok(Some(startup))) => startup,
+        Ok(Ok(None)) => return None,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection refused during startup");
+            return None;
+        }
+        Err(_) => {
+            let _ = fatal(&mut socket, "08P01", "timeout expired during the startup phase".to_owned()).await;
+            return None;
+        }
+    };
+    let stream = socket.into_inner().inspect_err(|error| tracing::warn!(%error, "handing over a connection")).ok()?;
+    Some((stream, minor, params))
+}
+
+/// Serves one greeted connection from its startup packet to its end, on the runtime that
+/// serves clients.
+pub(crate) async fn run<B: Backend>(shared: Arc<Shared<B>>, greeted: Greeted, shutdown: watch::Receiver<bool>) {
+    match greeted.stream {
+        Stream::Unix(stream) => match Socket::new(stream) {
+            Ok(socket) => {
+                serve(shared, socket, false, greeted.buf, greeted.minor, greeted.params, greeted.permit, shutdown).await
+            }
+            Err(error) => tracing::warn!(%error, "registering a unix connection"),
+        },
+        Stream::Tcp(stream) => match Socket::new(stream) {
+            Ok(socket) => {
+                serve(shared, socket, true, greeted.buf, greeted.minor, greeted.params, greeted.permit, shutdown).await
+            }
+            Err(error) => tracing::warn!(%error, "registering a tcp connection"),
+        },
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "the parts of a greeted connection, passed on once")]
+async fn serve<B: Backend, S>(
     shared: Arc<Shared<B>>,
     mut stream: S,
     tcp: bool,
+    buf: BytesMut,
+    minor: u32,
+    params: Vec<(String, String)>,
+    permit: Option<OwnedSemaphorePermit>,
     shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Taken before the startup packet so a flood of half-open connections counts too.
-    let permit = shared.slots.clone().try_acquire_owned().ok();
     let timeout = shared.config.startup_timeout;
-    let started = tokio::time::timeout(timeout, startup(&shared, &mut stream, tcp, permit)).await;
+    let started = tokio::time::timeout(timeout, startup(&shared, &mut stream, tcp, permit, buf, minor, params)).await;
     let client = match started {
         Ok(Ok(Some(client))) => client,
         Ok(Ok(None)) => return,
@@ -131,19 +220,19 @@ pub(crate) async fn run<B: Backend, S>(
     shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
 }
 
-async fn startup<B: Backend, S>(
+/// Negotiation until the startup packet: its protocol minor and settings, or `None` when the
+/// connection was a cancel request or closed.
+async fn negotiate<B: Backend, S>(
     shared: &Arc<Shared<B>>,
     stream: &mut S,
-    tcp: bool,
-    permit: Option<OwnedSemaphorePermit>,
-) -> Result<Option<Client>, Error>
+    buf: &mut BytesMut,
+) -> Result<Option<(u32, Vec<(String, String)>)>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut buf = BytesMut::with_capacity(1024);
     let mut negotiations = 0;
-    let (minor, params) = loop {
-        let packet = match read_packet(stream, &mut buf).await {
+    loop {
+        let packet = match read_packet(stream, buf).await {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(None),
             Err(Ok(error)) => {
@@ -183,11 +272,24 @@ where
                 let Some(params) = startup_params(body) else {
                     return Err(fatal(stream, "08P01", "invalid startup packet layout".to_owned()).await);
                 };
-                break (minor, params);
+                return Ok(Some((minor, params)));
             }
         }
-    };
+    }
+}
 
+async fn startup<B: Backend, S>(
+    shared: &Arc<Shared<B>>,
+    stream: &mut S,
+    tcp: bool,
+    permit: Option<OwnedSemaphorePermit>,
+    mut buf: BytesMut,
+    minor: u32,
+    params: Vec<(String, String)>,
+) -> Result<Option<Client>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let mut replies = Replies::new();
     let unsupported: Vec<String> =
         params.iter().filter(|(name, _)| name.starts_with("_pq_.")).map(|(name, _)| name.clone()).collect();
@@ -281,12 +383,8 @@ where
     // The pid only has to be unique among our clients; keep it clear of real pids' range.
     let pid = 0x4000_0000 | (id as i32 & 0x3fff_ffff);
     let secret: i32 = rand::rng().random();
-    let running = Arc::new(AtomicBool::new(false));
-    shared
-        .cancel_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(pid, CancelEntry { secret, running: running.clone() });
+    let run = Arc::new(RunState::default());
+    shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, CancelEntry { secret, run: run.clone() });
     replies.backend_key(pid, secret)?;
     replies.ready(TxStatus::Idle)?;
     startup_replies.extend_from_slice(&replies.into_bytes());
@@ -294,7 +392,7 @@ where
     let standard_strings = started.reported.get("standard_conforming_strings").is_none_or(|v| v == "on");
     state.set_login(started.login);
     state.set_reported(started.reported);
-    Ok(Some(Client::new(state, pid, running, permit, buf, standard_strings)))
+    Ok(Some(Client::new(state, pid, run, permit, buf, standard_strings)))
 }
 
 /// Checks a new client's login and startup settings on the backend and puts them on it: an
@@ -371,11 +469,11 @@ where
 
 /// Cancels the client with this key if it is running something now; never replies.
 async fn cancel<B: Backend>(shared: &Arc<Shared<B>>, pid: i32, secret: i32) {
-    let running = {
+    let run = {
         let keys = shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.get(&pid).filter(|entry| entry.secret == secret).map(|entry| entry.running.clone())
+        keys.get(&pid).filter(|entry| entry.secret == secret).map(|entry| entry.run.clone())
     };
-    if running.is_some_and(|running| running.load(Ordering::SeqCst)) {
+    if run.is_some_and(|run| run.cancel()) {
         shared.backend.cancel().await;
     }
 }

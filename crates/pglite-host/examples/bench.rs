@@ -90,7 +90,7 @@ fn main() {
         let pg = &pg;
         let t = Instant::now();
         for _ in 0..n {
-            pg.exec_protocol_async(select1()).await.unwrap();
+            pg.exec_protocol_async(select1(), Default::default()).await.unwrap();
         }
         t.elapsed()
     });

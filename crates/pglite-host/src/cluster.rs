@@ -101,6 +101,9 @@ impl Cluster {
             scratch: self.scratch.path(),
             module_cache: self.config.module_cache_dir.clone(),
             extensions: &self.config.extensions,
+            settings: &self.config.settings,
+            wasm: &self.artifact.wasm,
+            wasm_sha256: &self.artifact.wasm_sha256,
         }
     }
 
@@ -173,6 +176,10 @@ impl Cluster {
     }
 
     /// What may have changed session state since the last call.
+    pub(crate) fn session_timeouts(&self) -> crate::SessionTimeouts {
+        self.instance.as_ref().map(Instance::session_timeouts).unwrap_or_default()
+    }
+
     pub(crate) fn take_events(&mut self) -> crate::SessionEvents {
         self.instance.as_mut().map(Instance::take_events).unwrap_or_default()
     }
@@ -200,9 +207,9 @@ impl Cluster {
         Ok(())
     }
 
-    pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, Error> {
+    pub(crate) fn exec(&mut self, request: &[u8], interrupt: crate::Interrupt) -> Result<Vec<u8>, Error> {
         let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
-        let result = instance.exec(request);
+        let result = instance.exec(request, interrupt);
         self.settle(result)
     }
 
@@ -339,6 +346,9 @@ fn make_cluster(
         module_cache: module_cache.map(Path::to_path_buf),
         // The template is a pristine cluster, whatever extensions this instance is given.
         extensions: &[],
+        settings: &[],
+        wasm: &artifact.wasm,
+        wasm_sha256: &artifact.wasm_sha256,
     };
     let (instance, rc) = Instance::boot(module, profile, &dirs, INITDB_DATABASE, false)?;
     if rc & initdb_bits::HAS_DB != 0 {

@@ -16,11 +16,11 @@
 //! back to them. Setting PostgreSQL's defaults at that same level makes them what `RESET`
 //! restores.
 
-use wasmtime::{Func, Ref, Store, Table, Val};
+use wasmtime::{AsContextMut, Caller, Func, Ref, Store, Table, Val};
 
-use crate::Error;
 use crate::imports::{Ctx, split};
 use crate::profile::Profile;
+use crate::{Error, interrupts};
 
 /// What may have changed session state since the caller last asked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -209,6 +209,14 @@ const DEBUG1: i32 = 14;
 const SET_CONFIG: i32 = 2078;
 const ADVISORY_LOCKS: std::ops::RangeInclusive<i32> = 2880..=2892;
 
+/// The environment variable that arms the crash trigger for tests (see [`CRASH_SETTING`]).
+pub(crate) const CRASH_TRIGGER_ENV: &str = "NSELF_TEST_CRASH_TRIGGER";
+
+/// With [`CRASH_TRIGGER_ENV`] set to `1` when the instance boots, `set_config` of this setting
+/// traps the instance on the spot, as a crash would: tests use it to crash the backend in the
+/// middle of a transaction or statement, from any client.
+const CRASH_SETTING: &str = "nself.crash";
+
 /// How a wrapped builtin is recorded.
 #[derive(Clone, Copy)]
 enum Watched {
@@ -223,9 +231,12 @@ pub(crate) fn install(
     instance: &wasmtime::Instance,
     table: Table,
     profile: &Profile,
+    settings: &[(String, String)],
 ) -> Result<(), Error> {
-    set_defaults(store, instance)?;
+    let ours = DEFAULTS.iter().map(|(name, value)| (*name, *value));
+    set_defaults(store, instance, ours.chain(settings.iter().map(|(n, v)| (n.as_str(), v.as_str()))))?;
     install_utility_hook(store, instance, table)?;
+    install_executor_hooks(store, instance, table)?;
     store.data_mut().calibration.learning = true;
     let fmgr_info = instance.get_typed_func::<(i32, i32), ()>(&mut *store, "fmgr_info").map_err(Error::instantiate)?;
     let exports = store.data().exports();
@@ -262,14 +273,19 @@ pub(crate) fn learn(store: &mut Store<Ctx>) {
     ctx.events = SessionEvents::default();
 }
 
-/// Sets [`DEFAULTS`] with `SetConfigOption` at command-line level.
-fn set_defaults(store: &mut Store<Ctx>, instance: &wasmtime::Instance) -> Result<(), Error> {
+/// Sets `settings` with `SetConfigOption` at command-line level (a refused value is an ERROR,
+/// which fails the boot).
+fn set_defaults<'a>(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    settings: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<(), Error> {
     let set = instance
         .get_typed_func::<(i32, i32, i32, i32), ()>(&mut *store, "SetConfigOption")
         .map_err(Error::instantiate)?;
     let exports = store.data().exports();
     let memory = store.data().shared().memory;
-    for (name, value) in DEFAULTS {
+    for (name, value) in settings {
         let mut strings = Vec::new();
         for text in [name, value] {
             let ptr = exports.malloc.call(&mut *store, text.len() as i32 + 1).map_err(Error::guest)?;
@@ -302,11 +318,65 @@ fn install_utility_hook(store: &mut Store<Ctx>, instance: &wasmtime::Instance, t
         let planned_stmt = params.first().and_then(Val::i32).unwrap_or(0) as u32;
         let (guest, ctx) = split(&mut caller);
         ctx.calibration.record(guest.0, planned_stmt, &mut ctx.events);
-        standard.call(&mut caller, params, results)
+        let result = statement(&mut caller, |caller| standard.call(caller, params, results));
+        // Any utility command may change settings, transaction control included (it ends
+        // SET LOCAL); one that failed rolled its changes back.
+        caller.data_mut().interrupts.settings_changed();
+        result
     });
+    set_hook(store, table, hook_address as u32, hook)
+}
+
+/// Puts `hook` in the table and its index in the hook variable at `address`.
+fn set_hook(store: &mut Store<Ctx>, table: Table, address: u32, hook: Func) -> Result<(), Error> {
     let index = table.grow(&mut *store, 1, Ref::Func(Some(hook))).map_err(Error::instantiate)?;
     let memory = store.data().shared().memory;
-    memory.write(&mut *store, hook_address as usize, &(index as u32).to_le_bytes()).map_err(Error::trap)
+    memory.write(&mut *store, address as usize, &(index as u32).to_le_bytes()).map_err(Error::trap)
+}
+
+/// Runs `body` (a hooked executor or utility step) as part of a statement: when no other
+/// hooked step is running, it is a top-level statement, whose start and end the interrupt
+/// state learns (see `interrupts`). An error unwinding through `body` ends it too.
+fn statement(
+    caller: &mut Caller<'_, Ctx>,
+    body: impl FnOnce(&mut Caller<'_, Ctx>) -> wasmtime::Result<()>,
+) -> wasmtime::Result<()> {
+    let top = caller.data().interrupts.depth == 0;
+    if top {
+        interrupts::statement_start(caller.as_context_mut())?;
+    }
+    caller.data_mut().interrupts.depth += 1;
+    let result = body(caller);
+    let ctx = caller.data_mut();
+    ctx.interrupts.depth = ctx.interrupts.depth.saturating_sub(1);
+    if top {
+        interrupts::statement_end(ctx);
+    }
+    result
+}
+
+/// Puts host functions in `ExecutorStart_hook`, `ExecutorRun_hook` and `ExecutorFinish_hook`
+/// that run the standard executor steps as parts of a statement (see [`statement`]): where a
+/// query runs, it can be cancelled and time out.
+fn install_executor_hooks(store: &mut Store<Ctx>, instance: &wasmtime::Instance, table: Table) -> Result<(), Error> {
+    for step in ["ExecutorStart", "ExecutorRun", "ExecutorFinish"] {
+        let standard = instance
+            .get_func(&mut *store, &format!("standard_{step}"))
+            .ok_or_else(|| Error::instantiate(format!("module does not export standard_{step}")))?;
+        let hook_name = format!("{step}_hook");
+        let address = *store
+            .data()
+            .dylink
+            .main_data
+            .get(&hook_name)
+            .ok_or_else(|| Error::instantiate(format!("module does not export {hook_name}")))?;
+        let ty = standard.ty(&*store);
+        let hook = Func::new(&mut *store, ty, move |mut caller, params, results| {
+            statement(&mut caller, |caller| standard.call(caller, params, results))
+        });
+        set_hook(store, table, address as u32, hook)?;
+    }
+    Ok(())
 }
 
 /// Replaces the function in table slot `index` with one that records the call, then calls it.
@@ -316,13 +386,21 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
     };
     let is_local = profile.fcinfo_arg_offset(2);
     let name_arg = profile.fcinfo_arg_offset(0);
+    let crash_trigger = std::env::var(CRASH_TRIGGER_ENV).is_ok_and(|v| v == "1");
     let ty = original.ty(&*store);
     let wrapper = Func::new(&mut *store, ty, move |mut caller, params, results| {
         match watched {
             Watched::SetConfig => {
-                // set_config(name, value, is_local): only a session-level change matters.
+                // set_config(name, value, is_local): only a session-level change matters to
+                // the session's state, any change to the interrupt settings.
                 let fcinfo = params.first().and_then(Val::i32).unwrap_or(0) as u32;
                 let (guest, ctx) = split(&mut caller);
+                if crash_trigger
+                    && let Ok(name) = guest.u32(fcinfo.wrapping_add(name_arg))
+                    && text_datum(guest.0, name).as_deref() == Some(CRASH_SETTING)
+                {
+                    return Err(wasmtime::Error::msg("crash triggered on purpose (test trigger)"));
+                }
                 let local = guest.slice(fcinfo.wrapping_add(is_local), 1).map(|b| b[0] != 0).unwrap_or(false);
                 if !local {
                     ctx.events.settings = true;
@@ -335,7 +413,11 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
             }
             Watched::AdvisoryLock => caller.data_mut().events.locks = true,
         }
-        original.call(&mut caller, params, results)
+        let result = original.call(&mut caller, params, results);
+        if let Watched::SetConfig = watched {
+            caller.data_mut().interrupts.settings_changed();
+        }
+        result
     });
     table.set(&mut *store, index as u64, Ref::Func(Some(wrapper))).map_err(Error::instantiate)
 }
@@ -377,6 +459,7 @@ pub(crate) fn set_connection_defaults(
     commit.call(&mut *store, ())?;
     // The host's own changes are not the client's, nor is anything they printed.
     store.data_mut().events = SessionEvents::default();
+    store.data_mut().interrupts.settings_changed();
     store.data_mut().wire_out.clear();
     Ok(refused)
 }

@@ -16,9 +16,11 @@ mod encodings;
 mod engine;
 mod errno;
 mod error;
+mod facts;
 mod hooks;
 mod imports;
 mod instance;
+mod interrupts;
 mod mem;
 mod pglite;
 mod profile;
@@ -32,6 +34,7 @@ use std::time::Duration;
 pub use cluster::{cluster_major, verify_cache};
 pub use error::Error;
 pub use hooks::SessionEvents;
+pub use interrupts::{Interrupt, SessionTimeouts};
 pub use pglite::{BootInfo, BootKind, Pglite};
 pub use template::{CacheDamage, CacheProblem};
 
@@ -87,6 +90,9 @@ pub struct Config {
     /// Roles made to exist at every start as superusers that can log in, like initdb's
     /// bootstrap superuser (which is always `postgres` here).
     pub superusers: Vec<String>,
+    /// Server-wide settings, as if in postgresql.conf (what `RESET` returns to), e.g.
+    /// `statement_timeout`. A value PostgreSQL refuses fails the start.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Config {
@@ -101,6 +107,7 @@ impl Config {
             database: None,
             new_database: "postgres".to_owned(),
             superusers: Vec::new(),
+            settings: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use corosensei::stack::DefaultStack;
 use corosensei::{CoroutineResult, ScopedCoroutine, Yielder};
 
+use crate::Interrupt;
 use crate::cluster::Cluster;
 use crate::{Artifact, Config, Error, engine, profile};
 
@@ -78,10 +79,10 @@ fn on_stack<R>(stack: &mut DefaultStack, f: impl FnOnce() -> R) -> R {
 }
 
 impl Core {
-    fn exec(&mut self, request: &[u8], alive: &AtomicBool) -> Result<Vec<u8>, Error> {
+    fn exec(&mut self, request: &[u8], interrupt: Interrupt, alive: &AtomicBool) -> Result<Vec<u8>, Error> {
         let Core { cluster, stack } = self;
         let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
-        let result = on_stack(stack, || cluster.exec(request));
+        let result = on_stack(stack, || cluster.exec(request, interrupt));
         if cluster.instance.is_none() {
             alive.store(false, Ordering::SeqCst);
         }
@@ -123,8 +124,8 @@ impl Shared {
         guard
     }
 
-    fn exec(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
-        self.lock().exec(request, &self.alive)
+    fn exec(&self, request: &[u8], interrupt: Interrupt) -> Result<Vec<u8>, Error> {
+        self.lock().exec(request, interrupt, &self.alive)
     }
 
     fn stop(&self) -> Result<(), Error> {
@@ -243,30 +244,44 @@ impl Pglite {
 
     /// One exchange on the calling thread, waiting for any exchange in progress first.
     pub fn exec_protocol(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.shared.exec(&request)
+        self.shared.exec(&request, Interrupt::default())
     }
 
     /// One exchange for async callers. When the instance is free it runs right here (an
     /// exchange is usually tens of microseconds, and there is only one instance to run it on);
     /// when another caller holds it, this waits on tokio's blocking pool instead of blocking
     /// the runtime.
-    pub async fn exec_protocol_async(&self, request: Vec<u8>) -> Result<Vec<u8>, Error> {
+    ///
+    /// `interrupt` says how the caller may cancel the statement running (see [`Interrupt`]).
+    pub async fn exec_protocol_async(&self, request: Vec<u8>, interrupt: Interrupt) -> Result<Vec<u8>, Error> {
         let shared = &self.shared;
         // The guard must not live across the await below (it is not Send).
-        let inline = match shared.core.try_lock() {
-            Ok(mut core) => Some(core.exec(&request, &shared.alive)),
-            Err(TryLockError::Poisoned(poisoned)) => {
-                Some(shared.recover(poisoned.into_inner()).exec(&request, &shared.alive))
-            }
-            Err(TryLockError::WouldBlock) => None,
+        let (inline, interrupt) = match shared.core.try_lock() {
+            Ok(mut core) => (Some(core.exec(&request, interrupt, &shared.alive)), Interrupt::default()),
+            Err(TryLockError::Poisoned(poisoned)) => (
+                Some(shared.recover(poisoned.into_inner()).exec(&request, interrupt, &shared.alive)),
+                Interrupt::default(),
+            ),
+            Err(TryLockError::WouldBlock) => (None, interrupt),
         };
         match inline {
             Some(result) => result,
             None => {
                 let shared = shared.clone();
-                off_runtime(move || shared.exec(&request)).await
+                off_runtime(move || shared.exec(&request, interrupt)).await
             }
         }
+    }
+
+    /// The session's timeouts as the backend has them after the last exchange.
+    pub fn session_timeouts(&self) -> crate::SessionTimeouts {
+        self.shared.lock().cluster.as_ref().map(Cluster::session_timeouts).unwrap_or_default()
+    }
+
+    /// Makes a running exchange look at its cancel flag now (see
+    /// [`exec_protocol_async`](Self::exec_protocol_async)). Cheap; harmless when nothing runs.
+    pub fn interrupt(&self) {
+        crate::engine::interrupt_now();
     }
 
     /// Makes `settings` the session's connection defaults, as PostgreSQL does with the

@@ -26,10 +26,18 @@ pub(crate) fn query_message(sql: &str) -> Vec<u8> {
 /// Runs `sql` (statements the host wrote) and returns its rows; an `ErrorResponse` becomes
 /// [`Error::Sql`].
 pub(crate) fn run(instance: &mut Instance, sql: &str) -> Result<Reply, Error> {
-    let reply = instance.exec(&query_message(sql)).map_err(|err| match err {
+    let reply = instance.exec(&query_message(sql), crate::Interrupt::default()).map_err(|err| match err {
         ExecError::Refused(err) | ExecError::Dead(err) => err,
     })?;
     parse(&reply, sql)
+}
+
+/// The SQLSTATE of the first error in `reply`, if it has one.
+pub(crate) fn first_error_code(reply: &[u8]) -> Option<String> {
+    match parse(reply, "") {
+        Err(Error::Sql { code, .. }) => Some(code),
+        _ => None,
+    }
 }
 
 fn parse(reply: &[u8], sql: &str) -> Result<Reply, Error> {

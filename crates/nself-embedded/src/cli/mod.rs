@@ -132,6 +132,25 @@ struct StartArgs {
     /// (0 turns it off).
     #[arg(long, env = "NSELF_BUSY_POLL_US", value_name = "MICROSECONDS", default_value_t = DEFAULT_BUSY_POLL_US)]
     busy_poll_us: u64,
+    /// Server-wide default of `statement_timeout`, as in postgresql.conf (e.g. `30s`, or
+    /// milliseconds): statements running longer are cancelled with 57014. Sessions may change
+    /// it; off by default.
+    #[arg(long, env = "NSELF_STATEMENT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration_setting)]
+    statement_timeout: Option<String>,
+}
+
+/// A time setting as PostgreSQL takes it: a number, optionally followed by a unit.
+fn parse_duration_setting(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let unit = unit.trim();
+    let valid_number = !number.is_empty() && number.parse::<f64>().is_ok();
+    if valid_number && ["", "us", "ms", "s", "min", "h", "d"].contains(&unit) {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(format!("{text:?} is not a duration such as 30s, 500ms or 2min"))
+    }
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {

@@ -5,10 +5,11 @@
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::{StartArgs, fetch, startup_timeout};
 use crate::{EmbeddedPgRuntime, Error, Release};
@@ -33,6 +34,9 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(database) = &args.database {
         runtime.set_database(database);
     }
+    if let Some(timeout) = &args.statement_timeout {
+        runtime.host_config_mut().settings.push(("statement_timeout".to_owned(), timeout.clone()));
+    }
     let bridge_config = runtime.bridge_config_mut();
     bridge_config.tcp = args.tcp;
     bridge_config.tcp_password = args.password.clone();
@@ -44,7 +48,10 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     // its failing to boot may be the cache's fault.
     let fresh = !runtime.data_dir().join("PG_VERSION").exists();
     // Hooked before the boot: a signal during start-up stops the server as soon as it is up.
-    let mut signals = Signals::new()?;
+    // Signals are taken on a thread of their own: this one runs the queries, and a stop must
+    // not wait for a long one.
+    let interrupter = Arc::new(std::sync::Mutex::new(None::<crate::Interrupter>));
+    let mut signals = Signals::spawn(interrupter.clone())?;
     tokio::select! {
         started = runtime.start(startup_timeout(&args)) => {
             started.map_err(|err| explain(err, &runtime_dir, &args, fresh))?;
@@ -55,6 +62,7 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    *interrupter.lock().unwrap_or_else(|e| e.into_inner()) = runtime.interrupter();
 
     print_ready(&runtime, &args).context("writing to standard output")?;
     let name = signals.recv().await;
@@ -231,25 +239,57 @@ fn url_encode(s: &str) -> String {
     res
 }
 
-/// SIGINT and SIGTERM, whichever comes first.
+/// SIGINT and SIGTERM, whichever comes first, taken on a thread of its own with its own
+/// runtime: the first one cancels what clients are running (once the server is up) and is
+/// then reported.
 struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
+    received: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).context("hooking SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("hooking SIGTERM")?,
-        })
+    fn spawn(interrupter: Arc<std::sync::Mutex<Option<crate::Interrupter>>>) -> anyhow::Result<Signals> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("signal runtime")?;
+        let (hooked_tx, hooked) = std::sync::mpsc::channel();
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("nself-signals".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let hooked = signal(SignalKind::interrupt())
+                        .context("hooking SIGINT")
+                        .and_then(|int| Ok((int, signal(SignalKind::terminate()).context("hooking SIGTERM")?)));
+                    let (mut interrupt, mut terminate) = match hooked {
+                        Ok(pair) => {
+                            let _ = hooked_tx.send(Ok(()));
+                            pair
+                        }
+                        Err(err) => {
+                            let _ = hooked_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    loop {
+                        let name = tokio::select! {
+                            _ = interrupt.recv() => "SIGINT",
+                            _ = terminate.recv() => "SIGTERM",
+                        };
+                        let current = interrupter.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        if let Some(current) = current {
+                            current.stop_serving().await;
+                        }
+                        if sender.send(name).is_err() {
+                            return;
+                        }
+                    }
+                });
+            })
+            .context("starting the signal thread")?;
+        hooked.recv().context("the signal thread ended")??;
+        Ok(Signals { received })
     }
 
     async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-        }
+        self.received.recv().await.unwrap_or("SIGTERM")
     }
 }
 

@@ -79,6 +79,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        // From here a cancel request is for this batch, queued or running; and a stop that
+        // comes later cancels it, while one that came before is seen here.
+        let _running = self.client.run.start();
+        if self.stopping() {
+            self.ending = Some(("57P01", "terminating connection due to administrator command"));
+            return Ok(());
+        }
         self.acquire().await?;
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
         batch.plan.renamed = self.client.name_prefix();
@@ -98,11 +105,39 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             frames.extend_from_slice(&batch.prefix);
             frames.extend_from_slice(&batch.frames);
         }
-        self.client.running.store(true, Ordering::SeqCst);
-        let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze());
+        let cancel = self.client.run.cancel.clone();
+        let started = Instant::now();
+        // transaction_timeout covers a statement outside a transaction block too.
+        let tx_deadline =
+            self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit);
+        let answer =
+            session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze(), cancel, tx_deadline);
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
-        self.client.running.store(false, Ordering::SeqCst);
-        let filtered = filter::filter(output?, &batch.plan)?;
+        drop(_running);
+        let output = output?;
+        if let Some(timeouts) = self.shared.backend.session_timeouts() {
+            self.client.timeouts = timeouts;
+        }
+        // A statement the bridge had cancelled (its transaction ran out of time, or the bridge
+        // is stopping) ends the connection, as PostgreSQL's FATAL does; its error is not the
+        // client's to see.
+        let stopping = *self.shutdown.borrow() || self.shared.stopping.load(Ordering::SeqCst);
+        let cancelled = (stopping || tx_deadline.is_some())
+            && crate::protocol::frame::frames(&output).flatten().any(|(tag, frame)| {
+                tag == b'E' && crate::protocol::backend::field(frame, b'C').as_deref() == Some("57014")
+            });
+        if cancelled {
+            if stopping {
+                self.ending = Some(("57P01", "terminating connection due to administrator command"));
+            } else if tx_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                self.ending = Some(("25P04", "terminating connection due to transaction timeout"));
+            }
+            if self.ending.is_some() {
+                self.client.tx = TxStatus::Failed;
+                return Ok(());
+            }
+        }
+        let filtered = filter::filter(output, &batch.plan)?;
         session.note_reported(&filtered.parameters);
         match batch.unnamed {
             Unnamed::Unchanged => {}
@@ -112,6 +147,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let mut out = filtered.out;
         let mut parameters = filtered.parameters;
         if let Some(status) = filtered.ready {
+            match (self.client.tx, status) {
+                (_, TxStatus::Idle) => self.client.tx_started = None,
+                (TxStatus::Idle, _) => self.client.tx_started = Some(started),
+                _ => {}
+            }
             self.client.tx = status;
             self.client.pending = false;
             // ParameterStatus for what the turn changed, before its ReadyForQuery, as
@@ -151,6 +191,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
         }
         self.write_output(&out).await
+    }
+
+    /// Whether the bridge is stopping (told through the shutdown channel, or begun from another
+    /// thread by an [`Interrupter`](crate::Interrupter)).
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow() || self.shared.stopping.load(Ordering::SeqCst)
     }
 
     /// Writes backend output to the client. Idle clients were let go of the backend before

@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -24,8 +23,8 @@ use crate::protocol::backend::{Severity, TxStatus, error_frame};
 use crate::protocol::frame::{self, Frame};
 use crate::protocol::frontend::{self as message, FrontendMessage, Part};
 use crate::session::{ClientState, Session};
-use crate::shared::Shared;
-use crate::{Backend, Error};
+use crate::shared::{RunState, Shared};
+use crate::{Backend, Error, SessionTimeouts};
 
 mod batch;
 mod exchange;
@@ -44,7 +43,7 @@ const BATCH_SOFT_LIMIT: usize = 1 << 20;
 pub(crate) struct Client {
     pub(crate) pid: i32,
     state: ClientState,
-    running: Arc<AtomicBool>,
+    run: Arc<RunState>,
     _permit: OwnedSemaphorePermit,
     /// Bytes read but not yet framed (startup may have read ahead).
     buf: BytesMut,
@@ -58,13 +57,17 @@ pub(crate) struct Client {
     tx: TxStatus,
     /// Extended-protocol messages were forwarded and their `Sync` has not been.
     pending: bool,
+    /// The session's timeouts the bridge keeps, as of the client's last exchange.
+    timeouts: SessionTimeouts,
+    /// When the client's transaction began (the start of the exchange that opened it).
+    tx_started: Option<Instant>,
 }
 
 impl Client {
     pub(crate) fn new(
         state: ClientState,
         pid: i32,
-        running: Arc<AtomicBool>,
+        run: Arc<RunState>,
         permit: OwnedSemaphorePermit,
         buf: BytesMut,
         standard_strings: bool,
@@ -72,7 +75,7 @@ impl Client {
         Client {
             pid,
             state,
-            running,
+            run,
             _permit: permit,
             buf,
             standard_strings,
@@ -80,6 +83,8 @@ impl Client {
             unnamed_parse: Vec::new(),
             tx: TxStatus::Idle,
             pending: false,
+            timeouts: SessionTimeouts::default(),
+            tx_started: None,
         }
     }
 
@@ -129,6 +134,9 @@ pub(crate) struct Connection<B, S> {
     batch: Batch,
     /// A refused command; client messages are discarded until `Sync`.
     discarding: Option<Refusal>,
+    /// Why the connection must end before its next message (a timeout that cancelled a
+    /// statement, or shutdown), as the FATAL error it ends with.
+    ending: Option<(&'static str, &'static str)>,
 }
 
 /// Resolves when the bridge is told to shut down (never if the sender is gone without).
@@ -143,7 +151,17 @@ async fn stop_requested(mut shutdown: watch::Receiver<bool>) {
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     pub(crate) fn new(shared: Arc<Shared<B>>, stream: S, client: Client, shutdown: watch::Receiver<bool>) -> Self {
         let stopping = Box::pin(stop_requested(shutdown.clone()));
-        Connection { shared, stream, client, shutdown, stopping, lease: None, batch: Batch::new(), discarding: None }
+        Connection {
+            shared,
+            stream,
+            client,
+            shutdown,
+            stopping,
+            lease: None,
+            batch: Batch::new(),
+            discarding: None,
+            ending: None,
+        }
     }
 
     /// Serves messages until the client leaves or must be ended. A backend failure ends the
@@ -191,8 +209,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     async fn next_frame(&mut self) -> Result<Next, Error> {
+        if let Some((sqlstate, message)) = self.ending {
+            return Ok(Next::Stop { sqlstate, message: message.to_owned() });
+        }
         let busy_poll = self.shared.config.busy_poll;
-        let poll_until = (!busy_poll.is_zero()).then(|| Instant::now() + busy_poll);
+        let idle_since = Instant::now();
+        let poll_until = (!busy_poll.is_zero()).then(|| idle_since + busy_poll);
+        let session_limit = self.session_idle_limit(idle_since);
         loop {
             match frame::split_frame(&mut self.client.buf, frame::MAX_MESSAGE_LEN) {
                 Ok(Some(frame)) => return Ok(Next::Frame(frame)),
@@ -232,6 +255,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 // Busy polling: instead of letting the loop sleep, hand it back to the runtime,
                 // which looks for I/O without blocking and runs any other ready client first.
                 () = tokio::task::yield_now(), if poll_until.is_some_and(|until| Instant::now() < until) => {}
+                () = tokio::time::sleep_until(session_limit.map_or(idle_since, |(at, _, _)| at).into()),
+                    if session_limit.is_some() =>
+                {
+                    let (_, sqlstate, message) = session_limit.unwrap_or((idle_since, "57P05", ""));
+                    return Ok(Next::Stop { sqlstate, message: message.to_owned() });
+                }
                 () = tokio::time::sleep(idle_limit), if holding => {
                     if self.client.tx == TxStatus::Idle && self.client.state.holds() {
                         return Ok(Next::Stop {
@@ -248,6 +277,28 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
             }
         }
+    }
+
+    /// The first of the session's own timeouts due while the client is idle from `since`:
+    /// when, and the FATAL error PostgreSQL ends the connection with then.
+    fn session_idle_limit(&self, since: Instant) -> Option<(Instant, &'static str, &'static str)> {
+        let timeouts = self.client.timeouts;
+        let mut limits = Vec::new();
+        if self.client.tx == TxStatus::Idle {
+            if !self.client.pending
+                && let Some(idle) = timeouts.idle_session
+            {
+                limits.push((since + idle, "57P05", "terminating connection due to idle-session timeout"));
+            }
+        } else {
+            if let Some(idle) = timeouts.idle_in_transaction {
+                limits.push((since + idle, "25P03", "terminating connection due to idle-in-transaction timeout"));
+            }
+            if let (Some(limit), Some(started)) = (timeouts.transaction, self.client.tx_started) {
+                limits.push((started + limit, "25P04", "terminating connection due to transaction timeout"));
+            }
+        }
+        limits.into_iter().min_by_key(|(at, _, _)| *at)
     }
 
     /// Handles one frame; `false` ends the connection.

@@ -27,6 +27,9 @@ pub(crate) struct ClientState {
     pub(super) events: SessionEvents,
     /// Backend names of this client's prepared statements, closed when it leaves.
     pub(super) statements: HashSet<Vec<u8>>,
+    /// Statements of the batch on its way, not yet on any backend session: a restart before
+    /// it reaches the backend did not take them.
+    pub(super) fresh: HashSet<Vec<u8>>,
     /// The client holds session-level advisory locks, `WITH HOLD` cursors or temporary
     /// objects. They cannot be told apart from other clients' on the one backend session, so
     /// it keeps the lease until it lets go of them: others wait, and what it releases is only
@@ -59,6 +62,7 @@ impl ClientState {
             custom: BTreeSet::new(),
             events: SessionEvents::default(),
             statements: HashSet::new(),
+            fresh: HashSet::new(),
             holds: false,
             generation: None,
         }
@@ -66,17 +70,24 @@ impl ClientState {
 
     /// The client prepared a statement with this backend name.
     pub(crate) fn prepared(&mut self, name: Vec<u8>) {
-        self.statements.insert(name);
+        self.fresh.insert(name);
     }
 
     /// The client closed its statement with this backend name.
     pub(crate) fn closed(&mut self, name: &[u8]) {
         self.statements.remove(name);
+        self.fresh.remove(name);
     }
 
     /// Forgets every prepared statement, returning their backend names to close.
     pub(crate) fn take_statements(&mut self) -> Vec<Vec<u8>> {
-        self.statements.drain().collect()
+        self.fresh.drain().chain(self.statements.drain()).collect()
+    }
+
+    /// Whether something of the client's lived on the backend session before the batch now on
+    /// its way: its prepared statements, session locks, cursors, temporary objects.
+    pub(crate) fn had_backend_state(&self) -> bool {
+        !self.statements.is_empty() || self.holds
     }
 
     /// Whether the client keeps the backend between transactions.
@@ -86,7 +97,7 @@ impl ClientState {
 
     /// Whether the client left something on the backend that needs cleaning up.
     pub(crate) fn has_backend_state(&self) -> bool {
-        !self.statements.is_empty() || self.holds
+        !self.statements.is_empty() || !self.fresh.is_empty() || self.holds
     }
 
     /// Its connection settings (startup options and login role).

@@ -172,8 +172,10 @@ impl Session {
         backend: &B,
         client: &mut ClientState,
         frames: Bytes,
+        cancel: Arc<AtomicBool>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<BytesMut, Error> {
-        match backend.exchange(frames).await {
+        match backend.exchange_cancellable(frames, cancel, deadline).await {
             Ok(out) => {
                 let events = backend.session_events().unwrap_or_else(SessionEvents::anything);
                 client.events.merge(&events);
@@ -206,8 +208,11 @@ impl Session {
     }
 
     /// Puts `client`'s state on the backend as it takes the lease, unless it is there
-    /// already. A client whose state lived on an older backend session gets
-    /// [`Error::BackendRestarted`].
+    /// already. A client with state that lived only on an older backend session (prepared
+    /// statements, session locks, cursors, temporary objects) gets
+    /// [`Error::BackendRestarted`]; one without carries on, its settings put on the new
+    /// session like any client's. (No other client can have been in a transaction: the one in
+    /// a transaction holds the lease.)
     pub(crate) async fn enter<B: Backend>(
         &mut self,
         backend: &B,
@@ -218,9 +223,13 @@ impl Session {
             return Err(Error::BackendGone);
         }
         match client.generation {
-            Some(generation) if generation != self.generation => return Err(Error::BackendRestarted),
+            Some(generation) if generation != self.generation && client.had_backend_state() => {
+                return Err(Error::BackendRestarted);
+            }
             _ => client.generation = Some(self.generation),
         }
+        let fresh = std::mem::take(&mut client.fresh);
+        client.statements.extend(fresh);
         if self.applied_for == Some(client.id) {
             // Nobody else had the backend since this client's state was put on it.
             return Ok(());

@@ -136,7 +136,7 @@ impl Session {
         if self.broken || client.generation.is_some_and(|g| g != self.generation) {
             return;
         }
-        let frames = cleanup_frames(pending, client.holds, client.statements.drain());
+        let frames = cleanup_frames(pending, client.holds, client.take_statements().into_iter());
         match backend.exchange(frames).await {
             Ok(out) => {
                 let _ = backend.session_events();

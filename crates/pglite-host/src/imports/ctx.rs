@@ -9,6 +9,7 @@ use wasmtime::{Caller, Func, Global, Memory, Table, TypedFunc};
 
 use super::dylink;
 use crate::hooks::{Calibration, SessionEvents};
+use crate::interrupts::Interrupts;
 use crate::mem::Guest;
 use crate::vfs::Vfs;
 
@@ -48,6 +49,8 @@ pub(crate) struct Ctx {
     pub(crate) events: SessionEvents,
     /// What the utility hook knows about the build's parse nodes.
     pub(crate) calibration: Calibration,
+    /// Cancel, statement timeout and the stack-depth guard (see `interrupts`).
+    pub(crate) interrupts: Interrupts,
     /// The build's PostgreSQL major version and `sizeof(Datum)`, for the functions the host
     /// stands in for.
     pub(crate) pg_major: u32,
@@ -67,6 +70,7 @@ impl Ctx {
             wire_out: Vec::new(),
             events: SessionEvents::default(),
             calibration: Calibration::default(),
+            interrupts: Interrupts::default(),
             pg_major: 0,
             datum_size: 4,
         }

@@ -139,6 +139,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         })?;
     }
     linker.func_wrap("env", "__call_sighandler", |mut c: C<'_>, fp: i32, sig: i32| -> wasmtime::Result<()> {
+        eprintln!("XXX sighandler {fp} {sig}");
         let table = c.data().shared().table;
         let func = table
             .get(&mut c, fp as u32 as u64)
@@ -149,7 +150,10 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "emscripten_asm_const_int", |_: C<'_>, _code: i32, _sig: i32, _argbuf: i32| 0i32)?;
     linker.func_wrap("env", "is_web_env", || 0i32)?;
     linker.func_wrap("env", "_emscripten_system", |_: C<'_>, cmd: i32| if cmd == 0 { 0i32 } else { 127 << 8 })?;
-    linker.func_wrap("env", "_setitimer_js", |_: C<'_>, _which: i32, _ms: f64| 0i32)?;
+    linker.func_wrap("env", "_setitimer_js", |_: C<'_>, _which: i32, _ms: f64| {
+        eprintln!("XXX setitimer {_which} {_ms}");
+        0i32
+    })?;
     linker.func_wrap("env", "_emscripten_runtime_keepalive_clear", || {})?;
     linker.func_wrap("env", "emscripten_set_main_loop", |_: C<'_>, _f: i32, _fps: i32, _inf: i32| {})?;
     // EAI_FAIL: there is no network inside the guest.

@@ -87,6 +87,7 @@ fn invoke<P: WasmParams, R: WasmResults + Default>(
 ) -> wasmtime::Result<R> {
     let shared = caller.data().shared();
     let sp = shared.stack_pointer.get(&mut caller);
+    let context = error_context(&mut caller);
     let func = table_func(&mut caller, index)?;
     let key = func.to_raw(&mut caller) as usize;
     let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
@@ -100,13 +101,38 @@ fn invoke<P: WasmParams, R: WasmResults + Default>(
     };
     match typed.call(&mut caller, args) {
         Ok(result) => Ok(result),
-        Err(err) if err.is::<LongJmp>() => {
+        Err(err) => {
+            let err = overflow_to_error(&mut caller, err, sp, context);
+            if !err.is::<LongJmp>() {
+                return Err(err);
+            }
             shared.stack_pointer.set(&mut caller, sp)?;
             let set_threw = caller.data().exports().set_threw;
             set_threw.call(&mut caller, (1, 0))?;
             Ok(R::default())
         }
-        Err(err) => Err(err),
+    }
+}
+
+/// `error_context_stack` now, when a stack overflow would be turned into an error.
+fn error_context(caller: &mut Caller<'_, Ctx>) -> Option<u32> {
+    let at = caller.data().interrupts.guard.as_ref()?.context_stack as usize;
+    let memory = caller.data().shared().memory;
+    let word = memory.data(&*caller).get(at..at + 4)?;
+    Some(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+}
+
+/// A wasm stack overflow below this call site becomes PostgreSQL's `54001` (see
+/// `interrupts::StackGuard`); any other error is returned as it is.
+fn overflow_to_error(
+    caller: &mut Caller<'_, Ctx>,
+    err: wasmtime::Error,
+    sp: Val,
+    context: Option<u32>,
+) -> wasmtime::Error {
+    match context {
+        Some(context) => crate::interrupts::stack_overflow_to_error(caller, err, sp, context),
+        None => err,
     }
 }
 
@@ -127,17 +153,21 @@ pub(super) fn trampoline(
     move |mut caller, params, results| {
         let shared = caller.data().shared();
         let sp = shared.stack_pointer.get(&mut caller);
+        let context = error_context(&mut caller);
         let func = table_func(&mut caller, params[0].unwrap_i32())?;
         match func.call(&mut caller, &params[1..], results) {
             Ok(()) => Ok(()),
-            Err(err) if err.is::<LongJmp>() => {
+            Err(err) => {
+                let err = overflow_to_error(&mut caller, err, sp, context);
+                if !err.is::<LongJmp>() {
+                    return Err(err);
+                }
                 shared.stack_pointer.set(&mut caller, sp)?;
                 let set_threw = caller.data().exports().set_threw;
                 set_threw.call(&mut caller, (1, 0))?;
                 results.clone_from_slice(&zeros);
                 Ok(())
             }
-            Err(err) => Err(err),
         }
     }
 }

@@ -15,7 +15,7 @@ mod wasi;
 
 pub(crate) use self::ctx::{Ctx, Exports, Shared, split};
 pub(crate) use self::dylink::CONVERSION_MODULES;
-pub(crate) use self::error::GuestExit;
+pub(crate) use self::error::{GuestExit, LongJmp};
 use crate::errno::Errno;
 
 /// Adds every import of the main module to `linker`.

@@ -13,7 +13,7 @@ use super::{Dirs, Entry, Instance, initdb_bits};
 use crate::imports::{self, Ctx, Exports, GuestExit, Shared};
 use crate::profile::{Profile, Transport};
 use crate::vfs::{Mount, Vfs};
-use crate::{Error, hooks};
+use crate::{Error, hooks, interrupts};
 
 /// What the host creates before instantiation and the module imports.
 #[derive(Clone, Copy)]
@@ -71,14 +71,20 @@ impl Instance {
         // A serving backend (not the one initdb just made a cluster with).
         let serving = rc & initdb_bits::HAS_DB != 0;
         if serving {
-            hooks::install(&mut store, &instance, imported.table, profile)?;
+            hooks::install(&mut store, &instance, imported.table, profile, dirs.settings)?;
         }
         let mut res = Instance { store, instance, entry, shutdown, memory: imported.memory, profile };
         if serving {
-            res.exec(&crate::sql::query_message(hooks::CALIBRATION)).map_err(|e| match e {
+            let facts = crate::facts::facts(dirs.wasm, dirs.wasm_sha256);
+            let (store, instance) = (&mut res.store, &res.instance);
+            interrupts::install(store, instance, profile.memory_base, facts, profile.stack_pointer, profile.stack_size)
+                .map_err(Error::guest)?;
+            let dead = |e| match e {
                 super::ExecError::Refused(e) | super::ExecError::Dead(e) => e,
-            })?;
+            };
+            res.exec(&crate::sql::query_message(hooks::CALIBRATION), crate::Interrupt::default()).map_err(dead)?;
             hooks::learn(&mut res.store);
+            res.calibrate_cancel().map_err(dead)?;
         }
         Ok((res, rc))
     }
@@ -127,7 +133,12 @@ fn new_store(module: &Module, profile: &Profile, dirs: &Dirs<'_>, durable: bool)
     ctx.pg_major = profile.pg_major;
     ctx.datum_size = profile.datum_size;
     ctx.dylink.module_cache = dirs.module_cache.clone();
-    Ok(Store::new(module.engine(), ctx))
+    let mut store = Store::new(module.engine(), ctx);
+    // The engine interrupts on epochs (see `interrupts`); until a serving backend installs its
+    // own callback, an epoch changes nothing.
+    store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Continue(1)));
+    store.set_epoch_deadline(1);
+    Ok(store)
 }
 
 /// Creates the memory, table and globals at the release's addresses, and shares the ones

@@ -7,6 +7,8 @@ mod boot;
 mod frames;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use wasmtime::{Memory, Store, TypedFunc};
 
@@ -37,6 +39,11 @@ pub(crate) struct Dirs<'a> {
     pub(crate) module_cache: Option<PathBuf>,
     /// Unpacked extension bundles (`lib/`, `share/` beneath each).
     pub(crate) extensions: &'a [PathBuf],
+    /// Server-wide settings (see [`Config::settings`](crate::Config::settings)).
+    pub(crate) settings: &'a [(String, String)],
+    /// The main module's wasm and its SHA-256, for facts read from its code.
+    pub(crate) wasm: &'a Path,
+    pub(crate) wasm_sha256: &'a str,
 }
 
 /// The exports a protocol exchange goes through.
@@ -116,7 +123,9 @@ impl Instance {
     }
 
     /// One protocol exchange: frontend messages in, every backend message they produce out.
-    pub(crate) fn exec(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+    /// `interrupt` says how the caller may cancel the statement running (see
+    /// [`Interrupt`](crate::Interrupt)).
+    pub(crate) fn exec(&mut self, request: &[u8], interrupt: crate::Interrupt) -> Result<Vec<u8>, ExecError> {
         if request.is_empty() {
             return Ok(Vec::new());
         }
@@ -129,7 +138,24 @@ impl Instance {
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
-        let mut reply = self.exchange(request)?;
+        if let Some(deadline) = interrupt.deadline {
+            crate::engine::tick_until(deadline);
+        }
+        self.store.data_mut().interrupts.exchange = interrupt;
+        let reply = self.exchange(request);
+        let mut reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                crate::interrupts::finish_exchange(&mut self.store, &mut Vec::new());
+                return Err(err);
+            }
+        };
+        crate::interrupts::finish_exchange(&mut self.store, &mut reply);
+        if first_frame_types(&reply).any(|ty| ty == b'E') {
+            // An error rolls back settings made in its transaction.
+            self.store.data_mut().interrupts.settings_changed();
+        }
+        crate::interrupts::refresh_if_changed(&mut self.store).map_err(|e| ExecError::Dead(Error::guest(e)))?;
         drop_debug_notices(&mut reply);
         Ok(reply)
     }
@@ -218,6 +244,24 @@ impl Instance {
         Ok(self.memory.data(&self.store)[start..start + n].to_vec())
     }
 
+    /// Checks that a cancel reaches the backend: a statement run with its cancel flag raised
+    /// must fail with `57014`. If it does not, cancel is turned off (and the flag word, which
+    /// must have been zero, is zero again).
+    fn calibrate_cancel(&mut self) -> Result<(), ExecError> {
+        if !self.store.data().interrupts.can_cancel() {
+            return Ok(());
+        }
+        let cancel = Some(Arc::new(AtomicBool::new(true)));
+        let reply = self.exec(&crate::sql::query_message("SELECT 1"), crate::Interrupt { cancel, deadline: None })?;
+        let cancelled = crate::sql::first_error_code(&reply).as_deref() == Some("57014");
+        if !cancelled {
+            tracing::warn!("cancelling a statement had no effect; cancel requests will be ignored");
+            crate::interrupts::disable_cancel(&mut self.store);
+        }
+        self.store.data_mut().events = crate::SessionEvents::default();
+        Ok(())
+    }
+
     /// Sets the session's connection defaults (see `hooks::set_connection_defaults`); a
     /// failure leaves the instance in an unknown state, so it is dead.
     pub(crate) fn set_connection_defaults(&mut self, settings: &[(String, String)]) -> Result<Vec<String>, ExecError> {
@@ -226,6 +270,10 @@ impl Instance {
     }
 
     /// What may have changed session state since the last call (see `hooks`).
+    pub(crate) fn session_timeouts(&self) -> crate::SessionTimeouts {
+        self.store.data().interrupts.timeouts
+    }
+
     pub(crate) fn take_events(&mut self) -> crate::SessionEvents {
         std::mem::take(&mut self.store.data_mut().events)
     }
@@ -233,7 +281,7 @@ impl Instance {
     /// Terminate, shutdown checkpoint, then close (and sync) every file.
     pub(crate) fn shutdown(mut self) -> Result<(), Error> {
         let result = self
-            .exec(b"X\0\0\0\x04")
+            .exec(b"X\0\0\0\x04", crate::Interrupt::default())
             .map(drop)
             .map_err(|e| match e {
                 ExecError::Refused(e) | ExecError::Dead(e) => e,

@@ -106,7 +106,10 @@ fn stop_and_drop_work_inside_an_async_runtime() {
         let dir = tempfile::tempdir().unwrap();
         let pg = start("0.2.17", dir.path());
         assert_eq!(
-            pg.exec_protocol_async(crate::support::query("SELECT 1")).await.map(|r| r.is_empty()).ok(),
+            pg.exec_protocol_async(crate::support::query("SELECT 1"), Default::default())
+                .await
+                .map(|r| r.is_empty())
+                .ok(),
             Some(false)
         );
         pg.stop_async().await.unwrap();

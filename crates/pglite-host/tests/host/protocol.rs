@@ -135,7 +135,7 @@ fn concurrent_callers_each_get_their_own_answer() {
             async move {
                 for i in 0..200 {
                     let (request, expected) = select(10_000 + task * 1000 + i);
-                    assert_eq!(outcome(&pg.exec_protocol_async(request).await.unwrap()), expected);
+                    assert_eq!(outcome(&pg.exec_protocol_async(request, Default::default()).await.unwrap()), expected);
                 }
             },
             runtime.handle(),
