@@ -282,4 +282,4 @@ mod settle;
 mod start;
 
 pub(crate) use client::ClientState;
-pub(crate) use start::Started;
+pub(crate) use start::{RoleLogin, Started};
