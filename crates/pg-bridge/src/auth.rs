@@ -94,12 +94,9 @@ where
         }
     };
     let can_login = login.as_ref().is_some_and(|login| login.can_login);
-    let method = match method(user, login, &shared.mock_secret) {
-        Ok(method) => method,
-        Err((verifier, cause)) => {
-            tracing::debug!(user, cause, "password authentication cannot succeed");
-            Method::Scram(verifier)
-        }
+    let (method, cause) = match method(user, login, &shared.mock_secret) {
+        Ok(method) => (method, None),
+        Err((verifier, cause)) => (Method::Scram(verifier), Some(cause)),
     };
     let outcome = match method {
         Method::Scram(verifier) => scram(stream, buf, &verifier, user, replies).await?,
@@ -107,6 +104,12 @@ where
     };
     Ok(match outcome {
         Outcome::Authenticated { .. } => Outcome::Authenticated { can_login },
+        Outcome::Refused { sqlstate: "28P01", message } => {
+            // What PostgreSQL logs as the failure's DETAIL; the client is told none of it.
+            let detail = cause.unwrap_or_else(|| format!("Password does not match for user \"{user}\"."));
+            tracing::info!(user, detail, "password authentication failed");
+            Outcome::Refused { sqlstate: "28P01", message }
+        }
         other => other,
     })
 }
@@ -187,13 +190,12 @@ where
         _ => return Ok(Outcome::protocol("invalid password packet size".to_owned())),
     };
     if password.is_empty() {
-        tracing::debug!(user, "empty password returned by client");
+        tracing::info!(user, "empty password returned by client");
         return Ok(Outcome::Closed);
     }
     if md5_response_matches(hash, salt, password) {
         Ok(Outcome::Authenticated { can_login: true })
     } else {
-        tracing::debug!(user, "Password does not match for user \"{user}\".");
         Ok(Outcome::failed(user))
     }
 }
