@@ -90,6 +90,27 @@ async fn dropping_a_running_runtime_stops_it() {
     runtime.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn set_password_is_postgres_password_over_tcp_and_may_not_be_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runtime = runtime_on(dir.path()).await;
+    runtime.bridge_config_mut().tcp = Some("127.0.0.1:0".parse().unwrap());
+    runtime.set_password("");
+    let err = runtime.start(START).await.expect_err("an empty password fails the start");
+    assert!(matches!(err, nself_embedded::Error::Host(pglite_host::Error::EmptyPassword)), "{err}");
+    runtime.set_password("library pass");
+    runtime.start(START).await.unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(runtime.tcp_addr().unwrap().port()).user("postgres").dbname("nself");
+    let (client, connection) = config.clone().password("library pass").connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let me: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(me, "postgres");
+    let err = config.password("library").connect(tokio_postgres::NoTls).await.err().expect("a wrong password");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD), "{err}");
+    runtime.stop().await.unwrap();
+}
+
 /// A running instance on `dir` and its backend, with the caches the facade uses.
 async fn backend(dir: &std::path::Path) -> PgliteBackend {
     let artifact = artifact().await;

@@ -1,6 +1,7 @@
 //! The command's lifecycle: clean stop on SIGTERM and SIGINT with a client mid-transaction,
 //! restart on the same directory, and the refusals a person must understand (a second
-//! server on one directory, a TCP port in use, an unpinned version).
+//! server on one directory, a TCP port in use, an unpinned version, an empty password, a
+//! public TCP address without one).
 
 use crate::support::{Server, cache_root, command, connect, text};
 
@@ -112,4 +113,21 @@ async fn tcp_clients_authenticate_with_scram() {
     drop(client);
     let (status, stderr) = tokio::task::block_in_place(|| server.terminate());
     assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn an_empty_password_and_a_public_address_without_one_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env, says) in [
+        (&["--tcp", "127.0.0.1:0", "--password", ""][..], &[][..], "the password is empty"),
+        (&["--tcp", "127.0.0.1:0"], &[("NSELF_PASSWORD", "")], "the password is empty"),
+        (&["--tcp", "0.0.0.0:0"], &[], "--tcp 0.0.0.0:0 is not a loopback address"),
+    ] {
+        let mut server = Server::spawn_env(dir.path(), args, env);
+        let status = server.wait_exit();
+        let stderr = server.stderr();
+        assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} {env:?}: {stderr}");
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was started");
 }

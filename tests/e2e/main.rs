@@ -22,4 +22,5 @@ mod native;
 mod pgbench;
 mod psql;
 mod resilience;
+mod roles;
 mod seed;

@@ -9,6 +9,9 @@
 //!
 //! Settings are aligned with PGlite's (see [`ALIGNED`]) so that a difference the suite finds
 //! is one of behaviour, not of configuration. Both sides serve database `nself` to `postgres`.
+//! Roles are trusted, except those named `pw_*` ([`PASSWORD_ROLES`]), which log in with their
+//! stored password, so that password authentication can be compared with the runtime's TCP
+//! listener.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -62,6 +65,12 @@ pub(crate) const ALIGNED: &[(u32, &str, &str)] = &[
     (0, "min_wal_size", "80MB"),
     (0, "wal_buffers", "4MB"),
 ];
+
+/// The `pg_hba.conf` line put before initdb's trust lines: roles named `pw_*` authenticate
+/// with the `md5` method (SCRAM-SHA-256 for a role with a SCRAM secret, MD5 for one with an
+/// md5 hash, a mock exchange that fails for one without a password), as the runtime's TCP
+/// listener does with `--password`. (Regular expressions in `pg_hba.conf` need 16 or later.)
+const PASSWORD_ROLES: &str = "local all /^pw_ md5";
 
 /// PGlite's WAL segment size, in MB (`SHOW wal_segment_size` is `1MB` on both lines).
 const WAL_SEGSIZE_MB: &str = "1";
@@ -176,6 +185,9 @@ fn start(major: u32) -> Native {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let hba = data.join("pg_hba.conf");
+    let trusted = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
+    std::fs::write(&hba, format!("{PASSWORD_ROLES}\n{trusted}")).expect("writing pg_hba.conf");
 
     let mut server = format!(
         "{} -D {} -k {}",

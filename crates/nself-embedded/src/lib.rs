@@ -46,6 +46,8 @@ pub use pg_bridge::Bridge as PgSocketBridge;
 /// How a [`PgSocketBridge`] listens.
 pub use pg_bridge::Config as BridgeConfig;
 pub use pg_bridge::Interrupter;
+/// How TCP clients authenticate ([`BridgeConfig::tcp_auth`]; see [`EmbeddedPgRuntime::set_password`]).
+pub use pg_bridge::TcpAuth;
 /// A verified, unpacked PGlite release in the cache.
 pub use pglite_fetch::Artifact;
 

@@ -88,11 +88,21 @@ impl EmbeddedPgRuntime {
         }
     }
 
-    /// The bridge's settings (TCP listener, password, connection limit, timeouts); changes
+    /// The bridge's settings (TCP listener and its authentication, connection limit, timeouts); changes
     /// apply at the next start. The socket is `socket_dir/socket_name`, by default
     /// [`sock_path`](Self::sock_path).
     pub fn bridge_config_mut(&mut self) -> &mut BridgeConfig {
         &mut self.bridge_config
+    }
+
+    /// Sets the password of the bootstrap superuser `postgres` at every start (stored in
+    /// `pg_authid` as a SCRAM-SHA-256 secret) and makes TCP clients authenticate with their
+    /// role's stored password ([`TcpAuth::Password`](crate::TcpAuth::Password)), which also lets the TCP
+    /// listener use a non-loopback address. The Unix socket still trusts. An empty password
+    /// fails the start.
+    pub fn set_password(&mut self, password: impl Into<String>) {
+        self.host_config.postgres_password = Some(password.into());
+        self.bridge_config.tcp_auth = pg_bridge::TcpAuth::Password;
     }
 
     /// The host's settings (data directory, caches); changes apply at the next start. The

@@ -15,10 +15,11 @@ pub struct Config {
     pub socket_dir: PathBuf,
     /// File name of the Unix socket; the default lets `psql -h <socket_dir>` connect.
     pub socket_name: String,
-    /// A TCP address to listen on too; off unless set (use a loopback address).
+    /// A TCP address to listen on too; off unless set. A non-loopback address needs
+    /// [`TcpAuth::Password`].
     pub tcp: Option<SocketAddr>,
-    /// Password required over TCP (SCRAM-SHA-256); the Unix socket always trusts.
-    pub tcp_password: Option<String>,
+    /// How clients on the TCP listener authenticate; the Unix socket always trusts.
+    pub tcp_auth: TcpAuth,
     /// The one database served; any other name (but `database_aliases`) gets `3D000`.
     pub database: String,
     /// Other names clients may connect with to reach `database`, such as `postgres` for
@@ -55,6 +56,22 @@ pub struct Config {
     pub poll_while_queued: Duration,
 }
 
+/// How clients on the TCP listener authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TcpAuth {
+    /// Every client is trusted as the role it names, as on the Unix socket. Refused for a
+    /// non-loopback address.
+    #[default]
+    Trust,
+    /// Each role with the password stored for it in `pg_authid`, as `ALTER ROLE ... PASSWORD`
+    /// stored it: SCRAM-SHA-256 for a SCRAM secret, MD5 for an md5 hash (PostgreSQL's `md5`
+    /// method in `pg_hba.conf`). Read at every login, so a changed password applies at the
+    /// next one. A role without a password (or with an expired one), or that does not exist,
+    /// fails with `28P01` after an exchange that does not tell which. The backend's own role
+    /// must be able to read `pg_authid` (a superuser).
+    Password,
+}
+
 impl Config {
     /// Defaults for a socket in `socket_dir`.
     pub fn new(socket_dir: impl Into<PathBuf>) -> Config {
@@ -62,7 +79,7 @@ impl Config {
             socket_dir: socket_dir.into(),
             socket_name: DEFAULT_SOCKET_NAME.to_owned(),
             tcp: None,
-            tcp_password: None,
+            tcp_auth: TcpAuth::Trust,
             database: "postgres".to_owned(),
             database_aliases: Vec::new(),
             socket_mode: 0o600,

@@ -10,7 +10,9 @@
 //!   [`serve`], which takes its listeners and shutdown future from the caller. `shared.rs`: what
 //!   every connection shares (the backend, the lease, cancel keys, the startup cache).
 //! - `startup.rs`: the startup phase, answered by the bridge itself (SSL/GSS refusal, protocol
-//!   negotiation, database check, trust or SCRAM, per-client BackendKeyData, cancel requests).
+//!   negotiation, database check, trust or password, per-client BackendKeyData, cancel
+//!   requests). `auth.rs`: password authentication over TCP, against the role's secret in
+//!   `pg_authid` (SCRAM-SHA-256 in `scram.rs`, or MD5).
 //! - `conn/`: one client after startup: the frame loop (`mod.rs`), the batch of messages for the
 //!   next exchange (`batch.rs`), the per-statement treatment of its SQL (`statements.rs`),
 //!   refusals (`refusal.rs`) and the exchange under the lease (`exchange.rs`).
@@ -33,6 +35,7 @@
 //!   allocates the size a frame advertises.
 
 mod acceptor;
+mod auth;
 mod backend;
 mod classify;
 mod config;
@@ -58,7 +61,7 @@ mod fuzzing;
 mod robustness_tests;
 
 pub use backend::{Backend, SessionEvents, SessionTimeouts};
-pub use config::{Config, DEFAULT_SOCKET_NAME, socket_dir_mode};
+pub use config::{Config, DEFAULT_SOCKET_NAME, TcpAuth, socket_dir_mode};
 pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
 pub use server::{Bridge, Interrupter, Listeners, bind, serve};
 pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};

@@ -14,22 +14,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex as StdMutex};
 
+use rand::Rng;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::acceptor::Acceptor;
-use crate::config::{Config, socket_dir_mode};
+use crate::config::{Config, TcpAuth, socket_dir_mode};
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::{Backend, Error, scram, startup};
+use crate::{Backend, Error, startup};
 
 /// The sockets `serve` accepts on.
 #[derive(Debug)]
 pub struct Listeners {
     /// The Unix socket (trust authentication).
     pub unix: UnixListener,
-    /// The optional TCP socket (SCRAM when a password is configured).
+    /// The optional TCP socket (see [`Config::tcp_auth`]).
     pub tcp: Option<TcpListener>,
 }
 
@@ -213,11 +214,15 @@ pub async fn serve<B: Backend>(
 }
 
 async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>>, Error> {
-    if config.tcp.is_some() && config.tcp_password.is_none() && !config.tcp.is_some_and(|a| a.ip().is_loopback()) {
-        return Err(Error::Config { reason: "a TCP listener on a non-loopback address needs a password".to_owned() });
+    if let Some(addr) = config.tcp
+        && config.tcp_auth == TcpAuth::Trust
+        && !addr.ip().is_loopback()
+    {
+        return Err(Error::Config {
+            reason: format!("a TCP listener on a non-loopback address ({addr}) needs password authentication"),
+        });
     }
     let (session, baseline) = Session::bootstrap(&backend).await?;
-    let verifier = config.tcp_password.as_deref().map(scram::Verifier::new);
     let gone = session.gone_flag();
     let max_request = backend.max_request();
     Ok(Arc::new(Shared {
@@ -228,7 +233,7 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         config,
         lease: Arc::new(tokio::sync::Mutex::new(session)),
         baseline,
-        verifier,
+        mock_secret: rand::rng().random(),
         cancel_keys: StdMutex::new(HashMap::new()),
         startup_cache: StdMutex::new(HashMap::new()),
         next_client: AtomicU32::new(1),

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::scram;
 use crate::session::{Baseline, Session, Started};
 use crate::settings::Settings;
 
@@ -63,7 +62,9 @@ pub(crate) struct Shared<B> {
     pub(crate) lease: Arc<tokio::sync::Mutex<Session>>,
     /// What every client starts from.
     pub(crate) baseline: Baseline,
-    pub(crate) verifier: Option<scram::Verifier>,
+    /// Random per bridge: the mock SCRAM salts of roles that cannot authenticate derive from
+    /// it, so they are stable for a name but not predictable.
+    pub(crate) mock_secret: [u8; 32],
     pub(crate) cancel_keys: StdMutex<HashMap<i32, CancelEntry>>,
     /// What clients' login settings came to, once the backend accepted them: a pool's next
     /// connection then starts without waiting for the lease, which an open transaction may

@@ -2,9 +2,9 @@
 //!
 //! SSLRequest and GSSENCRequest get `N`; a CancelRequest is matched against the per-client
 //! keys and the connection closed without a reply; protocol 3.0 is accepted and newer 3.x
-//! minors or `_pq_.*` options get NegotiateProtocolVersion; the database name is checked; the
-//! Unix socket trusts and TCP asks for SCRAM-SHA-256 when a password is configured. The
-//! client's settings are then applied once on the backend (an invalid one is FATAL, as in
+//! minors or `_pq_.*` options get NegotiateProtocolVersion; the Unix socket trusts and TCP
+//! trusts or checks the role's stored password (`auth.rs`, as `Config::tcp_auth` says); the
+//! database name is checked. The client's settings are then applied once on the backend (an invalid one is FATAL, as in
 //! PostgreSQL) so its ParameterStatus values are the ones the backend really reports.
 
 use std::sync::Arc;
@@ -15,13 +15,14 @@ use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use crate::config::TcpAuth;
 use crate::conn::{Client, Connection};
 use crate::protocol::backend::{Replies, Severity, TxStatus, error_frame};
 use crate::protocol::frame;
 use crate::session::{ClientState, Started};
 use crate::shared::{CancelEntry, RunState, Shared};
 use crate::socket::{Owner, Socket};
-use crate::{Backend, Error, scram, settings};
+use crate::{Backend, Error, auth, settings};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -65,21 +66,6 @@ async fn read_packet<S: AsyncRead + Unpin>(
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) => return Err(Err(e)),
-        }
-    }
-}
-
-/// Reads one typed frame during authentication (small limit).
-async fn read_auth_frame<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Option<frame::Frame> {
-    loop {
-        match frame::split_frame(buf, frame::MAX_STARTUP_LEN) {
-            Ok(Some(frame)) => return Some(frame),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
         }
     }
 }
@@ -305,16 +291,14 @@ where
     }
     let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
 
-    if tcp && let Some(verifier) = &shared.verifier {
+    let mut can_login = true;
+    if tcp && shared.config.tcp_auth == TcpAuth::Password {
         stream.write_all(&replies.into_bytes()).await?;
         replies = Replies::new();
-        if let Err(reason) = authenticate(stream, &mut buf, verifier, &mut replies).await? {
-            return Err(fatal(
-                stream,
-                "28P01",
-                format!("password authentication failed for user \"{user}\": {reason}"),
-            )
-            .await);
+        match auth::authenticate(shared, stream, &mut buf, &user, &mut replies).await? {
+            auth::Outcome::Authenticated { can_login: allowed } => can_login = allowed,
+            auth::Outcome::Refused { sqlstate, message } => return Err(fatal(stream, sqlstate, message).await),
+            auth::Outcome::Closed => return Ok(None),
         }
     }
     let Some(permit) = permit else {
@@ -329,6 +313,13 @@ where
         res.extend_from_slice(&error.into_bytes());
         (built, res, Error::Rejected { sqlstate: sqlstate.to_owned(), reason })
     };
+    if !can_login {
+        // Read at this login, so it holds even where the startup cache would admit the role.
+        let reason = format!("role \"{user}\" is not permitted to log in");
+        let (built, bytes, error) = after_auth(replies, "28000", reason, None);
+        built?;
+        return Err(refuse(stream, &bytes, error).await);
+    }
     let served = &shared.config.database;
     if database != *served && !shared.config.database_aliases.contains(&database) {
         let hint = format!("This server serves the one database \"{served}\".");
@@ -416,55 +407,6 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], error: Erro
     let _ = stream.write_all(bytes).await;
     let _ = stream.flush().await;
     error
-}
-
-/// SCRAM-SHA-256 over the startup connection; `Ok(Err(reason))` when the password is wrong.
-async fn authenticate<S>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    verifier: &scram::Verifier,
-    replies: &mut Replies,
-) -> Result<Result<(), String>, Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let mut out = Replies::new();
-    out.auth_sasl()?;
-    stream.write_all(&out.into_bytes()).await?;
-    let Some(first) = read_auth_frame(stream, buf).await else {
-        return Ok(Err("connection closed".to_owned()));
-    };
-    if first.tag() != b'p' {
-        return Ok(Err("expected SASL response".to_owned()));
-    }
-    let body = first.body();
-    let Some(nul) = body.iter().position(|&b| b == 0) else {
-        return Ok(Err("malformed SASL message".to_owned()));
-    };
-    if &body[..nul] != b"SCRAM-SHA-256" || body.len() < nul + 5 {
-        return Ok(Err("unsupported SASL mechanism".to_owned()));
-    }
-    let data = &body[nul + 5..];
-    let (exchange, server_first) = match scram::ServerExchange::start(verifier, data) {
-        Ok(started) => started,
-        Err(reason) => return Ok(Err(reason)),
-    };
-    let mut out = Replies::new();
-    out.auth_sasl_continue(server_first.as_bytes())?;
-    stream.write_all(&out.into_bytes()).await?;
-    let Some(last) = read_auth_frame(stream, buf).await else {
-        return Ok(Err("connection closed".to_owned()));
-    };
-    if last.tag() != b'p' {
-        return Ok(Err("expected SASL response".to_owned()));
-    }
-    match exchange.finish(last.body()) {
-        Ok(server_final) => {
-            replies.auth_sasl_final(server_final.as_bytes())?;
-            Ok(Ok(()))
-        }
-        Err(reason) => Ok(Err(reason)),
-    }
 }
 
 /// Cancels the client with this key if it is running something now; never replies.

@@ -26,6 +26,9 @@ const DATABASE_FILE: &str = ".nself-database";
 /// The database initdb makes, which a new cluster's database is renamed from.
 const INITDB_DATABASE: &str = "postgres";
 
+/// The bootstrap superuser: PGlite's initdb makes it as `PGUSER` names it (`instance/boot.rs`).
+const BOOTSTRAP_SUPERUSER: &str = "postgres";
+
 /// A database every cluster has and the backend can always boot into to set the others up.
 const SETUP_DATABASE: &str = "template1";
 
@@ -52,6 +55,9 @@ impl Cluster {
     /// roles, and boots the instance that serves it.
     pub(crate) fn open(artifact: Artifact, config: Config, profile: &'static Profile) -> Result<Cluster, Error> {
         let started = Instant::now();
+        if config.postgres_password.as_deref() == Some("") {
+            return Err(Error::EmptyPassword);
+        }
         let lock = lock_data_dir(&config.data_dir)?;
         check_compatible(&config.data_dir, profile, &artifact.version)?;
 
@@ -91,7 +97,8 @@ impl Cluster {
     fn start(&mut self, fresh: bool) -> Result<(), Error> {
         self.info.database = self.set_up_database(fresh)?;
         self.boot()?;
-        self.ensure_superusers()
+        self.ensure_superusers()?;
+        self.set_postgres_password()
     }
 
     fn dirs(&self) -> Dirs<'_> {
@@ -204,6 +211,27 @@ impl Cluster {
                 tracing::info!(role = %name, "superuser created");
             }
         }
+        Ok(())
+    }
+
+    /// Stores the configured password of the bootstrap superuser: as a SCRAM-SHA-256 secret
+    /// made here (as PostgreSQL makes one, with a fresh salt), so the password itself never
+    /// reaches the backend, its logs or an error message.
+    fn set_postgres_password(&mut self) -> Result<(), Error> {
+        let Some(password) = &self.config.postgres_password else {
+            return Ok(());
+        };
+        let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
+        let secret = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let sql = format!("ALTER ROLE {} PASSWORD {}", sql::ident(BOOTSTRAP_SUPERUSER), sql::literal(&secret));
+        sql::run(instance, &sql).map_err(|err| match err {
+            // Without the secret, which is as good as the password to an offline guesser.
+            Error::Sql { code, message, .. } => {
+                Error::Sql { sql: format!("ALTER ROLE {BOOTSTRAP_SUPERUSER} PASSWORD '…'"), code, message }
+            }
+            err => err,
+        })?;
+        tracing::info!(role = BOOTSTRAP_SUPERUSER, "password set");
         Ok(())
     }
 

@@ -74,6 +74,9 @@ pub enum Error {
     /// There is no running instance (stopped, or not restarted after a crash).
     #[error("the PostgreSQL instance is not running")]
     NotRunning,
+    /// [`Config::postgres_password`](crate::Config::postgres_password) is empty.
+    #[error("the password for role postgres is empty (a password must have at least one character)")]
+    EmptyPassword,
 }
 
 impl Error {

@@ -93,6 +93,11 @@ pub struct Config {
     /// Server-wide settings, as if in postgresql.conf (what `RESET` returns to), e.g.
     /// `statement_timeout`. A value PostgreSQL refuses fails the start.
     pub settings: Vec<(String, String)>,
+    /// A password for the bootstrap superuser `postgres`, set at every start (stored in
+    /// `pg_authid` as a SCRAM-SHA-256 secret, as `ALTER ROLE ... PASSWORD` stores it, so it is
+    /// checked like any role's; a client may change it until the next start). An empty one
+    /// fails the start. `None` leaves whatever password the role has.
+    pub postgres_password: Option<String>,
 }
 
 impl Config {
@@ -108,6 +113,7 @@ impl Config {
             new_database: "postgres".to_owned(),
             superusers: Vec::new(),
             settings: Vec::new(),
+            postgres_password: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{Artifact, DEFAULT_BUSY_POLL_US, DEFAULT_PGLITE_VERSION, Error};
 
@@ -98,11 +98,14 @@ struct StartArgs {
     runtime_dir: Option<PathBuf>,
     #[command(flatten)]
     fetch: FetchArgs,
-    /// Also listen on this TCP address, e.g. 127.0.0.1:5432 (a non-loopback one needs --password).
+    /// Also listen on this TCP address, e.g. 127.0.0.1:5432. Without --password its clients
+    /// are trusted, so it must then be a loopback address.
     #[arg(long, value_name = "ADDR")]
     tcp: Option<SocketAddr>,
-    /// Password for TCP clients (SCRAM-SHA-256); the Unix socket always trusts its clients.
-    #[arg(long, env = "NSELF_PASSWORD", hide_env_values = true, requires = "tcp")]
+    /// The password of the superuser `postgres`, set at every start; TCP clients then log in
+    /// with their role's own password (SCRAM-SHA-256 or md5, as ALTER ROLE ... PASSWORD stored
+    /// it). The Unix socket always trusts its clients.
+    #[arg(long, env = "NSELF_PASSWORD", hide_env_values = true, requires = "tcp", value_parser = parse_password)]
     password: Option<String>,
     /// The database to serve, created if missing [default: the one the runtime directory's
     /// cluster was made with; `nself` for a new one]. `postgres` is accepted as another name
@@ -153,6 +156,15 @@ fn parse_duration_setting(text: &str) -> Result<String, String> {
     }
 }
 
+/// A password as `--password` takes it: at least one character.
+fn parse_password(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("the password is empty; give one of at least one character".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     match u32::from_str_radix(digits, 8) {
@@ -176,6 +188,20 @@ fn parse_group(text: &str) -> Result<u32, String> {
 /// Runs the command line; the whole of `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Start(args) = &cli.command
+        && let Some(addr) = args.tcp
+        && !addr.ip().is_loopback()
+        && args.password.is_none()
+    {
+        let message = format!(
+            "--tcp {addr} is not a loopback address: its clients must authenticate, so --password (or \
+             NSELF_PASSWORD) is required"
+        );
+        let mut command = Cli::command();
+        command.build();
+        let start = command.find_subcommand_mut("start").expect("the start subcommand");
+        start.error(clap::error::ErrorKind::MissingRequiredArgument, message).exit();
+    }
     init_tracing();
     // One thread: the backend is single-threaded and the guest runs inline on the task that
     // holds it, so the bridge works like PgBouncer's event loop with the database in it. A

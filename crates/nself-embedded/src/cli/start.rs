@@ -37,9 +37,11 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     if let Some(timeout) = &args.statement_timeout {
         runtime.host_config_mut().settings.push(("statement_timeout".to_owned(), timeout.clone()));
     }
+    if let Some(password) = &args.password {
+        runtime.set_password(password);
+    }
     let bridge_config = runtime.bridge_config_mut();
     bridge_config.tcp = args.tcp;
-    bridge_config.tcp_password = args.password.clone();
     bridge_config.busy_poll = Duration::from_micros(args.busy_poll_us);
     bridge_config.socket_mode = args.socket_mode;
     bridge_config.socket_group = args.socket_group;

@@ -146,6 +146,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         let mut out = filtered.out;
         let mut parameters = filtered.parameters;
+        if self.client.state.utility_ran() {
+            // Cached startups answer a login without asking the backend; one whose role
+            // changed must be checked again.
+            self.shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
         if let Some(status) = filtered.ready {
             match (self.client.tx, status) {
                 (_, TxStatus::Idle) => self.client.tx_started = None,

@@ -180,6 +180,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Err(Error::BackendGone) => {
                 self.write_error(Severity::Fatal, "57P03", "the database system is not available").await;
             }
+            Err(Error::Rejected { sqlstate, reason }) => {
+                let (sqlstate, reason) = (sqlstate.clone(), reason.clone());
+                self.write_error(Severity::Fatal, &sqlstate, &reason).await;
+            }
             _ => {}
         }
         result

@@ -113,6 +113,11 @@ impl Replies {
         put(&mut self.buf, &Authentication::SASL(vec!["SCRAM-SHA-256".to_owned()]))
     }
 
+    /// Appends `AuthenticationMD5Password` with `salt`.
+    pub(crate) fn auth_md5(&mut self, salt: [u8; 4]) -> Result<(), Error> {
+        put(&mut self.buf, &Authentication::MD5Password(salt.to_vec()))
+    }
+
     /// Appends `AuthenticationSASLContinue`.
     pub(crate) fn auth_sasl_continue(&mut self, data: &[u8]) -> Result<(), Error> {
         put(&mut self.buf, &Authentication::SASLContinue(data.to_vec().into()))

@@ -90,6 +90,12 @@ impl ClientState {
         !self.statements.is_empty() || self.holds
     }
 
+    /// Whether a utility command ran in the client's turn (a role may have been created,
+    /// altered or dropped: logins checked earlier may no longer hold).
+    pub(crate) fn utility_ran(&self) -> bool {
+        self.events.utility
+    }
+
     /// Whether the client keeps the backend between transactions.
     pub(crate) fn holds(&self) -> bool {
         self.holds

@@ -255,8 +255,18 @@ impl Session {
                     return Err(error);
                 }
             };
+            if refused.iter().any(|name| name == "session_authorization") {
+                // The client's role was dropped (or renamed) since it logged in: it must not go
+                // on as whoever the backend was before.
+                self.defaults = Settings::new();
+                self.applied_for = None;
+                return Err(Error::Rejected {
+                    sqlstate: "28000".to_owned(),
+                    reason: format!("role \"{}\" does not exist", client.user),
+                });
+            }
             if !refused.is_empty() {
-                // Found valid at the client's startup; a role dropped since, say.
+                // Found valid at the client's startup; a setting's role dropped since, say.
                 tracing::warn!(?refused, client = client.id, "connection defaults refused");
             }
             self.defaults = client.login.clone();
@@ -282,4 +292,4 @@ mod settle;
 mod start;
 
 pub(crate) use client::ClientState;
-pub(crate) use start::Started;
+pub(crate) use start::{RoleLogin, Started};

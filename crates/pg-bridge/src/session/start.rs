@@ -1,11 +1,11 @@
-//! A new client's start on the backend, and what it is told of reported settings: its login
-//! checked and its settings applied (with the notices PostgreSQL raises doing so), and
-//! `ParameterStatus` for reported settings its turns change, where the backend does not send
-//! them itself.
+//! A new client's start on the backend, and what it is told of reported settings: its role's
+//! login facts read (for password authentication), its login checked and its settings applied
+//! (with the notices PostgreSQL raises doing so), and `ParameterStatus` for reported settings
+//! its turns change, where the backend does not send them itself.
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Baseline, ClientState, Session, note_parameter_statuses};
+use super::{BackendError, Baseline, ClientState, Session, note_parameter_statuses};
 use crate::protocol::backend::{Replies, Severity, error_frame, text_rows, with_severity};
 use crate::protocol::frame::frames;
 use crate::protocol::frontend;
@@ -23,7 +23,49 @@ pub(crate) struct Started {
     pub(crate) login: Settings,
 }
 
+/// What a login as one role is checked against, as `pg_authid` has it at the login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoleLogin {
+    /// `rolcanlogin`.
+    pub(crate) can_login: bool,
+    /// `rolpassword`: a SCRAM secret or an md5 hash, `None` when the role has no password.
+    pub(crate) secret: Option<String>,
+    /// `rolvaliduntil` has passed.
+    pub(crate) expired: bool,
+}
+
+/// The id of the bridge's own state on the backend; clients count from 1.
+const OWN_ID: u32 = 0;
+
 impl Session {
+    /// Reads `role`'s login facts from `pg_authid` (`None`: no such role). Run as the
+    /// backend's own role with its own settings (entered as any client's state would be, so
+    /// the identity and `search_path` the last client left do not matter), and never cached:
+    /// a password changed a moment ago is the one read.
+    pub(crate) async fn role_login<B: Backend>(
+        &mut self,
+        backend: &B,
+        baseline: &Baseline,
+        role: &str,
+    ) -> Result<Result<Option<RoleLogin>, BackendError>, Error> {
+        let mut own = ClientState::new(OWN_ID, &baseline.user, Settings::new(), baseline);
+        self.enter(backend, baseline, &mut own).await?;
+        let sql = format!(
+            "SELECT rolcanlogin, rolpassword, rolvaliduntil OPERATOR(pg_catalog.<) pg_catalog.now() \
+             FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) {}",
+            settings::literal(role)
+        );
+        let out = match self.internal(backend, &sql).await? {
+            Ok(out) => out,
+            Err(error) => return Ok(Err(error)),
+        };
+        let rows = text_rows(&out);
+        Ok(Ok(rows.first().map(|row| {
+            let flag = |idx: usize| row.get(idx).cloned().flatten().is_some_and(|value| value == "t");
+            RoleLogin { can_login: flag(0), secret: row.get(1).cloned().flatten(), expired: flag(2) }
+        })))
+    }
+
     /// Checks a new client's startup settings and puts them on the backend: an invalid one is
     /// the backend's error (which ends the connection, as in PostgreSQL); else the
     /// `ParameterStatus` values the client starts with and the notices PostgreSQL raised

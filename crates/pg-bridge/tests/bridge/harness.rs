@@ -89,22 +89,35 @@ fn start_cluster() -> Cluster {
     );
     let mut cmd = as_pg_user(Path::new("/bin/sh"));
     let server = cmd.arg("-c").arg(script).stdin(Stdio::piped()).spawn().unwrap();
-    // Poll for readiness: the socket file appears once the server accepts connections.
+    // Poll for readiness: the socket accepts connections before the server accepts sessions
+    // (until then a session is refused with 57P03), and the tools may lack pg_isready.
     let socket = socket_dir.join(".s.PGSQL.5432");
     let mut ready = false;
     for _ in 0..400 {
-        if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            let probe = Command::new(bin.join("pg_isready")).arg("-h").arg(&socket_dir).arg("-q").status();
-            if probe.map(|s| s.success()).unwrap_or(true) {
-                ready = true;
-                break;
-            }
+        if socket.exists() && starts_a_session(&socket) {
+            ready = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     assert!(ready, "PostgreSQL did not become ready; see {}", base.join("server.log").display());
     let _ = std::io::stderr().flush();
     Cluster { socket_dir, _server: Mutex::new(server) }
+}
+
+/// Whether the server at `socket` lets `postgres` log in: its first reply to a startup packet
+/// is `AuthenticationOk`, not an error.
+fn starts_a_session(socket: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request =
+        pg_bridge::protocol::frontend::startup(&[("user", "postgres"), ("database", "postgres")]).to_vec();
+    request.extend_from_slice(pg_bridge::protocol::frontend::TERMINATE);
+    let mut first = [0u8; 1];
+    stream.write_all(&request).is_ok() && stream.read_exact(&mut first).is_ok() && first[0] == b'R'
 }
 
 pub(crate) struct TestBridge {

@@ -1,4 +1,4 @@
-//! Sockets, shutdown, psql and TCP with SCRAM (scenarios 1, 20).
+//! Sockets, shutdown and psql (scenarios 1, 20); TCP is in `passwords.rs`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pg_bridge::{Bridge, Config};
 
-use crate::harness::{TestBridge, bridge, bridge_with, connect, table, upstream};
+use crate::harness::{TestBridge, bridge, connect, table, upstream};
 use crate::raw::{Raw, query};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,26 +120,5 @@ async fn psql_works_through_the_socket_directory() {
     assert!(stdout.contains("17."), "server_version: {stdout}");
     assert!(stderr.contains("COPY is not supported"), "{stderr}");
     assert!(stdout.contains("still connected"), "{stdout}\n{stderr}");
-    bridge.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_requires_the_scram_password() {
-    let bridge = bridge_with(|c| {
-        c.tcp = Some("127.0.0.1:0".parse().unwrap());
-        c.tcp_password = Some("s3cret pass".to_owned());
-    })
-    .await;
-    let addr = bridge.bridge.as_ref().unwrap().tcp_addr().unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config.host("127.0.0.1").port(addr.port()).user("postgres").dbname("postgres");
-    config.password("s3cret pass");
-    let client = crate::harness::connect_with(&config).await.unwrap();
-    assert_eq!(client.query_one("SELECT 9::int4", &[]).await.unwrap().get::<_, i32>(0), 9);
-    config.password("wrong");
-    let err = crate::harness::connect_with(&config).await.expect_err("wrong password refused");
-    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
-    // The Unix socket still trusts.
-    connect(&bridge).await.simple_query("SELECT 1").await.unwrap();
     bridge.close().await;
 }

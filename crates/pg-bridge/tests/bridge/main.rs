@@ -6,6 +6,7 @@ mod filter;
 mod harness;
 mod lifecycle;
 mod limits;
+mod passwords;
 mod protocol;
 mod raw;
 mod recovery;
