@@ -152,6 +152,7 @@ impl pg_bridge::Backend for PgliteBackend {
             settings: events.settings,
             locks: events.locks,
             custom_settings: events.custom_settings,
+            roles: events.roles,
         })
     }
 

@@ -40,6 +40,9 @@ pub struct SessionEvents {
     /// Names of custom (dotted) settings that were set or reset: PostgreSQL does not list
     /// those in `pg_settings`.
     pub custom_settings: Vec<String>,
+    /// A role was created, altered, renamed or dropped (or something else renamed): logins
+    /// checked earlier may no longer hold.
+    pub roles: bool,
 }
 
 impl SessionEvents {
@@ -52,6 +55,10 @@ impl SessionEvents {
             settings: true,
             locks: true,
             custom_settings: Vec::new(),
+            // Not taken to have changed: the startup cache would be emptied by every exchange
+            // and every login would wait for the backend. A role dropped since it was cached
+            // is still caught when its identity is put on the backend.
+            roles: false,
         }
     }
 
@@ -72,6 +79,7 @@ impl SessionEvents {
         self.statements |= other.statements;
         self.settings |= other.settings;
         self.locks |= other.locks;
+        self.roles |= other.roles;
         for name in &other.custom_settings {
             if !self.custom_settings.contains(name) {
                 self.custom_settings.push(name.clone());

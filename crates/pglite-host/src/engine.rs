@@ -121,6 +121,13 @@ fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
     dir.join(format!("{}-{}.cwasm", &wasm_sha256[..wasm_sha256.len().min(32)], engine_key(engine)))
 }
 
+/// Where the compiled form of `artifact`'s main module lives in `dir` for this build of the
+/// host (the engine's settings are part of the name).
+pub fn compiled_module_path(artifact: &Artifact, dir: &Path) -> PathBuf {
+    let sha = sha256_key(&artifact.wasm_sha256).unwrap_or_else(|| artifact.wasm_sha256.clone());
+    cache_path(engine(), dir, &sha)
+}
+
 /// The artifact's main module: its compiled form from the cache, found by the artifact's
 /// verified SHA-256 without reading the wasm, or else compiled from the wasm file (read only
 /// then) and cached.

@@ -40,6 +40,9 @@ pub struct SessionEvents {
     /// Names of custom (dotted, `app.tenant`) settings `SET`, `RESET` or `set_config` touched:
     /// PostgreSQL does not list those in `pg_settings`.
     pub custom_settings: Vec<String>,
+    /// A role was created, altered (its settings too), renamed or dropped (or something else
+    /// was renamed): who may log in, and with what defaults, may have changed.
+    pub roles: bool,
 }
 
 impl SessionEvents {
@@ -59,6 +62,7 @@ pub(crate) struct Calibration {
     quiet: Vec<i32>,
     cursors: Vec<i32>,
     statements: Vec<i32>,
+    roles: Vec<i32>,
     /// `VariableSetStmt`, whose `name` follows its type and kind.
     set: Option<i32>,
     /// While learning: the first words of each `PlannedStmt` the hook saw.
@@ -97,13 +101,18 @@ fn text_datum(memory: &[u8], addr: u32) -> Option<String> {
 }
 
 /// Statements whose node types the hook learns: `BEGIN`, `SET LOCAL`, `SHOW`, `DECLARE`,
-/// `FETCH`, `CLOSE`, `COMMIT`, `PREPARE`, `EXECUTE`, `DEALLOCATE`, `EXPLAIN` (none leaves
-/// anything behind).
+/// `FETCH`, `CLOSE`, `COMMIT`, `PREPARE`, `EXECUTE`, `DEALLOCATE`, `EXPLAIN`, then `CREATE ROLE`,
+/// `ALTER ROLE`, `ALTER ROLE ... SET`, a rename and `DROP ROLE` (none leaves anything behind).
 const CALIBRATION_SQL: &str = "BEGIN; SET LOCAL work_mem = DEFAULT; SHOW work_mem; \
      DECLARE nself_calibration CURSOR FOR SELECT 1; \
      FETCH nself_calibration; CLOSE nself_calibration; COMMIT; \
      PREPARE nself_calibration AS SELECT 1; EXECUTE nself_calibration; DEALLOCATE nself_calibration; \
-     EXPLAIN SELECT 1";
+     EXPLAIN SELECT 1; CREATE ROLE nself_calibration NOLOGIN; ALTER ROLE nself_calibration NOLOGIN; \
+     ALTER ROLE nself_calibration SET work_mem = '1MB'; \
+     ALTER ROLE nself_calibration RENAME TO nself_calibration_renamed; DROP ROLE nself_calibration_renamed";
+
+/// How many statements [`CALIBRATION_SQL`] holds.
+const CALIBRATION_STATEMENTS: usize = 16;
 
 /// Words of each `PlannedStmt` kept while learning: enough to hold `utilityStmt` in 16–19.
 const PLANNED_STMT_WORDS: u32 = 48;
@@ -114,7 +123,7 @@ impl Calibration {
     fn learn(&mut self, memory: &[u8]) {
         self.learning = false;
         let seen = std::mem::take(&mut self.seen);
-        if seen.len() != 11 {
+        if seen.len() != CALIBRATION_STATEMENTS {
             tracing::warn!(seen = seen.len(), "utility hook calibration saw an unexpected number of statements");
             return;
         }
@@ -127,7 +136,7 @@ impl Calibration {
             let Some(tags) = seen.iter().map(|words| tag_at(*words.get(word)?)).collect::<Option<Vec<i32>>>() else {
                 continue;
             };
-            // BEGIN and COMMIT share a node type; the other nine differ from it and each other.
+            // BEGIN and COMMIT share a node type; the others differ from it and each other.
             let mut distinct = tags.clone();
             distinct.remove(6);
             let mut sorted = distinct.clone();
@@ -144,6 +153,7 @@ impl Calibration {
                 self.set = Some(tags[1]);
                 self.cursors = vec![tags[3], tags[5]];
                 self.statements = vec![tags[7], tags[9]];
+                self.roles = tags[11..16].to_vec();
             }
             _ => tracing::warn!(
                 candidates = found.len(),
@@ -177,7 +187,16 @@ impl Calibration {
             }
             Some(tag) if self.cursors.contains(&tag) => events.cursors = true,
             Some(tag) if self.statements.contains(&tag) => events.statements = true,
-            _ => events.utility = true,
+            Some(tag) if self.roles.contains(&tag) => {
+                events.utility = true;
+                events.roles = true;
+            }
+            Some(_) => events.utility = true,
+            // Not calibrated: it may be anything.
+            None => {
+                events.utility = true;
+                events.roles = true;
+            }
         }
     }
 }

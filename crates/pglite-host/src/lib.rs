@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cluster::{cluster_major, verify_cache};
+pub use engine::compiled_module_path;
 pub use error::Error;
 pub use hooks::SessionEvents;
 pub use interrupts::{Interrupt, SessionTimeouts};

@@ -146,7 +146,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         let mut out = filtered.out;
         let mut parameters = filtered.parameters;
-        if self.client.state.utility_ran() {
+        if self.client.state.roles_changed() {
             // Cached startups answer a login without asking the backend; one whose role
             // changed must be checked again.
             self.shared.startup_cache.lock().unwrap_or_else(|p| p.into_inner()).clear();

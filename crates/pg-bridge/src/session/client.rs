@@ -90,10 +90,10 @@ impl ClientState {
         !self.statements.is_empty() || self.holds
     }
 
-    /// Whether a utility command ran in the client's turn (a role may have been created,
-    /// altered or dropped: logins checked earlier may no longer hold).
-    pub(crate) fn utility_ran(&self) -> bool {
-        self.events.utility
+    /// Whether a role was created, altered or dropped in the client's turn: logins checked
+    /// earlier may no longer hold.
+    pub(crate) fn roles_changed(&self) -> bool {
+        self.events.roles
     }
 
     /// Whether the client keeps the backend between transactions.

@@ -234,11 +234,16 @@ fn verify_cache_compiles_a_rotten_compiled_module_again() {
         let cache = CacheCopy::new(&version);
         let artifact = cache.ensure();
         let modules = cache.own_modules(&artifact);
-        let compiled = std::fs::read_dir(&modules)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .find(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
-            .expect("the shared cache holds the compiled main module");
+        // The shared cache may also hold modules compiled by other builds of the host (another
+        // engine configuration): this build's is the one to damage.
+        let compiled = pglite_host::compiled_module_path(&artifact, &modules);
+        if !compiled.exists() {
+            let data = tempfile::tempdir().unwrap();
+            let mut config = cache.config(data.path());
+            config.module_cache_dir = Some(modules.clone());
+            Pglite::start(artifact.clone(), config).unwrap().stop().unwrap();
+        }
+        assert!(compiled.exists(), "{version}: this build's compiled main module");
         let original = std::fs::read(&compiled).unwrap();
         // Well inside the file, where wasmtime's own header checks would not notice.
         let before = mtime(&compiled);
