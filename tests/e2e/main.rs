@@ -19,6 +19,7 @@ mod isolation;
 mod lifecycle;
 mod migrations;
 mod native;
+mod notify;
 mod pgbench;
 mod psql;
 mod resilience;

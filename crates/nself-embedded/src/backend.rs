@@ -153,6 +153,16 @@ impl pg_bridge::Backend for PgliteBackend {
             locks: events.locks,
             custom_settings: events.custom_settings,
             roles: events.roles,
+            listen: events.listen,
+            listens: events
+                .listens
+                .into_iter()
+                .map(|op| match op {
+                    pglite_host::ListenOp::Listen(channel) => pg_bridge::ListenOp::Listen(channel),
+                    pglite_host::ListenOp::Unlisten(channel) => pg_bridge::ListenOp::Unlisten(channel),
+                    pglite_host::ListenOp::UnlistenAll => pg_bridge::ListenOp::UnlistenAll,
+                })
+                .collect(),
         })
     }
 
@@ -164,6 +174,10 @@ impl pg_bridge::Backend for PgliteBackend {
             idle_session: timeouts.idle_session,
             transaction: timeouts.transaction,
         })
+    }
+
+    fn delivers_notifications(&self) -> bool {
+        self.host.delivers_notifications()
     }
 
     fn has_connection_defaults(&self) -> bool {

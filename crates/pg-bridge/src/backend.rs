@@ -43,6 +43,18 @@ pub struct SessionEvents {
     /// A role was created, altered, renamed or dropped (or something else renamed): logins
     /// checked earlier may no longer hold.
     pub roles: bool,
+    /// `LISTEN` or `UNLISTEN` ran: the channels the session listens on may have changed.
+    pub listen: bool,
+    /// Those `LISTEN`s and `UNLISTEN`s, in order, when the backend can tell them apart.
+    pub listens: Vec<ListenOp>,
+}
+
+/// One `LISTEN` or `UNLISTEN` a client ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenOp {
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
 }
 
 impl SessionEvents {
@@ -59,6 +71,8 @@ impl SessionEvents {
             // and every login would wait for the backend. A role dropped since it was cached
             // is still caught when its identity is put on the backend.
             roles: false,
+            listen: true,
+            listens: Vec::new(),
         }
     }
 
@@ -80,6 +94,8 @@ impl SessionEvents {
         self.settings |= other.settings;
         self.locks |= other.locks;
         self.roles |= other.roles;
+        self.listen |= other.listen;
+        self.listens.extend(other.listens.iter().cloned());
         for name in &other.custom_settings {
             if !self.custom_settings.contains(name) {
                 self.custom_settings.push(name.clone());
@@ -144,6 +160,14 @@ pub trait Backend: Send + Sync + 'static {
     /// and the bridge then takes anything to have changed.
     fn session_events(&self) -> Option<SessionEvents> {
         None
+    }
+
+    /// Whether the session's own notifications come out of its exchanges (a committed
+    /// `NOTIFY` on a channel it listens on, as `NotificationResponse`s before `ReadyForQuery`),
+    /// so that the bridge can carry `LISTEN`/`NOTIFY` between its clients. Without it they are
+    /// refused with `0A000`.
+    fn delivers_notifications(&self) -> bool {
+        false
     }
 
     /// Whether [`set_connection_defaults`](Self::set_connection_defaults) works.

@@ -1,15 +1,15 @@
 //! The command filter: a verdict for the SQL text of one Query or Parse, without any I/O.
 //!
-//! COPY, LISTEN and NOTIFY can never work on the shared single-session backend (COPY cannot
-//! be resumed across exchanges, notifications would reach the wrong client), so a message
-//! containing one as the first keyword of any statement is refused whole. Everything else is
-//! allowed, and the verdict notes the statements whose prepared-statement names the connection
-//! renames to its client's.
+//! A message containing, as the first keyword of any statement, a command the bridge is told to
+//! refuse (COPY, LISTEN, NOTIFY: see [`Refuse`]) is refused whole. Everything else is allowed,
+//! and the verdict notes the statements whose prepared-statement names the connection renames
+//! to its client's.
 
 use std::ops::Range;
 
 use smallvec::SmallVec;
 
+use crate::Refuse;
 use crate::lexer::{self, LexOptions, Statement, TokenKind};
 
 /// The classified statements of one text (usually one).
@@ -51,11 +51,11 @@ pub(crate) enum StatementKind {
 }
 
 /// Classifies the SQL text of one Query or Parse message.
-pub(crate) fn classify(sql: &[u8], options: LexOptions) -> Verdict {
+pub(crate) fn classify(sql: &[u8], options: LexOptions, refuse: Refuse) -> Verdict {
     let statements = lexer::statements(sql, options);
     let mut res = ClassifiedStatements::new();
     for statement in &statements {
-        if let Some(command) = refused(sql, statement) {
+        if let Some(command) = refused(sql, statement, refuse) {
             return Verdict::Refuse { command };
         }
         if !statement.head.is_empty() {
@@ -94,11 +94,11 @@ fn word(sql: &[u8], statement: &Statement, idx: usize) -> Option<Upper> {
     Some(upper)
 }
 
-fn refused(sql: &[u8], statement: &Statement) -> Option<&'static str> {
+fn refused(sql: &[u8], statement: &Statement, refuse: Refuse) -> Option<&'static str> {
     match word(sql, statement, 0)?.as_slice() {
-        b"COPY" => Some("COPY"),
-        b"LISTEN" => Some("LISTEN"),
-        b"NOTIFY" => Some("NOTIFY"),
+        b"COPY" if refuse.copy => Some("COPY"),
+        b"LISTEN" if refuse.listen => Some("LISTEN"),
+        b"NOTIFY" if refuse.notify => Some("NOTIFY"),
         _ => None,
     }
 }

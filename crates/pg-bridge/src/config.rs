@@ -54,6 +54,51 @@ pub struct Config {
     /// clients got 1.1–2.3x PgBouncer's throughput, at 1.3–2.7x its CPU per transaction
     /// (`cargo xtask bench bridge`). A backend that answers inline never waits here.
     pub poll_while_queued: Duration,
+    /// Commands answered with `0A000` instead of run, as the seed's bridge did with all three.
+    /// `LISTEN` and `NOTIFY` are refused anyway where the backend cannot deliver its session's
+    /// notifications ([`Backend::delivers_notifications`](crate::Backend::delivers_notifications)).
+    pub refuse: Refuse,
+}
+
+/// Commands the bridge answers with `0A000` (`... is not supported by this server`) instead of
+/// running them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refuse {
+    pub copy: bool,
+    pub listen: bool,
+    pub notify: bool,
+}
+
+impl Default for Refuse {
+    fn default() -> Refuse {
+        Refuse { copy: true, listen: false, notify: false }
+    }
+}
+
+impl Refuse {
+    /// Nothing refused.
+    pub fn none() -> Refuse {
+        Refuse { copy: false, listen: false, notify: false }
+    }
+
+    /// Each of the three.
+    pub fn all() -> Refuse {
+        Refuse { copy: true, listen: true, notify: true }
+    }
+
+    /// `copy,listen,notify` (any of them, comma separated; empty for none).
+    pub fn parse(text: &str) -> Result<Refuse, String> {
+        let mut res = Refuse::none();
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word.to_ascii_lowercase().as_str() {
+                "copy" => res.copy = true,
+                "listen" => res.listen = true,
+                "notify" => res.notify = true,
+                other => return Err(format!("cannot refuse {other:?}: only copy, listen and notify")),
+            }
+        }
+        Ok(res)
+    }
 }
 
 /// How clients on the TCP listener authenticate.
@@ -89,6 +134,7 @@ impl Config {
             startup_timeout: Duration::from_secs(60),
             busy_poll: Duration::ZERO,
             poll_while_queued: Duration::from_micros(100),
+            refuse: Refuse::default(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Backend output on its way to one client: notifications and COPY frames never pass,
+//! Backend output on its way to one client: notifications are taken out (the bridge delivers
+//! them to every client listening), COPY frames never pass,
 //! responses to messages the bridge prepended are dropped, `CommandComplete` tags of
 //! statements the bridge rewrote are restored, and errors and notices name the client's
 //! prepared statements and portals as the client named them. Sans I/O; the `Plan` says what to
@@ -34,13 +35,15 @@ pub(crate) struct Filtered {
     pub(crate) ready: Option<TxStatus>,
     /// `ParameterStatus` changes seen, for the client's own bookkeeping.
     pub(crate) parameters: Vec<(String, String)>,
+    /// Notifications the batch's commits sent (channel, payload), in order.
+    pub(crate) notifications: Vec<(String, String)>,
 }
 
 /// Filters backend output for a client according to `plan`.
 pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
     if plan.drop_leading == 0 && plan.tags.is_empty() {
         // Usually nothing is to be removed or replaced: the output goes out as it is.
-        let mut res = Filtered { out: BytesMut::new(), ready: None, parameters: Vec::new() };
+        let mut res = Filtered { out: BytesMut::new(), ready: None, parameters: Vec::new(), notifications: Vec::new() };
         let mut clean = true;
         for item in frames(&output) {
             let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
@@ -68,6 +71,15 @@ pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
         }
     }
     filter_copy(&output, plan)
+}
+
+/// The channel and payload of a `NotificationResponse` frame.
+fn notification(frame: &[u8]) -> Option<(String, String)> {
+    let body = frame.get(5 + 4..)?;
+    let mut parts = body.split(|&b| b == 0);
+    let channel = String::from_utf8_lossy(parts.next()?).into_owned();
+    let payload = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((channel, payload))
 }
 
 /// Whether an error or notice frame mentions one of the client's renamed objects.
@@ -107,7 +119,12 @@ fn restore_names(frame: &[u8], plan: &Plan) -> BytesMut {
 
 /// `filter` for output from which something is removed or replaced.
 fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
-    let mut res = Filtered { out: BytesMut::with_capacity(output.len()), ready: None, parameters: Vec::new() };
+    let mut res = Filtered {
+        out: BytesMut::with_capacity(output.len()),
+        ready: None,
+        parameters: Vec::new(),
+        notifications: Vec::new(),
+    };
     let mut to_drop = plan.drop_leading;
     let mut statement_idx = 0usize;
     let mut in_copy_out = false;
@@ -121,8 +138,10 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
             to_drop = 0;
         }
         match tag {
-            // Notifications belong to nobody here; the backend key is the bridge's business.
-            b'A' | b'K' => {}
+            // Notifications go to the clients listening, through the bridge; the backend key is
+            // the bridge's business.
+            b'A' => res.notifications.extend(notification(bytes)),
+            b'K' => {}
             // COPY IN / BOTH was already aborted by the backend; its error follows.
             b'G' | b'W' => {}
             b'H' => in_copy_out = true,

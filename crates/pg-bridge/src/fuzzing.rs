@@ -26,14 +26,14 @@ pub fn frames(bytes: &[u8]) {
 /// for a refused command.
 pub fn sql(bytes: &[u8]) {
     for standard_strings in [true, false] {
-        let _ = classify(bytes, LexOptions { standard_strings });
+        let _ = classify(bytes, LexOptions { standard_strings }, crate::Refuse::all());
     }
     let quoted: Vec<u8> = bytes.iter().filter(|&&b| b != b'\'' && b != 0 && b != b'\\').copied().collect();
     let mut wrapped = b"SELECT '".to_vec();
     wrapped.extend_from_slice(&quoted);
     wrapped.extend_from_slice(b"'");
     assert!(
-        matches!(classify(&wrapped, LexOptions::default()), Verdict::Allow { .. }),
+        matches!(classify(&wrapped, LexOptions::default(), crate::Refuse::all()), Verdict::Allow { .. }),
         "refused a string literal: {:?}",
         String::from_utf8_lossy(&wrapped)
     );

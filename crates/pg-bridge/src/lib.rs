@@ -42,6 +42,7 @@ mod config;
 mod conn;
 mod filter;
 mod lexer;
+mod notify;
 pub mod protocol;
 mod scram;
 mod server;
@@ -60,8 +61,8 @@ mod fuzzing;
 #[cfg(test)]
 mod robustness_tests;
 
-pub use backend::{Backend, SessionEvents, SessionTimeouts};
-pub use config::{Config, DEFAULT_SOCKET_NAME, TcpAuth, socket_dir_mode};
+pub use backend::{Backend, ListenOp, SessionEvents, SessionTimeouts};
+pub use config::{Config, DEFAULT_SOCKET_NAME, Refuse, TcpAuth, socket_dir_mode};
 pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
 pub use server::{Bridge, Interrupter, Listeners, bind, serve};
 pub use upstream::{UpstreamAddr, UpstreamBackend, UpstreamConfig};

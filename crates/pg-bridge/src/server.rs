@@ -225,6 +225,12 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
     let (session, baseline) = Session::bootstrap(&backend).await?;
     let gone = session.gone_flag();
     let max_request = backend.max_request();
+    let notifications = backend.delivers_notifications();
+    let refuse = crate::Refuse {
+        listen: config.refuse.listen || !notifications,
+        notify: config.refuse.notify || !notifications,
+        ..config.refuse
+    };
     Ok(Arc::new(Shared {
         gone,
         max_request,
@@ -239,6 +245,8 @@ async fn prepare<B: Backend>(backend: B, config: Config) -> Result<Arc<Shared<B>
         next_client: AtomicU32::new(1),
         waiting: AtomicUsize::new(0),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        refuse,
+        hub: crate::notify::Hub::default(),
     }))
 }
 

@@ -81,4 +81,9 @@ pub(crate) struct Shared<B> {
     /// Set when the bridge begins to stop, from whatever thread: no client starts anything
     /// more.
     pub(crate) stopping: AtomicBool,
+    /// What is refused: the configuration's, with LISTEN and NOTIFY where the backend cannot
+    /// deliver notifications.
+    pub(crate) refuse: crate::Refuse,
+    /// Who listens on which channel.
+    pub(crate) hub: crate::notify::Hub,
 }

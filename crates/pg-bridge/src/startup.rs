@@ -203,6 +203,7 @@ async fn serve<B: Backend, S>(
         tracing::debug!(%error, "connection ended with an error");
     }
     connection.finish().await;
+    shared.hub.leave(pid);
     shared.cancel_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
 }
 

@@ -43,6 +43,20 @@ pub struct SessionEvents {
     /// A role was created, altered (its settings too), renamed or dropped (or something else
     /// was renamed): who may log in, and with what defaults, may have changed.
     pub roles: bool,
+    /// `LISTEN` or `UNLISTEN` ran: the channels the session listens on may have changed.
+    pub listen: bool,
+    /// The `LISTEN`s and `UNLISTEN`s that ran, in order (empty when they could not be told
+    /// apart: `listen` alone is then set). Whether their transaction committed is the
+    /// backend's `pg_listening_channels()` to say.
+    pub listens: Vec<ListenOp>,
+}
+
+/// One `LISTEN` or `UNLISTEN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenOp {
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
 }
 
 impl SessionEvents {
@@ -63,6 +77,7 @@ pub(crate) struct Calibration {
     cursors: Vec<i32>,
     statements: Vec<i32>,
     roles: Vec<i32>,
+    listen: Vec<i32>,
     /// `VariableSetStmt`, whose `name` follows its type and kind.
     set: Option<i32>,
     /// While learning: the first words of each `PlannedStmt` the hook saw.
@@ -102,17 +117,19 @@ fn text_datum(memory: &[u8], addr: u32) -> Option<String> {
 
 /// Statements whose node types the hook learns: `BEGIN`, `SET LOCAL`, `SHOW`, `DECLARE`,
 /// `FETCH`, `CLOSE`, `COMMIT`, `PREPARE`, `EXECUTE`, `DEALLOCATE`, `EXPLAIN`, then `CREATE ROLE`,
-/// `ALTER ROLE`, `ALTER ROLE ... SET`, a rename and `DROP ROLE` (none leaves anything behind).
+/// `ALTER ROLE`, `ALTER ROLE ... SET`, a rename and `DROP ROLE`, then `LISTEN` and `UNLISTEN`
+/// (none leaves anything behind).
 const CALIBRATION_SQL: &str = "BEGIN; SET LOCAL work_mem = DEFAULT; SHOW work_mem; \
      DECLARE nself_calibration CURSOR FOR SELECT 1; \
      FETCH nself_calibration; CLOSE nself_calibration; COMMIT; \
      PREPARE nself_calibration AS SELECT 1; EXECUTE nself_calibration; DEALLOCATE nself_calibration; \
      EXPLAIN SELECT 1; CREATE ROLE nself_calibration NOLOGIN; ALTER ROLE nself_calibration NOLOGIN; \
      ALTER ROLE nself_calibration SET work_mem = '1MB'; \
-     ALTER ROLE nself_calibration RENAME TO nself_calibration_renamed; DROP ROLE nself_calibration_renamed";
+     ALTER ROLE nself_calibration RENAME TO nself_calibration_renamed; DROP ROLE nself_calibration_renamed; \
+     LISTEN nself_calibration; UNLISTEN nself_calibration";
 
 /// How many statements [`CALIBRATION_SQL`] holds.
-const CALIBRATION_STATEMENTS: usize = 16;
+const CALIBRATION_STATEMENTS: usize = 18;
 
 /// Words of each `PlannedStmt` kept while learning: enough to hold `utilityStmt` in 16–19.
 const PLANNED_STMT_WORDS: u32 = 48;
@@ -154,6 +171,7 @@ impl Calibration {
                 self.cursors = vec![tags[3], tags[5]];
                 self.statements = vec![tags[7], tags[9]];
                 self.roles = tags[11..16].to_vec();
+                self.listen = vec![tags[16], tags[17]];
             }
             _ => tracing::warn!(
                 candidates = found.len(),
@@ -191,11 +209,23 @@ impl Calibration {
                 events.utility = true;
                 events.roles = true;
             }
+            Some(tag) if self.listen.contains(&tag) => {
+                events.listen = true;
+                // ListenStmt and UnlistenStmt { type, conditionname }: a NULL name is UNLISTEN *.
+                let name =
+                    node.and_then(|node| word(node + 4)).filter(|&name| name != 0).and_then(|name| cstr(memory, name));
+                events.listens.push(match (tag == self.listen[0], name) {
+                    (true, Some(name)) => ListenOp::Listen(name),
+                    (false, Some(name)) => ListenOp::Unlisten(name),
+                    (_, None) => ListenOp::UnlistenAll,
+                });
+            }
             Some(_) => events.utility = true,
             // Not calibrated: it may be anything.
             None => {
                 events.utility = true;
                 events.roles = true;
+                events.listen = true;
             }
         }
     }

@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use cluster::{cluster_major, verify_cache};
 pub use engine::compiled_module_path;
 pub use error::Error;
-pub use hooks::SessionEvents;
+pub use hooks::{ListenOp, SessionEvents};
 pub use interrupts::{Interrupt, SessionTimeouts};
 pub use pglite::{BootInfo, BootKind, Pglite};
 pub use template::{CacheDamage, CacheProblem};

@@ -51,6 +51,7 @@ pub struct Pglite {
     shared: Arc<Shared>,
     info: BootInfo,
     max_request: usize,
+    notifications: bool,
 }
 
 /// What the handle shares with the blocking pool and the background trim.
@@ -213,7 +214,7 @@ impl Pglite {
                     waiting: AtomicUsize::new(0),
                 });
                 release_zero_pages_in_background(&shared);
-                Ok(Pglite { shared, info, max_request: profile.max_request() })
+                Ok(Pglite { shared, info, max_request: profile.max_request(), notifications: profile.notifications })
             }
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -235,6 +236,13 @@ impl Pglite {
     /// The largest request [`exec_protocol`](Self::exec_protocol) accepts (0.2: 15 MiB).
     pub fn max_request(&self) -> usize {
         self.max_request
+    }
+
+    /// Whether the session's own notifications (`LISTEN` + `NOTIFY` on the one session) come
+    /// out in its replies, as `NotificationResponse`s at commit. False on 0.2, which garbles
+    /// them: never let it `LISTEN` there.
+    pub fn delivers_notifications(&self) -> bool {
+        self.notifications
     }
 
     /// True while an instance is running.

@@ -35,6 +35,10 @@ pub(crate) struct Profile {
     pub(crate) new_cluster_settings: &'static str,
     /// `sizeof(Datum)` in the build: 4 on 32-bit wasm before PostgreSQL 18, which made it 8.
     pub(crate) datum_size: u32,
+    /// Whether the session's own notifications come out whole in its replies (at commit,
+    /// before ReadyForQuery). 0.2's transfer buffer garbles them: they are written outside it
+    /// at the start of the next call while its length counts them.
+    pub(crate) notifications: bool,
 }
 
 /// PGlite 0.2.x (PostgreSQL 16.4): `-sGLOBAL_BASE=16MB`, a 4 MiB stack above the data.
@@ -56,6 +60,7 @@ pub(crate) static PGLITE_0_2: Profile = Profile {
     // does on Linux, and PGlite 0.3 does). Both are durable; clusters made earlier keep theirs.
     new_cluster_settings: "wal_sync_method = fdatasync\n",
     datum_size: 4,
+    notifications: false,
     broken_extensions: &[(
         "pgcrypto",
         "its module imports OpenSSL functions (EVP_*) that PGlite 0.2's core does not export; \
@@ -84,6 +89,7 @@ pub(crate) static PGLITE_0_3: Profile = Profile {
     broken_extensions: &[],
     new_cluster_settings: "",
     datum_size: 4,
+    notifications: true,
 };
 
 /// The profile for a PGlite release, by its version string.

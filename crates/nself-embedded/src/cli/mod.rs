@@ -140,6 +140,11 @@ struct StartArgs {
     /// it; off by default.
     #[arg(long, env = "NSELF_STATEMENT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration_setting)]
     statement_timeout: Option<String>,
+    /// Commands to answer with 0A000 instead of running them: any of copy, listen, notify,
+    /// comma separated (`--refuse ''` refuses none). LISTEN and NOTIFY are refused on PGlite
+    /// 0.2.17 whatever this says.
+    #[arg(long, env = "NSELF_REFUSE", value_name = "COMMANDS", value_parser = pg_bridge::Refuse::parse)]
+    refuse: Option<pg_bridge::Refuse>,
 }
 
 /// A time setting as PostgreSQL takes it: a number, optionally followed by a unit.

@@ -45,6 +45,9 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
     bridge_config.busy_poll = Duration::from_micros(args.busy_poll_us);
     bridge_config.socket_mode = args.socket_mode;
     bridge_config.socket_group = args.socket_group;
+    if let Some(refuse) = args.refuse {
+        bridge_config.refuse = refuse;
+    }
 
     // A new cluster comes from the cache (the template, or initdb from the extracted files), so
     // its failing to boot may be the cache's fault.

@@ -38,6 +38,37 @@ async fn answer_while_queued<F: Future>(answer: F, waiting: &AtomicUsize, limit:
     }
 }
 
+/// After a client's turn that ran `LISTEN` or `UNLISTEN`: records the channels it listens on
+/// now, by what the backend listens on, and has the backend listen again on the channels its
+/// `UNLISTEN` took from other clients (see `notify`).
+async fn settle_listens<B: Backend>(
+    session: &mut crate::session::Session,
+    shared: &crate::shared::Shared<B>,
+    pid: i32,
+    ops: &[crate::ListenOp],
+) -> Result<(), Error> {
+    let out = match session.internal(&shared.backend, "SELECT pg_catalog.pg_listening_channels()").await? {
+        Ok(out) => out,
+        Err((code, message)) => {
+            tracing::warn!(code, message, "reading the backend's channels failed");
+            return Ok(());
+        }
+    };
+    let backend = crate::protocol::backend::text_rows(&out)
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect();
+    let relisten = shared.hub.settle(pid, ops, &backend);
+    if !relisten.channels.is_empty() {
+        let sql: Vec<String> =
+            relisten.channels.iter().map(|c| format!("LISTEN {}", crate::settings::ident(c))).collect();
+        if let Err((code, message)) = session.internal(&shared.backend, &sql.join("; ")).await? {
+            tracing::warn!(code, message, "listening again on other clients' channels failed");
+        }
+    }
+    Ok(())
+}
+
 /// Counts a client queued on the lease for as long as it waits (a dropped wait included).
 pub(super) struct Queued<'a>(&'a AtomicUsize);
 
@@ -181,9 +212,21 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 self.client.standard_strings = value == "on";
             }
         }
+        let pid = self.client.pid;
         if self.client.tx == TxStatus::Idle && !self.client.pending {
+            let mut listens = self.client.state.take_listens();
             if batch.discard_all {
                 session.discard_all(&self.shared.backend, &self.shared.baseline, &mut self.client.state).await?;
+                // DISCARD ALL is UNLISTEN * too.
+                listens.get_or_insert_with(Vec::new).push(crate::ListenOp::UnlistenAll);
+            }
+            if let Some(ops) = listens {
+                settle_listens(session, &self.shared, pid, &ops).await?;
+            }
+            // After its own LISTENs count: a transaction that listens and notifies hears
+            // itself, as in PostgreSQL.
+            for (channel, payload) in &filtered.notifications {
+                self.shared.hub.publish(pid, channel, payload);
             }
             session.settle(&self.shared.backend, &self.shared.baseline, &mut self.client.state).await?;
             if !self.client.state.holds() {

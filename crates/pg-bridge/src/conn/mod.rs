@@ -137,6 +137,9 @@ pub(crate) struct Connection<B, S> {
     /// Why the connection must end before its next message (a timeout that cancelled a
     /// statement, or shutdown), as the FATAL error it ends with.
     ending: Option<(&'static str, &'static str)>,
+    /// Notifications for this client (`NotificationResponse` frames), delivered when it is
+    /// idle.
+    notifications: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
 }
 
 /// Resolves when the bridge is told to shut down (never if the sender is gone without).
@@ -151,6 +154,7 @@ async fn stop_requested(mut shutdown: watch::Receiver<bool>) {
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     pub(crate) fn new(shared: Arc<Shared<B>>, stream: S, client: Client, shutdown: watch::Receiver<bool>) -> Self {
         let stopping = Box::pin(stop_requested(shutdown.clone()));
+        let notifications = shared.hub.join(client.pid);
         Connection {
             shared,
             stream,
@@ -161,6 +165,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             batch: Batch::new(),
             discarding: None,
             ending: None,
+            notifications,
         }
     }
 
@@ -256,6 +261,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 },
                 // Done only once: the loop then returns at the check above.
                 () = &mut self.stopping => {}
+                // Between transactions, as PostgreSQL delivers them.
+                Some(frame) = self.notifications.recv(), if self.client.tx == TxStatus::Idle && !self.client.pending => {
+                    if let Err(error) = self.stream.write_all(&frame).await {
+                        tracing::debug!(%error, "writing a notification");
+                        return Ok(Next::Closed);
+                    }
+                }
                 // Busy polling: instead of letting the loop sleep, hand it back to the runtime,
                 // which looks for I/O without blocking and runs any other ready client first.
                 () = tokio::task::yield_now(), if poll_until.is_some_and(|until| Instant::now() < until) => {}

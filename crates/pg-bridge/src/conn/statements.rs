@@ -107,7 +107,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         if self.client.plain_sql.1 == Some(options) && self.client.plain_sql.0 == sql {
             return Verdict::Allow { statements: Default::default() };
         }
-        let verdict = classify::classify(sql, options);
+        let verdict = classify::classify(sql, options, self.shared.refuse);
         if let Verdict::Allow { statements } = &verdict
             && statements.iter().all(|s| s.kind == StatementKind::Plain)
         {

@@ -90,6 +90,16 @@ impl ClientState {
         !self.statements.is_empty() || self.holds
     }
 
+    /// The `LISTEN`s and `UNLISTEN`s of the client's turn, if any ran (empty when the backend
+    /// could not tell them apart), taken.
+    pub(crate) fn take_listens(&mut self) -> Option<Vec<crate::ListenOp>> {
+        if !self.events.listen {
+            return None;
+        }
+        self.events.listen = false;
+        Some(std::mem::take(&mut self.events.listens))
+    }
+
     /// Whether a role was created, altered or dropped in the client's turn: logins checked
     /// earlier may no longer hold.
     pub(crate) fn roles_changed(&self) -> bool {
