@@ -41,6 +41,8 @@ pub(crate) struct Classified {
 pub(crate) enum StatementKind {
     /// Nothing the bridge needs to scope.
     Plain,
+    /// `COPY`: run by the bridge in a simple query (see `conn::copy`).
+    Copy,
     /// `DISCARD ALL`: reset everything this client owns, not the backend.
     DiscardAll,
     /// `DEALLOCATE [PREPARE] ALL`: this client's prepared statements only.
@@ -112,6 +114,7 @@ fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
     };
     let name_at = |idx: usize| named(statement.head.get(idx)?);
     match (first.as_slice(), second.as_slice()) {
+        (b"COPY", _) => return StatementKind::Copy,
         (b"DISCARD", b"ALL") => return StatementKind::DiscardAll,
         (b"DEALLOCATE", b"ALL") => return StatementKind::DeallocateAll,
         (b"DEALLOCATE", b"PREPARE") => {

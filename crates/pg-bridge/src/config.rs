@@ -71,7 +71,7 @@ pub struct Refuse {
 
 impl Default for Refuse {
     fn default() -> Refuse {
-        Refuse { copy: true, listen: false, notify: false }
+        Refuse::none()
     }
 }
 

@@ -1,6 +1,5 @@
 //! Backend output on its way to one client: notifications are taken out (the bridge delivers
-//! them to every client listening), COPY frames never pass,
-//! responses to messages the bridge prepended are dropped, `CommandComplete` tags of
+//! them to every client listening), responses to messages the bridge prepended are dropped, `CommandComplete` tags of
 //! statements the bridge rewrote are restored, and errors and notices name the client's
 //! prepared statements and portals as the client named them. Sans I/O; the `Plan` says what to
 //! do.
@@ -8,7 +7,7 @@
 use bytes::BytesMut;
 
 use crate::Error;
-use crate::protocol::backend::{Replies, Severity, TxStatus, fields, parameter_status, ready_status};
+use crate::protocol::backend::{Replies, TxStatus, fields, parameter_status, ready_status};
 use crate::protocol::frame::frames;
 
 /// How to post-process the output of one exchange for its client.
@@ -24,6 +23,9 @@ pub(crate) struct Plan {
     pub(crate) renamed: Vec<u8>,
     /// The batch's error is one the bridge raised itself: it carries no context.
     pub(crate) raised: bool,
+    /// Output up to and including this many `ReadyForQuery` answers queries the bridge
+    /// prepended, which the client must not see.
+    pub(crate) skip_ready: usize,
 }
 
 /// The result of filtering one exchange's output.
@@ -41,14 +43,14 @@ pub(crate) struct Filtered {
 
 /// Filters backend output for a client according to `plan`.
 pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
-    if plan.drop_leading == 0 && plan.tags.is_empty() {
+    if plan.drop_leading == 0 && plan.tags.is_empty() && plan.skip_ready == 0 {
         // Usually nothing is to be removed or replaced: the output goes out as it is.
         let mut res = Filtered { out: BytesMut::new(), ready: None, parameters: Vec::new(), notifications: Vec::new() };
         let mut clean = true;
         for item in frames(&output) {
             let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
             match tag {
-                b'A' | b'K' | b'G' | b'W' | b'H' => {
+                b'A' | b'K' | b'G' | b'W' => {
                     clean = false;
                     break;
                 }
@@ -126,10 +128,14 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
         notifications: Vec::new(),
     };
     let mut to_drop = plan.drop_leading;
+    let mut to_skip = plan.skip_ready;
     let mut statement_idx = 0usize;
-    let mut in_copy_out = false;
     for item in frames(output) {
         let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
+        if to_skip > 0 {
+            to_skip -= usize::from(tag == b'Z');
+            continue;
+        }
         if to_drop > 0 {
             if matches!(tag, b'1' | b'2' | b'3') {
                 to_drop -= 1;
@@ -142,17 +148,9 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
             // the bridge's business.
             b'A' => res.notifications.extend(notification(bytes)),
             b'K' => {}
-            // COPY IN / BOTH was already aborted by the backend; its error follows.
+            // A COPY IN / BOTH the bridge did not run itself was already aborted by the
+            // backend; its error follows.
             b'G' | b'W' => {}
-            b'H' => in_copy_out = true,
-            b'd' | b'c' if in_copy_out => {}
-            b'C' if in_copy_out => {
-                in_copy_out = false;
-                statement_idx += 1;
-                let mut replies = Replies::new();
-                replies.error(Severity::Error, "0A000", "COPY is not supported by this server")?;
-                res.out.extend_from_slice(&replies.into_bytes());
-            }
             b'S' => {
                 if let Some(parameter) = parameter_status(bytes) {
                     res.parameters.push(parameter);

@@ -178,8 +178,10 @@ impl UpstreamBackend {
 struct Expect {
     /// `ReadyForQuery` messages still due, one per `Query`, `Sync` or `FunctionCall`.
     ready: usize,
-    /// The kinds of unit in order (`b'Q'`, `b'S'`, `b'F'`), to know how to abort a COPY.
-    units: Vec<u8>,
+    /// The kinds of unit in order (`b'Q'`, `b'S'`, `b'F'`), to know how to abort a COPY, and
+    /// whether the unit ends a COPY itself (it carries `CopyDone` or `CopyFail`: the bridge's
+    /// own COPY, which needs no aborting).
+    units: Vec<(u8, bool)>,
     /// Responses still due for the trailing messages after the last `Sync`.
     trailing: usize,
 }
@@ -187,6 +189,7 @@ struct Expect {
 fn expectations(frames: &[u8]) -> Result<(Expect, bool), Error> {
     let mut expect = Expect { ready: 0, units: Vec::new(), trailing: 0 };
     let mut ends_with_flush = false;
+    let mut ends_copy = false;
     let mut at = 0;
     while at < frames.len() {
         let (tag, whole) = frame::frames(&frames[at..])
@@ -198,9 +201,11 @@ fn expectations(frames: &[u8]) -> Result<(Expect, bool), Error> {
         match tag {
             b'Q' | b'S' | b'F' => {
                 expect.ready += 1;
-                expect.units.push(tag);
+                expect.units.push((tag, ends_copy));
                 expect.trailing = 0;
+                ends_copy = false;
             }
+            b'c' | b'f' => ends_copy = true,
             b'P' | b'B' | b'D' | b'E' | b'C' => expect.trailing += 1,
             _ => {}
         }
@@ -233,10 +238,10 @@ impl Backend for UpstreamBackend {
                     expect.ready = expect.ready.saturating_sub(1);
                     units_done += 1;
                 }
-                b'G' | b'W' => {
+                b'G' | b'W' if !expect.units.get(units_done).is_some_and(|u| u.1) => {
                     // A COPY slipped past the filter (e.g. run from a function): abort it now,
                     // the session must never wait for copy data.
-                    let extended = expect.units.get(units_done).is_none_or(|u| *u == b'S');
+                    let extended = expect.units.get(units_done).is_none_or(|u| u.0 == b'S');
                     let mut abort = BytesMut::from(&frontend::copy_fail("COPY is not supported by this server")[..]);
                     if extended {
                         abort.extend_from_slice(&frontend::sync());

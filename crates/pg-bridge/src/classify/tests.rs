@@ -1,16 +1,23 @@
 //! Verdict table for the command filter.
 
 use super::{StatementKind, Verdict, classify};
+use crate::Refuse;
 use crate::lexer::LexOptions;
 
-/// A compact verdict: `refuse COPY`, or the statement kinds joined by `;`.
+/// A compact verdict, with every command the bridge can refuse refused.
 fn verdict(sql: &str, options: LexOptions) -> String {
-    match classify(sql.as_bytes(), options) {
+    verdict_with(sql, options, Refuse::all())
+}
+
+/// A compact verdict: `refuse COPY`, or the statement kinds joined by `;`.
+fn verdict_with(sql: &str, options: LexOptions, refuse: Refuse) -> String {
+    match classify(sql.as_bytes(), options, refuse) {
         Verdict::Refuse { command } => format!("refuse {command}"),
         Verdict::Allow { statements } => statements
             .iter()
             .map(|s| match &s.kind {
                 StatementKind::Plain => "plain".to_owned(),
+                StatementKind::Copy => "copy".to_owned(),
                 StatementKind::DiscardAll => "discard-all".to_owned(),
                 StatementKind::DeallocateAll => "deallocate-all".to_owned(),
                 StatementKind::NamedStatement { name, value } => {
@@ -45,6 +52,19 @@ fn copy_variants_are_refused() {
         ("SELECT E'\\\\'; COPY t TO STDOUT", "refuse COPY"),
         ("SELECT $$a$$; COPY t TO STDOUT", "refuse COPY"),
     ]);
+}
+
+#[test]
+fn copy_is_told_apart_when_allowed() {
+    for (sql, expected) in [
+        ("COPY t FROM STDIN", "copy"),
+        ("  /* c */ CoPy (SELECT 1) TO STDOUT", "copy"),
+        ("SELECT 1; COPY t TO STDOUT", "plain; copy"),
+        ("SELECT 'COPY t FROM STDIN'", "plain"),
+        ("LISTEN ch; NOTIFY ch", "plain; plain"),
+    ] {
+        assert_eq!(verdict_with(sql, LexOptions::default(), Refuse::none()), expected, "for {sql:?}");
+    }
 }
 
 #[test]

@@ -120,11 +120,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         self.acquire().await?;
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
         batch.plan.renamed = self.client.name_prefix();
-        let id = self.client.id();
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
         let mut frames = BytesMut::new();
+        let id = self.client.id();
         if batch.uses_unnamed && session.unnamed_owner() != Some(id) && !self.client.unnamed_parse.is_empty() {
             frames.extend_from_slice(&self.client.unnamed_parse);
             batch.plan.drop_leading += 1;
@@ -136,15 +136,32 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             frames.extend_from_slice(&batch.prefix);
             frames.extend_from_slice(&batch.frames);
         }
+        let Some((output, started)) = self.exchange_started(frames.freeze(), _running).await? else {
+            return Ok(());
+        };
+        self.finish_turn(batch, output, started).await
+    }
+
+    /// Exchanges `frames` for this client, which holds the lease and whose run began with
+    /// `running`: cancellable, within its transaction's deadline. `None` when the connection
+    /// must end instead (a statement the bridge cancelled), as `self.ending` says.
+    pub(super) async fn exchange_started(
+        &mut self,
+        frames: bytes::Bytes,
+        running: crate::shared::RunGuard,
+    ) -> Result<Option<(BytesMut, Instant)>, Error> {
+        let Some(session) = self.lease.as_mut() else {
+            return Err(Error::BackendGone);
+        };
         let cancel = self.client.run.cancel.clone();
         let started = Instant::now();
         // transaction_timeout covers a statement outside a transaction block too.
         let tx_deadline =
             self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit);
         let answer =
-            session.exchange(&self.shared.backend, &mut self.client.state, frames.freeze(), cancel, tx_deadline);
+            session.exchange(&self.shared.backend, &mut self.client.state, frames, cancel, tx_deadline);
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
-        drop(_running);
+        drop(running);
         let output = output?;
         if let Some(timeouts) = self.shared.backend.session_timeouts() {
             self.client.timeouts = timeouts;
@@ -165,9 +182,25 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             if self.ending.is_some() {
                 self.client.tx = TxStatus::Failed;
-                return Ok(());
+                return Ok(None);
             }
         }
+        Ok(Some((output, started)))
+    }
+
+    /// Filters the output of the exchange of `batch` that began at `started`, writes it to
+    /// the client, and settles what the turn changed; lets the lease go if the client is done
+    /// with it.
+    pub(super) async fn finish_turn(
+        &mut self,
+        batch: Batch,
+        output: BytesMut,
+        started: Instant,
+    ) -> Result<(), Error> {
+        let id = self.client.id();
+        let Some(session) = self.lease.as_mut() else {
+            return Err(Error::BackendGone);
+        };
         let filtered = filter::filter(output, &batch.plan)?;
         session.note_reported(&filtered.parameters);
         match batch.unnamed {
@@ -243,14 +276,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
 
     /// Whether the bridge is stopping (told through the shutdown channel, or begun from another
     /// thread by an [`Interrupter`](crate::Interrupter)).
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         *self.shutdown.borrow() || self.shared.stopping.load(Ordering::SeqCst)
     }
 
     /// Writes backend output to the client. Idle clients were let go of the backend before
     /// this, so one that stops reading holds up only itself; one that holds the backend gets
     /// as long as an idle owner would before it is ended (and rolled back).
-    async fn write_output(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    pub(super) async fn write_output(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if self.lease.is_none() {
             self.stream.write_all(bytes).await?;
             return Ok(());

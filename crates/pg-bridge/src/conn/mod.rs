@@ -27,6 +27,7 @@ use crate::shared::{RunState, Shared};
 use crate::{Backend, Error, SessionTimeouts};
 
 mod batch;
+mod copy;
 mod exchange;
 mod refusal;
 mod statements;

@@ -22,6 +22,14 @@ impl Refusal {
         Refusal { sqlstate: "0A000", message: format!("{command} is not supported by this server") }
     }
 
+    /// COPY in a simple query with other statements: the bridge runs COPY on its own.
+    pub(super) fn copy_not_alone() -> Refusal {
+        Refusal {
+            sqlstate: "0A000",
+            message: "COPY must be the only statement of its query on this server".to_owned(),
+        }
+    }
+
     pub(super) fn too_large(len: usize, max: usize) -> Refusal {
         Refusal {
             sqlstate: "54000",

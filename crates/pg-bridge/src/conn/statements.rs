@@ -47,7 +47,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let alone = statements.len() == 1 && self.client.tx == TxStatus::Idle;
         for (idx, statement) in statements.iter().enumerate() {
             match &statement.kind {
-                StatementKind::Plain => {}
+                StatementKind::Plain | StatementKind::Copy => {}
                 StatementKind::DiscardAll if !alone => {}
                 StatementKind::DeallocateAll | StatementKind::DiscardAll => {
                     for name in self.client.state.take_statements() {
@@ -122,6 +122,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     pub(super) async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
+            Verdict::Allow { statements } if statements.iter().any(|s| s.kind == StatementKind::Copy) => {
+                if statements.len() > 1 {
+                    return self.refuse(true, Refusal::copy_not_alone()).await;
+                }
+                self.copy_query(sql).await
+            }
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, true);
                 self.batch.put(b'Q', &[Part::Cstr(&rewritten)]);
