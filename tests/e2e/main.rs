@@ -11,6 +11,7 @@ mod support;
 
 mod cache;
 mod clients;
+mod copy;
 mod differential;
 mod drivers;
 mod facade;

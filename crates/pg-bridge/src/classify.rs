@@ -41,8 +41,9 @@ pub(crate) struct Classified {
 pub(crate) enum StatementKind {
     /// Nothing the bridge needs to scope.
     Plain,
-    /// `COPY`: run by the bridge in a simple query (see `conn::copy`).
-    Copy,
+    /// `COPY`: run by the bridge when alone in a simple query (see `conn::copy`);
+    /// `from_stdin` when it reads from the client.
+    Copy { from_stdin: bool },
     /// `DISCARD ALL`: reset everything this client owns, not the backend.
     DiscardAll,
     /// `DEALLOCATE [PREPARE] ALL`: this client's prepared statements only.
@@ -114,7 +115,7 @@ fn kind(sql: &[u8], statement: &Statement) -> StatementKind {
     };
     let name_at = |idx: usize| named(statement.head.get(idx)?);
     match (first.as_slice(), second.as_slice()) {
-        (b"COPY", _) => return StatementKind::Copy,
+        (b"COPY", _) => return StatementKind::Copy { from_stdin: statement.mentions.from_stdin },
         (b"DISCARD", b"ALL") => return StatementKind::DiscardAll,
         (b"DEALLOCATE", b"ALL") => return StatementKind::DeallocateAll,
         (b"DEALLOCATE", b"PREPARE") => {

@@ -58,6 +58,12 @@ pub(crate) struct Mentions {
     pub(crate) execute_target: Option<Token>,
     /// The last token was the first `EXECUTE`.
     after_execute: bool,
+    /// `FROM STDIN` outside parentheses: a `COPY` that reads from the client.
+    pub(crate) from_stdin: bool,
+    /// Parentheses open at this point.
+    depth: u32,
+    /// The last token was `FROM` outside parentheses.
+    after_from: bool,
 }
 
 /// Lexing options that depend on the client's session.
@@ -118,9 +124,23 @@ pub(crate) fn statements(sql: &[u8], options: LexOptions) -> Statements {
             continue;
         }
         let mentions = &mut current.mentions;
+        let word = |text: &[u8]| token.kind == TokenKind::Word && sql[token.span.clone()].eq_ignore_ascii_case(text);
+        if token.kind == TokenKind::Punct {
+            match sql[token.span.start] {
+                b'(' => mentions.depth += 1,
+                b')' => mentions.depth = mentions.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        mentions.from_stdin |= mentions.after_from && word(b"STDIN");
+        mentions.after_from = mentions.depth == 0 && word(b"FROM");
         if mentions.after_execute {
             mentions.after_execute = false;
-            mentions.execute_target = Some(token.clone());
+            // `EXECUTE FUNCTION f()` (`PROCEDURE` before 11) of a trigger runs no prepared
+            // statement.
+            if !word(b"FUNCTION") && !word(b"PROCEDURE") {
+                mentions.execute_target = Some(token.clone());
+            }
         } else if mentions.execute_target.is_none()
             && token.kind == TokenKind::Word
             && sql[token.span.clone()].eq_ignore_ascii_case(b"EXECUTE")

@@ -7,14 +7,6 @@
 use super::wire::{Msg, copy_data, copy_done, copy_fail, q, q_bytes};
 use super::{Script, check};
 
-/// The bridge's answer to a statement it refuses by design (README, "What is filtered").
-fn refused(command: &str) -> String {
-    format!("ErrorResponse S=\"ERROR\" V=\"ERROR\" C=\"0A000\" M=\"{command} is not supported by this server\"")
-}
-
-const REFUSED_BY_DESIGN: &str = "README \"What is filtered, and why\": COPY, LISTEN and NOTIFY never reach \
-     PGlite's single-user backend; the bridge answers ERROR 0A000 naming the command (pending the COPY issue)";
-
 #[test]
 fn simple_multi_statement() {
     check(
@@ -429,68 +421,52 @@ fn startup_unknown_database() {
 }
 
 #[test]
-fn copy_is_refused_by_design() {
-    let refused = refused("COPY");
+fn copy_in_and_out_as_native() {
     check(
-        Script::new("copy_is_refused_by_design")
-            .query("CREATE TABLE diff_copy (id int, v text)")
-            .documented(
-                [q("COPY diff_copy FROM STDIN"), copy_data(b"1\ta\n2\tb\n"), copy_done()],
-                "COPY FROM STDIN is refused",
-                REFUSED_BY_DESIGN,
-                &[&refused, "ReadyForQuery I"],
-            )
-            .documented(
-                [q("COPY diff_copy FROM STDIN"), copy_fail("client gave up")],
-                "COPY FROM STDIN is refused",
-                REFUSED_BY_DESIGN,
-                &[&refused, "ReadyForQuery I"],
-            )
-            .documented(
-                [q("COPY (VALUES (1, 'a'), (2, 'b')) TO STDOUT")],
-                "COPY TO STDOUT is refused",
-                REFUSED_BY_DESIGN,
-                &[&refused, "ReadyForQuery I"],
-            )
+        Script::new("copy_in_and_out_as_native")
+            .query("CREATE TABLE diff_copy (id int, v text, b bytea)")
+            .step([q("COPY diff_copy FROM STDIN"), copy_data(b"1\ta\t\\\\x00ff\n"), copy_data(b"2\tb\t\\N\n"), copy_done()])
+            .step([q("COPY diff_copy (id, v) FROM STDIN (FORMAT csv, HEADER)"), copy_data(b"id,v\n3,\"x,\ny\"\n"), copy_done()])
+            .step([q("COPY diff_copy (id) FROM STDIN WHERE id > 10"), copy_data(b"4\n20\n"), copy_done()])
+            .step([q("COPY diff_copy FROM STDIN"), copy_fail("client gave up")])
+            .step([q("COPY diff_copy FROM STDIN"), copy_data(b"5\tok\t\\N\nnot a number\tx\t\\N\n"), copy_done()])
+            .step([q("COPY diff_copy FROM STDIN"), copy_data(b"6\ttoo\t\\N\textra\n"), copy_done()])
+            .query("COPY diff_copy TO STDOUT")
+            .query("COPY diff_copy TO STDOUT (FORMAT csv, HEADER, FORCE_QUOTE *)")
+            .query("COPY diff_copy TO STDOUT (FORMAT binary)")
+            .query("COPY (SELECT id * 10 FROM diff_copy WHERE id < 3 ORDER BY id) TO STDOUT")
+            .query("COPY no_such_table FROM STDIN")
+            .query("COPY diff_copy TO '/no/such/dir/file'")
+            .query("SELECT 1 AS before; COPY (SELECT 2) TO STDOUT; SELECT 3 AS after")
+            .query("BEGIN")
+            .step([q("COPY diff_copy (id) FROM STDIN"), copy_data(b"7\n"), copy_done()])
+            .query("SELECT count(*) FROM diff_copy")
+            .step([q("COPY diff_copy (id) FROM STDIN"), copy_data(b"x\n"), copy_done()])
+            .query("COPY diff_copy TO STDOUT")
+            .query("ROLLBACK")
+            .query("BEGIN")
+            .query("SAVEPOINT s")
+            .step([q("COPY diff_copy (id) FROM STDIN"), copy_fail("changed my mind")])
+            .query("ROLLBACK TO SAVEPOINT s")
+            .step([q("COPY diff_copy (id) FROM STDIN"), copy_data(b"8\n"), copy_done()])
+            .query("COMMIT")
+            .query("SELECT id, v, b FROM diff_copy ORDER BY id")
             .documented(
                 [
                     q("SELECT 1 AS before; COPY diff_copy FROM STDIN; SELECT 2 AS after"),
                     copy_data(b"3\tc\n"),
                     copy_done(),
                 ],
-                "a multi-statement query with COPY in it is refused whole, before any of it runs",
-                REFUSED_BY_DESIGN,
-                &[&refused, "ReadyForQuery I"],
+                "a multi-statement query with COPY FROM STDIN in it is refused whole, before any of it runs",
+                "README \"Many clients, one backend\": COPY FROM STDIN must be the only statement of its \
+                 simple query",
+                &[
+                    "ErrorResponse S=\"ERROR\" V=\"ERROR\" C=\"0A000\" \
+                     M=\"COPY FROM STDIN must be the only statement of its query on this server\"",
+                    "ReadyForQuery I",
+                ],
             )
-            .query("BEGIN")
-            .documented(
-                [q("COPY (SELECT 1) TO STDOUT")],
-                "COPY inside a transaction is refused and fails the transaction",
-                REFUSED_BY_DESIGN,
-                &[&refused, "ReadyForQuery E"],
-            )
-            .query("ROLLBACK")
             .query("DROP TABLE diff_copy"),
-    );
-}
-
-#[test]
-fn listen_and_notify_are_refused_by_design() {
-    check(
-        Script::new("listen_and_notify_are_refused_by_design")
-            .documented(
-                [q("LISTEN diff_channel")],
-                "LISTEN is refused",
-                REFUSED_BY_DESIGN,
-                &[&refused("LISTEN"), "ReadyForQuery I"],
-            )
-            .documented(
-                [q("NOTIFY diff_channel, 'payload'")],
-                "NOTIFY is refused",
-                REFUSED_BY_DESIGN,
-                &[&refused("NOTIFY"), "ReadyForQuery I"],
-            )
-            .query("UNLISTEN *"),
     );
 }
 

@@ -17,7 +17,8 @@ fn verdict_with(sql: &str, options: LexOptions, refuse: Refuse) -> String {
             .iter()
             .map(|s| match &s.kind {
                 StatementKind::Plain => "plain".to_owned(),
-                StatementKind::Copy => "copy".to_owned(),
+                StatementKind::Copy { from_stdin: true } => "copy-in".to_owned(),
+                StatementKind::Copy { from_stdin: false } => "copy".to_owned(),
                 StatementKind::DiscardAll => "discard-all".to_owned(),
                 StatementKind::DeallocateAll => "deallocate-all".to_owned(),
                 StatementKind::NamedStatement { name, value } => {
@@ -57,7 +58,10 @@ fn copy_variants_are_refused() {
 #[test]
 fn copy_is_told_apart_when_allowed() {
     for (sql, expected) in [
-        ("COPY t FROM STDIN", "copy"),
+        ("COPY t FROM STDIN", "copy-in"),
+        ("copy t (a, b) from/**/stdin with (format csv)", "copy-in"),
+        ("COPY t (stdin) FROM '/f'", "copy"),
+        ("COPY (SELECT 1 FROM stdin) TO STDOUT", "copy"),
         ("  /* c */ CoPy (SELECT 1) TO STDOUT", "copy"),
         ("SELECT 1; COPY t TO STDOUT", "plain; copy"),
         ("SELECT 'COPY t FROM STDIN'", "plain"),
@@ -120,6 +124,8 @@ fn session_statements_are_recognised() {
         ("EXPLAIN EXECUTE p1(2)", "named p1=p1"),
         ("explain (analyze, costs off, timing off) execute P1", "named P1=p1"),
         ("CREATE TEMP TABLE copy AS EXECUTE \"p1\"", "named \"p1\"=p1"),
+        ("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", "plain"),
+        ("create event trigger e on ddl_command_start execute procedure f()", "plain"),
         ("EXPLAIN SELECT 1", "plain"),
         ("PREPARE TRANSACTION 'x'", "plain"),
         ("", ""),

@@ -350,6 +350,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         match msg {
             FrontendMessage::Terminate => return Ok(false),
+            // Outside COPY, PostgreSQL ignores these.
             FrontendMessage::CopyStray => {}
             FrontendMessage::Query { sql } => self.query(sql).await?,
             FrontendMessage::Parse { statement, sql, param_types } => {

@@ -22,11 +22,22 @@ impl Refusal {
         Refusal { sqlstate: "0A000", message: format!("{command} is not supported by this server") }
     }
 
-    /// COPY in a simple query with other statements: the bridge runs COPY on its own.
+    /// COPY FROM STDIN in a simple query with other statements: the bridge runs it on its own.
     pub(super) fn copy_not_alone() -> Refusal {
         Refusal {
             sqlstate: "0A000",
-            message: "COPY must be the only statement of its query on this server".to_owned(),
+            message: "COPY FROM STDIN must be the only statement of its query on this server".to_owned(),
+        }
+    }
+
+    /// COPY FROM STDIN through the extended protocol: the backend would wait for data the
+    /// client sends only after it saw the COPY begin.
+    pub(super) fn extended_copy_in() -> Refusal {
+        Refusal {
+            sqlstate: "0A000",
+            message: "COPY FROM STDIN through the extended query protocol is not supported by this server; \
+                      send it as a simple query"
+                .to_owned(),
         }
     }
 

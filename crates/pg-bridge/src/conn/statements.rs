@@ -47,7 +47,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let alone = statements.len() == 1 && self.client.tx == TxStatus::Idle;
         for (idx, statement) in statements.iter().enumerate() {
             match &statement.kind {
-                StatementKind::Plain | StatementKind::Copy => {}
+                StatementKind::Plain | StatementKind::Copy { .. } => {}
                 StatementKind::DiscardAll if !alone => {}
                 StatementKind::DeallocateAll | StatementKind::DiscardAll => {
                     for name in self.client.state.take_statements() {
@@ -122,11 +122,17 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     pub(super) async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
-            Verdict::Allow { statements } if statements.iter().any(|s| s.kind == StatementKind::Copy) => {
-                if statements.len() > 1 {
-                    return self.refuse(true, Refusal::copy_not_alone()).await;
-                }
+            // A COPY alone is run by the bridge, which learns from the backend whether it reads
+            // from the client; with other statements, it must not.
+            Verdict::Allow { statements }
+                if statements.len() == 1 && matches!(statements[0].kind, StatementKind::Copy { .. }) =>
+            {
                 self.copy_query(sql).await
+            }
+            Verdict::Allow { statements }
+                if statements.iter().any(|s| s.kind == StatementKind::Copy { from_stdin: true }) =>
+            {
+                self.refuse(true, Refusal::copy_not_alone()).await
             }
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, true);
@@ -150,6 +156,11 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     ) -> Result<(), Error> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(false, Refusal::unsupported(command)).await,
+            Verdict::Allow { statements }
+                if statements.iter().any(|s| s.kind == StatementKind::Copy { from_stdin: true }) =>
+            {
+                self.refuse(false, Refusal::extended_copy_in()).await
+            }
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
                 let name = self.statement_name(statement);

@@ -1,9 +1,12 @@
-//! COPY, LISTEN and NOTIFY are refused; look-alikes pass (scenarios 13, 14, 15).
+//! COPY, LISTEN and NOTIFY are refused when the bridge is told to; look-alikes pass (scenarios
+//! 13, 14, 15); COPY runs through the bridge otherwise.
 
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{bridge, connect, table};
-use crate::raw::{Raw, bind, error, execute, parse, query, rows, sync, tags};
+use pg_bridge::Refuse;
+
+use crate::harness::{bridge, bridge_with, connect, table};
+use crate::raw::{Raw, bind, error, execute, msg, parse, query, rows, sync, tags};
 
 fn sqlstate(error: &tokio_postgres::Error) -> String {
     error.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {error}"))
@@ -11,7 +14,7 @@ fn sqlstate(error: &tokio_postgres::Error) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_listen_notify_are_refused_and_the_connection_stays_usable() {
-    let bridge = bridge().await;
+    let bridge = bridge_with(|config| config.refuse = Refuse::all()).await;
     let client = connect(&bridge).await;
     let t = table("copyvariants");
     client.simple_query(&format!("CREATE TABLE {t}(a int)")).await.unwrap();
@@ -66,7 +69,7 @@ async fn near_misses_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_inside_transactions_abort_them_like_postgres() {
-    let bridge = bridge().await;
+    let bridge = bridge_with(|config| config.refuse = Refuse::all()).await;
     let mut raw = Raw::startup(&bridge.socket_path(), &[]).await;
     raw.send(&query("BEGIN")).await;
     assert_eq!(raw.until_ready().await.last().unwrap().body, b"T");
@@ -132,5 +135,46 @@ async fn asyncpg_reset_query_succeeds() {
     let res = client.simple_query("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;").await.unwrap();
     let completes = res.iter().filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))).count();
     assert_eq!(completes, 4);
+    bridge.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out_run_through_the_bridge() {
+    let bridge = bridge().await;
+    let t = table("copy_through");
+    let mut raw = Raw::startup(&bridge.socket_path(), &[]).await;
+    raw.send(&query(&format!("CREATE TABLE {t}(a int, b text)"))).await;
+    assert_eq!(tags(&raw.until_ready().await), "CZ");
+    for in_transaction in [false, true] {
+        if in_transaction {
+            raw.send(&query("BEGIN")).await;
+            raw.until_ready().await;
+        }
+        raw.send(&query(&format!("COPY {t} FROM STDIN"))).await;
+        assert_eq!(raw.recv().await.unwrap().tag, b'G');
+        raw.send(&[msg(b'd', b"1\tone\n"), msg(b'd', b"2\ttwo\n"), msg(b'c', b"")].concat()).await;
+        let msgs = raw.until_ready().await;
+        assert_eq!(tags(&msgs), "CZ", "{msgs:?}");
+        assert_eq!(msgs[0].body, b"COPY 2\0");
+        let status: &[u8] = if in_transaction { b"T" } else { b"I" };
+        assert_eq!(msgs.last().unwrap().body, status);
+        // CopyFail rolls the COPY back; an open transaction is failed, as in PostgreSQL.
+        raw.send(&query(&format!("COPY {t} FROM STDIN"))).await;
+        assert_eq!(raw.recv().await.unwrap().tag, b'G');
+        raw.send(&[msg(b'd', b"3\tthree\n"), msg(b'f', b"gave up\0")].concat()).await;
+        let msgs = raw.until_ready().await;
+        assert_eq!(error(&msgs).as_deref(), Some("57014"), "{msgs:?}");
+        if in_transaction {
+            assert_eq!(msgs.last().unwrap().body, b"E");
+            raw.send(&query("ROLLBACK")).await;
+            raw.until_ready().await;
+        }
+    }
+    raw.send(&query(&format!("COPY (SELECT * FROM {t} ORDER BY a) TO STDOUT"))).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(tags(&msgs), "HddcCZ", "{msgs:?}");
+    assert_eq!(msgs[1].body, b"1\tone\n");
+    raw.send(&query("SELECT 7")).await;
+    assert_eq!(rows(&raw.until_ready().await), [[Some("7".to_owned())]]);
     bridge.close().await;
 }

@@ -1,0 +1,239 @@
+//! COPY through the command, on every pinned release: psql's `\copy` both ways with the same
+//! output as native PostgreSQL of the same major, a client that dies in the middle of a COPY,
+//! a large COPY, and a database moved to native PostgreSQL with `pg_dump -Fc` and `pg_restore`
+//! and back (the README's "Moving to a PostgreSQL server").
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Output;
+
+use crate::native::native;
+use crate::support::{RELEASES, Server, client, text};
+
+fn major(release: &str) -> u32 {
+    pglite_host::pg_major(release).expect("a pinned release")
+}
+
+/// psql on `dsn`, running `script` with errors shown with their SQLSTATE, stopping at none.
+fn psql_on(dsn: &str, script: &str) -> Output {
+    client("psql", &["-X", "-d", dsn, "-v", "VERBOSITY=verbose", "-f", "-"], script)
+}
+
+fn runtime_dsn(dir: &Path) -> String {
+    format!("host={} dbname=nself user=postgres sslmode=disable", dir.display())
+}
+
+/// A database of its own on native PostgreSQL of `major`, made empty.
+fn native_database(major: u32, name: &str) -> String {
+    let server = native(major);
+    let admin = format!("host={} dbname=postgres user=postgres sslmode=disable", server.socket_dir.display());
+    let out = psql_on(&admin, &format!("DROP DATABASE IF EXISTS {name};\nCREATE DATABASE {name};\n"));
+    assert!(out.status.success(), "{:?}", text(&out));
+    format!("host={} dbname={name} user=postgres sslmode=disable", server.socket_dir.display())
+}
+
+const SCHEMA: &str = r"
+CREATE TABLE kinds (id int PRIMARY KEY, name text, data bytea, doc jsonb, at timestamptz, tags text[], n numeric);
+CREATE SEQUENCE tickets START 40;
+CREATE TABLE child (id serial PRIMARY KEY, kind int REFERENCES kinds (id), note text DEFAULT 'none');
+CREATE INDEX child_kind ON child (kind);
+CREATE VIEW kind_names AS SELECT id, upper(name) AS name FROM kinds;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.note := NEW.note || '!'; RETURN NEW; END$$;
+CREATE TRIGGER child_touch BEFORE INSERT ON child FOR EACH ROW EXECUTE FUNCTION touch();
+COMMENT ON TABLE kinds IS 'kinds of things';
+INSERT INTO kinds SELECT i, 'kind ' || i, decode(md5(i::text), 'hex'), jsonb_build_object('i', i, 'q', 'a\tb'),
+    '2024-01-01 00:00+00'::timestamptz + i * interval '1 hour', ARRAY['x', 'y,z', NULL], i / 7.0
+    FROM generate_series(1, 500) AS i;
+INSERT INTO kinds VALUES (0, E'tab\there\nnewline \\ backslash', '\x00', 'null', NULL, '{}', NULL);
+INSERT INTO child (kind, note) SELECT i % 50, 'note ' || i FROM generate_series(1, 300) AS i;
+SELECT setval('tickets', 77);
+";
+
+#[test]
+fn psql_copy_both_ways_prints_what_native_prints() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let csv = dir.path().join("in.csv");
+        std::fs::write(&csv, "id,name\n1,one\n2,\"two, quoted\"\n3,\"multi\nline\"\n").unwrap();
+        let out_file = |name: &str| dir.path().join(format!("{name}.txt"));
+        let script = |name: &str| {
+            format!(
+                "CREATE TABLE c (id int, name text);\n\
+                 \\copy c FROM '{csv}' WITH (FORMAT csv, HEADER)\n\
+                 \\copy c TO stdout\n\
+                 \\copy (SELECT id * 2, name FROM c ORDER BY id) TO '{out}' WITH (FORMAT csv)\n\
+                 BEGIN;\n\
+                 \\copy c (id) FROM stdin\n4\n5\n\\.\n\
+                 SELECT count(*) FROM c;\n\
+                 ROLLBACK;\n\
+                 \\copy c (id) FROM stdin\nnot a number\n\\.\n\
+                 COPY c TO STDOUT (FORMAT csv, HEADER);\n\
+                 SELECT 'still here' AS alive, count(*) FROM c;\n",
+                csv = csv.display(),
+                out = out_file(name).display(),
+            )
+        };
+        let ours = psql_on(&runtime_dsn(dir.path()), &script("ours"));
+        let theirs = psql_on(&native_database(major(release), "copy_psql"), &script("theirs"));
+        assert_eq!(text(&ours), text(&theirs), "{release}: runtime (left) and native (right) differ");
+        let (stdout, stderr) = text(&ours);
+        assert!(stdout.contains("still here |     3"), "{release}:\n{stdout}\n{stderr}");
+        assert!(stderr.contains("22P02"), "{release}: the bad row must fail the COPY\n{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(out_file("ours")).unwrap(),
+            std::fs::read_to_string(out_file("theirs")).unwrap(),
+            "{release}: \\copy TO a file"
+        );
+        drop(server);
+    }
+}
+
+/// One frontend message.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut res = vec![tag];
+    res.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    res.extend_from_slice(body);
+    res
+}
+
+/// A client speaking the protocol by hand on the runtime's socket, logged in.
+fn raw_client(dir: &Path) -> UnixStream {
+    let mut stream = UnixStream::connect(dir.join(".s.PGSQL.5432")).unwrap();
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0postgres\0database\0nself\0\0");
+    let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).unwrap();
+    read_until(&mut stream, b'Z');
+    stream
+}
+
+/// Reads messages up to one of type `tag`; returns their types.
+fn read_until(stream: &mut UnixStream, tag: u8) -> String {
+    let mut tags = String::new();
+    loop {
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).unwrap();
+        tags.push(char::from(head[0]));
+        if head[0] == tag {
+            return tags;
+        }
+    }
+}
+
+#[test]
+fn a_client_that_dies_during_copy_from_stdin_leaves_nothing_behind() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let dsn = runtime_dsn(dir.path());
+        assert!(psql_on(&dsn, "CREATE TABLE d (x int);").status.success());
+        for in_transaction in [false, true] {
+            let mut dying = raw_client(dir.path());
+            if in_transaction {
+                dying.write_all(&message(b'Q', b"BEGIN\0")).unwrap();
+                read_until(&mut dying, b'Z');
+            }
+            dying.write_all(&message(b'Q', b"COPY d FROM STDIN\0")).unwrap();
+            assert_eq!(read_until(&mut dying, b'G'), "G", "{release}");
+            dying.write_all(&message(b'd', b"1\n2\n")).unwrap();
+            drop(dying);
+            // The next client waits for the backend the dead one held, then sees nothing of
+            // its rows, and can COPY itself.
+            let out = psql_on(&dsn, "SELECT count(*) AS rows FROM d;\nCOPY d FROM STDIN;\n7\n\\.\nDELETE FROM d;\n");
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success() && stdout.contains("    0"), "{release}:\n{stdout}\n{stderr}");
+            assert!(stdout.contains("DELETE 1"), "{release}:\n{stdout}\n{stderr}");
+        }
+        drop(server);
+    }
+}
+
+#[test]
+fn a_large_copy_runs_or_is_refused_whole_with_a_clear_error() {
+    // 40 MiB: more than PGlite 0.2.17 takes in one request (15 MiB), well within 0.3.16's.
+    let rows = 400_000usize;
+    let mut data = String::with_capacity(rows * 104);
+    for i in 0..rows {
+        data.push_str(&format!("{i}\t{}\n", "x".repeat(96)));
+    }
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let file = dir.path().join("big.tsv");
+        std::fs::write(&file, &data).unwrap();
+        let out_file = dir.path().join("out.tsv");
+        let script = format!(
+            "CREATE TABLE big (i int, pad text);\n\\copy big FROM '{}'\nSELECT 'rows=' || count(*) AS rows FROM big;\n\
+             \\copy (SELECT * FROM big ORDER BY i) TO '{}'\nSELECT 'after' AS alive;\n",
+            file.display(),
+            out_file.display()
+        );
+        let out = psql_on(&runtime_dsn(dir.path()), &script);
+        let (stdout, stderr) = text(&out);
+        assert!(stdout.contains("after"), "{release}: the session goes on\n{stdout}\n{stderr}");
+        if major(release) == 16 {
+            assert!(
+                stderr.contains("57014") && stderr.contains("more than this server takes in one COPY"),
+                "{release}:\n{stderr}"
+            );
+            assert!(stdout.contains("rows=0"), "{release}: nothing loaded\n{stdout}");
+        } else {
+            assert!(stdout.contains(&format!("rows={rows}")), "{release}:\n{stdout}\n{stderr}");
+            assert!(std::fs::read_to_string(&out_file).unwrap() == data, "{release}: COPY TO gives back the data");
+        }
+        drop(server);
+    }
+}
+
+/// `pg_dump` in plain format of `dsn`, without the lines that differ between any two dumps.
+fn plain_dump(dsn: &str) -> String {
+    let out = client("pg_dump", &["--no-owner", "-d", dsn], "");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "pg_dump {dsn}: {stderr}");
+    stdout
+        .lines()
+        .filter(|line| !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict") && !line.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `pg_dump -Fc` of `from` restored with `pg_restore` into `to`.
+fn dump_and_restore(from: &str, to: &str, archive: &Path) {
+    let out = client("pg_dump", &["-Fc", "--no-owner", "-f", archive.to_str().unwrap(), "-d", from], "");
+    assert!(out.status.success(), "pg_dump -Fc {from}: {:?}", text(&out));
+    let out = client("pg_restore", &["--no-owner", "--exit-on-error", "-d", to, archive.to_str().unwrap()], "");
+    assert!(out.status.success(), "pg_restore into {to}: {:?}", text(&out));
+}
+
+#[test]
+fn pg_dump_and_pg_restore_move_a_database_to_native_postgres_and_back() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let ours = runtime_dsn(dir.path());
+        let out = psql_on(&ours, &format!("\\set ON_ERROR_STOP 1\n{SCHEMA}"));
+        assert!(out.status.success(), "{release}: {:?}", text(&out));
+        // Out: the runtime's database onto native PostgreSQL of the same major.
+        let theirs = native_database(major(release), "moved_here");
+        dump_and_restore(&ours, &theirs, &dir.path().join("out.dump"));
+        let original = plain_dump(&ours);
+        assert!(original.contains("COPY public.kinds"), "{release}: pg_dump's default mode uses COPY");
+        assert_eq!(original, plain_dump(&theirs), "{release}: the runtime (left) and the restored native (right)");
+        drop(server);
+        // Back: from native PostgreSQL into a new runtime.
+        let back_dir = tempfile::tempdir().unwrap();
+        let back = Server::start_release(back_dir.path(), release);
+        let back_dsn = runtime_dsn(back_dir.path());
+        dump_and_restore(&theirs, &back_dsn, &back_dir.path().join("back.dump"));
+        assert_eq!(plain_dump(&back_dsn), original, "{release}: restored into a new runtime");
+        let out = psql_on(&back_dsn, "INSERT INTO child (kind, note) VALUES (1, 'new') RETURNING id, note;\n");
+        assert!(text(&out).0.contains("301 | new!"), "{release}: sequences and triggers came along: {:?}", text(&out));
+        drop(back);
+    }
+}
