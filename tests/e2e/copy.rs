@@ -207,8 +207,13 @@ fn plain_dump(dsn: &str) -> String {
 fn dump_and_restore(from: &str, to: &str, archive: &Path) {
     let out = client("pg_dump", &["-Fc", "--no-owner", "-f", archive.to_str().unwrap(), "-d", from], "");
     assert!(out.status.success(), "pg_dump -Fc {from}: {:?}", text(&out));
-    let out = client("pg_restore", &["--no-owner", "--exit-on-error", "-d", to, archive.to_str().unwrap()], "");
-    assert!(out.status.success(), "pg_restore into {to}: {:?}", text(&out));
+    let out = client("pg_restore", &["--no-owner", "-d", to, archive.to_str().unwrap()], "");
+    let (_, stderr) = text(&out);
+    // pg_restore 18 sets transaction_timeout, which PostgreSQL 16 does not have, whatever the
+    // server; that one error is pg_restore's own (native to native fails the same way).
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.contains("ERROR:")).collect();
+    let only_pg18_on_16 = errors.iter().all(|line| line.contains("\"transaction_timeout\""));
+    assert!(out.status.success() || only_pg18_on_16, "pg_restore into {to}: {stderr}");
 }
 
 #[test]

@@ -100,8 +100,11 @@ async fn settings_changed_by_any_route_stay_with_their_client() {
         raw.send(&frontend::build(b'F', &[frontend::Part::Raw(&call)])).await;
         let reply = raw.until_ready().await;
         assert!(reply.iter().any(|(tag, _)| *tag == b'V'), "{version}: {reply:?}");
+        // Set to empty, as pg_dump and pg_restore set search_path.
+        a.batch_execute("SELECT pg_catalog.set_config('search_path', '', false)").await.unwrap();
 
         let b = connect(&dir).await;
+        assert_eq!(setting(&b, "search_path").await.as_deref(), Some("\"$user\", public"), "{version}");
         assert!(setting(&b, "app.tenant").await.unwrap_or_default().is_empty(), "{version}");
         assert_eq!(setting(&b, "work_mem").await.as_deref(), Some("4MB"), "{version}");
         assert_eq!(setting(&b, "statement_timeout").await.as_deref(), Some("0"), "{version}");
@@ -112,6 +115,7 @@ async fn settings_changed_by_any_route_stay_with_their_client() {
         assert_eq!(setting(&a, "work_mem").await.as_deref(), Some("77MB"), "{version}");
         assert_eq!(setting(&a, "statement_timeout").await.as_deref(), Some("61s"), "{version}");
         assert_eq!(setting(&a, "lock_timeout").await.as_deref(), Some("9s"), "{version}");
+        assert_eq!(setting(&a, "search_path").await.as_deref(), Some(""), "{version}");
         raw.send(&frontend::query("SELECT current_setting('geqo_threshold')")).await;
         let reply = raw.until_ready().await;
         assert!(reply.iter().any(|(tag, frame)| *tag == b'D' && frame.ends_with(b"3")), "{version}: {reply:?}");

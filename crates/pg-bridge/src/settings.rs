@@ -207,8 +207,9 @@ pub(crate) fn session_overrides(rows: &Settings, login: &str) -> Settings {
         .filter(|(name, value)| match name.as_str() {
             "role" => value.as_str() != "none",
             "session_authorization" => value.as_str() != login,
-            // A custom setting that is unset reads as empty.
-            _ => !value.is_empty(),
+            // A custom setting that is unset reads as empty; any other may be set to empty
+            // (`set_config('search_path', '', false)`, as pg_dump does).
+            name => !name.contains('.') || !value.is_empty(),
         })
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()
