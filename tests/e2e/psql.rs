@@ -52,4 +52,3 @@ SELECT id, name, add_one(id) AS next FROM t ORDER BY id;
     assert!(!stderr.contains("arrived from server"), "protocol noise:\n{stderr}");
     drop(server);
 }
-

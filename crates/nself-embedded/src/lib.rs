@@ -40,8 +40,9 @@ pub use release::Release;
 pub use runtime::{EmbeddedPgRuntime, SOCKET_NAME};
 
 /// Accepts PostgreSQL clients on a Unix socket and multiplexes them onto one backend: see
-/// [`pg_bridge::Bridge::listen`] and [`pg_bridge::Bridge::close`]. COPY, LISTEN and NOTIFY are
-/// answered with SQLSTATE `0A000` instead of being forwarded.
+/// [`pg_bridge::Bridge::listen`] and [`pg_bridge::Bridge::close`]. COPY runs through it and
+/// notifications are delivered between clients; `BridgeConfig::refuse` answers any of COPY,
+/// LISTEN and NOTIFY with SQLSTATE `0A000` instead.
 pub use pg_bridge::Bridge as PgSocketBridge;
 /// How a [`PgSocketBridge`] listens.
 pub use pg_bridge::Config as BridgeConfig;

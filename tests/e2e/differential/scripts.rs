@@ -425,8 +425,17 @@ fn copy_in_and_out_as_native() {
     check(
         Script::new("copy_in_and_out_as_native")
             .query("CREATE TABLE diff_copy (id int, v text, b bytea)")
-            .step([q("COPY diff_copy FROM STDIN"), copy_data(b"1\ta\t\\\\x00ff\n"), copy_data(b"2\tb\t\\N\n"), copy_done()])
-            .step([q("COPY diff_copy (id, v) FROM STDIN (FORMAT csv, HEADER)"), copy_data(b"id,v\n3,\"x,\ny\"\n"), copy_done()])
+            .step([
+                q("COPY diff_copy FROM STDIN"),
+                copy_data(b"1\ta\t\\\\x00ff\n"),
+                copy_data(b"2\tb\t\\N\n"),
+                copy_done(),
+            ])
+            .step([
+                q("COPY diff_copy (id, v) FROM STDIN (FORMAT csv, HEADER)"),
+                copy_data(b"id,v\n3,\"x,\ny\"\n"),
+                copy_done(),
+            ])
             .step([q("COPY diff_copy (id) FROM STDIN WHERE id > 10"), copy_data(b"4\n20\n"), copy_done()])
             .step([q("COPY diff_copy FROM STDIN"), copy_fail("client gave up")])
             .step([q("COPY diff_copy FROM STDIN"), copy_data(b"5\tok\t\\N\nnot a number\tx\t\\N\n"), copy_done()])

@@ -158,8 +158,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // transaction_timeout covers a statement outside a transaction block too.
         let tx_deadline =
             self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit);
-        let answer =
-            session.exchange(&self.shared.backend, &mut self.client.state, frames, cancel, tx_deadline);
+        let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames, cancel, tx_deadline);
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
         drop(running);
         let output = output?;
@@ -191,12 +190,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     /// Filters the output of the exchange of `batch` that began at `started`, writes it to
     /// the client, and settles what the turn changed; lets the lease go if the client is done
     /// with it.
-    pub(super) async fn finish_turn(
-        &mut self,
-        batch: Batch,
-        output: BytesMut,
-        started: Instant,
-    ) -> Result<(), Error> {
+    pub(super) async fn finish_turn(&mut self, batch: Batch, output: BytesMut, started: Instant) -> Result<(), Error> {
         let id = self.client.id();
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
