@@ -9,6 +9,7 @@
 
 mod bridge;
 mod chart;
+mod copy;
 mod e2e;
 mod native;
 mod node;

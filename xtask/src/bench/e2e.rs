@@ -7,7 +7,7 @@ use super::native::{self, pg_bin, pg_tool, version_of};
 use super::nself::{Starts, measure_starts};
 use super::procs::Proc;
 use super::report::{Report, Table, Target, Unit};
-use super::{Ctx, Endpoint, VERSIONS, node, pgbench, speedtest};
+use super::{Ctx, Endpoint, VERSIONS, copy, node, pgbench, speedtest};
 
 const FIRST_RUN: &str = "first run: empty cache, files local (compile + initdb)";
 const NEW_DATABASE: &str = "new database (warm cache)";
@@ -15,13 +15,17 @@ const WARM_RESTART: &str = "warm restart of an existing database";
 const RSS_BOOT: &str = "RSS after boot";
 const RSS_SPEEDTEST: &str = "RSS after the speedtest";
 const SPEEDTEST_TOTAL: &str = "total";
+const COPY_IN: &str = "COPY 1 million rows in (psql \\copy FROM)";
+const COPY_OUT: &str = "COPY 1 million rows out (psql \\copy TO)";
+const RSS_COPY: &str = "peak RSS (VmHWM) after the COPY rows";
 
-/// The four tables this section fills, all with the same columns.
+/// The tables this section fills, all with the same columns.
 struct Tables {
     start: Table,
     memory: Table,
     pgbench: Table,
     speedtest: Table,
+    copy: Table,
     tests: Vec<speedtest::Test>,
 }
 
@@ -47,6 +51,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         memory: Table::new("Resident memory (VmRSS of the server process)", columns.clone()),
         pgbench: with_base(&format!("pgbench over the Unix socket (scale 1, -T {seconds}, -I dtGvp)")),
         speedtest: with_base("PGlite benchmark suite (SQLite speedtest 1–16), one script per test"),
+        copy: with_base("COPY of a million rows (two int columns, 11.9 MB), wall time of psql"),
         tests: speedtest::tests(if ctx.quick { 5 } else { 1 }),
     };
     tables.speedtest.tag = "speedtest".to_owned();
@@ -122,6 +127,28 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    match copy::data_file(ctx.scratch.path()) {
+        Ok(data) => {
+            // A system that cannot COPY still runs pgbench.
+            for system in systems.iter().filter(|system| !system.pgbench_only && !system.failed) {
+                eprintln!("bench: {}: COPY", system.name);
+                let measured =
+                    copy::run(&system.endpoint, &data, ctx.scratch.path()).and_then(|(copy_in, copy_out)| {
+                        tables.copy.set(COPY_IN, Unit::Ms, system.column, copy_in);
+                        tables.copy.set(COPY_OUT, Unit::Ms, system.column, copy_out);
+                        if system.single_process {
+                            tables.memory.set(RSS_COPY, Unit::Mib, system.column, system.server.peak_rss_mib()?);
+                        }
+                        Ok(())
+                    });
+                if let Err(err) = measured {
+                    let message = format!("e2e {}: COPY: {err:#}", system.name);
+                    if system.ours { report.errors.push(message) } else { report.skipped.push(message) }
+                }
+            }
+        }
+        Err(err) => report.errors.push(format!("e2e COPY: writing the rows: {err:#}")),
+    }
     let pgbench_runs: &[pgbench::Run] = if pg_tool("pgbench").is_some() {
         &pgbench::E2E_RUNS
     } else {
@@ -151,7 +178,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     }
 
     add_targets(report, &tables, native_col, pgbouncer_col);
-    report.tables.extend([tables.start, tables.memory, tables.pgbench, tables.speedtest]);
+    report.tables.extend([tables.start, tables.memory, tables.pgbench, tables.speedtest, tables.copy]);
     Ok(())
 }
 

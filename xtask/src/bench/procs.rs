@@ -57,12 +57,21 @@ impl Proc {
 
     /// Resident memory of the process now, in MiB (VmRSS).
     pub(crate) fn rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The most resident memory the process has had, in MiB (VmHWM).
+    pub(crate) fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("VmHWM:")
+    }
+
+    fn status_mib(&self, field: &str) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let kib: f64 = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS line in /proc/<pid>/status")?;
+            .with_context(|| format!("no {field} line in /proc/<pid>/status"))?;
         Ok(kib / 1024.0)
     }
 
