@@ -101,6 +101,23 @@ async fn session(dsn: &str) -> Vec<(&'static str, String, String, String)> {
     c.client.batch_execute("NOTIFY fence, 'fence'").await.unwrap();
     note("b", b.next().await);
 
+    // A client with state of its own (a prepared statement) that listened on the same channel
+    // leaves: the others still hear it. (Its channels are gone once the backend, or native's
+    // backend process, has cleaned up after it: waited for by asking, not by time.)
+    let d = listener(dsn).await;
+    d.client.prepare("SELECT 1").await.unwrap();
+    d.client.batch_execute("LISTEN chan; LISTEN only_d").await.unwrap();
+    drop(d);
+    let gone = "SELECT NOT ('only_d' = ANY (ARRAY(SELECT pg_listening_channels())))";
+    let mut polls = 0;
+    while !c.client.query_one(gone, &[]).await.unwrap().get::<_, bool>(0) {
+        polls += 1;
+        assert!(polls < 100_000, "the channels of a client that left are never dropped");
+        tokio::task::yield_now().await;
+    }
+    c.client.batch_execute("NOTIFY chan, 'after d left'").await.unwrap();
+    note("a", a.next().await);
+
     // A client that leaves stops listening; the others go on.
     drop(a);
     c.client.batch_execute("NOTIFY chan, 'after a left'; NOTIFY fence, 'fence 2'").await.unwrap();

@@ -68,13 +68,35 @@ impl Hub {
         self.lock().remove(&pid);
     }
 
-    /// Hands a notification a client's commit sent to every client listening on its channel.
-    pub(crate) fn publish(&self, sender: i32, channel: &str, payload: &str) {
+    /// The channels `pid` listens on that no other client does: the backend may stop listening
+    /// on them when `pid` leaves.
+    pub(crate) fn exclusive_channels(&self, pid: i32) -> Vec<String> {
+        let clients = self.lock();
+        let Some(own) = clients.get(&pid) else {
+            return Vec::new();
+        };
+        own.channels
+            .iter()
+            .filter(|channel| !clients.iter().any(|(other, l)| *other != pid && l.channels.contains(*channel)))
+            .cloned()
+            .collect()
+    }
+
+    /// Hands a notification a client's commit sent to every other client listening on its
+    /// channel; returns it for the sender if it listens too (it gets it with its commit, before
+    /// its `ReadyForQuery`, as PostgreSQL sends it).
+    pub(crate) fn publish(&self, sender: i32, channel: &str, payload: &str) -> Option<Bytes> {
         let frame = notification_frame(sender, channel, payload);
-        for listener in self.lock().values().filter(|l| l.channels.contains(channel)) {
-            // A client that is gone misses it, as it would with PostgreSQL.
-            let _ = listener.deliver.send(frame.clone());
+        let mut own = None;
+        for (pid, listener) in self.lock().iter().filter(|(_, l)| l.channels.contains(channel)) {
+            if *pid == sender {
+                own = Some(frame.clone());
+            } else {
+                // A client that is gone misses it, as it would with PostgreSQL.
+                let _ = listener.deliver.send(frame.clone());
+            }
         }
+        own
     }
 
     /// Updates `pid`'s channels after its turn: `ops` are the `LISTEN`s and `UNLISTEN`s it ran
@@ -144,9 +166,17 @@ mod tests {
         let relisten = hub.settle(2, &[ListenOp::UnlistenAll], &set(&[]));
         assert_eq!(relisten.channels, ["x"]);
         assert_eq!(hub.channels(2), set(&[]));
-        hub.publish(2, "x", "hi");
+        assert_eq!(hub.publish(2, "x", "hi"), None);
         assert_eq!(a.try_recv().unwrap(), notification_frame(2, "x", "hi"));
         assert!(b.try_recv().is_err());
+        // The sender gets its own with its answer, not through the channel.
+        assert_eq!(hub.publish(1, "x", "me"), Some(notification_frame(1, "x", "me")));
+        assert!(a.try_recv().is_err());
+        // What only A listens on is for the backend to stop listening on when A leaves.
+        hub.settle(2, &[ListenOp::Listen("z".into())], &set(&["x", "z"]));
+        assert_eq!(hub.exclusive_channels(1), ["x"]);
+        hub.settle(2, &[ListenOp::Listen("x".into())], &set(&["x", "z"]));
+        assert!(hub.exclusive_channels(1).is_empty());
     }
 
     #[test]

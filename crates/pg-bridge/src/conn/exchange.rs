@@ -252,8 +252,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             // After its own LISTENs count: a transaction that listens and notifies hears
             // itself, as in PostgreSQL.
+            let mut own = BytesMut::new();
             for (channel, payload) in &filtered.notifications {
-                self.shared.hub.publish(pid, channel, payload);
+                own.extend(self.shared.hub.publish(pid, channel, payload));
+            }
+            if !own.is_empty() && out.len() >= READY_FOR_QUERY_LEN {
+                let ready = out.split_off(out.len() - READY_FOR_QUERY_LEN);
+                out.extend_from_slice(&own);
+                out.extend_from_slice(&ready);
             }
             session.settle(&self.shared.backend, &self.shared.baseline, &mut self.client.state).await?;
             if !self.client.state.holds() {
@@ -302,10 +308,15 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     /// transaction, its prepared statements, its locks. Runs once the connection is over.
     pub(crate) async fn finish(&mut self) {
         let _ = self.stream.flush().await;
+        // Where the bridge delivers notifications, other clients may listen on the backend
+        // too: it stops listening only on what this client alone listened on.
+        let unlisten =
+            self.shared.backend.delivers_notifications().then(|| self.shared.hub.exclusive_channels(self.client.pid));
         let stateless = self.lease.is_none()
             && !self.client.state.has_backend_state()
             && self.client.tx == TxStatus::Idle
-            && !self.client.pending;
+            && !self.client.pending
+            && unlisten.as_ref().is_none_or(Vec::is_empty);
         if stateless {
             return;
         }
@@ -313,7 +324,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             Some(session) => session,
             None => self.shared.lease.clone().lock_owned().await,
         };
-        session.clean_up_after(&self.shared.backend, &mut self.client.state, self.client.pending).await;
+        let (state, pending) = (&mut self.client.state, self.client.pending);
+        session.clean_up_after(&self.shared.backend, state, pending, unlisten.as_deref()).await;
     }
 }
 

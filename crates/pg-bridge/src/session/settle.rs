@@ -132,11 +132,18 @@ impl Session {
     /// Undoes everything a departed client left on the backend: an open extended sequence or
     /// transaction, its locks, cursors and temporary objects, its prepared statements; the
     /// next client to enter resets its settings.
-    pub(crate) async fn clean_up_after<B: Backend>(&mut self, backend: &B, client: &mut ClientState, pending: bool) {
+    /// `unlisten` is what the backend should stop listening on: `None` for everything.
+    pub(crate) async fn clean_up_after<B: Backend>(
+        &mut self,
+        backend: &B,
+        client: &mut ClientState,
+        pending: bool,
+        unlisten: Option<&[String]>,
+    ) {
         if self.broken || client.generation.is_some_and(|g| g != self.generation) {
             return;
         }
-        let frames = cleanup_frames(pending, client.holds, client.take_statements().into_iter());
+        let frames = cleanup_frames(pending, client.holds, unlisten, client.take_statements().into_iter());
         match backend.exchange(frames).await {
             Ok(out) => {
                 let _ = backend.session_events();
@@ -155,7 +162,12 @@ impl Session {
 /// Frames that end whatever the client left open on the backend: an unfinished extended
 /// sequence (forced into an error, then synced), a transaction (rolled back), its locks,
 /// cursors and temporary objects, and its prepared statements (closed).
-fn cleanup_frames(pending_extended: bool, holds: bool, statements: impl Iterator<Item = Vec<u8>>) -> Bytes {
+fn cleanup_frames(
+    pending_extended: bool,
+    holds: bool,
+    unlisten: Option<&[String]>,
+    statements: impl Iterator<Item = Vec<u8>>,
+) -> Bytes {
     let mut batch = BytesMut::new();
     if pending_extended {
         // Executing a portal that cannot exist fails the open sequence, so the Sync that
@@ -171,8 +183,15 @@ fn cleanup_frames(pending_extended: bool, holds: bool, statements: impl Iterator
         batch.extend_from_slice(&frontend::query("SELECT pg_catalog.pg_advisory_unlock_all()"));
         batch.extend_from_slice(&frontend::query("DISCARD TEMP"));
     }
-    // LISTEN is refused, but a function can still run it; notifications are dropped anyway.
-    batch.extend_from_slice(&frontend::query("UNLISTEN *"));
+    // Other clients may listen on the same backend: only the channels nobody else needs.
+    match unlisten {
+        None => batch.extend_from_slice(&frontend::query("UNLISTEN *")),
+        Some(channels) => {
+            for channel in channels {
+                batch.extend_from_slice(&frontend::query(&format!("UNLISTEN {}", settings::ident(channel))));
+            }
+        }
+    }
     for name in statements {
         batch.extend_from_slice(&frontend::close_statement(&name));
     }
