@@ -264,3 +264,68 @@ async fn reported_settings_are_reported_when_they_change() {
     })
     .await;
 }
+
+/// What a statement came to: its first value as text, or the error's SQLSTATE.
+async fn outcome(client: &tokio_postgres::Client, sql: &str) -> String {
+    match client.simple_query(sql).await {
+        Ok(messages) => messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "ok".to_owned()),
+        Err(err) => err.code().map_or_else(|| err.to_string(), |code| code.code().to_owned()),
+    }
+}
+
+/// Two clients with prepared statements made by every route (Parse, `PREPARE`, a `DO`
+/// block), each using and deallocating its own while the other runs: what each sees.
+async fn statements_session(dsn: &str) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    let a = crate::support::connect_watched(dsn).await.0;
+    let b = crate::support::connect_watched(dsn).await.0;
+    let by_parse = a.prepare("SELECT 1").await.unwrap();
+    let listed = "SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements WHERE from_sql";
+    for (who, client, sql) in [
+        ("a", &a, "PREPARE mine(int) AS SELECT $1 + 1"),
+        ("a", &a, "DO $$BEGIN EXECUTE 'PREPARE made_by_do AS SELECT 3'; END$$"),
+        ("b", &b, listed),
+        ("b", &b, "EXECUTE mine(1)"),
+        ("b", &b, "PREPARE mine AS SELECT 'b'"),
+        ("b", &b, "DO $$BEGIN EXECUTE 'DEALLOCATE ALL'; END$$"),
+        ("a", &a, "EXECUTE mine(1)"),
+        ("a", &a, "EXECUTE made_by_do"),
+        ("a", &a, listed),
+        ("b", &b, "EXECUTE mine"),
+        ("b", &b, "PREPARE again AS SELECT 'b again'"),
+        ("a", &a, "DEALLOCATE mine"),
+        ("b", &b, "EXECUTE again"),
+        ("a", &a, listed),
+        ("a", &a, "EXECUTE mine(1)"),
+    ] {
+        seen.push((format!("{who}: {sql}"), outcome(client, sql).await));
+    }
+    let row = a.query_one(&by_parse, &[]).await.unwrap();
+    seen.push(("a: the Parse'd statement".to_owned(), row.get::<_, i32>(0).to_string()));
+    seen.push(("a: DO DEALLOCATE ALL".to_owned(), outcome(&a, "DO $$BEGIN EXECUTE 'DEALLOCATE ALL'; END$$").await));
+    let gone = a.query_one(&by_parse, &[]).await.map_err(|err| err.code().map(|c| c.code().to_owned()));
+    seen.push(("a: the Parse'd statement after".to_owned(), format!("{:?}", gone.map(|row| row.get::<_, i32>(0)))));
+    seen.push(("b: after a's DEALLOCATE ALL".to_owned(), outcome(&b, "EXECUTE again").await));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_are_each_clients_own_by_any_route() {
+    on_each_release(|version, dir| async move {
+        let major = pglite_host::pg_major(&version).unwrap();
+        let native = crate::native::native(major);
+        let native_dsn = format!("host={} user=postgres dbname=nself sslmode=disable", native.socket_dir.display());
+        let ours = statements_session(&crate::support::seed_dsn(&dir)).await;
+        let theirs = statements_session(&native_dsn).await;
+        assert_eq!(ours, theirs, "{version}: runtime (left) and native PostgreSQL (right) differ");
+        // And the session did what it says: b could not see or run a's, nor a's b's.
+        assert!(ours.iter().any(|(step, out)| step == "b: EXECUTE mine(1)" && out == "26000"), "{ours:?}");
+    })
+    .await;
+}

@@ -18,9 +18,6 @@ pub(crate) struct Plan {
     pub(crate) drop_leading: usize,
     /// For a simple query: `CommandComplete` tags to replace, by statement index.
     pub(crate) tags: Vec<(usize, String)>,
-    /// The prefix of the backend names of this client's statements and portals (`_pgb7_`),
-    /// taken back out of error and notice texts.
-    pub(crate) renamed: Vec<u8>,
     /// The batch's error is one the bridge raised itself: it carries no context.
     pub(crate) raised: bool,
     /// Output up to and including this many `ReadyForQuery` answers queries the bridge
@@ -39,13 +36,24 @@ pub(crate) struct Filtered {
     pub(crate) parameters: Vec<(String, String)>,
     /// Notifications the batch's commits sent (channel, payload), in order.
     pub(crate) notifications: Vec<(String, String)>,
+    /// How many responses to prepended messages were dropped (they succeeded).
+    pub(crate) dropped: usize,
+    /// The output skipped for prepended queries held an error.
+    pub(crate) skipped_error: bool,
 }
 
 /// Filters backend output for a client according to `plan`.
 pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
     if plan.drop_leading == 0 && plan.tags.is_empty() && plan.skip_ready == 0 {
         // Usually nothing is to be removed or replaced: the output goes out as it is.
-        let mut res = Filtered { out: BytesMut::new(), ready: None, parameters: Vec::new(), notifications: Vec::new() };
+        let mut res = Filtered {
+            out: BytesMut::new(),
+            ready: None,
+            parameters: Vec::new(),
+            notifications: Vec::new(),
+            dropped: 0,
+            skipped_error: false,
+        };
         let mut clean = true;
         for item in frames(&output) {
             let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
@@ -54,7 +62,7 @@ pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
                     clean = false;
                     break;
                 }
-                b'E' | b'N' if plan.raised || names_renamed(bytes, &plan.renamed) => {
+                b'E' | b'N' if plan.raised => {
                     clean = false;
                     break;
                 }
@@ -84,31 +92,15 @@ fn notification(frame: &[u8]) -> Option<(String, String)> {
     Some((channel, payload))
 }
 
-/// Whether an error or notice frame mentions one of the client's renamed objects.
-fn names_renamed(frame: &[u8], prefix: &[u8]) -> bool {
-    !prefix.is_empty() && memchr::memmem::find(frame, prefix).is_some()
-}
-
-/// An error or notice frame with the client's names restored (`"_pgb7_s1"` is `"s1"`) and,
-/// for an error the bridge raised itself, without the context of how it raised it.
-fn restore_names(frame: &[u8], plan: &Plan) -> BytesMut {
-    let quoted: Vec<u8> = [b"\"".as_slice(), &plan.renamed].concat();
+/// An error or notice frame the bridge raised itself, without the context of how it raised it.
+fn without_context(frame: &[u8]) -> BytesMut {
     let mut body = Vec::with_capacity(frame.len());
     for (code, value) in fields(frame) {
-        if plan.raised && code == b'W' {
+        if code == b'W' {
             continue;
         }
         body.push(code);
-        if plan.renamed.is_empty() || !matches!(code, b'M' | b'D' | b'H') {
-            body.extend_from_slice(value);
-        } else {
-            let mut rest = value;
-            while let Some(at) = memchr::memmem::find(rest, &quoted) {
-                body.extend_from_slice(&rest[..=at]);
-                rest = &rest[at + quoted.len()..];
-            }
-            body.extend_from_slice(rest);
-        }
+        body.extend_from_slice(value);
         body.push(0);
     }
     body.push(0);
@@ -126,6 +118,8 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
         ready: None,
         parameters: Vec::new(),
         notifications: Vec::new(),
+        dropped: 0,
+        skipped_error: false,
     };
     let mut to_drop = plan.drop_leading;
     let mut to_skip = plan.skip_ready;
@@ -134,11 +128,13 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
         let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
         if to_skip > 0 {
             to_skip -= usize::from(tag == b'Z');
+            res.skipped_error |= tag == b'E';
             continue;
         }
         if to_drop > 0 {
             if matches!(tag, b'1' | b'2' | b'3') {
                 to_drop -= 1;
+                res.dropped += 1;
                 continue;
             }
             to_drop = 0;
@@ -173,9 +169,7 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
                 statement_idx = 0;
                 res.out.extend_from_slice(bytes);
             }
-            b'E' | b'N' if plan.raised || names_renamed(bytes, &plan.renamed) => {
-                res.out.extend_from_slice(&restore_names(bytes, plan));
-            }
+            b'E' | b'N' if plan.raised => res.out.extend_from_slice(&without_context(bytes)),
             _ => res.out.extend_from_slice(bytes),
         }
     }

@@ -26,6 +26,13 @@ pub(super) struct Batch {
     pub(super) terminated: bool,
     /// The client sent `DISCARD ALL`.
     pub(super) discard_all: bool,
+    /// Names of prepared statements the batch uses (the backend must hold them).
+    pub(super) references: Vec<Vec<u8>>,
+    /// Statements made again for the batch: by a simple query, and by `Parse` (in the order
+    /// their answers come).
+    pub(super) recreated: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+    /// Scratch for the `Parse` messages that make statements again.
+    pub(super) prefix_parses: BytesMut,
 }
 
 impl Batch {
@@ -39,6 +46,9 @@ impl Batch {
             unnamed: Unnamed::Unchanged,
             terminated: false,
             discard_all: false,
+            references: Vec::new(),
+            recreated: (Vec::new(), Vec::new()),
+            prefix_parses: BytesMut::new(),
         }
     }
 

@@ -13,6 +13,7 @@ use super::Connection;
 use super::batch::{Batch, Unnamed};
 use crate::filter;
 use crate::protocol::backend::{TxStatus, parameter_status};
+use crate::session::Recreate;
 
 /// Length of a `ReadyForQuery` message, the last of an output that has one.
 const READY_FOR_QUERY_LEN: usize = 6;
@@ -119,11 +120,32 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         self.acquire().await?;
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
-        batch.plan.renamed = self.client.name_prefix();
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
         let mut frames = BytesMut::new();
+        // The client's statements another client's turn took off the backend, made again
+        // first: by simple query (their answers skipped up to each ReadyForQuery), then by
+        // Parse (their ParseCompletes dropped). In a failed transaction nothing can be made;
+        // the client's use of them fails as it would anyway.
+        if !batch.references.is_empty() && self.client.tx != TxStatus::Failed {
+            for (name, recreate) in self.client.state.to_recreate(&batch.references) {
+                match recreate {
+                    Recreate::Query(query) => {
+                        frames.extend_from_slice(&query);
+                        batch.plan.skip_ready += 1;
+                        batch.recreated.0.push(name);
+                    }
+                    Recreate::Parse(parse) => {
+                        batch.prefix_parses.extend_from_slice(&parse);
+                        batch.plan.drop_leading += 1;
+                        batch.recreated.1.push(name);
+                    }
+                    Recreate::Lost => {}
+                }
+            }
+            frames.extend_from_slice(&std::mem::take(&mut batch.prefix_parses));
+        }
         let id = self.client.id();
         if batch.uses_unnamed && session.unnamed_owner() != Some(id) && !self.client.unnamed_parse.is_empty() {
             frames.extend_from_slice(&self.client.unnamed_parse);
@@ -196,6 +218,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             return Err(Error::BackendGone);
         };
         let filtered = filter::filter(output, &batch.plan)?;
+        if !filtered.skipped_error {
+            for name in &batch.recreated.0 {
+                self.client.state.recreated(name);
+            }
+        }
+        for name in batch.recreated.1.iter().take(filtered.dropped) {
+            self.client.state.recreated(name);
+        }
         session.note_reported(&filtered.parameters);
         match batch.unnamed {
             Unnamed::Unchanged => {}

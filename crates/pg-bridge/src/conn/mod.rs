@@ -4,9 +4,10 @@
 //! `Flush`, `FunctionCall`), then the batch is exchanged with the backend under the lease. The
 //! lease is taken for the first exchange and kept while the client is in a transaction, in an
 //! extended-protocol sequence not yet ended by `Sync`, or holds session-level advisory locks or
-//! `WITH HOLD` cursors; everyone else queues on it. On the way in, statement and portal names
-//! are renamed per client, session-scoped commands are scoped to this client, and COPY, LISTEN
-//! and NOTIFY are refused. This module must not block the backend on anything but this
+//! `WITH HOLD` cursors; everyone else queues on it. On the way in, the prepared statements a
+//! batch names are noted (the backend holds only the statements of the client whose turn it is:
+//! see `session`), session-scoped commands are scoped to this client, and what the bridge is
+//! told to refuse is refused. This module must not block the backend on anything but this
 //! client's own messages and output.
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, watch};
 use crate::lexer::LexOptions;
 use crate::protocol::backend::{Severity, TxStatus, error_frame};
 use crate::protocol::frame::{self, Frame};
-use crate::protocol::frontend::{self as message, FrontendMessage, Part};
+use crate::protocol::frontend::{self as message, FrontendMessage};
 use crate::session::{ClientState, Session};
 use crate::shared::{RunState, Shared};
 use crate::{Backend, Error, SessionTimeouts};
@@ -92,28 +93,6 @@ impl Client {
     fn id(&self) -> u32 {
         self.state.id
     }
-
-    /// The prefix of the backend's names for this client's statements and portals.
-    fn name_prefix(&self) -> Vec<u8> {
-        format!("_pgb{}_", self.id()).into_bytes()
-    }
-
-    /// The backend's name for this client's statement or portal `name`.
-    fn backend_name(&self, name: &[u8]) -> Vec<u8> {
-        let mut res = self.name_prefix();
-        // Names longer than NAMEDATALEN - 1 are truncated by the backend; hash instead, so two
-        // long names sharing a prefix stay apart.
-        if res.len() + name.len() > 63 {
-            res.extend_from_slice(format!("h{:016x}", fnv1a(name)).as_bytes());
-        } else {
-            res.extend_from_slice(name);
-        }
-        res
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 enum Next {
@@ -356,48 +335,30 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             FrontendMessage::Parse { statement, sql, param_types } => {
                 self.parse(frame.bytes(), statement, sql, param_types).await?;
             }
-            FrontendMessage::Bind { portal, statement, rest } => {
+            FrontendMessage::Bind { statement, .. } => {
                 if statement.is_empty() {
                     self.use_unnamed();
+                } else {
+                    self.batch.references.push(statement.to_vec());
                 }
-                let renamed = !portal.is_empty() || !statement.is_empty();
-                let portal = self.portal_name(portal);
-                let statement = self.statement_name(statement);
-                let parts = [Part::Cstr(&portal), Part::Cstr(&statement), Part::Raw(rest)];
-                self.batch.forward(frame.bytes(), renamed, b'B', &parts);
+                self.batch.push(frame.bytes());
             }
             FrontendMessage::Describe { kind, name } | FrontendMessage::Close { kind, name } => {
                 let close = frame.tag() == b'C';
-                let renamed = if kind == b'S' {
-                    if name.is_empty() {
-                        if close {
+                if kind == b'S' {
+                    match (name.is_empty(), close) {
+                        (true, true) => {
                             self.client.unnamed_parse.clear();
                             self.batch.unnamed = Unnamed::Dropped;
-                        } else {
-                            self.use_unnamed();
                         }
+                        (true, false) => self.use_unnamed(),
+                        (false, true) => self.client.state.closed(name),
+                        (false, false) => self.batch.references.push(name.to_vec()),
                     }
-                    let renamed = self.statement_name(name);
-                    if close {
-                        self.client.state.closed(&renamed);
-                    }
-                    renamed
-                } else {
-                    self.portal_name(name)
-                };
-                self.batch.forward(
-                    frame.bytes(),
-                    !name.is_empty(),
-                    frame.tag(),
-                    &[Part::Raw(&[kind]), Part::Cstr(&renamed)],
-                );
+                }
+                self.batch.push(frame.bytes());
             }
-            FrontendMessage::Execute { portal, max_rows } => {
-                let renamed = !portal.is_empty();
-                let portal = self.portal_name(portal);
-                let parts = [Part::Cstr(&portal), Part::Raw(&max_rows.to_be_bytes())];
-                self.batch.forward(frame.bytes(), renamed, b'E', &parts);
-            }
+            FrontendMessage::Execute { .. } => self.batch.push(frame.bytes()),
             FrontendMessage::Flush => {
                 self.batch.push(frame.bytes());
                 self.send().await?;

@@ -12,17 +12,10 @@ use crate::classify::{self, Classified, StatementKind, Verdict};
 use crate::lexer::LexOptions;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::frontend::{self as message, Part};
+use crate::session::Recreate;
 use crate::{Backend, Error};
 
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
-    pub(super) fn statement_name(&self, name: &[u8]) -> Vec<u8> {
-        if name.is_empty() { Vec::new() } else { self.client.backend_name(name) }
-    }
-
-    pub(super) fn portal_name(&self, name: &[u8]) -> Vec<u8> {
-        self.statement_name(name)
-    }
-
     pub(super) fn use_unnamed(&mut self) {
         if self.batch.unnamed == Unnamed::Unchanged {
             self.batch.uses_unnamed = true;
@@ -49,47 +42,35 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             match &statement.kind {
                 StatementKind::Plain | StatementKind::Copy { .. } => {}
                 StatementKind::DiscardAll if !alone => {}
-                StatementKind::DeallocateAll | StatementKind::DiscardAll => {
+                StatementKind::DeallocateAll => {
+                    // The backend holds this client's statements only: it runs as sent.
+                    self.client.state.take_statements();
+                }
+                StatementKind::DiscardAll => {
                     for name in self.client.state.take_statements() {
                         self.batch.prefix.extend_from_slice(&message::close_statement(&name));
                         self.batch.plan.drop_leading += 1;
                     }
-                    let (with, tag): (&[u8], &str) = if statement.kind == StatementKind::DeallocateAll {
-                        // Any harmless statement would do; this one needs nothing from the
-                        // catalog and does nothing when nobody listens.
-                        (b" UNLISTEN _pgb_noop", "DEALLOCATE ALL")
-                    } else {
-                        // The rest of what DISCARD ALL does is done for this client alone as
-                        // its turn ends (nothing else can run in the same batch).
-                        self.batch.discard_all = true;
-                        (b" RESET ALL", "DISCARD ALL")
-                    };
-                    replace(&mut res, &mut copied, statement.span.clone(), with);
+                    // The rest of what DISCARD ALL does is done for this client alone as its
+                    // turn ends (nothing else can run in the same batch).
+                    self.batch.discard_all = true;
+                    replace(&mut res, &mut copied, statement.span.clone(), b" RESET ALL");
                     if simple {
-                        self.batch.plan.tags.push((idx, tag.to_owned()));
+                        self.batch.plan.tags.push((idx, "DISCARD ALL".to_owned()));
                     }
                 }
-                StatementKind::NamedStatement { name, value } => {
-                    let renamed = self.client.backend_name(value);
-                    let is_prepare =
-                        sql[statement.span.clone()].iter().position(|b| !b.is_ascii_whitespace()).is_some_and(|at| {
-                            sql[statement.span.start + at..].len() >= 7
-                                && sql[statement.span.start + at..statement.span.start + at + 7]
-                                    .eq_ignore_ascii_case(b"PREPARE")
-                        });
+                StatementKind::NamedStatement { value, .. } => {
+                    let text = &sql[statement.span.clone()];
+                    let is_prepare = text
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())
+                        .is_some_and(|at| text[at..].len() >= 7 && text[at..at + 7].eq_ignore_ascii_case(b"PREPARE"));
                     if is_prepare {
-                        self.client.state.prepared(renamed.clone());
+                        let query = message::build(b'Q', &[Part::Cstr(text)]);
+                        self.client.state.prepared(value.clone(), Recreate::Query(query));
+                    } else {
+                        self.batch.references.push(value.clone());
                     }
-                    let mut quoted = Vec::with_capacity(renamed.len() + 2);
-                    quoted.push(b'"');
-                    for &b in &renamed {
-                        if b == b'"' {
-                            quoted.push(b'"');
-                        }
-                        quoted.push(b);
-                    }
-                    quoted.push(b'"');
-                    replace(&mut res, &mut copied, name.clone(), &quoted);
                 }
             }
         }
@@ -163,18 +144,19 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             Verdict::Allow { statements } => {
                 let rewritten = self.rewrite(sql, &statements, false);
-                let name = self.statement_name(statement);
-                let changed = !statement.is_empty() || matches!(rewritten, Cow::Owned(_));
+                let changed = matches!(rewritten, Cow::Owned(_));
                 let start = self.batch.frames.len();
-                let parts = [Part::Cstr(&name), Part::Cstr(&rewritten), Part::Raw(param_types)];
+                let parts = [Part::Cstr(statement), Part::Cstr(&rewritten), Part::Raw(param_types)];
                 self.batch.forward(whole, changed, b'P', &parts);
+                let sent = &self.batch.frames[start..];
                 if statement.is_empty() {
                     // Kept as sent to the backend, to replay it there.
                     self.client.unnamed_parse.clear();
-                    self.client.unnamed_parse.extend_from_slice(&self.batch.frames[start..]);
+                    self.client.unnamed_parse.extend_from_slice(sent);
                     self.batch.unnamed = Unnamed::Mine;
                 } else {
-                    self.client.state.prepared(name);
+                    let recreate = Recreate::Parse(bytes::Bytes::copy_from_slice(sent));
+                    self.client.state.prepared(statement.to_vec(), recreate);
                 }
                 Ok(())
             }

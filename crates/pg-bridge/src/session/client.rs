@@ -1,11 +1,26 @@
 //! [`ClientState`]: one client's session state as the bridge keeps it while the client is not
 //! on the backend. Changed only by its own methods and by `Session`'s.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use bytes::Bytes;
 
 use super::Baseline;
 use crate::SessionEvents;
 use crate::settings::Settings;
+
+/// How one of a client's prepared statements is put back on the backend, which holds only the
+/// statements of the client whose turn it is.
+#[derive(Debug, Clone)]
+pub(crate) enum Recreate {
+    /// The `Parse` message that made it.
+    Parse(Bytes),
+    /// A simple `Query` holding the `PREPARE` statement that made it.
+    Query(Bytes),
+    /// Made by a statement that cannot be run again alone (a `PREPARE` run by a function
+    /// among other statements): gone once another client has had the backend.
+    Lost,
+}
 
 /// A client's session state as the bridge keeps it while the client is not on the backend.
 #[derive(Debug)]
@@ -25,11 +40,15 @@ pub(crate) struct ClientState {
     pub(super) custom: BTreeSet<String>,
     /// What may have changed during its turn, as the backend reported it.
     pub(super) events: SessionEvents,
-    /// Backend names of this client's prepared statements, closed when it leaves.
-    pub(super) statements: HashSet<Vec<u8>>,
+    /// This client's prepared statements by name, and how each is made again; closed when it
+    /// leaves.
+    pub(super) statements: HashMap<Vec<u8>, Recreate>,
     /// Statements of the batch on its way, not yet on any backend session: a restart before
     /// it reaches the backend did not take them.
-    pub(super) fresh: HashSet<Vec<u8>>,
+    pub(super) fresh: HashMap<Vec<u8>, Recreate>,
+    /// Its statements the backend does not hold now (another client had the backend since),
+    /// made again when the client next names them.
+    pub(super) missing: HashSet<Vec<u8>>,
     /// The client holds session-level advisory locks, `WITH HOLD` cursors or temporary
     /// objects. They cannot be told apart from other clients' on the one backend session, so
     /// it keeps the lease until it lets go of them: others wait, and what it releases is only
@@ -61,27 +80,62 @@ impl ClientState {
             reported: Settings::new(),
             custom: BTreeSet::new(),
             events: SessionEvents::default(),
-            statements: HashSet::new(),
-            fresh: HashSet::new(),
+            statements: HashMap::new(),
+            fresh: HashMap::new(),
+            missing: HashSet::new(),
             holds: false,
             generation: None,
         }
     }
 
-    /// The client prepared a statement with this backend name.
-    pub(crate) fn prepared(&mut self, name: Vec<u8>) {
-        self.fresh.insert(name);
+    /// The client prepared a statement named `name`, which `recreate` makes again.
+    pub(crate) fn prepared(&mut self, name: Vec<u8>, recreate: Recreate) {
+        self.missing.remove(&name);
+        self.fresh.insert(name, recreate);
     }
 
-    /// The client closed its statement with this backend name.
+    /// The client closed its statement `name`.
     pub(crate) fn closed(&mut self, name: &[u8]) {
         self.statements.remove(name);
         self.fresh.remove(name);
+        self.missing.remove(name);
     }
 
-    /// Forgets every prepared statement, returning their backend names to close.
+    /// Forgets every prepared statement, returning the names of those the backend holds, to
+    /// close.
     pub(crate) fn take_statements(&mut self) -> Vec<Vec<u8>> {
-        self.fresh.drain().chain(self.statements.drain()).collect()
+        let missing = std::mem::take(&mut self.missing);
+        self.fresh
+            .drain()
+            .chain(self.statements.drain())
+            .map(|(name, _)| name)
+            .filter(|n| !missing.contains(n))
+            .collect()
+    }
+
+    /// Of the statements `names` (as a batch names them), those the backend lacks, with how
+    /// to make each again (each once).
+    pub(crate) fn to_recreate(&self, names: &[Vec<u8>]) -> Vec<(Vec<u8>, Recreate)> {
+        let mut res: Vec<(Vec<u8>, Recreate)> = Vec::new();
+        for name in names {
+            if self.missing.contains(name)
+                && !res.iter().any(|(done, _)| done == name)
+                && let Some(recreate) = self.statements.get(name)
+            {
+                res.push((name.clone(), recreate.clone()));
+            }
+        }
+        res
+    }
+
+    /// The backend holds statement `name` again.
+    pub(crate) fn recreated(&mut self, name: &[u8]) {
+        self.missing.remove(name);
+    }
+
+    /// Whether the backend holds any of the client's statements.
+    pub(super) fn statements_on_backend(&self) -> bool {
+        !self.fresh.is_empty() || self.statements.keys().any(|name| !self.missing.contains(name))
     }
 
     /// Whether something of the client's lived on the backend session before the batch now on

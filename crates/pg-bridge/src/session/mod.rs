@@ -48,6 +48,8 @@ pub(crate) struct Session {
     reported: Settings,
     /// Which client's Parse the backend's unnamed statement holds, if it is known.
     unnamed_owner: Option<u32>,
+    /// The client whose prepared statements the backend holds (only that client's ever are).
+    statements_of: Option<u32>,
     /// Set once an exchange failed and the backend did not recover: it is not used again.
     broken: bool,
     /// Counts fresh backend sessions: a client that used an older one lost its state.
@@ -119,6 +121,7 @@ impl Session {
             applied_for: None,
             reported,
             unnamed_owner: None,
+            statements_of: None,
             broken: false,
             generation: 0,
             gone: Arc::new(AtomicBool::new(false)),
@@ -157,6 +160,7 @@ impl Session {
             self.applied_for = None;
             self.reported = backend.parameter_status().into_iter().collect();
             self.unnamed_owner = None;
+            self.statements_of = None;
             self.generation += 1;
         } else {
             self.broken = true;
@@ -207,6 +211,34 @@ impl Session {
         }
     }
 
+    /// The backend holds the prepared statements of one client only, the one whose turn it
+    /// is, under the names it gave them: another client's are deallocated as `client` takes
+    /// the backend (they stay in that client's state and are made again when it names them),
+    /// and `client`'s own are gone unless it held the backend last.
+    async fn hand_over_statements<B: Backend>(&mut self, backend: &B, client: &mut ClientState) -> Result<(), Error> {
+        if self.statements_of == Some(client.id) {
+            return Ok(());
+        }
+        if self.statements_of.is_some() {
+            if let Err((code, message)) = self.internal(backend, "DEALLOCATE ALL").await? {
+                tracing::warn!(code, message, "deallocating another client's prepared statements failed");
+            }
+            self.statements_of = None;
+        }
+        client.statements.retain(|_, recreate| !matches!(recreate, client::Recreate::Lost));
+        client.missing = client.statements.keys().cloned().collect();
+        Ok(())
+    }
+
+    /// Records whether the backend holds `client`'s prepared statements after its turn.
+    pub(crate) fn note_statements(&mut self, client: &ClientState) {
+        if client.statements_on_backend() {
+            self.statements_of = Some(client.id);
+        } else if self.statements_of == Some(client.id) {
+            self.statements_of = None;
+        }
+    }
+
     /// Puts `client`'s state on the backend as it takes the lease, unless it is there
     /// already. A client with state that lived only on an older backend session (prepared
     /// statements, session locks, cursors, temporary objects) gets
@@ -230,6 +262,7 @@ impl Session {
         }
         let fresh = std::mem::take(&mut client.fresh);
         client.statements.extend(fresh);
+        self.hand_over_statements(backend, client).await?;
         if self.applied_for == Some(client.id) {
             // Nobody else had the backend since this client's state was put on it.
             return Ok(());
@@ -291,5 +324,5 @@ mod client;
 mod settle;
 mod start;
 
-pub(crate) use client::ClientState;
+pub(crate) use client::{ClientState, Recreate};
 pub(crate) use start::{RoleLogin, Started};

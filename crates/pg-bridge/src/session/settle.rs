@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Baseline, ClientState, Session, note_parameter_statuses};
+use super::{Baseline, ClientState, Recreate, Session, note_parameter_statuses};
 use crate::protocol::backend::text_rows;
 use crate::protocol::frontend::{self, Part};
 use crate::settings;
@@ -62,6 +62,38 @@ impl Session {
         }
         if events.holds_may_change() || client.holds {
             self.settle_holds(backend, client).await?;
+        }
+        if events.statements {
+            self.settle_statements(backend, client).await?;
+        }
+        self.note_statements(client);
+        Ok(())
+    }
+
+    /// After a turn in which `PREPARE` or `DEALLOCATE` ran (by any route): the client's
+    /// statements as the backend has them. Those it no longer has were deallocated; those it
+    /// has that the client did not make itself were made by a function or `DO` block.
+    async fn settle_statements<B: Backend>(&mut self, backend: &B, client: &mut ClientState) -> Result<(), Error> {
+        let out = match self.internal(backend, "SELECT name, statement FROM pg_catalog.pg_prepared_statements").await? {
+            Ok(out) => out,
+            Err((code, message)) => {
+                tracing::warn!(code, message, "reading the backend's prepared statements failed");
+                return Ok(());
+            }
+        };
+        let on_backend: std::collections::HashMap<Vec<u8>, String> = text_rows(&out)
+            .into_iter()
+            .filter_map(|row| match row.as_slice() {
+                [Some(name), statement] => Some((name.clone().into_bytes(), statement.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect();
+        let fresh = std::mem::take(&mut client.fresh);
+        client.statements.extend(fresh);
+        let missing = &client.missing;
+        client.statements.retain(|name, _| missing.contains(name) || on_backend.contains_key(name));
+        for (name, text) in on_backend {
+            client.statements.entry(name).or_insert_with(|| recreate_from_text(&text));
         }
         Ok(())
     }
@@ -143,7 +175,12 @@ impl Session {
         if self.broken || client.generation.is_some_and(|g| g != self.generation) {
             return;
         }
-        let frames = cleanup_frames(pending, client.holds, unlisten, client.take_statements().into_iter());
+        // Its statements are on the backend only if it held them last; else the names may be
+        // another client's now.
+        let statements = client.take_statements();
+        let statements = if self.statements_of == Some(client.id) { statements } else { Vec::new() };
+        self.note_statements(client);
+        let frames = cleanup_frames(pending, client.holds, unlisten, statements.into_iter());
         match backend.exchange(frames).await {
             Ok(out) => {
                 let _ = backend.session_events();
@@ -157,6 +194,19 @@ impl Session {
             }
         }
     }
+}
+
+/// How to make again a statement the backend says `text` made: `text` itself if it is a lone
+/// `PREPARE` (as a function or `DO` block ran it), else nothing can.
+fn recreate_from_text(text: &str) -> Recreate {
+    let options = crate::lexer::LexOptions::default();
+    let statements = crate::lexer::statements(text.as_bytes(), options);
+    let lone_prepare = statements.iter().filter(|s| !s.head.is_empty()).count() == 1
+        && statements.iter().find(|s| !s.head.is_empty()).and_then(|s| s.head.first()).is_some_and(|token| {
+            token.kind == crate::lexer::TokenKind::Word
+                && text.as_bytes()[token.span.clone()].eq_ignore_ascii_case(b"PREPARE")
+        });
+    if lone_prepare { Recreate::Query(frontend::query(text)) } else { Recreate::Lost }
 }
 
 /// Frames that end whatever the client left open on the backend: an unfinished extended
