@@ -301,8 +301,9 @@ async fn statements_session(dsn: &str) -> Vec<(String, String)> {
         ("b", &b, "PREPARE again AS SELECT 'b again'"),
         ("a", &a, "DEALLOCATE mine"),
         ("b", &b, "EXECUTE again"),
-        ("a", &a, listed),
         ("a", &a, "EXECUTE mine(1)"),
+        ("a", &a, "EXECUTE made_by_do"),
+        ("a", &a, listed),
     ] {
         seen.push((format!("{who}: {sql}"), outcome(client, sql).await));
     }

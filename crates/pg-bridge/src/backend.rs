@@ -3,7 +3,7 @@
 //! The bridge never talks to PGlite or to a server directly; it hands complete frontend frames
 //! to a `Backend` and gets back the complete backend output. Implementations own the transport
 //! (a wasmtime instance on its own thread, a socket to a real server) and must not filter
-//! anything: filtering, renaming and leasing are the bridge's job.
+//! anything: filtering, scoping state to clients and leasing are the bridge's job.
 
 use std::future::Future;
 use std::sync::Arc;

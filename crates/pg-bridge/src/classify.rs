@@ -2,8 +2,8 @@
 //!
 //! A message containing, as the first keyword of any statement, a command the bridge is told to
 //! refuse (COPY, LISTEN, NOTIFY: see [`Refuse`]) is refused whole. Everything else is allowed,
-//! and the verdict notes the statements whose prepared-statement names the connection renames
-//! to its client's.
+//! and the verdict notes the statements that name prepared statements (the connection makes a
+//! client's statements again on the backend when it needs them).
 
 use std::ops::Range;
 
@@ -49,7 +49,7 @@ pub(crate) enum StatementKind {
     /// `DEALLOCATE [PREPARE] ALL`: this client's prepared statements only.
     DeallocateAll,
     /// `PREPARE name`, `EXECUTE name`, `DEALLOCATE [PREPARE] name`, `EXPLAIN ... EXECUTE
-    /// name`, `CREATE TABLE ... AS EXECUTE name`: the name is renamed.
+    /// name`, `CREATE TABLE ... AS EXECUTE name`: the statement it names.
     NamedStatement { name: Range<usize>, value: Vec<u8> },
 }
 

@@ -66,8 +66,8 @@ impl Batch {
         self.terminated = false;
     }
 
-    /// Appends a client's frame `whole`, re-encoded from `parts` if `rewritten` (a name renamed,
-    /// a text changed), else as it came: unnamed statements and portals keep their empty names.
+    /// Appends a client's frame `whole`, re-encoded from `parts` if `rewritten` (its
+    /// text changed), else as it came.
     pub(super) fn forward(&mut self, whole: &[u8], rewritten: bool, tag: u8, parts: &[Part<'_>]) {
         if rewritten { self.put(tag, parts) } else { self.push(whole) }
     }

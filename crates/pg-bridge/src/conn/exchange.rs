@@ -217,6 +217,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
+        self.client.state.batch_sent();
         let filtered = filter::filter(output, &batch.plan)?;
         if !filtered.skipped_error {
             for name in &batch.recreated.0 {
@@ -226,6 +227,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         for name in batch.recreated.1.iter().take(filtered.dropped) {
             self.client.state.recreated(name);
         }
+        session.note_statements(&self.client.state);
         session.note_reported(&filtered.parameters);
         match batch.unnamed {
             Unnamed::Unchanged => {}

@@ -1,5 +1,5 @@
-//! The per-statement treatment of a client's SQL on its way in: the filter's verdict, renamed
-//! prepared statements and portals, `DISCARD ALL` scoped to the client, refused commands.
+//! The per-statement treatment of a client's SQL on its way in: the filter's verdict, the
+//! prepared statements a text makes or names, `DISCARD ALL` scoped to the client, refused commands.
 
 use std::borrow::Cow;
 

@@ -128,6 +128,12 @@ impl ClientState {
         res
     }
 
+    /// The batch that made the fresh statements reached the backend.
+    pub(crate) fn batch_sent(&mut self) {
+        let fresh = std::mem::take(&mut self.fresh);
+        self.statements.extend(fresh);
+    }
+
     /// The backend holds statement `name` again.
     pub(crate) fn recreated(&mut self, name: &[u8]) {
         self.missing.remove(name);

@@ -260,9 +260,10 @@ impl Session {
             }
             _ => client.generation = Some(self.generation),
         }
+        // The batch's own statements (fresh) are not among those gone.
+        self.hand_over_statements(backend, client).await?;
         let fresh = std::mem::take(&mut client.fresh);
         client.statements.extend(fresh);
-        self.hand_over_statements(backend, client).await?;
         if self.applied_for == Some(client.id) {
             // Nobody else had the backend since this client's state was put on it.
             return Ok(());
