@@ -47,6 +47,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         self.acquire().await?;
         if let Some(session) = self.lease.as_mut() {
+            session.deallocate_now(&self.shared.backend).await?;
             session.set_unnamed_owner(None);
         }
         let savepoint = self.client.tx == TxStatus::InTransaction;

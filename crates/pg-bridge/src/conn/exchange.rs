@@ -124,6 +124,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             return Err(Error::BackendGone);
         };
         let mut frames = BytesMut::new();
+        if session.take_deallocate() {
+            // The previous client's prepared statements, off the backend before anything of
+            // this client's runs.
+            frames.extend_from_slice(&crate::protocol::frontend::query("DEALLOCATE ALL"));
+            batch.plan.skip_ready += 1;
+        }
         // The client's statements another client's turn took off the backend, made again
         // first: by simple query (their answers skipped up to each ReadyForQuery), then by
         // Parse (their ParseCompletes dropped). In a failed transaction nothing can be made;

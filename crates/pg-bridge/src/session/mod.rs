@@ -50,6 +50,9 @@ pub(crate) struct Session {
     unnamed_owner: Option<u32>,
     /// The client whose prepared statements the backend holds (only that client's ever are).
     statements_of: Option<u32>,
+    /// The backend still holds the statements of a client whose turn is over: they are
+    /// deallocated at the start of the next client exchange.
+    deallocate_pending: bool,
     /// Set once an exchange failed and the backend did not recover: it is not used again.
     broken: bool,
     /// Counts fresh backend sessions: a client that used an older one lost its state.
@@ -122,6 +125,7 @@ impl Session {
             reported,
             unnamed_owner: None,
             statements_of: None,
+            deallocate_pending: false,
             broken: false,
             generation: 0,
             gone: Arc::new(AtomicBool::new(false)),
@@ -161,6 +165,7 @@ impl Session {
             self.reported = backend.parameter_status().into_iter().collect();
             self.unnamed_owner = None;
             self.statements_of = None;
+            self.deallocate_pending = false;
             self.generation += 1;
         } else {
             self.broken = true;
@@ -215,18 +220,32 @@ impl Session {
     /// is, under the names it gave them: another client's are deallocated as `client` takes
     /// the backend (they stay in that client's state and are made again when it names them),
     /// and `client`'s own are gone unless it held the backend last.
-    async fn hand_over_statements<B: Backend>(&mut self, backend: &B, client: &mut ClientState) -> Result<(), Error> {
+    fn hand_over_statements(&mut self, client: &mut ClientState) {
         if self.statements_of == Some(client.id) {
-            return Ok(());
+            return;
         }
         if self.statements_of.is_some() {
-            if let Err((code, message)) = self.internal(backend, "DEALLOCATE ALL").await? {
-                tracing::warn!(code, message, "deallocating another client's prepared statements failed");
-            }
+            // In the same exchange as the client's own messages (see `take_deallocate`).
+            self.deallocate_pending = true;
             self.statements_of = None;
         }
         client.statements.retain(|_, recreate| !matches!(recreate, client::Recreate::Lost));
         client.missing = client.statements.keys().cloned().collect();
+    }
+
+    /// Whether the statements of a client whose turn is over are still to be deallocated: the
+    /// caller puts `DEALLOCATE ALL` before the messages it sends.
+    pub(crate) fn take_deallocate(&mut self) -> bool {
+        std::mem::take(&mut self.deallocate_pending)
+    }
+
+    /// Deallocates another client's statements now, if that is still to be done.
+    pub(crate) async fn deallocate_now<B: Backend>(&mut self, backend: &B) -> Result<(), Error> {
+        if self.take_deallocate()
+            && let Err((code, message)) = self.internal(backend, "DEALLOCATE ALL").await?
+        {
+            tracing::warn!(code, message, "deallocating another client's prepared statements failed");
+        }
         Ok(())
     }
 
@@ -261,7 +280,7 @@ impl Session {
             _ => client.generation = Some(self.generation),
         }
         // The batch's own statements (fresh) are not among those gone.
-        self.hand_over_statements(backend, client).await?;
+        self.hand_over_statements(client);
         let fresh = std::mem::take(&mut client.fresh);
         client.statements.extend(fresh);
         if self.applied_for == Some(client.id) {
