@@ -91,6 +91,7 @@ fn bring_up_to_date(version: &str) {
         wasm: fetched.wasm.into(),
         wasm_sha256: fetched.wasm_sha256,
         package_root: fetched.root.clone().into(),
+        initdb: fetched.initdb.map(|(path, sha256)| (path.into(), sha256)),
     };
     let data = tempfile::tempdir().unwrap();
     let mut config = pglite_host::Config::new(data.path());

@@ -28,8 +28,9 @@ use wasmtime::{AsContextMut, Store, StoreContextMut, TypedFunc};
 use crate::facts::Facts;
 use crate::imports::Ctx;
 
-/// `QueryCancelPending` follows `InterruptPending` in PostgreSQL's `globals.c` (16–19); boot
-/// checks that a cancel set there really cancels before relying on it.
+/// `QueryCancelPending` follows `InterruptPending` in PostgreSQL's `globals.c` (16–19), where
+/// the build does not export it (0.2, 0.3); boot checks that a cancel set there really cancels
+/// before relying on it.
 const QUERY_CANCEL_PENDING_OFFSET: u32 = 4;
 
 /// PostgreSQL's margin between `max_stack_depth` and the real stack (`STACK_DEPTH_SLOP`).
@@ -235,7 +236,9 @@ pub(crate) fn install(
     let main_data = &ctx.dylink.main_data;
     if let Some(&pending) = main_data.get("InterruptPending") {
         let pending = pending as u32;
-        ctx.interrupts.flags = Some((pending, pending + QUERY_CANCEL_PENDING_OFFSET));
+        // 0.5+ export it; earlier builds keep it right after InterruptPending.
+        let cancel = main_data.get("QueryCancelPending").map_or(pending + QUERY_CANCEL_PENDING_OFFSET, |&a| a as u32);
+        ctx.interrupts.flags = Some((pending, cancel));
     }
     ctx.interrupts.doing_command_read = facts.doing_command_read.map(|offset| memory_base + offset);
     ctx.interrupts.my_latch = ctx.dylink.main_data.get("MyLatch").map(|&addr| addr as u32);

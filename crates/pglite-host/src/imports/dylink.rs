@@ -221,9 +221,9 @@ fn mem_info(wasm: &[u8]) -> Option<(u32, u32, u32)> {
 
 fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
     {
-        let (g, _) = split(c);
+        let (g, ctx) = split(c);
         let name = g.cstr(handle + 36)?;
-        if is_conversion_module(&name) {
+        if ctx.host_conversions && is_conversion_module(&name) {
             let ctx = c.data_mut();
             ctx.dylink.libs.entry(name.clone()).or_insert_with(|| Library {
                 funcs: HashMap::new(),
