@@ -89,9 +89,6 @@ pub(crate) struct Profile {
     pub(crate) linking: Linking,
     pub(crate) start: Start,
     pub(crate) paths: &'static Paths,
-    /// PostgreSQL's encoding-conversion modules are missing or broken (0.2, 0.3): the host
-    /// stands in for them (`encodings.rs`). 0.5+ ship working ones.
-    pub(crate) host_conversions: bool,
     /// Extension bundles this release ships that cannot load, and why.
     pub(crate) broken_extensions: &'static [(&'static str, &'static str)],
     /// `postgresql.conf` lines added to every cluster made from now on.
@@ -115,7 +112,6 @@ pub(crate) static PGLITE_0_2: Profile = Profile {
     linking: Linking::Relocatable,
     start: Start::Exports { initdb: "pg_initdb", backend: None, shutdown: "pg_shutdown" },
     paths: &PATHS_0_2,
-    host_conversions: true,
     // The build's default, open_datasync, makes every WAL write synchronous: a bulk INSERT
     // ... SELECT ran 2.2x slower than with fdatasync, which syncs at commit (as PostgreSQL
     // does on Linux, and PGlite 0.3 does). Both are durable; clusters made earlier keep theirs.
@@ -146,7 +142,6 @@ pub(crate) static PGLITE_0_3: Profile = Profile {
     linking: Linking::Relocatable,
     start: Start::Exports { initdb: "pgl_initdb", backend: Some("pgl_backend"), shutdown: "pgl_shutdown" },
     paths: &PATHS_0_2,
-    host_conversions: true,
     broken_extensions: &[],
     new_cluster_settings: "",
     datum_size: 4,
@@ -196,7 +191,6 @@ const fn single_user(
         linking: Linking::Fixed,
         start: Start::SingleUser,
         paths: &PATHS_0_5,
-        host_conversions: false,
         broken_extensions,
         new_cluster_settings: "",
         datum_size,

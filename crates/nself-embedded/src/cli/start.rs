@@ -147,7 +147,7 @@ fn choose_release(asked: Option<&str>, data_dir: &Path) -> anyhow::Result<Releas
                 tracing::info!(
                     data_dir = %data_dir.display(),
                     pglite = %release,
-                    "the cluster was made by an earlier release; running the release of its PostgreSQL version"
+                    "the cluster was made by another release than the default; running the release of its PostgreSQL version"
                 );
             }
             Ok(release)

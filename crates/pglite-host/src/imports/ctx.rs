@@ -57,8 +57,6 @@ pub(crate) struct Ctx {
     pub(crate) datum_size: u32,
     /// The program's environment (`KEY=value`), as `environ_get` hands it out.
     pub(crate) environ: Vec<String>,
-    /// The host stands in for PostgreSQL's encoding-conversion modules (see `encodings.rs`).
-    pub(crate) host_conversions: bool,
     /// The file-mode creation mask, as `umask` sets and returns it (files keep the host's modes).
     pub(crate) umask: i32,
     /// While initdb runs (0.5+): the PostgreSQL instance it runs as a child process.
@@ -82,7 +80,6 @@ impl Ctx {
             pg_major: 0,
             datum_size: 4,
             environ: super::wasi::ENVIRON.iter().map(|var| (*var).to_owned()).collect(),
-            host_conversions: true,
             child: None,
             umask: 0o022,
         }

@@ -29,7 +29,7 @@ fn mounts(dirs: &Dirs<'_>, profile: &Profile) -> Vec<Mount> {
         let mut mount = Mount::new(format!("{}/{name}", paths.prefix), pkg.join(name), true);
         // Extension bundles carry lib/postgresql/*.so and share/postgresql/extension/*.
         mount.overlays = dirs.extensions.iter().map(|ext| ext.join(name)).filter(|dir| dir.is_dir()).collect();
-        if *name == "lib" && profile.host_conversions {
+        if *name == "lib" {
             mount.overlays.push(dirs.scratch.join("conversions/lib"));
         }
         mounts.push(mount);
@@ -52,24 +52,18 @@ pub(super) fn new_store(
 ) -> Result<Store<Ctx>, Error> {
     let paths = profile.paths;
     let prefix = paths.prefix.trim_start_matches('/');
-    let mut subdirs = vec!["tmp", prefix, paths.home.trim_start_matches('/'), "dev/shm"];
-    if profile.host_conversions {
-        subdirs.push(CONVERSIONS_DIR);
-    }
-    for sub in subdirs {
+    for sub in ["tmp", prefix, paths.home.trim_start_matches('/'), "dev/shm", CONVERSIONS_DIR] {
         std::fs::create_dir_all(dirs.scratch.join(sub)).map_err(io_err(dirs.scratch.join(sub)))?;
     }
     for name in paths.scratch_files {
         let path = dirs.scratch.join(prefix).join(name);
         std::fs::write(&path, b"").map_err(io_err(path))?;
     }
-    if profile.host_conversions {
-        // The encoding-conversion modules the host stands in for must exist as files, as
-        // PostgreSQL checks before it loads one (PGlite 0.2 ships none).
-        for name in imports::CONVERSION_MODULES {
-            let path = dirs.scratch.join(CONVERSIONS_DIR).join(format!("{name}.so"));
-            std::fs::write(&path, b"").map_err(io_err(path))?;
-        }
+    // The encoding-conversion modules the host stands in for must exist as files, as
+    // PostgreSQL checks before it loads one (PGlite 0.2 ships none).
+    for name in imports::CONVERSION_MODULES {
+        let path = dirs.scratch.join(CONVERSIONS_DIR).join(format!("{name}.so"));
+        std::fs::write(&path, b"").map_err(io_err(path))?;
     }
     let mut vfs = Vfs::new(mounts(dirs, profile), durable);
     if let Transport::Cma = profile.transport {
@@ -79,7 +73,6 @@ pub(super) fn new_store(
     let mut ctx = Ctx::new(vfs);
     ctx.pg_major = profile.pg_major;
     ctx.datum_size = profile.datum_size;
-    ctx.host_conversions = profile.host_conversions;
     ctx.environ = environ;
     ctx.dylink.module_cache = dirs.module_cache.clone();
     let mut store = Store::new(engine, ctx);
