@@ -124,11 +124,12 @@ pub(crate) struct StackGuard {
 /// `context`: returns the longjmp that raises it (to be handled as the caller handles any),
 /// or the error to pass on.
 pub(crate) fn stack_overflow_to_error(
-    caller: &mut wasmtime::Caller<'_, Ctx>,
+    mut store: impl AsContextMut<Data = Ctx>,
     error: wasmtime::Error,
     sp: wasmtime::Val,
     context: u32,
 ) -> wasmtime::Error {
+    let caller = &mut store.as_context_mut();
     let overflow = error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow);
     let Some(guard) = caller.data().interrupts.guard.clone().filter(|_| overflow) else {
         return error;
@@ -158,6 +159,16 @@ pub(crate) fn stack_overflow_to_error(
         Err(raised) => raised,
         Ok(()) => error,
     }
+}
+
+/// `error_context_stack` now, when a stack overflow would be turned into an error (a guard
+/// is installed).
+pub(crate) fn error_context(mut store: impl AsContextMut<Data = Ctx>) -> Option<u32> {
+    let store = store.as_context_mut();
+    let at = store.data().interrupts.guard.as_ref()?.context_stack as usize;
+    let memory = store.data().shared().memory;
+    let word = memory.data(&store).get(at..at + 4)?;
+    Some(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
 }
 
 /// Reads settings through PostgreSQL's `GetConfigOption`.

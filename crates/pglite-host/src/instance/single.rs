@@ -224,15 +224,10 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
         }
         let before = store.data().wire_pos;
         let sp = stack_pointer.get(&mut *store);
+        let context = crate::interrupts::error_context(&mut *store);
         result = match main_loop.loop_once.call(&mut *store, ()) {
             Ok(()) => Ok(()),
-            Err(err) => match err.downcast_ref::<GuestExit>() {
-                Some(GuestExit(EXIT_LONGJMP)) => stack_pointer
-                    .set(&mut *store, sp)
-                    .and_then(|()| main_loop.long_jmp.call(&mut *store, ()))
-                    .map_err(dead),
-                _ => Err(dead(err)),
-            },
+            Err(err) => finish_error(store, main_loop, err, sp, context).map_err(dead),
         };
         idle = if store.data().wire_pos == before && !buffered { idle + 1 } else { 0 };
         if idle > MAX_IDLE_TURNS {
@@ -251,6 +246,30 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
     let reply = std::mem::take(&mut ctx.wire_out);
     result?;
     Ok(reply)
+}
+
+/// Finishes what unwound out of one turn of the loop: an ERROR (`exit(100)`) with
+/// `PostgresMainLongJmp`, the C stack pointer put back to `sp`. A wasm stack overflow with no
+/// `setjmp` site on the way up (a plain statement: the loop's own error handling is that
+/// `exit`) first becomes PostgreSQL's `54001`, as at an `invoke_*` (see
+/// `interrupts::StackGuard`), with `error_context_stack` put back to `context`. Anything else
+/// is returned: the instance is dead.
+fn finish_error(
+    store: &mut Store<Ctx>,
+    main_loop: &MainLoop,
+    err: wasmtime::Error,
+    sp: wasmtime::Val,
+    context: Option<u32>,
+) -> wasmtime::Result<()> {
+    let err = match context {
+        Some(context) => crate::interrupts::stack_overflow_to_error(&mut *store, err, sp, context),
+        None => err,
+    };
+    if !matches!(err.downcast_ref::<GuestExit>(), Some(GuestExit(EXIT_LONGJMP))) {
+        return Err(err);
+    }
+    store.data().shared().stack_pointer.set(&mut *store, sp)?;
+    main_loop.long_jmp.call(&mut *store, ())
 }
 
 /// Stops the backend: no longer active, then its exit handlers run (the shutdown checkpoint);
