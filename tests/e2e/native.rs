@@ -95,6 +95,12 @@ impl Native {
     }
 }
 
+/// Whether there is a native server of PostgreSQL `major` to compare with (`cargo xtask tools`
+/// provisions 16 and 17; the package registries have no build of 18 or 19 it can use).
+pub(crate) fn has_native(major: u32) -> bool {
+    matches!(major, 16 | 17)
+}
+
 /// The native server of PostgreSQL `major` (16 or 17), started on first use.
 pub(crate) fn native(major: u32) -> &'static Native {
     static PG16: OnceLock<Native> = OnceLock::new();
