@@ -187,7 +187,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>, module: &wasmtime::Module)
 
 /// `getaddrinfo` for numeric addresses (and `localhost`) only, as the JS runtime without a
 /// resolver: there is no network inside the guest, but PostgreSQL 18+ parses the addresses of
-/// `pg_hba.conf`'s host lines with it and refuses to start when that fails.
+/// `pg_hba.conf`'s host lines with it and refuses to start when that fails. Only text is
+/// parsed (`core::net`'s address types; nothing here opens a socket or resolves a name).
 fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, out: i32) -> wasmtime::Result<i32> {
     const EAI_NONAME: i32 = -2;
     const EAI_FAIL: i32 = -4;
@@ -199,8 +200,8 @@ fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, out: i32) -> w
         let socktype = if hints == 0 { 0 } else { g.i32(hints as u32 + 8).unwrap_or(0) };
         let protocol = if hints == 0 { 0 } else { g.i32(hints as u32 + 12).unwrap_or(0) };
         let addr = match host.as_deref() {
-            None | Some("localhost") => Some(std::net::IpAddr::from([127, 0, 0, 1])),
-            Some(text) => text.parse::<std::net::IpAddr>().ok(),
+            None | Some("localhost") => Some(core::net::IpAddr::from([127, 0, 0, 1])),
+            Some(text) => text.parse::<core::net::IpAddr>().ok(),
         };
         (addr, port, family, socktype, protocol)
     };
@@ -209,14 +210,14 @@ fn getaddrinfo(mut c: C<'_>, node: i32, service: i32, hints: i32, out: i32) -> w
     };
     // AF_INET 2, AF_INET6 10 (Emscripten's values); a family asked for must match.
     let (af, sockaddr) = match addr {
-        std::net::IpAddr::V4(v4) => {
+        core::net::IpAddr::V4(v4) => {
             let mut sa = vec![0u8; 16];
             sa[0..2].copy_from_slice(&2u16.to_le_bytes());
             sa[2..4].copy_from_slice(&port.to_be_bytes());
             sa[4..8].copy_from_slice(&v4.octets());
             (2, sa)
         }
-        std::net::IpAddr::V6(v6) => {
+        core::net::IpAddr::V6(v6) => {
             let mut sa = vec![0u8; 28];
             sa[0..2].copy_from_slice(&10u16.to_le_bytes());
             sa[2..4].copy_from_slice(&port.to_be_bytes());
