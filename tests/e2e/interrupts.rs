@@ -148,17 +148,19 @@ async fn statement_timeout_fires_per_statement_with_postgres_text() {
 
 #[tokio::test]
 async fn a_server_wide_statement_timeout_is_the_default_reset_returns_to() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(dir.path(), &["--statement-timeout", "250ms"]);
-    let client = connect(dir.path()).await;
-    let shown: String = client.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
-    assert_eq!(shown, "250ms");
-    assert_eq!(run(&client, "SELECT pg_sleep(30)").await, statement_timeout());
-    client.batch_execute("SET statement_timeout = 0").await.unwrap();
-    assert_eq!(run(&client, "SELECT pg_sleep(0.4)").await, Ok(()));
-    client.batch_execute("RESET statement_timeout").await.unwrap();
-    assert_eq!(run(&client, "SELECT pg_sleep(30)").await, statement_timeout());
-    drop(server);
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with(dir.path(), &["--pglite-version", release, "--statement-timeout", "250ms"]);
+        let client = connect(dir.path()).await;
+        let shown: String = client.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+        assert_eq!(shown, "250ms", "{release}");
+        assert_eq!(run(&client, "SELECT pg_sleep(30)").await, statement_timeout(), "{release}");
+        client.batch_execute("SET statement_timeout = 0").await.unwrap();
+        assert_eq!(run(&client, "SELECT pg_sleep(0.4)").await, Ok(()), "{release}");
+        client.batch_execute("RESET statement_timeout").await.unwrap();
+        assert_eq!(run(&client, "SELECT pg_sleep(30)").await, statement_timeout(), "{release}");
+        drop(server);
+    }
 }
 
 /// What ends a connection that waits: the FATAL its connection task saw.

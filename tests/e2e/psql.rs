@@ -55,8 +55,14 @@ SELECT id, name, add_one(id) AS next FROM t ORDER BY id;
 
 #[test]
 fn copy_is_refused_and_the_session_goes_on() {
+    for version in RELEASES {
+        copy_is_refused_and_the_session_goes_on_on(version);
+    }
+}
+
+fn copy_is_refused_and_the_session_goes_on_on(version: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let _server = Server::start(dir.path());
+    let _server = Server::start_release(dir.path(), version);
     let data = dir.path().join("rows.txt");
     std::fs::write(&data, "1\n2\n").unwrap();
     let script = format!(
@@ -65,7 +71,11 @@ fn copy_is_refused_and_the_session_goes_on() {
     );
     let out = psql(dir.path(), &[], &script);
     let (stdout, stderr) = text(&out);
-    assert_eq!(stderr.matches("0A000").count(), 2, "both COPYs must be refused with 0A000\n{stdout}\n{stderr}");
-    assert!(stdout.contains("still here |     0"), "the session must still work\n{stdout}\n{stderr}");
+    assert_eq!(
+        stderr.matches("0A000").count(),
+        2,
+        "{version}: both COPYs must be refused with 0A000\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("still here |     0"), "{version}: the session must still work\n{stdout}\n{stderr}");
     assert!(!stderr.contains("arrived from server"), "protocol noise:\n{stderr}");
 }
