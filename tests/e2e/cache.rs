@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use crate::support::{RELEASES, cache_root, command, psql, text};
+use crate::support::{RELEASES, cache_root, command, guest_prefix, psql, text};
 
 /// Bounds a start that may build the template or compile the module on a slow machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -91,6 +91,7 @@ fn bring_up_to_date(version: &str) {
         wasm: fetched.wasm.into(),
         wasm_sha256: fetched.wasm_sha256,
         package_root: fetched.root.clone().into(),
+        initdb: fetched.initdb.map(|(path, sha256)| (path.into(), sha256)),
     };
     let data = tempfile::tempdir().unwrap();
     let mut config = pglite_host::Config::new(data.path());
@@ -232,8 +233,9 @@ const CHECKS: &str = "DO $$ BEGIN PERFORM 1; END $$;
 fn the_next_start_repairs_the_extracted_files_and_the_template_and_says_so() {
     let cache = CacheCopy::new();
     for version in RELEASES {
-        std::fs::remove_file(cache.package_file(version, "/tmp/pglite/lib/postgresql/plpgsql.so")).unwrap();
-        let tokyo = cache.package_file(version, "/tmp/pglite/share/postgresql/timezone/Asia/Tokyo");
+        let prefix = guest_prefix(version);
+        std::fs::remove_file(cache.package_file(version, &format!("{prefix}/lib/postgresql/plpgsql.so"))).unwrap();
+        let tokyo = cache.package_file(version, &format!("{prefix}/share/postgresql/timezone/Asia/Tokyo"));
         std::fs::File::options().write(true).open(&tokyo).unwrap().set_len(10).unwrap();
         std::fs::remove_file(cache.template_file(version, "PG_VERSION")).unwrap();
         let runtime_dir = tempfile::tempdir().unwrap();
@@ -267,7 +269,8 @@ fn fetch_verify_finds_bit_rot_repairs_it_and_says_so_in_its_exit_code() {
                 .unwrap();
         }
         let (wasm, compiled) = cache.wasm_and_compiled(version);
-        let tokyo = cache.package_file(version, "/tmp/pglite/share/postgresql/timezone/Asia/Tokyo");
+        let tokyo =
+            cache.package_file(version, &format!("{}/share/postgresql/timezone/Asia/Tokyo", guest_prefix(version)));
         let pg_control = cache.template_file(version, "global/pg_control");
         rot(&wasm, 1 << 20);
         rot(&tokyo, 100);

@@ -75,10 +75,16 @@ async fn prepared_statements_transactions_and_binary_types_on(version: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn eight_connections_at_once_get_exact_results() {
+    for version in RELEASES {
+        eight_connections_at_once_on(version).await;
+    }
+}
+
+async fn eight_connections_at_once_on(version: &str) {
     const N_CONNS: i32 = 8;
     const N_TX: i32 = 25;
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| Server::start(dir.path()));
+    let server = tokio::task::block_in_place(|| Server::start_release(dir.path(), version));
     let setup = connect(dir.path()).await;
     setup
         .batch_execute(
@@ -121,8 +127,8 @@ async fn eight_connections_at_once_get_exact_results() {
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     let per_counter = N_CONNS / 4 * N_TX;
-    assert_eq!(counters, (0..4).map(|id| (id, per_counter)).collect::<Vec<_>>());
+    assert_eq!(counters, (0..4).map(|id| (id, per_counter)).collect::<Vec<_>>(), "{version}");
     let logged: i64 = setup.query_one("SELECT count(*) FROM log", &[]).await.unwrap().get(0);
-    assert_eq!(logged, i64::from(N_CONNS * N_TX));
+    assert_eq!(logged, i64::from(N_CONNS * N_TX), "{version}");
     drop(server);
 }

@@ -122,6 +122,7 @@ async fn backend(dir: &std::path::Path) -> PgliteBackend {
         wasm: artifact.wasm.clone().into(),
         wasm_sha256: artifact.wasm_sha256.clone(),
         package_root: artifact.root.clone().into(),
+        initdb: artifact.initdb.clone().map(|(path, sha256)| (path.into(), sha256)),
     };
     let host = tokio::task::spawn_blocking(move || pglite_host::Pglite::start(host_artifact, config))
         .await

@@ -3,12 +3,20 @@
 //! server on one directory, a TCP port in use, an unpinned version, an empty password, a
 //! public TCP address without one).
 
-use crate::support::{Server, cache_root, command, connect, text};
+use crate::support::{RELEASES, Server, cache_root, command, connect, text};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_rolls_back_open_transactions_stops_cleanly_and_restarts() {
+    for version in RELEASES {
+        sigterm_rolls_back_stops_cleanly_and_restarts_on(version).await;
+    }
+}
+
+/// From an empty directory on `version`, then again without naming the release: the cluster's
+/// own is the one that runs.
+async fn sigterm_rolls_back_stops_cleanly_and_restarts_on(version: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| Server::start(dir.path()));
+    let server = tokio::task::block_in_place(|| Server::start_release(dir.path(), version));
     let ready = format!("ready: psql -h {} nself", dir.path().display());
     assert_eq!(server.stdout().last(), Some(&ready));
     assert_eq!(server.database_url(), format!("postgres://postgres@localhost/nself?host={}", dir.path().display()));
@@ -30,8 +38,10 @@ async fn sigterm_rolls_back_open_transactions_stops_cleanly_and_restarts() {
     let client = connect(dir.path()).await;
     let rows: Vec<i32> =
         client.query("SELECT x FROM kept ORDER BY x", &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
-    assert_eq!(rows, [1], "committed data kept, the open transaction rolled back");
-    assert!(server.stderr().contains("kind=Resumed"), "{}", server.stderr());
+    assert_eq!(rows, [1], "{version}: committed data kept, the open transaction rolled back");
+    assert!(server.stderr().contains("kind=Resumed"), "{version}: {}", server.stderr());
+    let major: String = client.query_one("SELECT current_setting('server_version_num')", &[]).await.unwrap().get(0);
+    assert_eq!(major.parse::<u32>().unwrap() / 10000, pglite_host::pg_major(version).unwrap(), "{version}'s major");
     drop(client);
     let (status, stderr) = tokio::task::block_in_place(|| server.terminate());
     assert!(status.success(), "{stderr}");

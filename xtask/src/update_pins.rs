@@ -12,7 +12,22 @@ use pglite_fetch::{FetchOptions, FilePin, PinnedRelease};
 use xshell::{Shell, cmd};
 
 /// Versions pinned when none are given.
-pub(crate) const DEFAULT_VERSIONS: &[&str] = &["0.2.17", "0.3.16"];
+pub(crate) const DEFAULT_VERSIONS: &[&str] = &["0.2.17", "0.3.16", "0.5.17", "0.6.1"];
+
+/// Extensions PGlite publishes as npm packages of their own (from 0.5 on), pinned with the
+/// release whose PostgreSQL major they are built for: `(release, package, version)`. Each
+/// package's `dist/*.tar.gz` bundles join the release's extensions. The packages' latest
+/// versions name PGlite 0.5.15 as their peer, PostgreSQL 18 like 0.5.17; none is built for
+/// PostgreSQL 19 (0.6) yet, and PostgreSQL refuses a module built for another major.
+const PACKAGED_EXTENSIONS: &[(&str, &str, &str)] = &[
+    ("0.5.17", "@electric-sql/pglite-pgvector", "0.0.16"),
+    ("0.5.17", "@electric-sql/pglite-age", "0.0.16"),
+    ("0.5.17", "@electric-sql/pglite-pg_hashids", "0.0.16"),
+    ("0.5.17", "@electric-sql/pglite-pg_ivm", "0.0.16"),
+    ("0.5.17", "@electric-sql/pglite-pg_textsearch", "0.0.17"),
+    ("0.5.17", "@electric-sql/pglite-pg_uuidv7", "0.0.16"),
+    ("0.5.17", "@electric-sql/pglite-pgtap", "0.0.16"),
+];
 
 const PINS_PATH: &str = "crates/pglite-fetch/src/pins.rs";
 
@@ -57,13 +72,40 @@ pub(crate) fn run(versions: &[String], check: bool) -> anyhow::Result<()> {
 async fn pin_release(registry: &str, version: &str) -> anyhow::Result<PinnedRelease> {
     let url = pglite_fetch::npm_tarball_url(registry, version);
     let opts = FetchOptions::new(version);
-    let mut tgz = tempfile::tempfile()?;
-    pglite_fetch::download(&opts, &url, &mut tgz).await.with_context(|| format!("downloading {url}"))?;
-    pin_tarball(version, tgz).with_context(|| format!("reading {url}"))
+    let tgz = download(&opts, &url).await?;
+    let mut release = pin_tarball(version, tgz).with_context(|| format!("reading {url}"))?;
+    for (_, package, package_version) in PACKAGED_EXTENSIONS.iter().filter(|(release, ..)| *release == version) {
+        eprintln!("  with {package}@{package_version}");
+        let url = pglite_fetch::npm_package_tarball_url(registry, package, package_version);
+        let tgz = download(&opts, &url).await?;
+        let pins = dist_pins(tgz).with_context(|| format!("reading {url}"))?;
+        let bundles: Vec<FilePin> = pins
+            .into_iter()
+            .filter(|pin| pin.name.ends_with(".tar.gz"))
+            .map(|pin| FilePin::in_package(&pin.name, pin.size, &pin.sha256, package, package_version))
+            .collect();
+        if bundles.is_empty() {
+            bail!("{package}@{package_version} has no dist/*.tar.gz");
+        }
+        for bundle in bundles {
+            if release.extensions.iter().any(|pin| pin.name == bundle.name) {
+                bail!("{} is both in the release and in {package}", bundle.name);
+            }
+            release.extensions.push(bundle);
+        }
+    }
+    release.extensions.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(release)
 }
 
-/// Hashes the core files and every `dist/*.tar.gz` extension bundle in an npm tarball.
-fn pin_tarball(version: &str, mut tgz: std::fs::File) -> anyhow::Result<PinnedRelease> {
+async fn download(opts: &FetchOptions, url: &str) -> anyhow::Result<std::fs::File> {
+    let mut tgz = tempfile::tempfile()?;
+    pglite_fetch::download(opts, url, &mut tgz).await.with_context(|| format!("downloading {url}"))?;
+    Ok(tgz)
+}
+
+/// Hashes every regular `dist/*.wasm`, `.data`, `.js` and `.tar.gz` file in an npm tarball.
+fn dist_pins(mut tgz: std::fs::File) -> anyhow::Result<Vec<FilePin>> {
     tgz.rewind()?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(tgz)));
     let mut pins = Vec::new();
@@ -77,11 +119,18 @@ fn pin_tarball(version: &str, mut tgz: std::fs::File) -> anyhow::Result<PinnedRe
         let is_core = ["postgres", "pglite"]
             .iter()
             .any(|stem| [".wasm", ".data", ".js"].iter().any(|ext| name == format!("{stem}{ext}")));
-        if entry.header().entry_type().is_file() && (is_core || name.ends_with(".tar.gz")) {
+        if entry.header().entry_type().is_file() && (is_core || name == "initdb.wasm" || name.ends_with(".tar.gz")) {
             let (sha256, size) = pglite_fetch::sha256_hex(entry)?;
-            pins.push(FilePin { name, size, sha256 });
+            pins.push(FilePin::new(&name, size, &sha256));
         }
     }
+    Ok(pins)
+}
+
+/// Hashes the core files and every `dist/*.tar.gz` extension bundle in an npm tarball.
+fn pin_tarball(version: &str, tgz: std::fs::File) -> anyhow::Result<PinnedRelease> {
+    let mut pins = dist_pins(tgz)?;
+    let initdb = pins.iter().position(|pin| pin.name == "initdb.wasm").map(|index| pins.remove(index));
     let stem = if pins.iter().any(|pin| pin.name == "pglite.wasm") { "pglite" } else { "postgres" };
     let mut take = |ext: &str| {
         let name = format!("{stem}{ext}");
@@ -91,7 +140,7 @@ fn pin_tarball(version: &str, mut tgz: std::fs::File) -> anyhow::Result<PinnedRe
     let (wasm, data, js) = (take(".wasm")?, take(".data")?, take(".js")?);
     let mut extensions: Vec<FilePin> = pins.into_iter().filter(|pin| pin.name.ends_with(".tar.gz")).collect();
     extensions.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(PinnedRelease { version: version.to_owned(), wasm, data, js, extensions })
+    Ok(PinnedRelease { version: version.to_owned(), wasm, data, js, initdb, extensions })
 }
 
 /// `0.10.2` sorts after `0.9.1`; pre-release suffixes sort by text after the numbers.
@@ -101,7 +150,13 @@ fn version_key(version: &str) -> (Vec<u64>, String) {
 }
 
 fn render(releases: &[PinnedRelease]) -> String {
-    let pin = |pin: &FilePin| format!("FilePin::new({:?}, {}, {:?})", pin.name, pin.size, pin.sha256);
+    let pin = |pin: &FilePin| match &pin.package {
+        None => format!("FilePin::new({:?}, {}, {:?})", pin.name, pin.size, pin.sha256),
+        Some(package) => format!(
+            "FilePin::in_package({:?}, {}, {:?}, {:?}, {:?})",
+            pin.name, pin.size, pin.sha256, package.name, package.version
+        ),
+    };
     let mut res = String::from(
         "//! Pinned PGlite releases: size and SHA-256 of every file the host may need.\n\
          //!\n\
@@ -112,6 +167,10 @@ fn render(releases: &[PinnedRelease]) -> String {
     for release in releases {
         res += &format!("PinnedRelease {{\nversion: {:?}.into(),\n", release.version);
         res += &format!("wasm: {},\ndata: {},\njs: {},\n", pin(&release.wasm), pin(&release.data), pin(&release.js));
+        res += &match &release.initdb {
+            None => "initdb: None,\n".to_owned(),
+            Some(initdb) => format!("initdb: Some({}),\n", pin(initdb)),
+        };
         res += "extensions: vec![\n";
         for extension in &release.extensions {
             res += &format!("{},\n", pin(extension));

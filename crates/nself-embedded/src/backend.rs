@@ -16,23 +16,25 @@ use pglite_host::Pglite;
 
 use crate::Error;
 
-/// The settings a PostgreSQL 16 server reports with `ParameterStatus` at startup
-/// (`GUC_REPORT`), in the order it reports them.
-const REPORTED: [&str; 14] = [
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "default_transaction_read_only",
-    "in_hot_standby",
-    "integer_datetimes",
-    "IntervalStyle",
-    "is_superuser",
-    "scram_iterations",
-    "server_encoding",
-    "server_version",
-    "session_authorization",
-    "standard_conforming_strings",
-    "TimeZone",
+/// The settings a PostgreSQL server reports with `ParameterStatus` at startup (`GUC_REPORT`),
+/// in the order it reports them, each with the major version from which it is reported:
+/// `search_path` from PostgreSQL 18 on.
+const REPORTED: [(&str, u32); 15] = [
+    ("application_name", 0),
+    ("client_encoding", 0),
+    ("DateStyle", 0),
+    ("default_transaction_read_only", 0),
+    ("in_hot_standby", 0),
+    ("integer_datetimes", 0),
+    ("IntervalStyle", 0),
+    ("is_superuser", 0),
+    ("scram_iterations", 0),
+    ("search_path", 18),
+    ("server_encoding", 0),
+    ("server_version", 0),
+    ("session_authorization", 0),
+    ("standard_conforming_strings", 0),
+    ("TimeZone", 0),
 ];
 
 /// A `CopyFail` frame, put before every `Sync` of a batch (see [`with_copy_fail`]).
@@ -48,13 +50,13 @@ pub struct PgliteBackend {
 impl PgliteBackend {
     /// Wraps a running instance; reads the values it reports to clients at startup.
     pub async fn new(host: Arc<Pglite>) -> Result<PgliteBackend, Error> {
-        let names = REPORTED.map(|name| format!("'{name}'")).join(", ");
+        let names = REPORTED.map(|(name, _)| format!("'{name}'")).join(", ");
         let sql = format!(
             "SELECT name, pg_catalog.current_setting(name) \
              FROM unnest(ARRAY[{names}]::pg_catalog.text[]) WITH ORDINALITY AS s(name, idx) ORDER BY idx"
         );
         let reply = host.exec_protocol_async(frontend::query(&sql).to_vec(), Default::default()).await?;
-        let params = parse_settings(&reply)?;
+        let params = reported_by(parse_settings(&reply)?);
         Ok(PgliteBackend { host, params })
     }
 
@@ -62,6 +64,19 @@ impl PgliteBackend {
     pub fn host(&self) -> &Arc<Pglite> {
         &self.host
     }
+}
+
+/// Of all the settings some major reports, those this server's (its `server_version`) does.
+fn reported_by(settings: Vec<(String, String)>) -> Vec<(String, String)> {
+    let major = settings
+        .iter()
+        .find(|(name, _)| name == "server_version")
+        .and_then(|(_, version)| version.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    settings
+        .into_iter()
+        .filter(|(name, _)| REPORTED.iter().any(|(reported, since)| reported == name && *since <= major))
+        .collect()
 }
 
 fn parse_settings(reply: &[u8]) -> Result<Vec<(String, String)>, Error> {
@@ -194,7 +209,7 @@ impl pg_bridge::Backend for PgliteBackend {
     }
 
     fn reported_parameters(&self) -> Vec<String> {
-        REPORTED.iter().map(|name| (*name).to_owned()).collect()
+        self.params.iter().map(|(name, _)| name.clone()).collect()
     }
 
     async fn cancel(&self) -> bool {

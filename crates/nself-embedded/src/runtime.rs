@@ -77,6 +77,7 @@ impl EmbeddedPgRuntime {
             wasm: artifact.wasm.into_std_path_buf(),
             wasm_sha256: artifact.wasm_sha256,
             package_root: artifact.root.into_std_path_buf(),
+            initdb: artifact.initdb.map(|(path, sha256)| (path.into(), sha256)),
         };
         EmbeddedPgRuntime {
             runtime_dir,

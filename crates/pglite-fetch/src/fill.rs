@@ -15,8 +15,8 @@ use crate::{
     cache::{ARCHIVE_PREFIX, Staged, cache_err},
     error::{Attempt, Reason},
     http::Http,
-    pin::FilePin,
-    source::{Source, expand_template, npm_registry, npm_tarball_url},
+    pin::{FilePin, NpmPackage},
+    source::{Source, expand_template, npm_package_tarball_url, npm_registry, npm_tarball_url},
 };
 
 /// Fetches every pin in `missing` into `dest` or fails listing all attempts.
@@ -73,9 +73,25 @@ pub(crate) async fn fill(opts: &FetchOptions, dest: &Utf8Path, missing: Vec<File
                     });
                     continue;
                 };
-                let url = npm_tarball_url(&registry, &opts.version);
                 let http = lazy_http(&mut http, opts)?;
-                remaining = fill_from_tarball(opts, http, &url, dest, remaining, &mut attempts).await?;
+                // One tarball per package: the release's own, and those of extensions that are
+                // packaged separately.
+                let mut packages: Vec<Option<NpmPackage>> = Vec::new();
+                for pin in &remaining {
+                    if !packages.contains(&pin.package) {
+                        packages.push(pin.package.clone());
+                    }
+                }
+                for package in packages {
+                    let (wanted, others): (Vec<FilePin>, Vec<FilePin>) =
+                        remaining.into_iter().partition(|pin| pin.package == package);
+                    let url = match &package {
+                        None => npm_tarball_url(&registry, &opts.version),
+                        Some(package) => npm_package_tarball_url(&registry, &package.name, &package.version),
+                    };
+                    remaining = fill_from_tarball(opts, http, &url, dest, wanted, &mut attempts).await?;
+                    remaining.extend(others);
+                }
             }
         }
     }
@@ -149,7 +165,7 @@ async fn fill_from_tarball(
     remaining: Vec<FilePin>,
     attempts: &mut Vec<Attempt>,
 ) -> Result<Vec<FilePin>, Error> {
-    let name = tarball_name(&opts.version);
+    let name = tarball_name_from(url);
     let mut tgz = tempfile::Builder::new().prefix(ARCHIVE_PREFIX).tempfile_in(dest).map_err(cache_err(dest))?;
     let mut progress = report(opts, &name, url);
     let downloaded = {

@@ -1,7 +1,8 @@
 //! Parses the data-bundle file list out of PGlite's Emscripten JS glue.
 //!
 //! The glue calls `loadPackage({files:[{filename:"/tmp/pglite/bin/initdb",start:0,end:12},...],
-//! remote_package_size:N})`; each entry names a guest absolute path and its byte range inside
+//! remote_package_size:N})` (0.2, 0.3) or passes the same object to the file packager's
+//! function, `(async function(metadata){...})({files:[...]})` (0.5 on); each entry names a guest absolute path and its byte range inside
 //! the `.data` bundle. Sans-IO: this module reads a `&str` and never touches the disk; it also
 //! never trusts the glue: every filename must be absolute and free of `.`/`..` components.
 
@@ -75,11 +76,14 @@ pub enum GlueError {
     },
 }
 
-const MARKER: &str = "loadPackage({files:[";
+/// What opens the file list: 0.2 and 0.3 call `loadPackage`, later releases call the file
+/// packager's function with the metadata object.
+const MARKERS: [&str; 2] = ["loadPackage({files:[", "})({files:["];
 
 /// Parses the `loadPackage({files:[...]` list; validates every guest path.
 pub fn parse_package_files(js: &str) -> Result<Vec<PackageFile>, GlueError> {
-    let start = js.find(MARKER).ok_or(GlueError::NoFileList)? + MARKER.len();
+    let start =
+        MARKERS.iter().find_map(|marker| js.find(marker).map(|at| at + marker.len())).ok_or(GlueError::NoFileList)?;
     let mut parser = Parser { src: js.as_bytes(), pos: start };
     let mut res = Vec::new();
     parser.skip_ws();

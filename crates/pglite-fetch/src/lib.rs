@@ -43,10 +43,10 @@ pub use crate::{
     glue::{GlueError, PackageFile, check_ranges, parse_package_files, validate_guest_path},
     hash::sha256_hex,
     options::{FetchOptions, Progress, ProgressFn, default_cache_dir},
-    pin::{FilePin, PinnedRelease, pinned_release, pinned_releases},
+    pin::{FilePin, NpmPackage, PinnedRelease, pinned_release, pinned_releases},
     source::{
-        NSELF_CDN, Source, UNPKG, default_sources, expand_template, npm_registry, npm_tarball_url, parse_sources,
-        registry_from_npmrc,
+        NSELF_CDN, Source, UNPKG, default_sources, expand_template, npm_package_tarball_url, npm_registry,
+        npm_tarball_url, parse_sources, registry_from_npmrc,
     },
     tree::{Damage, Problem},
     verify::{Verified, verify, verify_with_pins},
@@ -70,6 +70,8 @@ pub struct Artifact {
     pub data: Utf8PathBuf,
     /// The JS glue.
     pub js: Utf8PathBuf,
+    /// The separate initdb module and its SHA-256, on releases that have one (0.4 on).
+    pub initdb: Option<(Utf8PathBuf, String)>,
     /// The data bundle unpacked: guest `/tmp/pglite/bin/postgres` is `<root>/tmp/pglite/bin/postgres`.
     /// Shared by every user of the cache: treat it as read-only.
     pub root: Utf8PathBuf,
@@ -312,6 +314,7 @@ fn artifact(dir: &Utf8Path, release: &PinnedRelease, files: Vec<PackageFile>) ->
         wasm_sha256: release.wasm.sha256.clone(),
         data: dir.join(&release.data.name),
         js: dir.join(&release.js.name),
+        initdb: release.initdb.as_ref().map(|pin| (dir.join(&pin.name), pin.sha256.clone())),
         root: dir.join("root"),
         files,
     }

@@ -14,12 +14,29 @@ pub struct FilePin {
     pub size: u64,
     /// Lowercase hex SHA-256.
     pub sha256: String,
+    /// The npm package whose `dist/` holds the file, when it is not the release's own
+    /// `@electric-sql/pglite` (extensions packaged separately, such as pgvector from 0.5 on).
+    pub package: Option<NpmPackage>,
+}
+
+/// An npm package at one version, e.g. `@electric-sql/pglite-pgvector@0.0.16`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpmPackage {
+    /// The package name, scope included.
+    pub name: String,
+    pub version: String,
 }
 
 impl FilePin {
     /// Builds a pin; used by the generated table and by tests.
     pub fn new(name: &str, size: u64, sha256: &str) -> FilePin {
-        FilePin { name: name.to_owned(), size, sha256: sha256.to_owned() }
+        FilePin { name: name.to_owned(), size, sha256: sha256.to_owned(), package: None }
+    }
+
+    /// A pin of a file in another npm package's `dist/` (a separately packaged extension).
+    pub fn in_package(name: &str, size: u64, sha256: &str, package: &str, version: &str) -> FilePin {
+        let package = Some(NpmPackage { name: package.to_owned(), version: version.to_owned() });
+        FilePin { package, ..FilePin::new(name, size, sha256) }
     }
 }
 
@@ -34,14 +51,17 @@ pub struct PinnedRelease {
     pub data: FilePin,
     /// The Emscripten JS glue; only its `loadPackage` file list is read.
     pub js: FilePin,
+    /// The separate initdb module (`initdb.wasm`, 0.4 on), which makes a new cluster by
+    /// running PostgreSQL's bootstrap and single-user modes.
+    pub initdb: Option<FilePin>,
     /// Extension bundles (`<name>.tar.gz`), fetched only on request.
     pub extensions: Vec<FilePin>,
 }
 
 impl PinnedRelease {
-    /// The three files every boot needs.
-    pub fn core_files(&self) -> [&FilePin; 3] {
-        [&self.wasm, &self.data, &self.js]
+    /// The files every boot needs: module, data bundle, glue, and initdb where separate.
+    pub fn core_files(&self) -> Vec<&FilePin> {
+        [&self.wasm, &self.data, &self.js].into_iter().chain(&self.initdb).collect()
     }
 
     /// The pin of extension `name` (without `.tar.gz`).

@@ -94,8 +94,14 @@ pub fn expand_template(template: &str, version: &str, file: &str) -> String {
 
 /// The registry tarball URL of `@electric-sql/pglite@<version>`.
 pub fn npm_tarball_url(registry: &str, version: &str) -> String {
+    npm_package_tarball_url(registry, "@electric-sql/pglite", version)
+}
+
+/// The registry tarball URL of npm package `name` (scope included) at `version`.
+pub fn npm_package_tarball_url(registry: &str, name: &str, version: &str) -> String {
     let registry = registry.trim_end_matches('/');
-    format!("{registry}/@electric-sql/pglite/-/pglite-{version}.tgz")
+    let base = name.rsplit('/').next().unwrap_or(name);
+    format!("{registry}/{name}/-/{base}-{version}.tgz")
 }
 
 /// The registry the user's npm would use for `@electric-sql/pglite`: `NPM_CONFIG_REGISTRY`

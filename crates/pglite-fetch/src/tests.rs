@@ -33,6 +33,14 @@ mod glue {
     }
 
     #[test]
+    fn parses_the_file_packager_call_of_later_releases() {
+        check(
+            r#"Module["preRun"].push(runWithFS)}})({files:[{filename:"/home/postgres/.pgpass",start:0,end:204},{filename:"/pglite/bin/initdb",start:204,end:223}],remote_package_size:223});"#,
+            Ok(vec![("/home/postgres/.pgpass", 0, 204), ("/pglite/bin/initdb", 204, 223)]),
+        );
+    }
+
+    #[test]
     fn tolerates_whitespace_quoted_keys_and_escapes() {
         check(
             r#"loadPackage({files:[ { "filename" : "\/a\/b c", "end": 9, "start": 1 } ,{filename:"/x",start:9,end:9}]})"#,
@@ -118,10 +126,32 @@ mod pins {
     fn the_0_3_line_uses_pglite_names() {
         assert!(pinned_release(crate::DEFAULT_PGLITE_VERSION).is_ok(), "the default release is pinned");
         let release = pinned_release("0.3.16").unwrap();
-        let names = release.core_files().map(|pin| pin.name.as_str());
+        let names: Vec<&str> = release.core_files().into_iter().map(|pin| pin.name.as_str()).collect();
         assert_eq!(names, ["pglite.wasm", "pglite.data", "pglite.js"]);
         assert_eq!(release.wasm.sha256, "3c5934b6931b36c3581a2e1cf1ac091e23d5fbdc5cf57e4011e4a19dda64bfa8");
         assert_eq!(release.data.sha256, "b73704a186adbdf29c4ce9acae7bd9379b5a17efbe94e96f66ccb20b5e8b0bc9");
+    }
+
+    #[test]
+    fn the_0_5_and_0_6_lines_pin_initdb_and_0_5_its_separately_packaged_extensions() {
+        for (version, initdb) in [
+            ("0.5.17", "0aac6ef715908003eb53fb354f603e7a5e8aa72ab48018633565f889f42335c1"),
+            ("0.6.1", "c2c2d7405169331202a2cdeb8cf7a5fe617c5f5b012e1f35186ae0d08b026584"),
+        ] {
+            let release = pinned_release(version).unwrap();
+            let names: Vec<&str> = release.core_files().into_iter().map(|pin| pin.name.as_str()).collect();
+            assert_eq!(names, ["pglite.wasm", "pglite.data", "pglite.js", "initdb.wasm"]);
+            assert_eq!(release.initdb.as_ref().unwrap().sha256, initdb);
+            assert!(release.extension("pgcrypto").is_some_and(|pin| pin.package.is_none()));
+        }
+        let vector = pinned_release("0.5.17").unwrap().extension("vector").cloned().unwrap();
+        let package = vector.package.expect("pgvector is packaged separately");
+        assert_eq!(package.name, "@electric-sql/pglite-pgvector");
+        assert!(pinned_release("0.6.1").unwrap().extension("vector").is_none());
+        assert_eq!(
+            crate::npm_package_tarball_url("https://r.example/", &package.name, "0.0.16"),
+            "https://r.example/@electric-sql/pglite-pgvector/-/pglite-pgvector-0.0.16.tgz"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn main() {
         wasm: fetched.wasm.into(),
         wasm_sha256: fetched.wasm_sha256,
         package_root: fetched.root.into(),
+        initdb: fetched.initdb.map(|(path, sha256)| (path.into(), sha256)),
     };
     let scratch = tempfile::tempdir().unwrap();
     let config = |data: &str| {

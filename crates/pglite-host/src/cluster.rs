@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::instance::{Dirs, ExecError, Instance, initdb_bits};
-use crate::profile::Profile;
+use crate::instance::{Dirs, ExecError, Instance, initdb_bits, initdb_make_cluster};
+use crate::profile::{Profile, Start};
 use crate::sql::{self, Reply};
 use crate::template::{CacheDamage, CacheProblem};
 use crate::{Artifact, BootInfo, BootKind, Config, Error, engine, template};
@@ -378,11 +378,21 @@ fn make_cluster(
         wasm: &artifact.wasm,
         wasm_sha256: &artifact.wasm_sha256,
     };
-    let (instance, rc) = Instance::boot(module, profile, &dirs, INITDB_DATABASE, false)?;
-    if rc & initdb_bits::HAS_DB != 0 {
-        return Err(Error::InitdbFailed { code: rc });
+    match profile.start {
+        Start::Exports { .. } => {
+            let (instance, rc) = Instance::boot(module, profile, &dirs, INITDB_DATABASE, false)?;
+            if rc & initdb_bits::HAS_DB != 0 {
+                return Err(Error::InitdbFailed { code: rc });
+            }
+            instance.shutdown()?;
+        }
+        Start::SingleUser => {
+            let (path, sha256) =
+                artifact.initdb.as_ref().ok_or_else(|| Error::MissingInitdb { version: artifact.version.clone() })?;
+            let initdb = engine::load_module(module.engine(), path, sha256, module_cache)?;
+            initdb_make_cluster(module, &initdb, profile, &dirs)?;
+        }
     }
-    instance.shutdown()?;
     template::sync_tree(dir).map_err(io_err(dir))
 }
 

@@ -136,12 +136,23 @@ pub(crate) fn load_main_module(
     artifact: &Artifact,
     cache_dir: Option<&Path>,
 ) -> Result<Module, Error> {
-    let read = || std::fs::read(&artifact.wasm).map_err(|source| Error::Io { path: artifact.wasm.clone(), source });
+    load_module(engine, &artifact.wasm, &artifact.wasm_sha256, cache_dir)
+}
+
+/// The module at `path`, whose verified SHA-256 is `sha256`: from the cache when it holds it
+/// (without reading `path`), else compiled and cached.
+pub(crate) fn load_module(
+    engine: &Engine,
+    path: &Path,
+    sha256: &str,
+    cache_dir: Option<&Path>,
+) -> Result<Module, Error> {
+    let read = || std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
     let compile = |wasm: &[u8]| Module::new(engine, wasm).map_err(Error::compile);
     let Some(dir) = cache_dir else {
         return compile(&read()?);
     };
-    if let Some(wasm_sha256) = sha256_key(&artifact.wasm_sha256) {
+    if let Some(wasm_sha256) = sha256_key(sha256) {
         return cached(engine, dir, &wasm_sha256, || compile(&read()?));
     }
     let wasm = read()?;

@@ -46,6 +46,13 @@ pub enum Error {
     /// initdb, or resuming the cluster, did not succeed (`code`: its result bits).
     #[error("initdb failed (pg_initdb returned {code})")]
     InitdbFailed { code: i32 },
+    /// The artifact of a release whose initdb is a module of its own (0.5+) names none.
+    #[error("PGlite {version} makes new clusters with initdb.wasm, which the artifact does not include")]
+    MissingInitdb { version: String },
+    /// PostgreSQL's single-user backend did not come up (0.5+): `main` ended with `code`
+    /// instead of 99 (alive).
+    #[error("PostgreSQL's backend did not start (exit code {code}; 99 means started)")]
+    BackendStart { code: i32 },
     /// PostgreSQL ended itself (`exit`); not a crash.
     #[error("PostgreSQL exited with code {code}")]
     GuestExit { code: i32 },

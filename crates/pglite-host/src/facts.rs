@@ -1,13 +1,15 @@
 //! Facts about the module the host needs and the module does not export, read from the code
 //! of exported functions that use them: where PostgreSQL keeps `stack_base_ptr`,
-//! `max_stack_depth_bytes` and `DoingCommandRead`. Boot checks each against the backend's
-//! behaviour before relying on it (see `interrupts`).
+//! `max_stack_depth_bytes` and `DoingCommandRead`. A relocatable build (0.2, 0.3) addresses
+//! them as `__memory_base` plus a constant; a build that is not (0.5+) by the constant alone.
+//! Boot checks each against the backend's behaviour before relying on it (see `interrupts`).
 
 /// `errcode(ERRCODE_QUERY_CANCELED)`'s argument: `57014` as PostgreSQL packs a SQLSTATE.
 const QUERY_CANCELED: i32 = 5 | (7 << 6) | (1 << 18) | (4 << 24);
 
 /// Where PostgreSQL keeps variables the host needs and the module does not export, as offsets
-/// from the memory base, read from the code of exported functions that use them.
+/// from the memory base (0 in a build that is not relocatable), read from the code of
+/// exported functions that use them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Facts {
     /// `stack_base_ptr` and `max_stack_depth_bytes`: the first two words `check_stack_depth`
@@ -37,7 +39,17 @@ struct Loads {
     flag_before_cancel: Option<u32>,
 }
 
-fn loads(body: &wasmparser::FunctionBody<'_>, memory_base: u32) -> Option<Loads> {
+/// The address a load reads, when the operand stack's top is a variable's: `__memory_base` plus
+/// a constant in a relocatable build, a constant in one that is not (`memory_base` `None`).
+fn address(value: Option<Value>, memory_base: Option<u32>, offset: u64) -> Option<u32> {
+    match value? {
+        Value::Address(c) => Some(c.wrapping_add(offset as u32)),
+        Value::Const(c) if memory_base.is_none() => Some(c.wrapping_add(offset as u32)),
+        _ => None,
+    }
+}
+
+fn loads(body: &wasmparser::FunctionBody<'_>, memory_base: Option<u32>) -> Option<Loads> {
     use wasmparser::Operator;
     let mut stack: Vec<Value> = Vec::new();
     let mut locals: std::collections::HashMap<u32, Value> = Default::default();
@@ -46,7 +58,7 @@ fn loads(body: &wasmparser::FunctionBody<'_>, memory_base: u32) -> Option<Loads>
     for op in body.get_operators_reader().ok()? {
         match op.ok()? {
             Operator::GlobalGet { global_index } => {
-                stack.push(if global_index == memory_base { Value::MemoryBase } else { Value::Other })
+                stack.push(if Some(global_index) == memory_base { Value::MemoryBase } else { Value::Other })
             }
             Operator::I32Const { value } => {
                 if value == QUERY_CANCELED {
@@ -69,14 +81,14 @@ fn loads(body: &wasmparser::FunctionBody<'_>, memory_base: u32) -> Option<Loads>
                 });
             }
             Operator::I32Load { memarg } => {
-                if let Some(Value::Address(c)) = stack.pop() {
-                    res.words.push(c.wrapping_add(memarg.offset as u32));
+                if let Some(at) = address(stack.pop(), memory_base, memarg.offset) {
+                    res.words.push(at);
                 }
                 stack.push(Value::Other);
             }
             Operator::I32Load8U { memarg } => {
-                if let Some(Value::Address(c)) = stack.pop() {
-                    last_flag = Some(c.wrapping_add(memarg.offset as u32));
+                if let Some(at) = address(stack.pop(), memory_base, memarg.offset) {
+                    last_flag = Some(at);
                 }
                 stack.push(Value::Other);
             }
@@ -126,7 +138,6 @@ impl Facts {
                 Payload::CodeSectionEntry(body) => {
                     let this = imported_funcs + index;
                     index += 1;
-                    let Some(memory_base) = memory_base else { continue };
                     if Some(this) == stack_fn {
                         facts.stack =
                             loads(&body, memory_base).and_then(|l| Some((*l.words.first()?, *l.words.get(1)?)));

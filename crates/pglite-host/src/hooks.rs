@@ -104,13 +104,14 @@ fn note_custom(events: &mut SessionEvents, name: String) {
 fn text_datum(memory: &[u8], addr: u32) -> Option<String> {
     let first = *memory.get(addr as usize)?;
     let (start, len) = if first & 1 == 1 {
-        (addr as usize + 1, (first >> 1) as usize - 1)
+        // A 1-byte header; 0x01 alone tags a TOAST pointer, which a setting's name never is.
+        (addr as usize + 1, ((first >> 1) as usize).checked_sub(1)?)
     } else {
         let header = u32::from_le_bytes(memory.get(addr as usize..addr as usize + 4)?.try_into().ok()?);
         if header & 3 != 0 {
             return None;
         }
-        (addr as usize + 4, (header >> 2) as usize - 4)
+        (addr as usize + 4, ((header >> 2) as usize).checked_sub(4)?)
     };
     Some(String::from_utf8_lossy(memory.get(start..start + len)?).into_owned())
 }

@@ -28,8 +28,9 @@ use wasmtime::{AsContextMut, Store, StoreContextMut, TypedFunc};
 use crate::facts::Facts;
 use crate::imports::Ctx;
 
-/// `QueryCancelPending` follows `InterruptPending` in PostgreSQL's `globals.c` (16–19); boot
-/// checks that a cancel set there really cancels before relying on it.
+/// `QueryCancelPending` follows `InterruptPending` in PostgreSQL's `globals.c` (16–19), where
+/// the build does not export it (0.2, 0.3); boot checks that a cancel set there really cancels
+/// before relying on it.
 const QUERY_CANCEL_PENDING_OFFSET: u32 = 4;
 
 /// PostgreSQL's margin between `max_stack_depth` and the real stack (`STACK_DEPTH_SLOP`).
@@ -123,11 +124,12 @@ pub(crate) struct StackGuard {
 /// `context`: returns the longjmp that raises it (to be handled as the caller handles any),
 /// or the error to pass on.
 pub(crate) fn stack_overflow_to_error(
-    caller: &mut wasmtime::Caller<'_, Ctx>,
+    mut store: impl AsContextMut<Data = Ctx>,
     error: wasmtime::Error,
     sp: wasmtime::Val,
     context: u32,
 ) -> wasmtime::Error {
+    let caller = &mut store.as_context_mut();
     let overflow = error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow);
     let Some(guard) = caller.data().interrupts.guard.clone().filter(|_| overflow) else {
         return error;
@@ -157,6 +159,16 @@ pub(crate) fn stack_overflow_to_error(
         Err(raised) => raised,
         Ok(()) => error,
     }
+}
+
+/// `error_context_stack` now, when a stack overflow would be turned into an error (a guard
+/// is installed).
+pub(crate) fn error_context(mut store: impl AsContextMut<Data = Ctx>) -> Option<u32> {
+    let store = store.as_context_mut();
+    let at = store.data().interrupts.guard.as_ref()?.context_stack as usize;
+    let memory = store.data().shared().memory;
+    let word = memory.data(&store).get(at..at + 4)?;
+    Some(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
 }
 
 /// Reads settings through PostgreSQL's `GetConfigOption`.
@@ -235,7 +247,9 @@ pub(crate) fn install(
     let main_data = &ctx.dylink.main_data;
     if let Some(&pending) = main_data.get("InterruptPending") {
         let pending = pending as u32;
-        ctx.interrupts.flags = Some((pending, pending + QUERY_CANCEL_PENDING_OFFSET));
+        // 0.5+ export it; earlier builds keep it right after InterruptPending.
+        let cancel = main_data.get("QueryCancelPending").map_or(pending + QUERY_CANCEL_PENDING_OFFSET, |&a| a as u32);
+        ctx.interrupts.flags = Some((pending, cancel));
     }
     ctx.interrupts.doing_command_read = facts.doing_command_read.map(|offset| memory_base + offset);
     ctx.interrupts.my_latch = ctx.dylink.main_data.get("MyLatch").map(|&addr| addr as u32);

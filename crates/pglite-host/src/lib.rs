@@ -62,8 +62,12 @@ pub struct Artifact {
     /// hashing `wasm`: it must be the hash of that file. A value that is not 64 hex digits is
     /// ignored and the file hashed instead.
     pub wasm_sha256: String,
-    /// The extracted file package: `tmp/pglite/{bin,lib,share}` beneath it.
+    /// The extracted file package: `tmp/pglite/{bin,lib,share}` (0.2, 0.3) or
+    /// `pglite/{bin,lib,share}` (0.5+) beneath it.
     pub package_root: PathBuf,
+    /// The separate initdb module (`initdb.wasm`, 0.5+) and its verified SHA-256 (the key of
+    /// its compiled form, as for `wasm`); needed to make a new cluster on those releases.
+    pub initdb: Option<(PathBuf, String)>,
 }
 
 /// How to run an instance.

@@ -39,11 +39,12 @@ pub(crate) fn seed_warm_cache(ctx: &Ctx, version: &str) -> anyhow::Result<pglite
         .with_context(|| format!("fetching PGlite {version} into the bench cache"))
 }
 
-/// Copies the release's files (wasm, data, glue) into a new scratch directory, to serve as
-/// `NSELF_PGLITE_SOURCES` for a cold start.
+/// Copies the release's files (wasm, data, glue, and initdb where separate) into a new scratch
+/// directory, to serve as `NSELF_PGLITE_SOURCES` for a cold start.
 pub(crate) fn local_sources(ctx: &Ctx, artifact: &pglite_fetch::Artifact) -> anyhow::Result<PathBuf> {
     let dir = ctx.scratch_dir(&format!("sources-{}", artifact.version))?;
-    for file in [&artifact.wasm, &artifact.data, &artifact.js] {
+    let initdb = artifact.initdb.as_ref().map(|(path, _)| path);
+    for file in [&artifact.wasm, &artifact.data, &artifact.js].into_iter().chain(initdb) {
         let name = file.file_name().context("artifact file without a name")?;
         std::fs::copy(file, dir.join(name)).with_context(|| format!("copying {file}"))?;
     }

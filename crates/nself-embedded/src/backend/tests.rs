@@ -2,7 +2,7 @@
 
 use pg_bridge::protocol::frame::frames;
 
-use super::{COPY_FAIL, parse_settings, with_copy_fail};
+use super::{COPY_FAIL, parse_settings, reported_by, with_copy_fail};
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut res = vec![tag];
@@ -69,4 +69,19 @@ fn a_settings_error_is_reported() {
     let reply = [frame(b'E', b"SERROR\0C42883\0Mno such function\0\0"), frame(b'Z', b"I")].concat();
     let err = parse_settings(&reply).unwrap_err().to_string();
     assert!(err.contains("42883 no such function"), "{err}");
+}
+
+#[test]
+fn search_path_is_reported_from_postgresql_18_on() {
+    let settings = |version: &str| {
+        vec![
+            ("scram_iterations".to_owned(), "4096".to_owned()),
+            ("search_path".to_owned(), "\"$user\", public".to_owned()),
+            ("server_version".to_owned(), version.to_owned()),
+        ]
+    };
+    let names = |version: &str| reported_by(settings(version)).into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+    assert_eq!(names("17.5"), ["scram_iterations", "server_version"]);
+    assert_eq!(names("18.7"), ["scram_iterations", "search_path", "server_version"]);
+    assert_eq!(names("19.0"), ["scram_iterations", "search_path", "server_version"]);
 }

@@ -25,6 +25,12 @@ pub(super) async fn run(args: StartArgs) -> anyhow::Result<()> {
         .filter(|name| pglite_host::extension_unavailable(version, name).is_none())
         .collect();
     for name in args.extensions.iter().map(|name| name.trim()).filter(|name| !name.is_empty()) {
+        // Refused with the reason (and the release that has it) before looking for its bundle,
+        // which this release may not even pin.
+        if let Some(reason) = pglite_host::extension_unavailable(version, name) {
+            let (name, version, reason) = (name.to_owned(), version.to_owned(), reason.to_owned());
+            return Err(Error::Host(pglite_host::Error::ExtensionUnavailable { name, version, reason }).into());
+        }
         if !names.contains(&name) {
             names.push(name);
         }
@@ -104,6 +110,7 @@ fn may_be_the_cache(err: &Error, fresh: bool) -> bool {
         err,
         pglite_host::Error::Trap { .. }
             | pglite_host::Error::InitdbFailed { .. }
+            | pglite_host::Error::BackendStart { .. }
             | pglite_host::Error::GuestExit { .. }
             | pglite_host::Error::Sql { .. }
             | pglite_host::Error::Instantiate { .. }
@@ -143,7 +150,7 @@ fn choose_release(asked: Option<&str>, data_dir: &Path) -> anyhow::Result<Releas
                 tracing::info!(
                     data_dir = %data_dir.display(),
                     pglite = %release,
-                    "the cluster was made by an earlier release; running the release of its PostgreSQL version"
+                    "the cluster was made by another release than the default; running the release of its PostgreSQL version"
                 );
             }
             Ok(release)

@@ -36,6 +36,7 @@ pub(super) async fn run(args: &FetchArgs) -> anyhow::Result<u8> {
             wasm: artifact.wasm.clone().into_std_path_buf(),
             wasm_sha256: artifact.wasm_sha256.clone(),
             package_root: artifact.root.clone().into_std_path_buf(),
+            initdb: artifact.initdb.clone().map(|(path, sha256)| (path.into(), sha256)),
         };
         let host_damage = tokio::task::spawn_blocking(move || {
             pglite_host::verify_cache(&host_artifact, &template_dir, module_dir.as_deref())

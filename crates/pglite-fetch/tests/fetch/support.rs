@@ -58,13 +58,14 @@ pub(crate) fn release() -> Release {
             .collect();
     let pin = |name: &str| {
         let (sha256, size) = sha256_hex(&files[name][..]).unwrap();
-        FilePin { name: name.to_owned(), size, sha256 }
+        FilePin::new(name, size, &sha256)
     };
     let pins = PinnedRelease {
         version: VERSION.to_owned(),
         wasm: pin("postgres.wasm"),
         data: pin("postgres.data"),
         js: pin("postgres.js"),
+        initdb: None,
         extensions: vec![pin("pgcrypto.tar.gz")],
     };
     Release { files, pins }

@@ -11,7 +11,13 @@ const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
 fn artifact(dir: &std::path::Path, wasm_sha256: &str) -> Artifact {
     let wasm = dir.join("postgres.wasm");
     fs::write(&wasm, EMPTY_MODULE).unwrap();
-    Artifact { version: "0.2.17".to_owned(), wasm, wasm_sha256: wasm_sha256.to_owned(), package_root: dir.to_owned() }
+    Artifact {
+        version: "0.2.17".to_owned(),
+        wasm,
+        wasm_sha256: wasm_sha256.to_owned(),
+        package_root: dir.to_owned(),
+        initdb: None,
+    }
 }
 
 fn cached_names(cache: &std::path::Path) -> Vec<String> {

@@ -46,17 +46,24 @@ fn static_bytes(c: &mut Caller<'_, Ctx>, bytes: &[u8]) -> wasmtime::Result<i32> 
     Ok(ptr)
 }
 
-/// The build's `Pg_magic_struct` (PostgreSQL 16–17): length, major version, FUNC_MAX_ARGS,
-/// INDEX_MAX_KEYS, NAMEDATALEN, FLOAT8PASSBYVAL (false on 32-bit wasm), `FMGR_ABI_EXTRA`.
+/// The build's `Pg_magic_struct`: length, major version, FUNC_MAX_ARGS, INDEX_MAX_KEYS,
+/// NAMEDATALEN, FLOAT8PASSBYVAL (false on 32-bit wasm until PostgreSQL 19's 8-byte Datum),
+/// `FMGR_ABI_EXTRA`, and from PostgreSQL 18 on the module's name and version (NULL here), as
+/// PGlite 0.5's and 0.6's own modules have it.
 fn magic_block(c: &mut Caller<'_, Ctx>) -> wasmtime::Result<i32> {
-    let mut block = Vec::with_capacity(56);
+    let with_name = c.data().pg_major >= 18;
+    let len = if with_name { 64 } else { 56 };
+    let mut block = Vec::with_capacity(len as usize);
     let float8_by_value = i32::from(c.data().datum_size == 8);
-    for value in [56, c.data().pg_major as i32 * 100, 100, 32, 64, float8_by_value] {
+    for value in [len, c.data().pg_major as i32 * 100, 100, 32, 64, float8_by_value] {
         block.extend_from_slice(&value.to_le_bytes());
     }
     let mut abi = [0u8; 32];
     abi[..10].copy_from_slice(b"PostgreSQL");
     block.extend_from_slice(&abi);
+    if with_name {
+        block.extend_from_slice(&[0; 8]);
+    }
     static_bytes(c, &block)
 }
 

@@ -55,6 +55,12 @@ pub(crate) struct Ctx {
     /// stands in for.
     pub(crate) pg_major: u32,
     pub(crate) datum_size: u32,
+    /// The program's environment (`KEY=value`), as `environ_get` hands it out.
+    pub(crate) environ: Vec<String>,
+    /// The file-mode creation mask, as `umask` sets and returns it (files keep the host's modes).
+    pub(crate) umask: i32,
+    /// While initdb runs (0.5+): the PostgreSQL instance it runs as a child process.
+    pub(crate) child: Option<Box<crate::instance::Child>>,
 }
 
 impl Ctx {
@@ -73,6 +79,9 @@ impl Ctx {
             interrupts: Interrupts::default(),
             pg_major: 0,
             datum_size: 4,
+            environ: super::wasi::ENVIRON.iter().map(|var| (*var).to_owned()).collect(),
+            child: None,
+            umask: 0o022,
         }
     }
 

@@ -37,8 +37,12 @@ struct Library {
     conversions: bool,
 }
 
-/// PostgreSQL's encoding-conversion modules (`src/backend/utils/mb/conversion_procs`).
-pub(crate) const CONVERSION_MODULES: [&str; 24] = [
+/// PostgreSQL's encoding-conversion modules (`src/backend/utils/mb/conversion_procs`), which
+/// PGlite lacks (0.2) or ships unable to load (0.3+: they call core functions the build does
+/// not export, `pg_utf8_islegal`, `UtfToLocal`), so the host stands in for them (19 has
+/// `cyrillic` for `cyrillic_and_mic`, and no MULE_INTERNAL ones).
+pub(crate) const CONVERSION_MODULES: [&str; 25] = [
+    "cyrillic",
     "cyrillic_and_mic",
     "euc2004_sjis2004",
     "euc_cn_and_mic",

@@ -116,10 +116,7 @@ fn invoke<P: WasmParams, R: WasmResults + Default>(
 
 /// `error_context_stack` now, when a stack overflow would be turned into an error.
 fn error_context(caller: &mut Caller<'_, Ctx>) -> Option<u32> {
-    let at = caller.data().interrupts.guard.as_ref()?.context_stack as usize;
-    let memory = caller.data().shared().memory;
-    let word = memory.data(&*caller).get(at..at + 4)?;
-    Some(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+    crate::interrupts::error_context(caller)
 }
 
 /// A wasm stack overflow below this call site becomes PostgreSQL's `54001` (see

@@ -18,6 +18,11 @@ pub(crate) use self::dylink::CONVERSION_MODULES;
 pub(crate) use self::error::{GuestExit, LongJmp};
 use crate::errno::Errno;
 
+/// The environment the Emscripten runtime gives a program under Node.
+pub(crate) fn default_environ() -> Vec<String> {
+    wasi::ENVIRON.iter().map(|var| (*var).to_owned()).collect()
+}
+
 /// Adds every import of the main module to `linker`.
 pub(crate) fn add_to_linker(linker: &mut wasmtime::Linker<Ctx>, module: &wasmtime::Module) -> wasmtime::Result<()> {
     // Every function import first gets a fallback that fails like the JS runtime without a
@@ -44,7 +49,7 @@ pub(crate) fn add_to_linker(linker: &mut wasmtime::Linker<Ctx>, module: &wasmtim
     }
     syscalls::add_to_linker(linker)?;
     wasi::add_to_linker(linker)?;
-    emscripten::add_to_linker(linker)?;
+    emscripten::add_to_linker(linker, module)?;
     dylink::add_to_linker(linker)?;
     invoke::add_to_linker(linker, module)?;
     Ok(())

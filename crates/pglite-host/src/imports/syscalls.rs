@@ -207,6 +207,39 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
             Ok(0)
         })
     })?;
+    linker.func_wrap("env", "__syscall_pipe2", |mut c: C<'_>, fds: i32, _flags: i32| {
+        syscall(&mut c, |g, ctx| {
+            let (r, w) = ctx.vfs.pipe()?;
+            g.put_i32(fds as u32, r)?;
+            g.put_i32(fds as u32 + 4, w)?;
+            Ok(0)
+        })
+    })?;
+    linker.func_wrap(
+        "env",
+        "__syscall_linkat",
+        |mut c: C<'_>, olddir: i32, old: i32, newdir: i32, new: i32, _flags: i32| {
+            syscall(&mut c, |g, ctx| {
+                let from = ctx.vfs.resolve(olddir, &g.cstr(old as u32)?)?;
+                let to = ctx.vfs.resolve(newdir, &g.cstr(new as u32)?)?;
+                ctx.vfs.link(&from, &to)?;
+                Ok(0)
+            })
+        },
+    )?;
+    // One user (root, as Emscripten's runtime says), no permissions or owners to change: the
+    // host's own files keep theirs.
+    linker.func_wrap("env", "__syscall_umask", |mut c: C<'_>, mask: i32| {
+        std::mem::replace(&mut c.data_mut().umask, mask & 0o777)
+    })?;
+    for name in ["__syscall_getuid32", "__syscall_geteuid32", "__syscall_getgid32", "__syscall_getegid32"] {
+        linker.func_wrap("env", name, || 0i32)?;
+    }
+    linker.func_wrap("env", "__syscall_fchmod", |_: C<'_>, _fd: i32, _mode: i32| 0i32)?;
+    linker.func_wrap("env", "__syscall_fchmodat2", |_: C<'_>, _d: i32, _p: i32, _m: i32, _f: i32| 0i32)?;
+    linker.func_wrap("env", "__syscall_fchown32", |_: C<'_>, _fd: i32, _u: i32, _g: i32| 0i32)?;
+    linker.func_wrap("env", "__syscall_fchownat", |_: C<'_>, _d: i32, _p: i32, _u: i32, _g: i32, _f: i32| 0i32)?;
+    linker.func_wrap("env", "__syscall_utimensat", |_: C<'_>, _d: i32, _p: i32, _t: i32, _f: i32| 0i32)?;
     linker.func_wrap("env", "__syscall_poll", |mut c: C<'_>, fds: i32, nfds: i32, _timeout: i32| {
         syscall(&mut c, |g, ctx| {
             let mut ready = 0;
@@ -229,9 +262,6 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         })
     })?;
     // select() only serves pg_usleep here: report a timeout.
-    linker.func_wrap("env", "__syscall__newselect", |_: C<'_>, _n: i32, _r: i32, _w: i32, _e: i32, _t: i32| {
-        eprintln!("XXX select {_n} {_t}");
-        0i32
-    })?;
+    linker.func_wrap("env", "__syscall__newselect", |_: C<'_>, _n: i32, _r: i32, _w: i32, _e: i32, _t: i32| 0i32)?;
     Ok(())
 }

@@ -12,8 +12,9 @@ use crate::mem::Guest;
 
 type C<'a> = Caller<'a, Ctx>;
 
-/// The environment the Emscripten runtime gives a program under Node.
-const ENVIRON: &[&str] = &[
+/// The environment the Emscripten runtime gives a program under Node (0.2 and 0.3 read
+/// their configuration from argv instead; later releases' is in [`Ctx::environ`]).
+pub(crate) const ENVIRON: &[&str] = &[
     "USER=web_user",
     "LOGNAME=web_user",
     "PATH=/",
@@ -104,20 +105,27 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         })
     })?;
     linker.func_wrap(M, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
-        wasi(&mut c, |g, _| {
-            g.put_u32(count as u32, ENVIRON.len() as u32)?;
-            g.put_u32(size as u32, ENVIRON.iter().map(|e| e.len() as u32 + 1).sum())
+        wasi(&mut c, |g, ctx| {
+            g.put_u32(count as u32, ctx.environ.len() as u32)?;
+            g.put_u32(size as u32, ctx.environ.iter().map(|e| e.len() as u32 + 1).sum())
         })
     })?;
     linker.func_wrap(M, "environ_get", |mut c: C<'_>, ptrs: i32, buf: i32| {
-        wasi(&mut c, |g, _| {
+        wasi(&mut c, |g, ctx| {
             let mut at = buf as u32;
-            for (i, var) in ENVIRON.iter().enumerate() {
+            for (i, var) in ctx.environ.iter().enumerate() {
                 g.put_u32(ptrs as u32 + 4 * i as u32, at)?;
                 g.write(at, var.as_bytes())?;
                 g.write(at + var.len() as u32, &[0])?;
                 at += var.len() as u32 + 1;
             }
+            Ok(())
+        })
+    })?;
+    linker.func_wrap(M, "random_get", |mut c: C<'_>, buf: i32, len: i32| {
+        wasi(&mut c, |g, _| {
+            let bytes = g.slice_mut(buf as u32, len as u32)?;
+            rand::fill(bytes);
             Ok(())
         })
     })?;

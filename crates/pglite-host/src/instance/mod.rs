@@ -5,6 +5,9 @@
 
 mod boot;
 mod frames;
+mod initdb;
+mod link;
+mod single;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,11 +23,15 @@ use crate::Error;
 use crate::imports::Ctx;
 use crate::profile::Profile;
 
+pub(crate) use self::initdb::{Child, make_cluster as initdb_make_cluster};
+
 /// `pg_initdb` result bits.
 pub(crate) mod initdb_bits {
     pub(crate) const FAILED: i32 = 1;
     /// The cluster existed before this boot (resumed rather than made by initdb).
     pub(crate) const HAS_DB: i32 = 4;
+    /// What a resumed cluster's boot returns (called, has a database, has a user).
+    pub(crate) const RESUMED: i32 = 2 | HAS_DB | 8;
 }
 
 /// Host directories the guest file system is made of.
@@ -52,13 +59,23 @@ enum Entry {
     Cma { write: TypedFunc<i32, ()>, one: TypedFunc<(), ()>, read: TypedFunc<(), i32> },
     /// 0.3: one call; PostgreSQL reads and writes through the wire callbacks.
     Callbacks { one: TypedFunc<(i32, i32), ()> },
+    /// 0.5+: PostgreSQL's main loop, one message per call, through the wire callbacks.
+    MainLoop(single::MainLoop),
+}
+
+/// How an instance is stopped.
+enum Shutdown {
+    /// 0.2, 0.3: the shutdown export (`proc_exit`, which runs the shutdown checkpoint).
+    Export(TypedFunc<(), ()>),
+    /// 0.5+: inactive, then the exit handlers.
+    SingleUser(single::Stop),
 }
 
 pub(crate) struct Instance {
     store: Store<Ctx>,
     instance: wasmtime::Instance,
     entry: Entry,
-    shutdown: TypedFunc<(), ()>,
+    shutdown: Shutdown,
     memory: Memory,
     profile: &'static Profile,
 }
@@ -186,6 +203,10 @@ impl Instance {
                 }
                 Ok(reply)
             }
+            Entry::MainLoop(main_loop) => {
+                let main_loop = main_loop.clone();
+                single::exchange(&mut self.store, &main_loop, request)
+            }
             Entry::Callbacks { .. } => {
                 // A failed Query followed by more input in the same call loses its
                 // ReadyForQuery on 0.3, so each Query and FunctionCall goes in a call of its
@@ -280,13 +301,21 @@ impl Instance {
 
     /// Terminate, shutdown checkpoint, then close (and sync) every file.
     pub(crate) fn shutdown(mut self) -> Result<(), Error> {
-        let result = self
-            .exec(b"X\0\0\0\x04", crate::Interrupt::default())
-            .map(drop)
-            .map_err(|e| match e {
-                ExecError::Refused(e) | ExecError::Dead(e) => e,
-            })
-            .and_then(|()| self.shutdown.call(&mut self.store, ()).map_err(Error::guest));
+        let result = match &self.shutdown {
+            Shutdown::Export(shutdown) => {
+                let shutdown = shutdown.clone();
+                self.exec(b"X\0\0\0\x04", crate::Interrupt::default())
+                    .map(drop)
+                    .map_err(|e| match e {
+                        ExecError::Refused(e) | ExecError::Dead(e) => e,
+                    })
+                    .and_then(|()| shutdown.call(&mut self.store, ()).map_err(Error::guest))
+            }
+            Shutdown::SingleUser(stop) => {
+                let stop = stop.clone();
+                single::stop(&mut self.store, &stop)
+            }
+        };
         self.store.data_mut().vfs.close_all();
         result
     }

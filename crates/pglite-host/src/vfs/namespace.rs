@@ -153,6 +153,23 @@ impl Vfs {
         Ok(())
     }
 
+    /// A hard link `to` of the regular file `from`, within one mount.
+    pub(crate) fn link(&mut self, from: &str, to: &str) -> SysResult<()> {
+        if matches!(self.node(from)?, Node::Memory(_)) || matches!(self.node(to)?, Node::Memory(_)) {
+            return Err(Errno::XDEV);
+        }
+        let (src, m1) = self.host_path(from, true)?;
+        let (dst, m2) = self.host_path(to, true)?;
+        if m1 != m2 {
+            return Err(Errno::XDEV);
+        }
+        if !fs::symlink_metadata(&src)?.is_file() {
+            return Err(Errno::PERM);
+        }
+        fs::hard_link(src, dst)?;
+        Ok(())
+    }
+
     pub(crate) fn chdir(&mut self, guest: String) -> SysResult<()> {
         match self.node(&guest)? {
             Node::DevDir => {}

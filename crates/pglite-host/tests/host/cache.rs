@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use pglite_host::{Artifact, BootKind, CacheProblem, Config, Error, Pglite};
 
-use crate::support::{Outcome, cache_root, releases, run, scalar};
+use crate::support::{Outcome, cache_root, guest_prefix, releases, run, scalar};
 
 /// A copy of one release of the shared test cache, mtimes kept, for a test to damage.
 struct CacheCopy {
@@ -53,6 +53,7 @@ impl CacheCopy {
             wasm: fetched.wasm.into(),
             wasm_sha256: fetched.wasm_sha256,
             package_root: fetched.root.into(),
+            initdb: fetched.initdb.map(|(path, sha256)| (path.into(), sha256)),
         }
     }
 
@@ -131,11 +132,15 @@ const DO_BLOCK: &str = "DO $$ BEGIN PERFORM 1; END $$";
 fn a_deleted_plpgsql_is_extracted_again_and_do_blocks_run() {
     for version in releases() {
         let cache = CacheCopy::new(&version);
-        std::fs::remove_file(cache.package_file("/tmp/pglite/lib/postgresql/plpgsql.so")).unwrap();
+        std::fs::remove_file(cache.package_file(&format!("{}/lib/postgresql/plpgsql.so", guest_prefix(&version))))
+            .unwrap();
 
         let artifact = cache.ensure();
 
-        assert!(cache.package_file("/tmp/pglite/lib/postgresql/plpgsql.so").is_file(), "{version}");
+        assert!(
+            cache.package_file(&format!("{}/lib/postgresql/plpgsql.so", guest_prefix(&version))).is_file(),
+            "{version}"
+        );
         let data = tempfile::tempdir().unwrap();
         let pg = Pglite::start(artifact, cache.config(data.path())).unwrap();
         assert_eq!(run(&pg, DO_BLOCK), Outcome::Rows(vec![]), "{version}");
@@ -149,7 +154,7 @@ fn a_deleted_plpgsql_is_extracted_again_and_do_blocks_run() {
 fn a_truncated_time_zone_is_extracted_again() {
     for version in releases() {
         let cache = CacheCopy::new(&version);
-        let tokyo = cache.package_file("/tmp/pglite/share/postgresql/timezone/Asia/Tokyo");
+        let tokyo = cache.package_file(&format!("{}/share/postgresql/timezone/Asia/Tokyo", guest_prefix(&version)));
         let size = std::fs::metadata(&tokyo).unwrap().len();
         std::fs::File::options().write(true).open(&tokyo).unwrap().set_len(size / 2).unwrap();
 
@@ -211,7 +216,13 @@ fn bit_rot_in_the_template_fails_a_new_cluster_cleanly_and_verify_cache_repairs_
 
         let err = Pglite::start(artifact.clone(), cache.config(data.path())).err().expect("the boot fails");
 
-        assert!(matches!(err, Error::Trap { .. } | Error::GuestExit { .. } | Error::InitdbFailed { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Trap { .. } | Error::GuestExit { .. } | Error::InitdbFailed { .. } | Error::BackendStart { .. }
+            ),
+            "{err}"
+        );
         assert!(!data.path().join("PG_VERSION").exists(), "{version}: the failed new cluster is not left to resume");
         let config = cache.config(data.path());
         let template = config.template_dir.as_deref().unwrap();

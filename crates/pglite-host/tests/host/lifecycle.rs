@@ -54,14 +54,18 @@ fn two_hosts_on_one_data_directory_are_refused() {
 
 #[test]
 fn data_directory_of_another_major_version_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    // A cluster made by 0.3 (PostgreSQL 17) cannot be opened by 0.2 (PostgreSQL 16).
-    let pg = start("0.3.16", dir.path());
-    pg.stop().unwrap();
-    drop(pg);
-    let err = Pglite::start(artifact("0.2.17"), config("0.2.17", dir.path())).err().expect("refused");
-    assert!(matches!(err, Error::IncompatibleDataDir { .. }), "{err}");
-    assert!(err.to_string().contains("PostgreSQL 17"), "{err}");
+    // A cluster made by one line cannot be opened by another: 0.3 (PostgreSQL 17) by 0.2
+    // (16), 0.5 (18) by 0.6 (19), and 0.6 (19) by 0.5 (18).
+    for (made_by, opened_by) in [("0.3.16", "0.2.17"), ("0.5.17", "0.6.1"), ("0.6.1", "0.5.17")] {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = start(made_by, dir.path());
+        pg.stop().unwrap();
+        drop(pg);
+        let err = Pglite::start(artifact(opened_by), config(opened_by, dir.path())).err().expect("refused");
+        assert!(matches!(err, Error::IncompatibleDataDir { .. }), "{made_by} by {opened_by}: {err}");
+        let major = pglite_host::pg_major(made_by).unwrap();
+        assert!(err.to_string().contains(&format!("PostgreSQL {major}")), "{made_by} by {opened_by}: {err}");
+    }
 }
 
 #[test]
@@ -101,26 +105,33 @@ fn corrupt_compiled_module_cache_is_recovered() {
 
 #[test]
 fn stop_and_drop_work_inside_an_async_runtime() {
+    for version in releases() {
+        stop_and_drop_inside_an_async_runtime(&version);
+    }
+}
+
+fn stop_and_drop_inside_an_async_runtime(version: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let pg = start("0.2.17", dir.path());
+        let pg = start(version, dir.path());
         assert_eq!(
             pg.exec_protocol_async(crate::support::query("SELECT 1"), Default::default())
                 .await
                 .map(|r| r.is_empty())
                 .ok(),
-            Some(false)
+            Some(false),
+            "{version}"
         );
         pg.stop_async().await.unwrap();
         // Blocking stop (now a no-op) and drop on a runtime thread must not panic.
         pg.stop().unwrap();
         drop(pg);
         let dir = tempfile::tempdir().unwrap();
-        let pg = start("0.2.17", dir.path());
+        let pg = start(version, dir.path());
         drop(pg);
         // The dropped instance released its lock: the directory opens again.
-        let pg = start("0.2.17", dir.path());
-        assert_eq!(scalar(&pg, "SELECT 5"), "5");
+        let pg = start(version, dir.path());
+        assert_eq!(scalar(&pg, "SELECT 5"), "5", "{version}");
     });
 }

@@ -1,4 +1,4 @@
-//! Integration tests of the host on the real PGlite artifacts (0.2.17 and 0.3.16). Each
+//! Integration tests of the host on the real PGlite artifacts (every pinned release). Each
 //! artifact, its compiled module and its template cluster are shared by every test in a cache
 //! under the workspace's `target/test-cache`, so only the first test run downloads and compiles.
 
@@ -12,3 +12,4 @@ mod lifecycle;
 mod protocol;
 mod session;
 mod sql;
+mod wire;

@@ -124,8 +124,14 @@ fn extended_protocol_errors_keep_the_session_in_step() {
 /// its own answer, whether it ran inline or waited on the blocking pool.
 #[test]
 fn concurrent_callers_each_get_their_own_answer() {
+    for version in crate::support::releases() {
+        concurrent_callers_on(&version);
+    }
+}
+
+fn concurrent_callers_on(version: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let pg = std::sync::Arc::new(crate::support::start("0.2.17", dir.path()));
+    let pg = std::sync::Arc::new(crate::support::start(version, dir.path()));
     let select = |n: u32| (query(&format!("SELECT {n}")), Outcome::Rows(vec![vec![Some(n.to_string())]]));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut tasks = tokio::task::JoinSet::new();

@@ -93,3 +93,14 @@ fn ten_megabyte_result() {
         assert_eq!(scalar(pg, "SELECT count(*) FROM generate_series(1, 100000)"), "100000");
     });
 }
+
+#[test]
+fn encoding_conversions_work_on_every_release() {
+    on_each_release(|version, pg| {
+        assert_eq!(scalar(pg, "SELECT encode(convert_to('é', 'LATIN1'), 'hex')"), "e9", "{version}");
+        assert_eq!(scalar(pg, "SELECT encode(convert_to('Ж', 'WIN1251'), 'hex')"), "c6", "{version}");
+        assert_eq!(scalar(pg, "SELECT encode(convert_to('日本', 'SJIS'), 'hex')"), "93fa967b", "{version}");
+        assert_eq!(scalar(pg, "SELECT convert_from('\\xe9'::bytea, 'LATIN1')"), "é", "{version}");
+        assert_eq!(run(pg, "SELECT convert_to('日', 'LATIN1')"), Outcome::Error("22P05".into()), "{version}");
+    });
+}

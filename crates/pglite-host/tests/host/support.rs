@@ -35,6 +35,11 @@ pub(crate) fn releases() -> Vec<String> {
         .collect()
 }
 
+/// Where `version` keeps its installation in the guest (and so in the extracted package).
+pub(crate) fn guest_prefix(version: &str) -> &'static str {
+    if pglite_host::pg_major(version).is_some_and(|major| major >= 18) { "/pglite" } else { "/tmp/pglite" }
+}
+
 /// The verified, extracted artifact of `version` (fetched once per cache).
 pub(crate) fn artifact(version: &str) -> Artifact {
     static ARTIFACTS: OnceLock<Mutex<HashMap<String, Artifact>>> = OnceLock::new();
@@ -51,6 +56,7 @@ pub(crate) fn artifact(version: &str) -> Artifact {
                 wasm: fetched.wasm.into(),
                 wasm_sha256: fetched.wasm_sha256,
                 package_root: fetched.root.into(),
+                initdb: fetched.initdb.map(|(path, sha256)| (path.into(), sha256)),
             }
         })
         .clone()
