@@ -40,13 +40,24 @@ pub(crate) fn seed_warm_cache(ctx: &Ctx, version: &str) -> anyhow::Result<pglite
 }
 
 /// Copies the release's files (wasm, data, glue, and initdb where separate) into a new scratch
-/// directory, to serve as `NSELF_PGLITE_SOURCES` for a cold start.
+/// directory, to serve as `NSELF_PGLITE_SOURCES` for a cold start; with them the extension
+/// bundles the warm cache holds (those `start` fetched for the warm-up: the default ones, which
+/// every start loads).
 pub(crate) fn local_sources(ctx: &Ctx, artifact: &pglite_fetch::Artifact) -> anyhow::Result<PathBuf> {
     let dir = ctx.scratch_dir(&format!("sources-{}", artifact.version))?;
     let initdb = artifact.initdb.as_ref().map(|(path, _)| path);
     for file in [&artifact.wasm, &artifact.data, &artifact.js].into_iter().chain(initdb) {
         let name = file.file_name().context("artifact file without a name")?;
         std::fs::copy(file, dir.join(name)).with_context(|| format!("copying {file}"))?;
+    }
+    let extensions = artifact.dir.join("extensions");
+    for entry in std::fs::read_dir(&extensions).with_context(|| format!("listing {extensions}"))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()).filter(|name| name.ends_with(".tar.gz"))
+        else {
+            continue;
+        };
+        std::fs::copy(&path, dir.join(name)).with_context(|| format!("copying {}", path.display()))?;
     }
     Ok(dir)
 }
