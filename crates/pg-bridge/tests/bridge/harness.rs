@@ -60,6 +60,8 @@ pub(crate) fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(start_cluster)
 }
 
+/// Starts the cluster the tests of this process share; the shell that runs it removes its
+/// directory once the server stops (when this process exits and the pipe closes).
 fn start_cluster() -> Cluster {
     let bin = pg_bin();
     let base = tempfile::Builder::new().prefix("pg-bridge-cluster").tempdir().unwrap().keep();
@@ -81,11 +83,13 @@ fn start_cluster() -> Cluster {
     let postgres = bin.join("postgres");
     let script = format!(
         "'{}' -D '{}' -k '{}' -c listen_addresses='' -c fsync=off -c max_connections=50 \
-         -c synchronous_commit=off > '{}' 2>&1 & pid=$!; cat > /dev/null; kill -INT $pid; wait $pid",
+         -c synchronous_commit=off > '{}' 2>&1 & pid=$!; cat > /dev/null; kill -INT $pid; wait $pid; \
+         rm -rf '{}'",
         postgres.display(),
         data.display(),
         socket_dir.display(),
         base.join("server.log").display(),
+        base.display(),
     );
     let mut cmd = as_pg_user(Path::new("/bin/sh"));
     let server = cmd.arg("-c").arg(script).stdin(Stdio::piped()).spawn().unwrap();
