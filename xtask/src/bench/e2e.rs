@@ -17,7 +17,7 @@ const RSS_SPEEDTEST: &str = "RSS after the speedtest";
 const SPEEDTEST_TOTAL: &str = "total";
 const COPY_IN: &str = "COPY 1 million rows in (psql \\copy FROM)";
 const COPY_OUT: &str = "COPY 1 million rows out (psql \\copy TO)";
-const RSS_COPY: &str = "peak RSS (VmHWM) after the COPY rows";
+const RSS_COPY: &str = "peak RSS (VmHWM) at the end (after pgbench and the COPY rows)";
 
 /// The tables this section fills, all with the same columns.
 struct Tables {
@@ -127,28 +127,6 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    match copy::data_file(ctx.scratch.path()) {
-        Ok(data) => {
-            // A system that cannot COPY still runs pgbench.
-            for system in systems.iter().filter(|system| !system.pgbench_only && !system.failed) {
-                eprintln!("bench: {}: COPY", system.name);
-                let measured =
-                    copy::run(&system.endpoint, &data, ctx.scratch.path()).and_then(|(copy_in, copy_out)| {
-                        tables.copy.set(COPY_IN, Unit::Ms, system.column, copy_in);
-                        tables.copy.set(COPY_OUT, Unit::Ms, system.column, copy_out);
-                        if system.single_process {
-                            tables.memory.set(RSS_COPY, Unit::Mib, system.column, system.server.peak_rss_mib()?);
-                        }
-                        Ok(())
-                    });
-                if let Err(err) = measured {
-                    let message = format!("e2e {}: COPY: {err:#}", system.name);
-                    if system.ours { report.errors.push(message) } else { report.skipped.push(message) }
-                }
-            }
-        }
-        Err(err) => report.errors.push(format!("e2e COPY: writing the rows: {err:#}")),
-    }
     let pgbench_runs: &[pgbench::Run] = if pg_tool("pgbench").is_some() {
         &pgbench::E2E_RUNS
     } else {
@@ -168,6 +146,28 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 Ok(())
             });
         }
+    }
+    match copy::data_file(ctx.scratch.path()) {
+        Ok(data) => {
+            // Last: a system whose server a COPY breaks (PGlite in Node) has run the rest.
+            for system in systems.iter().filter(|system| !system.pgbench_only && !system.failed) {
+                eprintln!("bench: {}: COPY", system.name);
+                let measured =
+                    copy::run(&system.endpoint, &data, ctx.scratch.path()).and_then(|(copy_in, copy_out)| {
+                        tables.copy.set(COPY_IN, Unit::Ms, system.column, copy_in);
+                        tables.copy.set(COPY_OUT, Unit::Ms, system.column, copy_out);
+                        if system.single_process {
+                            tables.memory.set(RSS_COPY, Unit::Mib, system.column, system.server.peak_rss_mib()?);
+                        }
+                        Ok(())
+                    });
+                if let Err(err) = measured {
+                    let message = format!("e2e {}: COPY: {err:#}", system.name);
+                    if system.ours { report.errors.push(message) } else { report.skipped.push(message) }
+                }
+            }
+        }
+        Err(err) => report.errors.push(format!("e2e COPY: writing the rows: {err:#}")),
     }
     for system in systems {
         let (name, ours) = (system.name.clone(), system.ours);
