@@ -420,13 +420,43 @@ fn install_executor_hooks(store: &mut Store<Ctx>, instance: &wasmtime::Instance,
             .main_data
             .get(&hook_name)
             .ok_or_else(|| Error::instantiate(format!("module does not export {hook_name}")))?;
-        let ty = standard.ty(&*store);
-        let hook = Func::new(&mut *store, ty, move |mut caller, params, results| {
-            statement(&mut caller, |caller| standard.call(caller, params, results))
-        });
+        let hook = executor_hook(store, standard);
         set_hook(store, table, address as u32, hook)?;
     }
     Ok(())
+}
+
+/// A hook that runs the standard executor step `standard` as part of a statement. Typed for
+/// the signatures the steps have (they run for every query, and a typed call skips the
+/// conversion of every argument); any other through the generic path.
+fn executor_hook(store: &mut Store<Ctx>, standard: Func) -> Func {
+    use wasmtime::ValType::{I32, I64};
+    let ty = standard.ty(&*store);
+    let params: Vec<_> = ty.params().collect();
+    let no_results = ty.results().len() == 0;
+    macro_rules! typed {
+        ($($arg:ident: $t:ty),*) => {{
+            if let Ok(standard) = standard.typed::<($($t,)*), ()>(&*store) {
+                return Func::wrap(&mut *store, move |mut caller: Caller<'_, Ctx>, $($arg: $t),*| {
+                    statement(&mut caller, |caller| standard.call(caller, ($($arg,)*)))
+                });
+            }
+        }};
+    }
+    match (params.as_slice(), no_results) {
+        // ExecutorFinish(QueryDesc *)
+        ([I32], true) => typed!(a: i32),
+        // ExecutorStart(QueryDesc *, int eflags)
+        ([I32, I32], true) => typed!(a: i32, b: i32),
+        // ExecutorRun(QueryDesc *, ScanDirection, uint64 count) on 18+
+        ([I32, I32, I64], true) => typed!(a: i32, b: i32, c: i64),
+        // ExecutorRun(QueryDesc *, ScanDirection, uint64 count, bool execute_once) before 18
+        ([I32, I32, I64, I32], true) => typed!(a: i32, b: i32, c: i64, d: i32),
+        _ => {}
+    }
+    Func::new(&mut *store, ty, move |mut caller, params, results| {
+        statement(&mut caller, |caller| standard.call(caller, params, results))
+    })
 }
 
 /// Replaces the function in table slot `index` with one that records the call, then calls it.
