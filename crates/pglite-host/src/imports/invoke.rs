@@ -70,6 +70,50 @@ fn add_typed(linker: &mut Linker<Ctx>, module: &str, name: &str) -> wasmtime::Re
                 invoke(&cache, c, f, (a, b, d))
             })?
         }
+        "invoke_iiiii" => {
+            let cache = Cache::<(i32, i32, i32, i32), i32>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
+                invoke(&cache, c, f, (a, b, d, e))
+            })?
+        }
+        "invoke_iiiiii" => {
+            let cache = Cache::<(i32, i32, i32, i32, i32), i32>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
+                invoke(&cache, c, f, (a, b, d, e, g))
+            })?
+        }
+        "invoke_iiiiiii" => {
+            let cache = Cache::<(i32, i32, i32, i32, i32, i32), i32>::default();
+            linker.func_wrap(
+                module,
+                name,
+                move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
+                    invoke(&cache, c, f, (a, b, d, e, g, h))
+                },
+            )?
+        }
+        "invoke_viiii" => {
+            let cache = Cache::<(i32, i32, i32, i32), ()>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
+                invoke(&cache, c, f, (a, b, d, e))
+            })?
+        }
+        "invoke_viiiii" => {
+            let cache = Cache::<(i32, i32, i32, i32, i32), ()>::default();
+            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
+                invoke(&cache, c, f, (a, b, d, e, g))
+            })?
+        }
+        "invoke_viiiiii" => {
+            let cache = Cache::<(i32, i32, i32, i32, i32, i32), ()>::default();
+            linker.func_wrap(
+                module,
+                name,
+                move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
+                    invoke(&cache, c, f, (a, b, d, e, g, h))
+                },
+            )?
+        }
         _ => return Ok(false),
     };
     Ok(true)
