@@ -199,22 +199,18 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     })?;
     // Guest-made symlinks could point anywhere on the host: refused (no tablespaces).
     linker.func_wrap("env", "__syscall_symlinkat", |_: C<'_>, _t: i32, _d: i32, _l: i32| Errno::PERM.neg())?;
-    linker.func_wrap("env", "__syscall_pipe", |mut c: C<'_>, fds: i32| {
-        syscall(&mut c, |g, ctx| {
+    // A pipe's two descriptors go to `fds[0]` (read) and `fds[1]` (write); pipe2's flags
+    // (close-on-exec, non-blocking) mean nothing in the guest.
+    fn pipe(c: &mut C<'_>, fds: i32) -> i32 {
+        syscall(c, |g, ctx| {
             let (r, w) = ctx.vfs.pipe()?;
             g.put_i32(fds as u32, r)?;
             g.put_i32(fds as u32 + 4, w)?;
             Ok(0)
         })
-    })?;
-    linker.func_wrap("env", "__syscall_pipe2", |mut c: C<'_>, fds: i32, _flags: i32| {
-        syscall(&mut c, |g, ctx| {
-            let (r, w) = ctx.vfs.pipe()?;
-            g.put_i32(fds as u32, r)?;
-            g.put_i32(fds as u32 + 4, w)?;
-            Ok(0)
-        })
-    })?;
+    }
+    linker.func_wrap("env", "__syscall_pipe", |mut c: C<'_>, fds: i32| pipe(&mut c, fds))?;
+    linker.func_wrap("env", "__syscall_pipe2", |mut c: C<'_>, fds: i32, _flags: i32| pipe(&mut c, fds))?;
     linker.func_wrap(
         "env",
         "__syscall_linkat",
