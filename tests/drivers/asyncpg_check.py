@@ -19,6 +19,7 @@ parameters the server reports (`Connection.get_settings()`).
 import asyncio
 import faulthandler
 import hashlib
+import io
 import math
 import os
 import random
@@ -651,6 +652,22 @@ async def settings_isolated():
                 check(reported(c), before_reported, "reported parameters after the pool reset the connections")
     finally:
         await pool.close()
+
+
+@scenario("COPY in and out")
+async def copy_rows():
+    c = await connect()
+    try:
+        await c.execute(f"DROP TABLE IF EXISTS {PREFIX}_copy; CREATE TABLE {PREFIX}_copy (id int8, label text)")
+        status = await c.copy_records_to_table(f"{PREFIX}_copy", records=[(i, f"row {i}") for i in range(2000)])
+        check(status, "COPY 2000", "copy_records_to_table")
+        check(await c.fetchval(f"SELECT sum(id) FROM {PREFIX}_copy"), Decimal(1999000), "the rows copied in")
+        out = io.BytesIO()
+        status = await c.copy_from_query(f"SELECT id, label FROM {PREFIX}_copy WHERE id < 3 ORDER BY id", output=out)
+        check((status, out.getvalue()), ("COPY 3", b"0\trow 0\n1\trow 1\n2\trow 2\n"), "copy_from_query")
+        await c.execute(f"DROP TABLE {PREFIX}_copy")
+    finally:
+        await c.close()
 
 
 @scenario("notices reach their own connection")

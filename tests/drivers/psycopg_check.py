@@ -744,6 +744,37 @@ def settings_isolated():
         check(session_view(c), [before[0], before[1], "", *before[3:6], None, USER, before[8]], "a new connection")
 
 
+@scenario("COPY in and out, text and binary")
+def copy_rows():
+    with connect() as c:
+        c.execute(f"DROP TABLE IF EXISTS {PREFIX}_copy")
+        c.execute(f"CREATE TABLE {PREFIX}_copy (id int8, label text, at date)")
+        rows = [(i, f"row {i}\twith a tab", date(2025, 1, 1 + i % 28)) for i in range(2000)]
+        with c.cursor().copy(f"COPY {PREFIX}_copy FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+        with c.cursor().copy(f"COPY {PREFIX}_copy (id, label, at) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(["int8", "text", "date"])
+            cp.write_row((5000, "binary", date(2025, 2, 1)))
+        check(value(c, f"SELECT count(*) FROM {PREFIX}_copy"), 2001, "rows copied in")
+        with c.cursor().copy(f"COPY (SELECT id, label, at FROM {PREFIX}_copy ORDER BY id) TO STDOUT") as cp:
+            cp.set_types(["int8", "text", "date"])
+            out = list(cp.rows())
+        check(out[0], (0, "row 0\twith a tab", date(2025, 1, 1)), "first row copied out")
+        check(out[-1], (5000, "binary", date(2025, 2, 1)), "last row copied out")
+        check(len(out), 2001, "rows copied out")
+        # A bad row fails the whole COPY; the connection goes on.
+        try:
+            with c.cursor().copy(f"COPY {PREFIX}_copy (id) FROM STDIN") as cp:
+                cp.write(b"1\nnot a number\n")
+        except errors.InvalidTextRepresentation:
+            pass
+        else:
+            raise Failure("a bad row must fail the COPY")
+        check(value(c, f"SELECT count(*) FROM {PREFIX}_copy"), 2001, "rows after a failed COPY")
+        c.execute(f"DROP TABLE {PREFIX}_copy")
+
+
 @scenario("notices reach their own connection")
 def notices():
     with connect() as a, connect() as b:
