@@ -7,9 +7,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::instance::{Dirs, ExecError, Instance, initdb_bits, initdb_make_cluster};
+use crate::interrupts::Remote;
 use crate::profile::{Profile, Start};
 use crate::sql::{self, Reply};
 use crate::template::{CacheDamage, CacheProblem};
@@ -40,6 +42,8 @@ pub(crate) struct Cluster {
     artifact: Artifact,
     config: Config,
     pub(crate) instance: Option<Instance>,
+    /// What other threads interrupt the serving instance through, whichever it is.
+    pub(crate) remote: Arc<Remote>,
     scratch: tempfile::TempDir,
     /// Held for the cluster's lifetime; dropping it releases the OS lock.
     _lock: fs::File,
@@ -78,6 +82,7 @@ impl Cluster {
             artifact,
             config,
             instance: None,
+            remote: Arc::default(),
             scratch,
             _lock: lock,
             info: BootInfo { kind, module_load, total: Duration::ZERO, version, database: String::new() },
@@ -111,6 +116,7 @@ impl Cluster {
             settings: &self.config.settings,
             wasm: &self.artifact.wasm,
             wasm_sha256: &self.artifact.wasm_sha256,
+            remote: Some(&self.remote),
         }
     }
 
@@ -377,6 +383,7 @@ fn make_cluster(
         settings: &[],
         wasm: &artifact.wasm,
         wasm_sha256: &artifact.wasm_sha256,
+        remote: None,
     };
     match profile.start {
         Start::Exports { .. } => {

@@ -9,8 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, Module};
@@ -33,67 +32,15 @@ pub(crate) fn engine() -> &'static Engine {
         // SQL error pay for one.
         config.wasm_backtrace_max_frames(None);
         config.parallel_compilation(true);
-        // How a running query is interrupted (cancel, statement timeout): see `interrupts`.
-        config.epoch_interruption(true);
+        // Other threads raise PostgreSQL's interrupt flags in a running guest's memory (see
+        // `interrupts`), so a linear memory must stay where it was made. (Memories are capped
+        // at 2 GiB, inside the default 4 GiB reservation: growing never needed to move them.)
+        config.memory_may_move(false);
         // For profiling: `perf` finds the compiled functions' names in /tmp/perf-<pid>.map.
         if std::env::var_os("NSELF_WASM_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         Engine::new(&config).expect("static engine configuration is valid")
-    })
-}
-
-/// How often the epoch moves on while a statement deadline is pending: the precision of
-/// `statement_timeout`.
-const TICK: Duration = Duration::from_millis(5);
-
-/// Moves the engine's epoch on every [`TICK`] until `deadline` has passed, so that running
-/// guests look at their deadlines. Cheap to call for every statement: the ticking thread is
-/// woken only when it was asleep.
-pub(crate) fn tick_until(deadline: Instant) {
-    let ticker = ticker();
-    let mut until = ticker.until.lock().unwrap_or_else(|p| p.into_inner());
-    if until.is_none_or(|until| until < deadline) {
-        let was_idle = until.is_none_or(|until| until <= Instant::now());
-        *until = Some(deadline);
-        if was_idle {
-            ticker.wake.notify_one();
-        }
-    }
-}
-
-/// Moves the epoch on now: running guests look for a raised cancel flag.
-pub(crate) fn interrupt_now() {
-    engine().increment_epoch();
-}
-
-struct Ticker {
-    until: Mutex<Option<Instant>>,
-    wake: Condvar,
-}
-
-fn ticker() -> &'static Ticker {
-    static TICKER: OnceLock<&'static Ticker> = OnceLock::new();
-    TICKER.get_or_init(|| {
-        let ticker: &'static Ticker = Box::leak(Box::new(Ticker { until: Mutex::new(None), wake: Condvar::new() }));
-        let spawned = std::thread::Builder::new().name("pglite-epoch".into()).spawn(move || {
-            let mut until = ticker.until.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                match *until {
-                    Some(deadline) if Instant::now() <= deadline + TICK => {
-                        drop(until);
-                        std::thread::sleep(TICK);
-                        engine().increment_epoch();
-                        until = ticker.until.lock().unwrap_or_else(|p| p.into_inner());
-                    }
-                    _ => until = ticker.wake.wait(until).unwrap_or_else(|p| p.into_inner()),
-                }
-            }
-        });
-        if let Err(err) = spawned {
-            tracing::warn!(%err, "no thread for statement timeouts; they will not fire");
-        }
-        ticker
     })
 }
 

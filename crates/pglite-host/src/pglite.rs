@@ -15,6 +15,7 @@ use corosensei::{CoroutineResult, ScopedCoroutine, Yielder};
 
 use crate::Interrupt;
 use crate::cluster::Cluster;
+use crate::interrupts::Remote;
 use crate::{Artifact, Config, Error, engine, profile};
 
 /// Native stack the guest runs on: wasm frames (up to `MAX_WASM_STACK`) plus host frames.
@@ -49,6 +50,8 @@ pub struct BootInfo {
 /// A running PGlite instance.
 pub struct Pglite {
     shared: Arc<Shared>,
+    /// Reaches the running instance without waiting for the exchange to end.
+    remote: Arc<Remote>,
     info: BootInfo,
     max_request: usize,
     notifications: bool,
@@ -208,13 +211,20 @@ impl Pglite {
             Ok(Ok(cluster)) => {
                 let _ = thread.join();
                 let info = cluster.info.clone();
+                let remote = cluster.remote.clone();
                 let shared = Arc::new(Shared {
                     core: Mutex::new(Core { cluster: Some(cluster), stack }),
                     alive: AtomicBool::new(true),
                     waiting: AtomicUsize::new(0),
                 });
                 release_zero_pages_in_background(&shared);
-                Ok(Pglite { shared, info, max_request: profile.max_request(), notifications: profile.notifications })
+                Ok(Pglite {
+                    shared,
+                    remote,
+                    info,
+                    max_request: profile.max_request(),
+                    notifications: profile.notifications,
+                })
             }
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -289,7 +299,7 @@ impl Pglite {
     /// Makes a running exchange look at its cancel flag now (see
     /// [`exec_protocol_async`](Self::exec_protocol_async)). Cheap; harmless when nothing runs.
     pub fn interrupt(&self) {
-        crate::engine::interrupt_now();
+        self.remote.interrupt();
     }
 
     /// Makes `settings` the session's connection defaults, as PostgreSQL does with the

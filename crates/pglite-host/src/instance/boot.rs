@@ -83,7 +83,8 @@ impl Instance {
         if serving {
             let facts = crate::facts::facts(dirs.wasm, dirs.wasm_sha256);
             let (store, instance) = (&mut res.store, &res.instance);
-            interrupts::install(store, instance, profile.memory_base, facts, stack_top, profile.stack_size)
+            let remote = dirs.remote.cloned().unwrap_or_default();
+            interrupts::install(store, instance, profile.memory_base, facts, (stack_top, profile.stack_size), remote)
                 .map_err(Error::guest)?;
             let dead = |e| match e {
                 super::ExecError::Refused(e) | super::ExecError::Dead(e) => e,

@@ -75,12 +75,7 @@ pub(super) fn new_store(
     ctx.datum_size = profile.datum_size;
     ctx.environ = environ;
     ctx.dylink.module_cache = dirs.module_cache.clone();
-    let mut store = Store::new(engine, ctx);
-    // The engine interrupts on epochs (see `interrupts`); until a serving backend installs its
-    // own callback, an epoch changes nothing.
-    store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Continue(1)));
-    store.set_epoch_deadline(1);
-    Ok(store)
+    Ok(Store::new(engine, ctx))
 }
 
 fn i32_global(store: &mut Store<Ctx>, mutability: Mutability, value: u32) -> Result<Global, Error> {

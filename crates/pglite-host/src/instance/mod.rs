@@ -51,6 +51,8 @@ pub(crate) struct Dirs<'a> {
     /// The main module's wasm and its SHA-256, for facts read from its code.
     pub(crate) wasm: &'a Path,
     pub(crate) wasm_sha256: &'a str,
+    /// What other threads interrupt a serving instance through (a private one if `None`).
+    pub(crate) remote: Option<&'a Arc<crate::interrupts::Remote>>,
 }
 
 /// The exports a protocol exchange goes through.
@@ -78,6 +80,13 @@ pub(crate) struct Instance {
     shutdown: Shutdown,
     memory: Memory,
     profile: &'static Profile,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Before the store, and the memory with it, goes.
+        self.store.data_mut().interrupts.detach();
+    }
 }
 
 /// Why an exchange failed.
@@ -155,10 +164,7 @@ impl Instance {
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
-        if let Some(deadline) = interrupt.deadline {
-            crate::engine::tick_until(deadline);
-        }
-        self.store.data_mut().interrupts.exchange = interrupt;
+        crate::interrupts::begin_exchange(self.store.data_mut(), interrupt);
         let reply = self.exchange(request);
         let mut reply = match reply {
             Ok(reply) => reply,
