@@ -336,11 +336,6 @@ pub(crate) fn refresh_if_changed(store: &mut Store<Ctx>) -> wasmtime::Result<()>
     Ok(())
 }
 
-/// An exchange starts that `interrupt` may interrupt.
-pub(crate) fn begin_exchange(ctx: &mut Ctx, interrupt: Interrupt) {
-    ctx.interrupts.remote.begin_exchange(interrupt);
-}
-
 /// A top-level statement starts (an executor or utility hook entered at depth zero):
 /// re-reads changed settings, arms the statement deadline and delivers a cancel that was
 /// waiting for a statement to run.

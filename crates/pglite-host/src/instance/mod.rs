@@ -164,7 +164,7 @@ impl Instance {
         if request.len() > max {
             return Err(ExecError::Refused(Error::RequestTooLarge { len: request.len(), max }));
         }
-        crate::interrupts::begin_exchange(self.store.data_mut(), interrupt);
+        self.store.data().interrupts.remote.begin_exchange(interrupt);
         let reply = self.exchange(request);
         let mut reply = match reply {
             Ok(reply) => reply,
