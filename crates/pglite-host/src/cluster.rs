@@ -247,6 +247,20 @@ impl Cluster {
         self.settle(result)
     }
 
+    /// [`exec`](Self::exec) of a streamed request; see [`Pglite::exec_streamed_async`].
+    ///
+    /// [`Pglite::exec_streamed_async`]: crate::Pglite::exec_streamed_async
+    pub(crate) fn exec_streamed(
+        &mut self,
+        request: &[u8],
+        stream: crate::Stream,
+        interrupt: crate::Interrupt,
+    ) -> Result<Vec<u8>, Error> {
+        let instance = self.instance.as_mut().ok_or(Error::NotRunning)?;
+        let result = instance.exec_streamed(request, stream, interrupt);
+        self.settle(result)
+    }
+
     /// Sets the session's connection defaults; see [`Pglite::set_connection_defaults`].
     ///
     /// [`Pglite::set_connection_defaults`]: crate::Pglite::set_connection_defaults

@@ -65,6 +65,9 @@ pub enum Error {
     /// The request is over [`Pglite::max_request`](crate::Pglite::max_request).
     #[error("request of {len} bytes is larger than this PGlite release accepts ({max} bytes)")]
     RequestTooLarge { len: usize, max: usize },
+    /// A streamed exchange was asked of a release whose transport takes a request whole (0.2).
+    #[error("this PGlite release cannot stream a request (0.3 and later can)")]
+    NoStreaming,
     /// A startup-phase packet (no message type byte) was sent to the backend.
     #[error("startup, SSL and cancel packets are answered by the caller, never sent to the backend")]
     StartupPacket,

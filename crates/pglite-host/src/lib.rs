@@ -25,6 +25,7 @@ mod mem;
 mod pglite;
 mod profile;
 mod sql;
+mod stream;
 mod template;
 mod vfs;
 
@@ -37,6 +38,7 @@ pub use error::Error;
 pub use hooks::{ListenOp, SessionEvents};
 pub use interrupts::{Interrupt, SessionTimeouts};
 pub use pglite::{BootInfo, BootKind, Pglite};
+pub use stream::{PIECE, Stream};
 pub use template::{CacheDamage, CacheProblem};
 
 /// The PostgreSQL major version PGlite `version` runs, if this host supports that release.

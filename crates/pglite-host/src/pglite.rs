@@ -55,6 +55,7 @@ pub struct Pglite {
     info: BootInfo,
     max_request: usize,
     notifications: bool,
+    streams: bool,
 }
 
 /// What the handle shares with the blocking pool and the background trim.
@@ -87,6 +88,22 @@ impl Core {
         let Core { cluster, stack } = self;
         let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
         let result = on_stack(stack, || cluster.exec(request, interrupt));
+        if cluster.instance.is_none() {
+            alive.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn exec_streamed(
+        &mut self,
+        request: &[u8],
+        stream: crate::Stream,
+        interrupt: Interrupt,
+        alive: &AtomicBool,
+    ) -> Result<Vec<u8>, Error> {
+        let Core { cluster, stack } = self;
+        let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
+        let result = on_stack(stack, || cluster.exec_streamed(request, stream, interrupt));
         if cluster.instance.is_none() {
             alive.store(false, Ordering::SeqCst);
         }
@@ -224,6 +241,7 @@ impl Pglite {
                     info,
                     max_request: profile.max_request(),
                     notifications: profile.notifications,
+                    streams: profile.streams(),
                 })
             }
             Ok(Err(err)) => {
@@ -289,6 +307,30 @@ impl Pglite {
                 off_runtime(move || shared.exec(&request, interrupt)).await
             }
         }
+    }
+
+    /// Whether [`exec_streamed_async`](Self::exec_streamed_async) streams: 0.3 and later.
+    pub fn streams(&self) -> bool {
+        self.streams
+    }
+
+    /// An exchange whose request goes on with what `stream` gives while it runs, and whose
+    /// reply's COPY data leaves through `stream` as it is made, so a COPY of any size passes in
+    /// bounded memory (see [`Stream`](crate::Stream)). What is left of the reply is returned.
+    /// Always runs on tokio's blocking pool: the stream may wait for a client. Refused with
+    /// [`Error::NoStreaming`] where the release cannot stream (0.2).
+    pub async fn exec_streamed_async(
+        &self,
+        request: Vec<u8>,
+        stream: crate::Stream,
+        interrupt: Interrupt,
+    ) -> Result<Vec<u8>, Error> {
+        let shared = self.shared.clone();
+        off_runtime(move || {
+            let mut core = shared.lock();
+            core.exec_streamed(&request, stream, interrupt, &shared.alive)
+        })
+        .await
     }
 
     /// The session's timeouts as the backend has them after the last exchange.

@@ -231,6 +231,11 @@ impl Profile {
         args + n * nullable_datum
     }
 
+    /// Whether the transport streams a request and its reply (see `stream`).
+    pub(crate) fn streams(&self) -> bool {
+        !matches!(self.transport, Transport::Cma)
+    }
+
     /// Largest request the transport takes. 0.2's requests and replies share the 16 MiB below
     /// `memory_base`: what a request does not take is left for the reply.
     pub(crate) fn max_request(&self) -> usize {

@@ -45,6 +45,11 @@ pub(crate) struct Ctx {
     pub(crate) wire_in: Vec<u8>,
     pub(crate) wire_pos: usize,
     pub(crate) wire_out: Vec<u8>,
+    /// A streamed exchange's rest of the request and taker of its reply (see `stream`), with
+    /// how many request bytes came before `wire_in` and how far `wire_out` holds whole frames.
+    pub(crate) stream: Option<crate::stream::Flow>,
+    pub(crate) wire_base: usize,
+    pub(crate) out_scan: crate::stream::OutScan,
     /// What may have changed session state since the last exchange (see `hooks`).
     pub(crate) events: SessionEvents,
     /// What the utility hook knows about the build's parse nodes.
@@ -74,6 +79,9 @@ impl Ctx {
             wire_in: Vec::new(),
             wire_pos: 0,
             wire_out: Vec::new(),
+            stream: None,
+            wire_base: 0,
+            out_scan: Default::default(),
             events: SessionEvents::default(),
             calibration: Calibration::default(),
             interrupts: Interrupts::default(),

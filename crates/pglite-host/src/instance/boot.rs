@@ -132,6 +132,9 @@ fn run_main(store: &mut Store<Ctx>, instance: &wasmtime::Instance, database: &st
 pub(super) fn wire_callbacks(store: &mut Store<Ctx>) -> (Func, Func) {
     let read = Func::wrap(&mut *store, |mut c: Caller<'_, Ctx>, ptr: i32, max: i32| -> i32 {
         let (mut guest, ctx) = imports::split(&mut c);
+        if !ctx.input_left() {
+            return 0;
+        }
         let pending = &ctx.wire_in[ctx.wire_pos..];
         let n = pending.len().min(max.max(0) as usize);
         if guest.write(ptr as u32, &pending[..n]).is_err() {
@@ -144,7 +147,7 @@ pub(super) fn wire_callbacks(store: &mut Store<Ctx>) -> (Func, Func) {
         let (guest, ctx) = imports::split(&mut c);
         match guest.slice(ptr as u32, len.max(0) as u32) {
             Ok(bytes) => {
-                ctx.wire_out.extend_from_slice(bytes);
+                ctx.put_output(bytes);
                 len
             }
             Err(_) => -1,

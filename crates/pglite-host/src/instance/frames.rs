@@ -10,7 +10,7 @@ pub(super) const FLUSH: &[u8] = b"H\0\0\0\x04";
 pub(super) const READY_FOR_QUERY_LEN: usize = 6;
 
 /// Length of the first frame of `bytes`, if it holds a complete one.
-pub(super) fn frame_len(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn frame_len(bytes: &[u8]) -> Option<usize> {
     let len = u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
     let total = len.checked_add(1)?;
     (len >= 4 && total <= bytes.len()).then_some(total)

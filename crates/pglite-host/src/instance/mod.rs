@@ -16,12 +16,14 @@ use std::sync::atomic::AtomicBool;
 use wasmtime::{Memory, Store, TypedFunc};
 
 use self::frames::{
-    FLUSH, READY_FOR_QUERY_LEN, drop_debug_notices, ends_unit_of_work, first_frame_types, frame_len, last_frame,
-    query_units, work_units,
+    FLUSH, READY_FOR_QUERY_LEN, drop_debug_notices, ends_unit_of_work, first_frame_types, last_frame, query_units,
+    work_units,
 };
 use crate::Error;
 use crate::imports::Ctx;
 use crate::profile::Profile;
+
+pub(crate) use self::frames::frame_len;
 
 pub(crate) use self::initdb::{Child, make_cluster as initdb_make_cluster};
 
@@ -152,12 +154,12 @@ impl Instance {
     /// `interrupt` says how the caller may cancel the statement running (see
     /// [`Interrupt`](crate::Interrupt)).
     pub(crate) fn exec(&mut self, request: &[u8], interrupt: crate::Interrupt) -> Result<Vec<u8>, ExecError> {
-        if request.is_empty() {
+        if request.is_empty() && self.store.data().stream.is_none() {
             return Ok(Vec::new());
         }
         // A leading 0 byte is a startup-phase packet: it traps (0.2) or starts a bogus
         // authentication (0.3) in the backend.
-        if request[0] == 0 {
+        if request.first() == Some(&0) {
             return Err(ExecError::Refused(Error::StartupPacket));
         }
         let max = self.profile.max_request();
@@ -181,6 +183,37 @@ impl Instance {
         crate::interrupts::refresh_if_changed(&mut self.store).map_err(|e| ExecError::Dead(Error::guest(e)))?;
         drop_debug_notices(&mut reply);
         Ok(reply)
+    }
+
+    /// [`exec`](Self::exec) with the rest of the request coming from `stream` while it runs,
+    /// and the reply's COPY data leaving through it (see `stream`). Refused on 0.2, whose
+    /// transport takes a request whole.
+    pub(crate) fn exec_streamed(
+        &mut self,
+        request: &[u8],
+        stream: crate::Stream,
+        interrupt: crate::Interrupt,
+    ) -> Result<Vec<u8>, ExecError> {
+        if !self.streams() {
+            return Err(ExecError::Refused(Error::NoStreaming));
+        }
+        self.store.data_mut().stream = Some(stream.into());
+        let result = self.exec(request, interrupt);
+        let ctx = self.store.data_mut();
+        let flow = ctx.stream.take();
+        ctx.wire_base = 0;
+        let reply = result?;
+        if flow.is_some_and(|flow| flow.error_left) && !first_frame_types(&reply).any(|ty| ty == b'E') {
+            // What an error in a piece that left would have done to the settings.
+            self.store.data_mut().interrupts.settings_changed();
+            crate::interrupts::refresh_if_changed(&mut self.store).map_err(|e| ExecError::Dead(Error::guest(e)))?;
+        }
+        Ok(reply)
+    }
+
+    /// Whether the transport can stream a request and its reply (0.3 and later).
+    pub(crate) fn streams(&self) -> bool {
+        !matches!(self.entry, Entry::Cma { .. })
     }
 
     /// [`exec`](Self::exec) through the release's transport.
@@ -216,9 +249,18 @@ impl Instance {
             Entry::Callbacks { .. } => {
                 // A failed Query followed by more input in the same call loses its
                 // ReadyForQuery on 0.3, so each Query and FunctionCall goes in a call of its
-                // own; Sync groups may share one.
+                // own; Sync groups may share one. A stream goes on from the last.
+                let mut stream = self.store.data_mut().stream.take();
+                let mut groups = query_units(request);
+                if groups.is_empty() && stream.is_some() {
+                    groups.push(&[]);
+                }
+                let last = groups.len().saturating_sub(1);
                 let mut reply = Vec::new();
-                for group in query_units(request) {
+                for (i, group) in groups.into_iter().enumerate() {
+                    if i == last {
+                        self.store.data_mut().stream = stream.take();
+                    }
                     reply.extend(self.callbacks_call(group)?);
                 }
                 Ok(reply)
@@ -229,27 +271,35 @@ impl Instance {
     /// One exchange through the wire callbacks. 0.3's loop stops when the 8 KiB receive buffer
     /// it refills from the callback happens to be used up at a message boundary, even with
     /// input left; the rest, which starts on a message boundary, goes in further calls.
+    ///
+    /// With a stream attached, the request goes on with its pieces, each call's first byte
+    /// waited for between calls (see `stream`); a streamed request holds no Terminate.
     fn callbacks_call(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
         let Entry::Callbacks { one } = &self.entry else { unreachable!("callback entry point") };
         let one = one.clone();
-        let ctx = self.store.data_mut();
-        ctx.wire_in.clear();
-        ctx.wire_in.extend_from_slice(request);
-        ctx.wire_pos = 0;
+        self.store.data_mut().set_input(request);
+        let streamed = self.store.data().stream.is_some();
         let mut result = Ok(());
         let mut at = 0;
-        while at < request.len() {
-            result = one.call(&mut self.store, ((request.len() - at) as i32, i32::from(request[at])));
-            let taken = self.store.data().wire_pos;
+        while self.store.data_mut().input_left() {
+            let ctx = self.store.data();
+            // The length is only checked for an empty packet (< 2): more of a streamed
+            // request may follow what is at hand.
+            let left = ctx.wire_in.len() - ctx.wire_pos;
+            let left = if streamed { left.max(2) } else { left };
+            let first = ctx.wire_in[ctx.wire_pos];
+            result = one.call(&mut self.store, (left.min(i32::MAX as usize) as i32, i32::from(first)));
+            let taken = self.store.data().wire_taken();
             // Nothing more was read, or the backend failed, or the client said goodbye.
-            if result.is_err() || taken == at || first_frame_types(&request[at..taken]).any(|ty| ty == b'X') {
+            if result.is_err()
+                || taken == at
+                || (!streamed && first_frame_types(&request[at..taken]).any(|ty| ty == b'X'))
+            {
                 break;
             }
             at = taken;
         }
-        let ctx = self.store.data_mut();
-        ctx.wire_in.clear();
-        let reply = std::mem::take(&mut ctx.wire_out);
+        let reply = self.store.data_mut().take_output();
         result.map_err(|e| ExecError::Dead(Error::guest(e)))?;
         Ok(reply)
     }

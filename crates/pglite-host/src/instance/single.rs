@@ -203,15 +203,13 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
     }
     // Bytes that do not frame stay, for PostgreSQL to reject.
     let request = if frame_len(&request[end..]).is_some() { &request[..end] } else { request };
-    let ctx = store.data_mut();
-    ctx.wire_in.clear();
-    ctx.wire_in.extend_from_slice(request);
-    ctx.wire_pos = 0;
+    store.data_mut().set_input(request);
     let stack_pointer = store.data().shared().stack_pointer;
     let mut result = Ok(());
     let mut idle = 0;
     while result.is_ok() {
-        let pending = store.data().wire_pos < request.len();
+        // A streamed request's next piece is waited for here, between messages.
+        let pending = store.data_mut().input_left();
         let buffered = match main_loop.remaining.call(&mut *store, ()) {
             Ok(n) => n > 0,
             Err(err) => {
@@ -222,14 +220,14 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
         if !pending && !buffered {
             break;
         }
-        let before = store.data().wire_pos;
+        let before = store.data().wire_taken();
         let sp = stack_pointer.get(&mut *store);
         let context = crate::interrupts::error_context(&mut *store);
         result = match main_loop.loop_once.call(&mut *store, ()) {
             Ok(()) => Ok(()),
             Err(err) => finish_error(store, main_loop, err, sp, context).map_err(dead),
         };
-        idle = if store.data().wire_pos == before && !buffered { idle + 1 } else { 0 };
+        idle = if store.data().wire_taken() == before && !buffered { idle + 1 } else { 0 };
         if idle > MAX_IDLE_TURNS {
             result = Err(ExecError::Dead(Error::instantiate("the backend stopped reading its input")));
         }
@@ -241,9 +239,7 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
             .and_then(|()| main_loop.flush.call(&mut *store, ()))
             .map_err(dead);
     }
-    let ctx = store.data_mut();
-    ctx.wire_in.clear();
-    let reply = std::mem::take(&mut ctx.wire_out);
+    let reply = store.data_mut().take_output();
     result?;
     Ok(reply)
 }

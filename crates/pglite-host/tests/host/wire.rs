@@ -76,3 +76,98 @@ fn copy_in_and_out_and_notifications_pass_through_on_single_user_lines() {
         assert!(messages(&reply).iter().all(|m| m.0 != b'A'), "{version}");
     });
 }
+
+/// Parse, Bind and Execute of `sql` in the unnamed statement and portal.
+fn extended(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut req = frame(b'P', &parse);
+    req.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    req.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    req
+}
+
+/// A streamed exchange of `request` then `pieces` on a runtime of its own: the pieces that
+/// left early and what was returned.
+fn streamed(pg: &pglite_host::Pglite, request: Vec<u8>, pieces: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<u8>, usize) {
+    use std::sync::{Arc, Mutex};
+    let left = Arc::new(Mutex::new(Vec::new()));
+    let pulled = Arc::new(Mutex::new(0usize));
+    let mut pieces = pieces.into_iter();
+    let stream = pglite_host::Stream {
+        input: Box::new({
+            let pulled = pulled.clone();
+            move || {
+                *pulled.lock().unwrap() += 1;
+                pieces.next()
+            }
+        }),
+        output: Box::new({
+            let left = left.clone();
+            move |piece| {
+                left.lock().unwrap().push(piece);
+                true
+            }
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply =
+        runtime.block_on(pg.exec_streamed_async(request, stream, Default::default())).expect("a streamed exchange");
+    let left = std::mem::take(&mut *left.lock().unwrap());
+    let pulled = *pulled.lock().unwrap();
+    (left, reply, pulled)
+}
+
+#[test]
+fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_messages() {
+    on_each_release(|version, pg| {
+        if !pg.streams() {
+            // 0.2's transport takes a request whole: refused, and the session goes on.
+            let stream = pglite_host::Stream { input: Box::new(|| None), output: Box::new(|_| true) };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let refused = runtime.block_on(pg.exec_streamed_async(query("SELECT 1"), stream, Default::default()));
+            assert!(matches!(refused, Err(pglite_host::Error::NoStreaming)), "{version}: {refused:?}");
+            assert_eq!(scalar(pg, "SELECT 2"), "2");
+            return;
+        }
+        scalar(pg, "CREATE TABLE streamed(i int, pad text); SELECT 1");
+        // 2,000 pieces of 50 rows each, in CopyData frames of one row as psql sends them; the
+        // request's end (CopyDone, Sync) comes as the last piece.
+        let row = |i: usize| format!("{i}\t{}\n", "p".repeat(90));
+        let mut pieces: Vec<Vec<u8>> =
+            (0..2000).map(|p| (0..50).flat_map(|r| frame(b'd', row(p * 50 + r).as_bytes())).collect()).collect();
+        // CopyDone and Sync in one piece, as a client may send them.
+        pieces.push([frame(b'c', b""), frame(b'S', b"")].concat());
+        let (left, reply, pulled) = streamed(pg, extended("COPY streamed FROM STDIN"), pieces);
+        assert!(left.is_empty(), "{version}: nothing but COPY data leaves early");
+        let types: Vec<u8> = messages(&reply).iter().map(|m| m.0).collect();
+        assert_eq!(types, b"12GCZ", "{version}");
+        assert_eq!(messages(&reply)[3].1, b"COPY 100000\0");
+        assert_eq!(pulled, 2002, "{version}: every piece, then the end, each asked for once");
+        assert_eq!(scalar(pg, "SELECT count(*) || ' ' || sum(i) FROM streamed"), "100000 4999950000");
+
+        // A CopyFail in a later piece rolls the COPY back; the session goes on.
+        let pieces = vec![frame(b'd', row(1).as_bytes()), [frame(b'f', b"gave up\0"), frame(b'S', b"")].concat()];
+        let (_, reply, _) = streamed(pg, extended("COPY streamed FROM STDIN"), pieces);
+        let types: Vec<u8> = messages(&reply).iter().map(|m| m.0).collect();
+        assert_eq!(types, b"12GEZ", "{version}");
+        assert_eq!(scalar(pg, "SELECT count(*) FROM streamed"), "100000");
+
+        // COPY TO STDOUT: its data leaves in pieces of whole messages ending in CopyData; put
+        // together with what is returned, they are the reply of the same exchange unstreamed.
+        let mut out = extended("COPY (SELECT * FROM streamed ORDER BY i) TO STDOUT");
+        out.extend(frame(b'S', b""));
+        let whole = pg.exec_protocol(out.clone()).unwrap();
+        let (left, reply, _) = streamed(pg, out, Vec::new());
+        assert!(left.len() >= 30, "{version}: {} pieces of {} bytes", left.len(), whole.len());
+        for piece in &left {
+            assert!(piece.len() >= pglite_host::PIECE, "{version}");
+            assert_eq!(messages(piece).last().map(|m| m.0), Some(b'd'), "{version}");
+            assert_eq!(messages(piece).iter().map(|m| m.1.len() + 5).sum::<usize>(), piece.len());
+        }
+        assert_eq!([left.concat(), reply.clone()].concat(), whole, "{version}");
+        let tail: Vec<u8> = messages(&reply).iter().map(|m| m.0).filter(|&t| t != b'd').collect();
+        assert_eq!(tail, b"cCZ", "{version}");
+    });
+}

@@ -1,0 +1,152 @@
+//! Streamed exchanges: a request whose tail comes while PostgreSQL runs, and a reply whose COPY
+//! data leaves as it is made, so that a COPY of any size passes in bounded memory. PostgreSQL
+//! reads and writes through the wire callbacks (0.3 and later); its read blocks until the next
+//! piece comes, as a backend's `recv` waits for its client. 0.2's single buffer cannot stream.
+
+use crate::imports::Ctx;
+
+/// How much of the reply's COPY data waits before it is handed on (see [`Stream::output`]).
+pub const PIECE: usize = 256 * 1024;
+
+/// The moving parts of a streamed exchange (see
+/// [`Pglite::exec_streamed_async`](crate::Pglite::exec_streamed_async)).
+pub struct Stream {
+    /// The rest of the request after its first bytes, in pieces of whole messages; `None` at its
+    /// end, which must come after the request's last message (a `Sync`), never inside a COPY.
+    /// Called on the exchange's thread whenever PostgreSQL wants more input; it may block until
+    /// the next piece comes.
+    pub input: Box<dyn FnMut() -> Option<Vec<u8>> + Send>,
+    /// Takes the reply as it is made, in pieces of whole messages that end with a `CopyData`,
+    /// once at least [`PIECE`] bytes of them wait: only COPY data leaves early, so errors and
+    /// `ReadyForQuery` are always in what the exchange returns. Returns false when nobody takes
+    /// them any more; later pieces are then dropped. It may block.
+    pub output: Box<dyn FnMut(Vec<u8>) -> bool + Send>,
+}
+
+/// A [`Stream`] attached to an exchange.
+pub(crate) struct Flow {
+    input: Option<Box<dyn FnMut() -> Option<Vec<u8>> + Send>>,
+    /// What followed a COPY's end in the same piece, read next.
+    held: Option<Vec<u8>>,
+    output: Option<Box<dyn FnMut(Vec<u8>) -> bool + Send>>,
+    /// A piece that left may have held an `ErrorResponse`.
+    pub(crate) error_left: bool,
+}
+
+impl From<Stream> for Flow {
+    fn from(stream: Stream) -> Flow {
+        Flow { input: Some(stream.input), held: None, output: Some(stream.output), error_left: false }
+    }
+}
+
+/// How far the reply so far (`Ctx::wire_out`) is known to hold whole frames.
+#[derive(Debug, Default)]
+pub(crate) struct OutScan {
+    /// End of the whole frames.
+    whole: usize,
+    /// End of the last `CopyData` among them.
+    data_end: usize,
+    /// An `ErrorResponse` is among them.
+    error: bool,
+}
+
+impl Ctx {
+    /// Whether request bytes wait to be read; when those at hand are used up, the stream's next
+    /// piece is fetched (waiting for it).
+    pub(crate) fn input_left(&mut self) -> bool {
+        while self.wire_pos >= self.wire_in.len() {
+            let Some(flow) = self.stream.as_mut() else {
+                return false;
+            };
+            let next = match (flow.held.take(), flow.input.as_mut()) {
+                (Some(held), _) => Some(held),
+                (None, Some(input)) => input(),
+                (None, None) => None,
+            };
+            match next.map(|piece| split_after_copy_end(piece, &mut flow.held)) {
+                Some(piece) => {
+                    self.wire_base += self.wire_in.len();
+                    self.wire_in = piece;
+                    self.wire_pos = 0;
+                }
+                None => {
+                    if let Some(flow) = self.stream.as_mut() {
+                        flow.input = None;
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// How many request bytes PostgreSQL has read in this call.
+    pub(crate) fn wire_taken(&self) -> usize {
+        self.wire_base + self.wire_pos
+    }
+
+    /// Sets the request of the next call and empties the reply.
+    pub(crate) fn set_input(&mut self, request: &[u8]) {
+        self.wire_in.clear();
+        self.wire_in.extend_from_slice(request);
+        self.wire_pos = 0;
+        self.wire_base = 0;
+        self.wire_out.clear();
+        self.out_scan = OutScan::default();
+    }
+
+    /// The reply so far (all of it that did not leave through a stream).
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
+        self.wire_in.clear();
+        self.out_scan = OutScan::default();
+        std::mem::take(&mut self.wire_out)
+    }
+
+    /// Appends reply bytes PostgreSQL wrote; with a stream attached, hands on the COPY data
+    /// once enough waits.
+    pub(crate) fn put_output(&mut self, bytes: &[u8]) {
+        self.wire_out.extend_from_slice(bytes);
+        let Some(flow) = self.stream.as_mut() else {
+            return;
+        };
+        let scan = &mut self.out_scan;
+        while let Some(len) = crate::instance::frame_len(&self.wire_out[scan.whole..]) {
+            let tag = self.wire_out[scan.whole];
+            scan.whole += len;
+            match tag {
+                b'd' => scan.data_end = scan.whole,
+                b'E' => scan.error = true,
+                _ => {}
+            }
+        }
+        if scan.data_end < PIECE {
+            return;
+        }
+        let rest = self.wire_out.split_off(scan.data_end);
+        let piece = std::mem::replace(&mut self.wire_out, rest);
+        scan.whole -= scan.data_end;
+        scan.data_end = 0;
+        flow.error_left |= std::mem::take(&mut scan.error);
+        if let Some(output) = flow.output.as_mut()
+            && !output(piece)
+        {
+            flow.output = None;
+        }
+    }
+}
+
+/// `piece` up to and including its first `CopyDone` or `CopyFail`, the rest put in `held`:
+/// PGlite 0.3 drops what follows a COPY's end in the same read (a `Sync` there went
+/// unanswered), so the next message comes in a read of its own.
+fn split_after_copy_end(mut piece: Vec<u8>, held: &mut Option<Vec<u8>>) -> Vec<u8> {
+    let mut at = 0;
+    while let Some(len) = crate::instance::frame_len(&piece[at..]) {
+        let tag = piece[at];
+        at += len;
+        if matches!(tag, b'c' | b'f') && at < piece.len() {
+            *held = Some(piece.split_off(at));
+            break;
+        }
+    }
+    piece
+}
