@@ -144,6 +144,30 @@ impl pg_bridge::Backend for PgliteBackend {
         }
     }
 
+    fn streams(&self) -> bool {
+        self.host.streams()
+    }
+
+    async fn exchange_streamed(
+        &self,
+        head: Bytes,
+        mut input: tokio::sync::mpsc::Receiver<Bytes>,
+        output: tokio::sync::mpsc::Sender<Bytes>,
+        cancel: Arc<AtomicBool>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<BytesMut, pg_bridge::Error> {
+        // The host runs it on tokio's blocking pool, where its thread may wait for the client.
+        let stream = pglite_host::Stream {
+            input: Box::new(move || input.blocking_recv().map(Vec::from)),
+            output: Box::new(move |piece| output.blocking_send(Bytes::from(piece)).is_ok()),
+        };
+        let interrupt = pglite_host::Interrupt { cancel: Some(cancel), deadline };
+        match self.host.exec_streamed_async(with_copy_fail(&head), stream, interrupt).await {
+            Ok(reply) => Ok(BytesMut::from(&reply[..])),
+            Err(err) => Err(pg_bridge::Error::Backend(Box::new(err))),
+        }
+    }
+
     fn max_request(&self) -> Option<usize> {
         // Room for the CopyFail frames `with_copy_fail` adds before each Sync.
         Some(self.host.max_request().saturating_sub(64 * 1024))

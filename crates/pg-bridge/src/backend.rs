@@ -138,6 +138,38 @@ pub trait Backend: Send + Sync + 'static {
         self.exchange(frames)
     }
 
+    /// Whether [`exchange_streamed`](Self::exchange_streamed) streams. The bridge then sends a
+    /// COPY's data as the client sends it and writes COPY data to the client as the backend
+    /// makes it, in bounded memory; otherwise it holds a COPY FROM STDIN's data and sends it
+    /// whole (within [`max_request`](Self::max_request)).
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// [`exchange_cancellable`](Self::exchange_cancellable) of `head` followed by what `input`
+    /// brings while it runs: pieces of whole frontend messages, the channel closed after the
+    /// last (a `Sync`), never inside a COPY. Output may leave early through `output`, in pieces
+    /// of whole messages that end in `CopyData`, so that errors and `ReadyForQuery` are always
+    /// in what is returned: the rest. The default takes the whole input first and returns all
+    /// the output.
+    fn exchange_streamed(
+        &self,
+        head: Bytes,
+        mut input: tokio::sync::mpsc::Receiver<Bytes>,
+        output: tokio::sync::mpsc::Sender<Bytes>,
+        cancel: Arc<AtomicBool>,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<BytesMut, Error>> + Send {
+        async move {
+            drop(output);
+            let mut frames = BytesMut::from(&head[..]);
+            while let Some(piece) = input.recv().await {
+                frames.extend_from_slice(&piece);
+            }
+            self.exchange_cancellable(frames.freeze(), cancel, deadline).await
+        }
+    }
+
     /// The timeouts of the session as it is after the last exchange, if the bridge is to keep
     /// them (see [`SessionTimeouts`]); `None` for a backend that keeps its own.
     fn session_timeouts(&self) -> Option<SessionTimeouts> {

@@ -12,9 +12,9 @@ pub const PIECE: usize = 256 * 1024;
 /// [`Pglite::exec_streamed_async`](crate::Pglite::exec_streamed_async)).
 pub struct Stream {
     /// The rest of the request after its first bytes, in pieces of whole messages; `None` at its
-    /// end, which must come after the request's last message (a `Sync`), never inside a COPY.
-    /// Called on the exchange's thread whenever PostgreSQL wants more input; it may block until
-    /// the next piece comes.
+    /// end, after the request's last message (a `Sync`). An end inside a COPY fails the COPY as
+    /// a `CopyFail` would. Called on the exchange's thread whenever PostgreSQL wants more input;
+    /// it may block until the next piece comes.
     pub input: Box<dyn FnMut() -> Option<Vec<u8>> + Send>,
     /// Takes the reply as it is made, in pieces of whole messages that end with a `CopyData`,
     /// once at least [`PIECE`] bytes of them wait: only COPY data leaves early, so errors and
@@ -28,6 +28,8 @@ pub(crate) struct Flow {
     input: Option<Box<dyn FnMut() -> Option<Vec<u8>> + Send>>,
     /// What followed a COPY's end in the same piece, read next.
     held: Option<Vec<u8>>,
+    /// The input ended inside a COPY, and PostgreSQL was given its end.
+    ended_copy: bool,
     output: Option<Box<dyn FnMut(Vec<u8>) -> bool + Send>>,
     /// A piece that left may have held an `ErrorResponse`.
     pub(crate) error_left: bool,
@@ -35,7 +37,13 @@ pub(crate) struct Flow {
 
 impl From<Stream> for Flow {
     fn from(stream: Stream) -> Flow {
-        Flow { input: Some(stream.input), held: None, output: Some(stream.output), error_left: false }
+        Flow {
+            input: Some(stream.input),
+            held: None,
+            ended_copy: false,
+            output: Some(stream.output),
+            error_left: false,
+        }
     }
 }
 
@@ -77,6 +85,26 @@ impl Ctx {
                 }
             }
         }
+        true
+    }
+
+    /// The bytes for PostgreSQL's next read: [`input_left`](Self::input_left), except that a
+    /// stream whose input ended while PostgreSQL still reads (inside a COPY, which an end
+    /// of input there would turn into a lost connection and a dead instance) gets a `CopyFail`
+    /// and a `Sync` first, once.
+    pub(crate) fn input_for_read(&mut self) -> bool {
+        if self.input_left() {
+            return true;
+        }
+        let Some(flow) = self.stream.as_mut().filter(|flow| !flow.ended_copy) else {
+            return false;
+        };
+        flow.ended_copy = true;
+        let mut end = frame(b'f', b"the request ended inside COPY\0");
+        end.extend_from_slice(&frame(b'S', b""));
+        self.wire_base += self.wire_in.len();
+        self.wire_in = end;
+        self.wire_pos = 0;
         true
     }
 
@@ -149,4 +177,13 @@ fn split_after_copy_end(mut piece: Vec<u8>, held: &mut Option<Vec<u8>>) -> Vec<u
         }
     }
     piece
+}
+
+/// A frontend message of type `tag`.
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut res = Vec::with_capacity(body.len() + 5);
+    res.push(tag);
+    res.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    res.extend_from_slice(body);
+    res
 }

@@ -10,19 +10,36 @@
 //! exchange. Anything else (COPY TO STDOUT, a server file, an error) ran as it should: its
 //! output is the answer. Inside a transaction block the probe runs in a savepoint, rolled back
 //! when it was only a probe, so the failure it ends in does not fail the client's transaction.
+//!
+//! A backend that streams (see [`Backend::streams`]) gets the client's COPY data as the client
+//! sends it, in pieces, while the statement runs, and COPY data it makes goes to the client as
+//! it comes: memory stays bounded whatever the size. Otherwise the data is held until the
+//! client has sent it all, within what the backend takes in one request.
 
-use bytes::BytesMut;
+use std::future::Future;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::batch::{Batch, Unnamed};
 use super::{Connection, Next};
-use crate::protocol::backend::TxStatus;
+use crate::filter::{self, Plan};
+use crate::protocol::backend::{Severity, TxStatus};
 use crate::protocol::frame;
 use crate::protocol::frontend::{self as message, FrontendMessage, Part};
+use crate::shared::RunGuard;
 use crate::{Backend, Error};
 
 /// The savepoint the probe runs in, inside a transaction block.
 const SAVEPOINT: &str = "_pgb_copy";
+
+/// About how much of a client's COPY data goes to a streaming backend at a time.
+const PIECE: usize = 256 * 1024;
+
+/// Pieces that may wait in each direction of a streamed exchange.
+const PIECES_IN_FLIGHT: usize = 2;
 
 /// What the client sent for a COPY FROM STDIN.
 struct CopyIn {
@@ -59,18 +76,27 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         probe.extend_from_slice(&statement);
         probe.extend_from_slice(&message::copy_fail("the bridge's probe"));
         probe.extend_from_slice(&message::sync());
-        let Some((output, started)) = self.exchange_started(probe.freeze(), running).await? else {
+        let streams = self.shared.backend.streams();
+        // ParseComplete and BindComplete: the client sent a simple query.
+        let mut early = Some(Plan { drop_leading: 2, skip_ready: usize::from(savepoint), ..Plan::default() });
+        let answer = if streams {
+            self.exchange_copy(probe.freeze(), running, false, &mut early).await?
+        } else {
+            self.exchange_started(probe.freeze(), running).await?
+        };
+        let Some((output, started)) = answer else {
             return Ok(());
         };
         let copy_in = frame::frames(&output).flatten().find(|(tag, _)| *tag == b'G').map(|(_, g)| g.to_vec());
         let mut batch = Batch::new();
         batch.terminated = true;
         batch.unnamed = Unnamed::Dropped;
-        // ParseComplete and BindComplete: the client sent a simple query.
-        batch.plan.drop_leading = 2;
+        // What is left of the plan once COPY data went to the client.
+        let (drop_leading, skip_ready) = early.map_or((0, 0), |plan| (plan.drop_leading, plan.skip_ready));
+        batch.plan.drop_leading = drop_leading;
         let Some(copy_in) = copy_in else {
             // Not COPY FROM STDIN: it ran, and its output is the answer.
-            batch.plan.skip_ready = usize::from(savepoint);
+            batch.plan.skip_ready = skip_ready;
             self.finish_turn(batch, output, started).await?;
             if savepoint && self.client.tx == TxStatus::InTransaction {
                 self.release_savepoint().await?;
@@ -81,6 +107,22 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // sequence cleaned up.
         self.client.pending = true;
         self.write_output(&copy_in).await?;
+        if streams {
+            let running = self.client.run.start();
+            let mut head = BytesMut::new();
+            if savepoint {
+                head.extend_from_slice(&message::query(&format!(
+                    "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"
+                )));
+                batch.plan.skip_ready = 1;
+            }
+            head.extend_from_slice(&statement);
+            // A COPY FROM makes no COPY data: nothing leaves early.
+            let Some((output, started)) = self.exchange_copy(head.freeze(), running, true, &mut None).await? else {
+                return Ok(());
+            };
+            return self.finish_turn(batch, output, started).await;
+        }
         let data = self.copy_data().await?;
         let running = self.client.run.start();
         if savepoint {
@@ -143,12 +185,186 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
                 b'H' | b'S' => {}
                 tag => {
-                    let reason = match message::decode(tag, frame.body()) {
-                        Ok(FrontendMessage::Terminate) => "the client ended the connection during COPY".to_owned(),
-                        _ => format!("unexpected message type 0x{tag:02X} during COPY from stdin"),
-                    };
-                    res.frames = BytesMut::from(&message::copy_fail(&reason)[..]);
+                    res.frames = BytesMut::from(&message::copy_fail(&unexpected(tag, frame.body()))[..]);
                     return Ok(res);
+                }
+            }
+        }
+    }
+
+    /// [`exchange_started`](Self::exchange_started) through the backend's streamed exchange:
+    /// COPY data it makes goes to the client as it comes (the first piece filtered by `early`,
+    /// which is then used up), and with `feed` the client's COPY data goes to the backend as
+    /// the client sends it. A client that leaves or fails meanwhile ends the COPY (`CopyFail`)
+    /// and the exchange is seen to its end before its error is returned.
+    async fn exchange_copy(
+        &mut self,
+        head: Bytes,
+        running: RunGuard,
+        feed: bool,
+        early: &mut Option<Plan>,
+    ) -> Result<Option<(BytesMut, Instant)>, Error> {
+        if self.lease.is_none() {
+            return Err(Error::BackendGone);
+        }
+        let cancel = self.client.run.cancel.clone();
+        let started = Instant::now();
+        let tx_deadline = self.tx_deadline(started);
+        let (input, input_rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let (output_tx, output) = mpsc::channel(PIECES_IN_FLIGHT);
+        let shared = self.shared.clone();
+        let exchange =
+            async move { shared.backend.exchange_streamed(head, input_rx, output_tx, cancel, tx_deadline).await };
+        let (answer, client) = self.pump(exchange, output, feed.then_some(input), early).await;
+        drop(running);
+        let Some(session) = self.lease.as_mut() else {
+            return Err(Error::BackendGone);
+        };
+        let output = session.exchanged(&self.shared.backend, &mut self.client.state, answer).await?;
+        client?;
+        self.answered(output, started, tx_deadline)
+    }
+
+    /// Runs `exchange` to its end, meanwhile writing the pieces of output it hands on to the
+    /// client and, while `feed` is open, sending it the client's COPY data. Returns the
+    /// exchange's answer and what became of the client.
+    async fn pump(
+        &mut self,
+        exchange: impl Future<Output = Result<BytesMut, Error>>,
+        mut pieces: mpsc::Receiver<Bytes>,
+        mut feed: Option<mpsc::Sender<Bytes>>,
+        early: &mut Option<Plan>,
+    ) -> (Result<BytesMut, Error>, Result<(), Error>) {
+        tokio::pin!(exchange);
+        // The client's next piece, waiting for room; whether it is the last.
+        let mut ready: Option<Bytes> = None;
+        let mut last = false;
+        let mut client = Ok(());
+        let answer = loop {
+            // A disabled branch's future is still made (and dropped unpolled).
+            let sender = feed.clone();
+            tokio::select! {
+                biased;
+                Some(piece) = pieces.recv() => {
+                    if client.is_ok()
+                        && let Err(error) = self.write_piece(piece, early).await
+                    {
+                        client = Err(error);
+                        // Nobody reads what the COPY makes: stop it.
+                        self.client.run.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                        self.shared.backend.cancel().await;
+                        if feed.is_some() && !last {
+                            ready = Some(ended(ready.take(), "the client stopped reading during COPY"));
+                            last = true;
+                        }
+                    }
+                }
+                permit = async move {
+                    match sender {
+                        Some(sender) => sender.reserve_owned().await,
+                        None => std::future::pending().await,
+                    }
+                }, if ready.is_some() && feed.is_some() =>
+                {
+                    let sent = match permit {
+                        Ok(permit) => {
+                            drop(permit.send(ready.take().expect("a ready piece")));
+                            true
+                        }
+                        // The exchange is over (it failed): nothing more is read.
+                        Err(_) => false,
+                    };
+                    if last || !sent {
+                        ready = None;
+                        feed = None;
+                    }
+                }
+                next = self.copy_piece(), if feed.is_some() && ready.is_none() && !last => {
+                    match next {
+                        Ok((piece, end)) => {
+                            ready = Some(piece.freeze());
+                            last = end;
+                        }
+                        Err(error) => {
+                            ready = Some(ended(None, "the client left during COPY FROM STDIN"));
+                            last = true;
+                            client = Err(error);
+                        }
+                    }
+                }
+                answer = &mut exchange => break answer,
+            }
+        };
+        // What left before the end.
+        while let Ok(piece) = pieces.try_recv() {
+            if client.is_ok()
+                && let Err(error) = self.write_piece(piece, early).await
+            {
+                client = Err(error);
+            }
+        }
+        (answer, client)
+    }
+
+    /// Writes a piece of COPY output to the client, filtered by `early` if that is still to be
+    /// done.
+    async fn write_piece(&mut self, piece: Bytes, early: &mut Option<Plan>) -> Result<(), Error> {
+        match early.take() {
+            Some(plan) => {
+                let filtered = filter::filter(BytesMut::from(&piece[..]), &plan)?;
+                self.write_output(&filtered.out).await
+            }
+            None => self.write_output(&piece).await,
+        }
+    }
+
+    /// The client's next COPY data for a streaming backend: whole messages, as many as it has
+    /// sent, up to about [`PIECE`] bytes; whether it is the last, which ends with the client's
+    /// `CopyDone` or `CopyFail` and a `Sync`. `Flush` and `Sync` are ignored, as PostgreSQL
+    /// ignores them during COPY FROM STDIN; any other message fails the COPY. An error when the
+    /// client left or the connection must end.
+    async fn copy_piece(&mut self) -> Result<(BytesMut, bool), Error> {
+        let mut piece = BytesMut::new();
+        loop {
+            let frame = if piece.is_empty() {
+                match self.next_frame().await? {
+                    Next::Frame(frame) => frame,
+                    Next::Closed => {
+                        return Err(Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the client left during COPY FROM STDIN",
+                        )));
+                    }
+                    Next::Stop { sqlstate, message } => {
+                        self.write_error(Severity::Fatal, sqlstate, &message).await;
+                        let _ = self.stream.flush().await;
+                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, message)));
+                    }
+                }
+            } else {
+                // What the client has sent already goes with it; nothing is waited for.
+                match frame::split_frame(&mut self.client.buf, frame::MAX_MESSAGE_LEN) {
+                    Ok(Some(frame)) => frame,
+                    _ => return Ok((piece, false)),
+                }
+            };
+            match frame.tag() {
+                b'd' => {
+                    piece.extend_from_slice(frame.bytes());
+                    if piece.len() >= PIECE {
+                        return Ok((piece, false));
+                    }
+                }
+                b'c' | b'f' => {
+                    piece.extend_from_slice(frame.bytes());
+                    piece.extend_from_slice(&message::sync());
+                    return Ok((piece, true));
+                }
+                b'H' | b'S' => {}
+                tag => {
+                    piece.extend_from_slice(&message::copy_fail(&unexpected(tag, frame.body())));
+                    piece.extend_from_slice(&message::sync());
+                    return Ok((piece, true));
                 }
             }
         }
@@ -166,6 +382,26 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
         Ok(())
     }
+}
+
+/// Why a COPY FROM STDIN fails when the client sends a message of type `tag` in its data.
+fn unexpected(tag: u8, body: &[u8]) -> String {
+    match message::decode(tag, body) {
+        Ok(FrontendMessage::Terminate) => "the client ended the connection during COPY".to_owned(),
+        _ => format!("unexpected message type 0x{tag:02X} during COPY from stdin"),
+    }
+}
+
+/// `ready` (COPY data on its way) followed by a `CopyFail` for `reason` and a `Sync`: the end
+/// of a COPY the client cannot finish.
+fn ended(ready: Option<Bytes>, reason: &str) -> Bytes {
+    let mut res = BytesMut::new();
+    if let Some(ready) = ready {
+        res.extend_from_slice(&ready);
+    }
+    res.extend_from_slice(&message::copy_fail(reason));
+    res.extend_from_slice(&message::sync());
+    res.freeze()
 }
 
 /// Parse, Bind and Execute of `sql` in the unnamed statement and portal.

@@ -178,18 +178,31 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         frames: bytes::Bytes,
         running: crate::shared::RunGuard,
     ) -> Result<Option<(BytesMut, Instant)>, Error> {
+        let cancel = self.client.run.cancel.clone();
+        let started = Instant::now();
+        let tx_deadline = self.tx_deadline(started);
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
-        let cancel = self.client.run.cancel.clone();
-        let started = Instant::now();
-        // transaction_timeout covers a statement outside a transaction block too.
-        let tx_deadline =
-            self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit);
         let answer = session.exchange(&self.shared.backend, &mut self.client.state, frames, cancel, tx_deadline);
         let output = answer_while_queued(answer, &self.shared.waiting, self.shared.config.poll_while_queued).await;
         drop(running);
-        let output = output?;
+        self.answered(output?, started, tx_deadline)
+    }
+
+    /// The deadline `transaction_timeout` puts on an exchange that starts at `started` (it
+    /// covers a statement outside a transaction block too).
+    pub(super) fn tx_deadline(&self, started: Instant) -> Option<Instant> {
+        self.client.timeouts.transaction.map(|limit| self.client.tx_started.unwrap_or(started) + limit)
+    }
+
+    /// The rest of [`exchange_started`](Self::exchange_started) once the backend answered.
+    pub(super) fn answered(
+        &mut self,
+        output: BytesMut,
+        started: Instant,
+        tx_deadline: Option<Instant>,
+    ) -> Result<Option<(BytesMut, Instant)>, Error> {
         if let Some(timeouts) = self.shared.backend.session_timeouts() {
             self.client.timeouts = timeouts;
         }

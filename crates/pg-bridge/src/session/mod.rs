@@ -184,7 +184,18 @@ impl Session {
         cancel: Arc<AtomicBool>,
         deadline: Option<std::time::Instant>,
     ) -> Result<BytesMut, Error> {
-        match backend.exchange_cancellable(frames, cancel, deadline).await {
+        let answer = backend.exchange_cancellable(frames, cancel, deadline).await;
+        self.exchanged(backend, client, answer).await
+    }
+
+    /// What [`exchange`](Self::exchange) does with the answer of an exchange made elsewhere.
+    pub(crate) async fn exchanged<B: Backend>(
+        &mut self,
+        backend: &B,
+        client: &mut ClientState,
+        answer: Result<BytesMut, Error>,
+    ) -> Result<BytesMut, Error> {
+        match answer {
             Ok(out) => {
                 let events = backend.session_events().unwrap_or_else(SessionEvents::anything);
                 client.events.merge(&events);

@@ -132,7 +132,7 @@ fn run_main(store: &mut Store<Ctx>, instance: &wasmtime::Instance, database: &st
 pub(super) fn wire_callbacks(store: &mut Store<Ctx>) -> (Func, Func) {
     let read = Func::wrap(&mut *store, |mut c: Caller<'_, Ctx>, ptr: i32, max: i32| -> i32 {
         let (mut guest, ctx) = imports::split(&mut c);
-        if !ctx.input_left() {
+        if !ctx.input_for_read() {
             return 0;
         }
         let pending = &ctx.wire_in[ctx.wire_pos..];

@@ -261,7 +261,7 @@ impl Instance {
                     if i == last {
                         self.store.data_mut().stream = stream.take();
                     }
-                    reply.extend(self.callbacks_call(group)?);
+                    reply = self.callbacks_call(group, reply)?;
                 }
                 Ok(reply)
             }
@@ -274,10 +274,12 @@ impl Instance {
     ///
     /// With a stream attached, the request goes on with its pieces, each call's first byte
     /// waited for between calls (see `stream`); a streamed request holds no Terminate.
-    fn callbacks_call(&mut self, request: &[u8]) -> Result<Vec<u8>, ExecError> {
+    /// The reply goes on from `reply`, the earlier calls' (which a stream hands on first).
+    fn callbacks_call(&mut self, request: &[u8], reply: Vec<u8>) -> Result<Vec<u8>, ExecError> {
         let Entry::Callbacks { one } = &self.entry else { unreachable!("callback entry point") };
         let one = one.clone();
         self.store.data_mut().set_input(request);
+        self.store.data_mut().wire_out = reply;
         let streamed = self.store.data().stream.is_some();
         let mut result = Ok(());
         let mut at = 0;

@@ -154,9 +154,19 @@ fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_m
         assert_eq!(types, b"12GEZ", "{version}");
         assert_eq!(scalar(pg, "SELECT count(*) FROM streamed"), "100000");
 
+        // An input that ends inside the COPY fails it, as a CopyFail would, and the instance
+        // goes on (PostgreSQL itself would take it for a lost connection).
+        let (_, reply, _) = streamed(pg, extended("COPY streamed FROM STDIN"), vec![frame(b'd', row(1).as_bytes())]);
+        let types: Vec<u8> = messages(&reply).iter().map(|m| m.0).collect();
+        assert_eq!(types, b"12GEZ", "{version}");
+        assert!(pg.healthy(), "{version}");
+        assert_eq!(scalar(pg, "SELECT count(*) FROM streamed"), "100000");
+
         // COPY TO STDOUT: its data leaves in pieces of whole messages ending in CopyData; put
         // together with what is returned, they are the reply of the same exchange unstreamed.
-        let mut out = extended("COPY (SELECT * FROM streamed ORDER BY i) TO STDOUT");
+        // A query before it answers first, in the first piece.
+        let mut out = query("SELECT 42");
+        out.extend(extended("COPY (SELECT * FROM streamed ORDER BY i) TO STDOUT"));
         out.extend(frame(b'S', b""));
         let whole = pg.exec_protocol(out.clone()).unwrap();
         let (left, reply, _) = streamed(pg, out, Vec::new());
@@ -167,6 +177,8 @@ fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_m
             assert_eq!(messages(piece).iter().map(|m| m.1.len() + 5).sum::<usize>(), piece.len());
         }
         assert_eq!([left.concat(), reply.clone()].concat(), whole, "{version}");
+        let head: Vec<u8> = messages(&left[0]).iter().map(|m| m.0).take(7).collect();
+        assert_eq!(head, b"TDCZ12H", "{version}");
         let tail: Vec<u8> = messages(&reply).iter().map(|m| m.0).filter(|&t| t != b'd').collect();
         assert_eq!(tail, b"cCZ", "{version}");
     });
