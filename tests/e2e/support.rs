@@ -86,6 +86,11 @@ impl Server {
         server
     }
 
+    /// The process id of the command.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// [`start`](Self::start) on a given PGlite release.
     pub(crate) fn start_release(dir: &Path, version: &str) -> Server {
         Server::start_with(dir, &["--pglite-version", version])
