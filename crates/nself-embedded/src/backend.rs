@@ -186,6 +186,7 @@ impl pg_bridge::Backend for PgliteBackend {
         let events = self.host.take_session_events();
         Some(pg_bridge::SessionEvents {
             utility: events.utility,
+            objects: events.objects,
             cursors: events.cursors,
             statements: events.statements,
             settings: events.settings,

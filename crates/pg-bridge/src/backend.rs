@@ -26,9 +26,12 @@ pub struct SessionTimeouts {
 /// What may have changed session state during an exchange, as the backend saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionEvents {
-    /// A utility command ran that may change any session state (`SET`, `RESET`, `DISCARD`,
-    /// `CREATE`, `LISTEN`, ...), at any depth.
+    /// A utility command ran that may change the session's settings (`SET`, `RESET`, a role
+    /// command), at any depth.
     pub utility: bool,
+    /// Another utility command ran that may have made or dropped temporary objects (`CREATE`,
+    /// `DROP`, `DO`, `DISCARD`, ...), at any depth.
+    pub objects: bool,
     /// `DECLARE` or `CLOSE` of a cursor ran.
     pub cursors: bool,
     /// `PREPARE` or `DEALLOCATE` ran.
@@ -62,6 +65,7 @@ impl SessionEvents {
     pub fn anything() -> SessionEvents {
         SessionEvents {
             utility: true,
+            objects: true,
             cursors: true,
             statements: true,
             settings: true,
@@ -83,12 +87,13 @@ impl SessionEvents {
 
     /// Whether session-level locks, cursors or temporary objects may have changed.
     pub(crate) fn holds_may_change(&self) -> bool {
-        self.utility || self.cursors || self.locks
+        self.utility || self.objects || self.cursors || self.locks
     }
 
     /// Adds what `other` recorded.
     pub(crate) fn merge(&mut self, other: &SessionEvents) {
         self.utility |= other.utility;
+        self.objects |= other.objects;
         self.cursors |= other.cursors;
         self.statements |= other.statements;
         self.settings |= other.settings;

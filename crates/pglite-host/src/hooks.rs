@@ -25,10 +25,14 @@ use crate::{Error, interrupts};
 /// What may have changed session state since the caller last asked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionEvents {
-    /// A utility command ran that may change any session state (`SET`, `RESET`, `DISCARD`,
-    /// `CREATE`, `LISTEN`, ...), at any depth. Commands known to leave it alone (transaction
-    /// control, `SHOW`, `FETCH`, `EXECUTE`, `EXPLAIN`) are not counted, nor are the ones below.
+    /// A utility command ran that may change the session's settings (`SET`, `RESET`, a role
+    /// command), at any depth.
     pub utility: bool,
+    /// Another utility command ran (`CREATE`, `DROP`, `DO`, `DISCARD`, ...), at any depth:
+    /// temporary objects may have been made or dropped. Commands known to leave the session
+    /// alone (transaction control, `SHOW`, `FETCH`, `EXECUTE`, `EXPLAIN`) are not counted, nor
+    /// are those of the fields below.
+    pub objects: bool,
     /// `DECLARE` or `CLOSE` of a cursor ran (a `WITH HOLD` cursor outlives its transaction).
     pub cursors: bool,
     /// `PREPARE` or `DEALLOCATE` ran.
@@ -221,10 +225,11 @@ impl Calibration {
                     (_, None) => ListenOp::UnlistenAll,
                 });
             }
-            Some(_) => events.utility = true,
+            Some(_) => events.objects = true,
             // Not calibrated: it may be anything.
             None => {
                 events.utility = true;
+                events.objects = true;
                 events.roles = true;
                 events.listen = true;
             }

@@ -22,17 +22,21 @@ fn events_of(pg: &pglite_host::Pglite, sql: &str) -> SessionEvents {
 fn session_changes_are_recorded_by_any_route() {
     on_each_release(|version, pg| {
         let utility = SessionEvents { utility: true, ..SessionEvents::default() };
+        let objects = SessionEvents { objects: true, ..SessionEvents::default() };
         assert!(events_of(pg, "SELECT 1").is_empty(), "{version}");
         assert_eq!(events_of(pg, "RESET ALL"), utility, "{version}");
         assert!(events_of(pg, "SELECT 1").is_empty(), "{version}");
         assert_eq!(events_of(pg, "SET work_mem = '77MB'; SELECT 1"), utility, "{version}");
         // Inside a DO block and a function.
-        assert_eq!(events_of(pg, "DO $$BEGIN PERFORM 1; END$$; SELECT 1"), utility, "{version}");
+        assert_eq!(events_of(pg, "DO $$BEGIN PERFORM 1; END$$; SELECT 1"), objects, "{version}");
+        let both = SessionEvents { utility: true, objects: true, ..SessionEvents::default() };
+        assert_eq!(events_of(pg, "DO $$BEGIN SET work_mem = '78MB'; END$$; SELECT 1"), both, "{version}");
+        assert_eq!(events_of(pg, "CREATE TABLE plain(x int); DROP TABLE plain; SELECT 1"), objects, "{version}");
         scalar(
             pg,
             "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$BEGIN CREATE TEMP TABLE t(x int); RETURN 1; END$$; SELECT 1",
         );
-        assert_eq!(events_of(pg, "SELECT f()"), utility, "{version}");
+        assert_eq!(events_of(pg, "SELECT f()"), objects, "{version}");
         // Commands that leave the session alone, and those of cursors and statements.
         let quiet = "BEGIN; SHOW work_mem; DECLARE c CURSOR FOR SELECT 1; FETCH c; COMMIT; EXPLAIN SELECT 1";
         assert_eq!(events_of(pg, quiet), SessionEvents { cursors: true, ..SessionEvents::default() }, "{version}");
