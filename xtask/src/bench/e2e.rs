@@ -262,7 +262,10 @@ async fn settings(endpoint: &Endpoint) -> anyhow::Result<String> {
 fn add_targets(report: &mut Report, tables: &Tables, native: usize, pgbouncer: usize) {
     for (column, version) in VERSIONS.iter().enumerate() {
         let who = format!("PGlite {version}");
-        for run in pgbench::E2E_RUNS.iter().filter(|run| run.workload != pgbench::Workload::TpcbLike) {
+        for run in pgbench::E2E_RUNS
+            .iter()
+            .filter(|run| matches!(run.workload, pgbench::Workload::SelectSimple | pgbench::Workload::SelectExtended))
+        {
             let name = run.name();
             let measured = tables.pgbench.get(&name, column);
             let target = if run.clients == 1 {

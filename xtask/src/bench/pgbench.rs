@@ -16,7 +16,15 @@ pub(crate) enum Workload {
     SelectExtended,
     /// The default TPC-B-like transaction (five statements), simple protocol.
     TpcbLike,
+    /// A migration's kind of work, [`DDL_SCRIPT`]: a table dropped, made again and indexed,
+    /// each client its own table, simple protocol.
+    Ddl,
 }
+
+/// The [`Workload::Ddl`] script.
+const DDL_SCRIPT: &str = "DROP TABLE IF EXISTS bench_ddl_:client_id;\n\
+     CREATE TABLE bench_ddl_:client_id (id int PRIMARY KEY, name text, at timestamptz);\n\
+     CREATE INDEX ON bench_ddl_:client_id (name);\n";
 
 /// One pgbench run: a workload and a number of clients.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +43,7 @@ impl Run {
             Workload::SelectSimple => "pgbench -S simple",
             Workload::SelectExtended => "pgbench -S extended",
             Workload::TpcbLike => "pgbench tpcb-like",
+            Workload::Ddl => "pgbench DROP, CREATE TABLE, CREATE INDEX",
         };
         let plural = if self.clients == 1 { "" } else { "s" };
         format!("{workload}, {} client{plural}", self.clients)
@@ -42,13 +51,14 @@ impl Run {
 }
 
 /// The end-to-end runs.
-pub(crate) const E2E_RUNS: [Run; 6] = [
+pub(crate) const E2E_RUNS: [Run; 7] = [
     Run::new(Workload::SelectSimple, 1),
     Run::new(Workload::SelectSimple, 8),
     Run::new(Workload::SelectExtended, 1),
     Run::new(Workload::SelectExtended, 8),
     Run::new(Workload::TpcbLike, 1),
     Run::new(Workload::TpcbLike, 8),
+    Run::new(Workload::Ddl, 1),
 ];
 
 /// The proxy runs: read-only, so every system sees the same data.
@@ -110,6 +120,11 @@ fn run_for(endpoint: &Endpoint, run: Run, seconds: u32) -> anyhow::Result<(f64, 
         Workload::SelectSimple => cmd.args(["-S", "-M", "simple"]),
         Workload::SelectExtended => cmd.args(["-S", "-M", "extended"]),
         Workload::TpcbLike => cmd.args(["-M", "simple"]),
+        Workload::Ddl => {
+            let script = std::env::temp_dir().join(format!("nself-bench-ddl-{}.sql", std::process::id()));
+            std::fs::write(&script, DDL_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+            cmd.args(["-M", "simple", "-f"]).arg(script)
+        }
     };
     cmd.arg("postgres");
     let text = output(cmd).with_context(|| run.name())?;
