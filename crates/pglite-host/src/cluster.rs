@@ -25,6 +25,40 @@ pub(crate) const LOCK_FILE: &str = ".nself-host.lock";
 /// made before it existed have none and serve `postgres`.
 const DATABASE_FILE: &str = ".nself-database";
 
+/// The guest's scratch file system (its `/`, less PGDATA and the package): a directory of the
+/// data directory, whose lock says nobody else uses it, emptied at each open and removed at
+/// close. In the system's temporary directory, every killed process left one behind.
+const SCRATCH_DIR: &str = ".nself-scratch";
+
+/// [`SCRATCH_DIR`] of an open cluster.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Makes `data_dir`'s scratch directory anew.
+    fn make(data_dir: &Path) -> Result<Scratch, Error> {
+        let path = data_dir.join(SCRATCH_DIR);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::Io { path, source: err }),
+        }
+        fs::create_dir(&path).map_err(io_err(&path))?;
+        Ok(Scratch(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            tracing::debug!(%err, path = %self.0.display(), "scratch directory left behind; emptied at the next open");
+        }
+    }
+}
+
 /// The database initdb makes, which a new cluster's database is renamed from.
 const INITDB_DATABASE: &str = "postgres";
 
@@ -44,8 +78,9 @@ pub(crate) struct Cluster {
     pub(crate) instance: Option<Instance>,
     /// What other threads interrupt the serving instance through, whichever it is.
     pub(crate) remote: Arc<Remote>,
-    scratch: tempfile::TempDir,
+    scratch: Scratch,
     /// Held for the cluster's lifetime; dropping it releases the OS lock.
+    /// (Declared after `scratch`, so the scratch directory goes while the lock is held.)
     _lock: fs::File,
     pub(crate) info: BootInfo,
 }
@@ -74,7 +109,7 @@ impl Cluster {
             Ok(kind) => kind,
             Err(err) => return Err(discard_new_cluster(&config.data_dir, err)),
         };
-        let scratch = tempfile::Builder::new().prefix("pglite-").tempdir().map_err(io_err(Path::new("<tempdir>")))?;
+        let scratch = Scratch::make(&config.data_dir)?;
         let version = artifact.version.clone();
         let mut cluster = Cluster {
             module,

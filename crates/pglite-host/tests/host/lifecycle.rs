@@ -28,12 +28,21 @@ fn first_boot_then_restart(version: &str) {
         &pg,
         "CREATE TABLE kept(id int primary key, note text); INSERT INTO kept VALUES (1, 'one'), (2, 'two'); SELECT 1",
     );
+    // The guest's scratch file system lives in the data directory while the cluster is open,
+    // and goes with it.
+    let scratch = data.join(".nself-scratch");
+    assert!(scratch.join("tmp").is_dir(), "{version}");
     pg.stop().unwrap();
     pg.stop().unwrap();
     assert!(!pg.healthy());
     drop(pg);
+    assert!(!scratch.exists(), "{version}: the scratch directory is removed at close");
 
+    // One left behind by a process that was killed is emptied at the next open.
+    std::fs::create_dir_all(scratch.join("tmp")).unwrap();
+    std::fs::write(scratch.join("tmp/left-behind"), "x").unwrap();
     let pg = start(version, &data);
+    assert!(!scratch.join("tmp/left-behind").exists(), "{version}");
     assert_eq!(pg.boot_info().kind, BootKind::Resumed);
     assert_eq!(scalar(&pg, "SELECT string_agg(note, ',' ORDER BY id) FROM kept"), "one,two");
     assert_eq!(scalar(&pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept' AND schemaname = 'public'"), "1");
