@@ -152,20 +152,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let max = self.shared.max_request.unwrap_or(usize::MAX).saturating_sub(64 * 1024);
         let mut res = CopyIn { frames: BytesMut::new(), too_large: None };
         loop {
-            let frame = match self.next_frame().await? {
-                Next::Frame(frame) => frame,
-                Next::Closed => {
-                    return Err(Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the client left during COPY FROM STDIN",
-                    )));
-                }
-                Next::Stop { sqlstate, message } => {
-                    self.write_error(crate::protocol::backend::Severity::Fatal, sqlstate, &message).await;
-                    let _ = self.stream.flush().await;
-                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, message)));
-                }
-            };
+            let frame = self.copy_frame().await?;
             match frame.tag() {
                 b'd' => {
                     if res.too_large.is_none() {
@@ -327,20 +314,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let mut piece = BytesMut::new();
         loop {
             let frame = if piece.is_empty() {
-                match self.next_frame().await? {
-                    Next::Frame(frame) => frame,
-                    Next::Closed => {
-                        return Err(Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "the client left during COPY FROM STDIN",
-                        )));
-                    }
-                    Next::Stop { sqlstate, message } => {
-                        self.write_error(Severity::Fatal, sqlstate, &message).await;
-                        let _ = self.stream.flush().await;
-                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, message)));
-                    }
-                }
+                self.copy_frame().await?
             } else {
                 // What the client has sent already goes with it; nothing is waited for.
                 match frame::split_frame(&mut self.client.buf, frame::MAX_MESSAGE_LEN) {
@@ -366,6 +340,23 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                     piece.extend_from_slice(&message::sync());
                     return Ok((piece, true));
                 }
+            }
+        }
+    }
+
+    /// The client's next message during COPY FROM STDIN; an error when it left or the
+    /// connection must end (told to the client first).
+    async fn copy_frame(&mut self) -> Result<frame::Frame, Error> {
+        match self.next_frame().await? {
+            Next::Frame(frame) => Ok(frame),
+            Next::Closed => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the client left during COPY FROM STDIN",
+            ))),
+            Next::Stop { sqlstate, message } => {
+                self.write_error(Severity::Fatal, sqlstate, &message).await;
+                let _ = self.stream.flush().await;
+                Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, message)))
             }
         }
     }
