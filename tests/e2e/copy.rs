@@ -174,11 +174,16 @@ fn a_large_copy_runs_or_is_refused_whole_with_a_clear_error() {
         let file = dir.path().join("big.tsv");
         std::fs::write(&file, &data).unwrap();
         let out_file = dir.path().join("out.tsv");
+        // The second COPY TO runs in a transaction block: the bridge's probe then runs in a
+        // savepoint, whose answer is in the first piece of COPY data to reach the client.
+        let in_block = dir.path().join("in-block.tsv");
         let script = format!(
             "CREATE TABLE big (i int, pad text);\n\\copy big FROM '{}'\nSELECT 'rows=' || count(*) AS rows FROM big;\n\
-             \\copy (SELECT * FROM big ORDER BY i) TO '{}'\nSELECT 'after' AS alive;\n",
+             \\copy (SELECT * FROM big ORDER BY i) TO '{}'\nBEGIN;\n\\copy (SELECT * FROM big ORDER BY i) TO '{}'\n\
+             SELECT 'in block' AS alive;\nCOMMIT;\nSELECT 'after' AS alive;\n",
             file.display(),
-            out_file.display()
+            out_file.display(),
+            in_block.display()
         );
         let out = psql_on(&runtime_dsn(dir.path()), &script);
         let (stdout, stderr) = text(&out);
@@ -192,6 +197,8 @@ fn a_large_copy_runs_or_is_refused_whole_with_a_clear_error() {
         } else {
             assert!(stdout.contains(&format!("rows={rows}")), "{release}:\n{stdout}\n{stderr}");
             assert!(std::fs::read_to_string(&out_file).unwrap() == data, "{release}: COPY TO gives back the data");
+            assert!(std::fs::read_to_string(&in_block).unwrap() == data, "{release}: in a transaction block too");
+            assert!(stdout.contains("in block") && !stderr.contains("ERROR"), "{release}:\n{stdout}\n{stderr}");
         }
         drop(server);
     }
