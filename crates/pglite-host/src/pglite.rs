@@ -84,30 +84,20 @@ fn on_stack<R>(stack: &mut DefaultStack, f: impl FnOnce() -> R) -> R {
 }
 
 impl Core {
-    fn exec(&mut self, request: &[u8], interrupt: Interrupt, alive: &AtomicBool) -> Result<Vec<u8>, Error> {
+    /// Runs `f` on the cluster, on the guest's stack; an instance that died and could not be
+    /// rebuilt leaves the handle not alive.
+    fn run<T>(&mut self, alive: &AtomicBool, f: impl FnOnce(&mut Cluster) -> Result<T, Error>) -> Result<T, Error> {
         let Core { cluster, stack } = self;
         let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
-        let result = on_stack(stack, || cluster.exec(request, interrupt));
+        let result = on_stack(stack, || f(cluster));
         if cluster.instance.is_none() {
             alive.store(false, Ordering::SeqCst);
         }
         result
     }
 
-    fn exec_streamed(
-        &mut self,
-        request: &[u8],
-        stream: crate::Stream,
-        interrupt: Interrupt,
-        alive: &AtomicBool,
-    ) -> Result<Vec<u8>, Error> {
-        let Core { cluster, stack } = self;
-        let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
-        let result = on_stack(stack, || cluster.exec_streamed(request, stream, interrupt));
-        if cluster.instance.is_none() {
-            alive.store(false, Ordering::SeqCst);
-        }
-        result
+    fn exec(&mut self, request: &[u8], interrupt: Interrupt, alive: &AtomicBool) -> Result<Vec<u8>, Error> {
+        self.run(alive, |cluster| cluster.exec(request, interrupt))
     }
 
     fn stop(&mut self, alive: &AtomicBool) -> Result<(), Error> {
@@ -327,8 +317,7 @@ impl Pglite {
     ) -> Result<Vec<u8>, Error> {
         let shared = self.shared.clone();
         off_runtime(move || {
-            let mut core = shared.lock();
-            core.exec_streamed(&request, stream, interrupt, &shared.alive)
+            shared.lock().run(&shared.alive, |cluster| cluster.exec_streamed(&request, stream, interrupt))
         })
         .await
     }
@@ -349,14 +338,7 @@ impl Pglite {
     /// `RESET` and `DISCARD ALL` return to them. Call only between transactions, with values
     /// already found valid (a refused one is not set; its name is returned).
     pub fn set_connection_defaults(&self, settings: &[(String, String)]) -> Result<Vec<String>, Error> {
-        let mut core = self.shared.lock();
-        let Core { cluster, stack } = &mut *core;
-        let cluster = cluster.as_mut().ok_or(Error::NotRunning)?;
-        let result = on_stack(stack, || cluster.set_connection_defaults(settings));
-        if cluster.instance.is_none() {
-            self.shared.alive.store(false, Ordering::SeqCst);
-        }
-        result
+        self.shared.lock().run(&self.shared.alive, |cluster| cluster.set_connection_defaults(settings))
     }
 
     /// What may have changed session state since the last call: the utility commands that

@@ -3,6 +3,8 @@
 //! reads and writes through the wire callbacks (0.3 and later); its read blocks until the next
 //! piece comes, as a backend's `recv` waits for its client. 0.2's single buffer cannot stream.
 
+use postgres_protocol::message::frontend;
+
 use crate::imports::Ctx;
 
 /// How much of the reply's COPY data waits before it is handed on (see [`Stream::output`]).
@@ -31,19 +33,11 @@ pub(crate) struct Flow {
     /// The input ended inside a COPY, and PostgreSQL was given its end.
     ended_copy: bool,
     output: Option<Box<dyn FnMut(Vec<u8>) -> bool + Send>>,
-    /// A piece that left may have held an `ErrorResponse`.
-    pub(crate) error_left: bool,
 }
 
 impl From<Stream> for Flow {
     fn from(stream: Stream) -> Flow {
-        Flow {
-            input: Some(stream.input),
-            held: None,
-            ended_copy: false,
-            output: Some(stream.output),
-            error_left: false,
-        }
+        Flow { input: Some(stream.input), held: None, ended_copy: false, output: Some(stream.output) }
     }
 }
 
@@ -54,8 +48,6 @@ pub(crate) struct OutScan {
     whole: usize,
     /// End of the last `CopyData` among them.
     data_end: usize,
-    /// An `ErrorResponse` is among them.
-    error: bool,
 }
 
 impl Ctx {
@@ -78,9 +70,7 @@ impl Ctx {
                     self.wire_pos = 0;
                 }
                 None => {
-                    if let Some(flow) = self.stream.as_mut() {
-                        flow.input = None;
-                    }
+                    flow.input = None;
                     return false;
                 }
             }
@@ -100,8 +90,10 @@ impl Ctx {
             return false;
         };
         flow.ended_copy = true;
-        let mut end = frame(b'f', b"the request ended inside COPY\0");
-        end.extend_from_slice(&frame(b'S', b""));
+        let mut end = bytes::BytesMut::new();
+        frontend::copy_fail("the request ended inside COPY", &mut end).expect("no NUL in the reason");
+        frontend::sync(&mut end);
+        let end = end.to_vec();
         self.wire_base += self.wire_in.len();
         self.wire_in = end;
         self.wire_pos = 0;
@@ -141,10 +133,8 @@ impl Ctx {
         while let Some(len) = crate::instance::frame_len(&self.wire_out[scan.whole..]) {
             let tag = self.wire_out[scan.whole];
             scan.whole += len;
-            match tag {
-                b'd' => scan.data_end = scan.whole,
-                b'E' => scan.error = true,
-                _ => {}
+            if tag == b'd' {
+                scan.data_end = scan.whole;
             }
         }
         if scan.data_end < PIECE {
@@ -154,7 +144,6 @@ impl Ctx {
         let piece = std::mem::replace(&mut self.wire_out, rest);
         scan.whole -= scan.data_end;
         scan.data_end = 0;
-        flow.error_left |= std::mem::take(&mut scan.error);
         if let Some(output) = flow.output.as_mut()
             && !output(piece)
         {
@@ -177,13 +166,4 @@ fn split_after_copy_end(mut piece: Vec<u8>, held: &mut Option<Vec<u8>>) -> Vec<u
         }
     }
     piece
-}
-
-/// A frontend message of type `tag`.
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut res = Vec::with_capacity(body.len() + 5);
-    res.push(tag);
-    res.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    res.extend_from_slice(body);
-    res
 }

@@ -228,8 +228,9 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let mut last = false;
         let mut client = Ok(());
         let answer = loop {
-            // A disabled branch's future is still made (and dropped unpolled).
-            let sender = feed.clone();
+            // A disabled branch's future is still made (and dropped unpolled): the sender is
+            // cloned only for a piece that is ready.
+            let sender = feed.clone().filter(|_| ready.is_some());
             tokio::select! {
                 biased;
                 Some(piece) = pieces.recv() => {

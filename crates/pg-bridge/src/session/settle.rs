@@ -10,16 +10,27 @@ use crate::protocol::frontend::{self, Part};
 use crate::settings;
 use crate::{Backend, Error, SessionEvents};
 
+/// A condition that holds when the session has temporary objects (tables, views, sequences,
+/// types) in its temporary schema.
+macro_rules! temporary_objects {
+    () => {
+        "pg_catalog.pg_my_temp_schema() <> 0 AND (EXISTS (SELECT FROM pg_catalog.pg_class \
+         WHERE relnamespace = pg_catalog.pg_my_temp_schema()) OR EXISTS (SELECT FROM pg_catalog.pg_type \
+         WHERE typnamespace = pg_catalog.pg_my_temp_schema() AND typrelid = 0))"
+    };
+}
+
 /// Returns a row when the backend session holds session-level advisory locks, `WITH HOLD`
 /// cursors or temporary objects. Run only when idle, so they can only be those of the client
 /// holding the lease. (PGlite 0.3's single-user backend shows its locks with no pid, and its
 /// own pid as 0.)
-const HOLDS_SQL: &str = "SELECT 1 WHERE EXISTS (SELECT FROM pg_catalog.pg_locks \
+const HOLDS_SQL: &str = concat!(
+    "SELECT 1 WHERE EXISTS (SELECT FROM pg_catalog.pg_locks \
      WHERE locktype = 'advisory' AND (pid = pg_catalog.pg_backend_pid() OR pid IS NULL)) \
-     OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) \
-     OR (pg_catalog.pg_my_temp_schema() <> 0 AND (EXISTS (SELECT FROM pg_catalog.pg_class \
-     WHERE relnamespace = pg_catalog.pg_my_temp_schema()) OR EXISTS (SELECT FROM pg_catalog.pg_type \
-     WHERE typnamespace = pg_catalog.pg_my_temp_schema() AND typrelid = 0)))";
+     OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable) OR (",
+    temporary_objects!(),
+    ")"
+);
 
 /// Whether the session has a temporary schema: without one it has no temporary objects. Asked
 /// first when only those can have changed, because a migration's every `CREATE` and `DROP`
@@ -28,9 +39,7 @@ const TEMP_SCHEMA_SQL: &str = "SELECT pg_catalog.pg_my_temp_schema() <> 0";
 
 /// The temporary-objects part of [`HOLDS_SQL`]: enough when neither locks nor cursors can
 /// have changed.
-const TEMP_SQL: &str = "SELECT 1 WHERE pg_catalog.pg_my_temp_schema() <> 0 AND (EXISTS (SELECT FROM pg_catalog.pg_class \
-     WHERE relnamespace = pg_catalog.pg_my_temp_schema()) OR EXISTS (SELECT FROM pg_catalog.pg_type \
-     WHERE typnamespace = pg_catalog.pg_my_temp_schema() AND typrelid = 0))";
+const TEMP_SQL: &str = concat!("SELECT 1 WHERE ", temporary_objects!());
 
 impl Session {
     /// What `DISCARD ALL` does besides the `RESET ALL` the client's own batch ran, for this

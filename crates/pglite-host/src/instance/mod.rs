@@ -176,8 +176,9 @@ impl Instance {
             }
         };
         crate::interrupts::finish_exchange(&mut self.store, &mut reply);
-        if first_frame_types(&reply).any(|ty| ty == b'E') {
-            // An error rolls back settings made in its transaction.
+        // An error rolls back settings made in its transaction. A streamed exchange counts as
+        // one that may have failed: an error may have left in a piece it handed on.
+        if first_frame_types(&reply).any(|ty| ty == b'E') || self.store.data().stream.is_some() {
             self.store.data_mut().interrupts.settings_changed();
         }
         crate::interrupts::refresh_if_changed(&mut self.store).map_err(|e| ExecError::Dead(Error::guest(e)))?;
@@ -194,26 +195,15 @@ impl Instance {
         stream: crate::Stream,
         interrupt: crate::Interrupt,
     ) -> Result<Vec<u8>, ExecError> {
-        if !self.streams() {
+        if !self.profile.streams() {
             return Err(ExecError::Refused(Error::NoStreaming));
         }
         self.store.data_mut().stream = Some(stream.into());
         let result = self.exec(request, interrupt);
         let ctx = self.store.data_mut();
-        let flow = ctx.stream.take();
+        ctx.stream = None;
         ctx.wire_base = 0;
-        let reply = result?;
-        if flow.is_some_and(|flow| flow.error_left) && !first_frame_types(&reply).any(|ty| ty == b'E') {
-            // What an error in a piece that left would have done to the settings.
-            self.store.data_mut().interrupts.settings_changed();
-            crate::interrupts::refresh_if_changed(&mut self.store).map_err(|e| ExecError::Dead(Error::guest(e)))?;
-        }
-        Ok(reply)
-    }
-
-    /// Whether the transport can stream a request and its reply (0.3 and later).
-    pub(crate) fn streams(&self) -> bool {
-        !matches!(self.entry, Entry::Cma { .. })
+        result
     }
 
     /// [`exec`](Self::exec) through the release's transport.
