@@ -152,17 +152,25 @@ impl pg_bridge::Backend for PgliteBackend {
         &self,
         head: Bytes,
         mut input: tokio::sync::mpsc::Receiver<Bytes>,
-        output: tokio::sync::mpsc::Sender<Bytes>,
+        output: tokio::sync::mpsc::Sender<pg_bridge::Piece>,
         cancel: Arc<AtomicBool>,
         deadline: Option<std::time::Instant>,
     ) -> Result<BytesMut, pg_bridge::Error> {
         // The host runs it on tokio's blocking pool, where its thread may wait for the client.
+        let waits = output.clone();
+        let mut read = 0;
         let stream = pglite_host::Stream {
-            input: Box::new(move || input.blocking_recv().map(Vec::from)),
-            output: Box::new(move |piece| output.blocking_send(Bytes::from(piece)).is_ok()),
+            input: Box::new(move |said| {
+                waits.blocking_send(pg_bridge::Piece::Waits { said: Bytes::from(said), read }).ok()?;
+                let piece = input.blocking_recv()?;
+                read += 1;
+                Some(Vec::from(piece))
+            }),
+            output: Box::new(move |piece| output.blocking_send(pg_bridge::Piece::CopyOut(Bytes::from(piece))).is_ok()),
         };
         let interrupt = pglite_host::Interrupt { cancel: Some(cancel), deadline };
-        match self.host.exec_streamed_async(with_copy_fail(&head), stream, interrupt).await {
+        // The bridge runs the COPY with its client: no CopyFail goes in (see `with_copy_fail`).
+        match self.host.exec_streamed_async(head.to_vec(), stream, interrupt).await {
             Ok(reply) => Ok(BytesMut::from(&reply[..])),
             Err(err) => Err(pg_bridge::Error::Backend(Box::new(err))),
         }

@@ -109,6 +109,17 @@ impl SessionEvents {
     }
 }
 
+/// What a streamed exchange hands on while it runs (see [`Backend::exchange_streamed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// COPY data the backend made: whole messages ending with a `CopyData`.
+    CopyOut(Bytes),
+    /// The backend waits for more input, having read the head and the first `read` pieces of
+    /// input; `said` is what it said since the last piece (whole messages, maybe none). A
+    /// `CopyInResponse` among them is where the client's COPY data is wanted.
+    Waits { said: Bytes, read: usize },
+}
+
 /// A single PostgreSQL session, already past its startup phase.
 ///
 /// The bridge calls `exchange` from one task at a time (it holds the lease), but `cancel` may be
@@ -143,36 +154,31 @@ pub trait Backend: Send + Sync + 'static {
         self.exchange(frames)
     }
 
-    /// Whether [`exchange_streamed`](Self::exchange_streamed) streams. The bridge then sends a
-    /// COPY's data as the client sends it and writes COPY data to the client as the backend
-    /// makes it, in bounded memory; otherwise it holds a COPY FROM STDIN's data and sends it
-    /// whole (within [`max_request`](Self::max_request)).
+    /// Whether [`exchange_streamed`](Self::exchange_streamed) streams. The bridge then runs
+    /// COPY with the client as PostgreSQL does, the data going both ways as it comes, in
+    /// bounded memory; otherwise it holds a COPY FROM STDIN's data and sends it whole (within
+    /// [`max_request`](Self::max_request)), and refuses one it cannot run that way.
     fn streams(&self) -> bool {
         false
     }
 
     /// [`exchange_cancellable`](Self::exchange_cancellable) of `head` followed by what `input`
-    /// brings while it runs: pieces of whole frontend messages, the channel closed after the
-    /// last (a `Sync`), never inside a COPY. Output may leave early through `output`, in pieces
-    /// of whole messages that end in `CopyData`, so that errors and `ReadyForQuery` are always
-    /// in what is returned: the rest. The default takes the whole input first and returns all
-    /// the output.
+    /// brings while it runs, in pieces of whole frontend messages. Whenever the backend has
+    /// read everything and waits for more, it says so on `output` ([`Piece::Waits`], with
+    /// what it said since the last piece) and waits for the next input; a closed `input` ends
+    /// the exchange (inside a COPY, failing it as a `CopyFail` would). COPY data it makes may
+    /// leave early ([`Piece::CopyOut`]). What is returned is the rest of the output. The
+    /// default runs `head` alone and hands nothing on.
     fn exchange_streamed(
         &self,
         head: Bytes,
-        mut input: tokio::sync::mpsc::Receiver<Bytes>,
-        output: tokio::sync::mpsc::Sender<Bytes>,
+        input: tokio::sync::mpsc::Receiver<Bytes>,
+        output: tokio::sync::mpsc::Sender<Piece>,
         cancel: Arc<AtomicBool>,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<BytesMut, Error>> + Send {
-        async move {
-            drop(output);
-            let mut frames = BytesMut::from(&head[..]);
-            while let Some(piece) = input.recv().await {
-                frames.extend_from_slice(&piece);
-            }
-            self.exchange_cancellable(frames.freeze(), cancel, deadline).await
-        }
+        drop((input, output));
+        self.exchange_cancellable(head, cancel, deadline)
     }
 
     /// The timeouts of the session as it is after the last exchange, if the bridge is to keep

@@ -23,10 +23,28 @@ pub(crate) struct Plan {
     /// Output up to and including this many `ReadyForQuery` answers queries the bridge
     /// prepended, which the client must not see.
     pub(crate) skip_ready: usize,
+    /// The client runs a COPY with the backend: its `CopyInResponse` goes to the client
+    /// (otherwise the COPY was aborted by the backend, whose error follows).
+    pub(crate) copy: bool,
+    /// The index of the statement the next `CommandComplete` answers (for `tags`).
+    pub(crate) statement: usize,
+}
+
+impl Filtered {
+    /// Takes in what filtering the output that followed `self`'s gave.
+    pub(crate) fn then(mut self, later: Filtered) -> Filtered {
+        self.out.unsplit(later.out);
+        self.ready = later.ready.or(self.ready);
+        self.parameters.extend(later.parameters);
+        self.notifications.extend(later.notifications);
+        self.dropped += later.dropped;
+        self.skipped_error |= later.skipped_error;
+        self
+    }
 }
 
 /// The result of filtering one exchange's output.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Filtered {
     /// Bytes for the client.
     pub(crate) out: BytesMut,
@@ -42,8 +60,9 @@ pub(crate) struct Filtered {
     pub(crate) skipped_error: bool,
 }
 
-/// Filters backend output for a client according to `plan`.
-pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
+/// Filters backend output for a client according to `plan`, which keeps how far it got: the
+/// output of one exchange may be filtered in pieces of whole messages, in order.
+pub(crate) fn filter(output: BytesMut, plan: &mut Plan) -> Result<Filtered, Error> {
     if plan.drop_leading == 0 && plan.tags.is_empty() && plan.skip_ready == 0 {
         // Usually nothing is to be removed or replaced: the output goes out as it is.
         let mut res = Filtered {
@@ -58,7 +77,11 @@ pub(crate) fn filter(output: BytesMut, plan: &Plan) -> Result<Filtered, Error> {
         for item in frames(&output) {
             let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
             match tag {
-                b'A' | b'K' | b'G' | b'W' => {
+                b'A' | b'K' | b'W' => {
+                    clean = false;
+                    break;
+                }
+                b'G' if !plan.copy => {
                     clean = false;
                     break;
                 }
@@ -112,7 +135,7 @@ fn without_context(frame: &[u8]) -> BytesMut {
 }
 
 /// `filter` for output from which something is removed or replaced.
-fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
+fn filter_copy(output: &[u8], plan: &mut Plan) -> Result<Filtered, Error> {
     let mut res = Filtered {
         out: BytesMut::with_capacity(output.len()),
         ready: None,
@@ -121,31 +144,29 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
         dropped: 0,
         skipped_error: false,
     };
-    let mut to_drop = plan.drop_leading;
-    let mut to_skip = plan.skip_ready;
-    let mut statement_idx = 0usize;
     for item in frames(output) {
         let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
-        if to_skip > 0 {
-            to_skip -= usize::from(tag == b'Z');
+        if plan.skip_ready > 0 {
+            plan.skip_ready -= usize::from(tag == b'Z');
             res.skipped_error |= tag == b'E';
             continue;
         }
-        if to_drop > 0 {
+        if plan.drop_leading > 0 {
             if matches!(tag, b'1' | b'2' | b'3') {
-                to_drop -= 1;
+                plan.drop_leading -= 1;
                 res.dropped += 1;
                 continue;
             }
-            to_drop = 0;
+            plan.drop_leading = 0;
         }
         match tag {
             // Notifications go to the clients listening, through the bridge; the backend key is
             // the bridge's business.
             b'A' => res.notifications.extend(notification(bytes)),
             b'K' => {}
-            // A COPY IN / BOTH the bridge did not run itself was already aborted by the
-            // backend; its error follows.
+            b'G' if plan.copy => res.out.extend_from_slice(bytes),
+            // A COPY IN / BOTH the bridge did not run with the client was already aborted by
+            // the backend; its error follows.
             b'G' | b'W' => {}
             b'S' => {
                 if let Some(parameter) = parameter_status(bytes) {
@@ -154,7 +175,7 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
                 res.out.extend_from_slice(bytes);
             }
             b'C' | b'I' => {
-                match plan.tags.iter().find(|(idx, _)| *idx == statement_idx) {
+                match plan.tags.iter().find(|(idx, _)| *idx == plan.statement) {
                     Some((_, new_tag)) if tag == b'C' => {
                         let mut replies = Replies::new();
                         replies.command_complete(new_tag)?;
@@ -162,11 +183,11 @@ fn filter_copy(output: &[u8], plan: &Plan) -> Result<Filtered, Error> {
                     }
                     _ => res.out.extend_from_slice(bytes),
                 }
-                statement_idx += 1;
+                plan.statement += 1;
             }
             b'Z' => {
                 res.ready = ready_status(bytes);
-                statement_idx = 0;
+                plan.statement = 0;
                 res.out.extend_from_slice(bytes);
             }
             b'E' | b'N' if plan.raised => res.out.extend_from_slice(&without_context(bytes)),

@@ -61,7 +61,7 @@ mod fuzzing;
 #[cfg(test)]
 mod robustness_tests;
 
-pub use backend::{Backend, ListenOp, SessionEvents, SessionTimeouts};
+pub use backend::{Backend, ListenOp, Piece, SessionEvents, SessionTimeouts};
 pub use config::{Config, DEFAULT_SOCKET_NAME, Refuse, TcpAuth, socket_dir_mode};
 pub use protocol::frame::{MAX_MESSAGE_LEN, MAX_STARTUP_LEN};
 pub use server::{Bridge, Interrupter, Listeners, bind, serve};

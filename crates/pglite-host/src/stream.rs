@@ -1,7 +1,9 @@
 //! Streamed exchanges: a request whose tail comes while PostgreSQL runs, and a reply whose COPY
 //! data leaves as it is made, so that a COPY of any size passes in bounded memory. PostgreSQL
 //! reads and writes through the wire callbacks (0.3 and later); its read blocks until the next
-//! piece comes, as a backend's `recv` waits for its client. 0.2's single buffer cannot stream.
+//! piece comes, as a backend's `recv` waits for its client. Whoever feeds it learns what it
+//! said before each wait: a `CopyInResponse` there means it waits for COPY data, which the
+//! client sends only once it has seen that. 0.2's single buffer cannot stream.
 
 use postgres_protocol::message::frontend;
 
@@ -14,10 +16,11 @@ pub const PIECE: usize = 256 * 1024;
 /// [`Pglite::exec_streamed_async`](crate::Pglite::exec_streamed_async)).
 pub struct Stream {
     /// The rest of the request after its first bytes, in pieces of whole messages; `None` at its
-    /// end, after the request's last message (a `Sync`). An end inside a COPY fails the COPY as
-    /// a `CopyFail` would. Called on the exchange's thread whenever PostgreSQL wants more input;
-    /// it may block until the next piece comes.
-    pub input: Box<dyn FnMut() -> Option<Vec<u8>> + Send>,
+    /// end. An end inside a COPY fails the COPY as a `CopyFail` would. Called on the exchange's
+    /// thread whenever PostgreSQL waits for more input, with what it said since the last call
+    /// (whole messages, maybe none: it may still hold some that it has not flushed), which is
+    /// then not in what the exchange returns; it may block until the next piece comes.
+    pub input: Box<dyn FnMut(Vec<u8>) -> Option<Vec<u8>> + Send>,
     /// Takes the reply as it is made, in pieces of whole messages that end with a `CopyData`,
     /// once at least [`PIECE`] bytes of them wait: only COPY data leaves early, so errors and
     /// `ReadyForQuery` are always in what the exchange returns. Returns false when nobody takes
@@ -25,9 +28,12 @@ pub struct Stream {
     pub output: Box<dyn FnMut(Vec<u8>) -> bool + Send>,
 }
 
+/// [`Stream::input`].
+type Input = Box<dyn FnMut(Vec<u8>) -> Option<Vec<u8>> + Send>;
+
 /// A [`Stream`] attached to an exchange.
 pub(crate) struct Flow {
-    input: Option<Box<dyn FnMut() -> Option<Vec<u8>> + Send>>,
+    input: Option<Input>,
     /// What followed a COPY's end in the same piece, read next.
     held: Option<Vec<u8>>,
     /// The input ended inside a COPY, and PostgreSQL was given its end.
@@ -41,6 +47,18 @@ impl From<Stream> for Flow {
     }
 }
 
+/// Before PostgreSQL waits for a streamed request's next piece: has it send what it holds
+/// (0.5+), so that what it said goes with the wait (see [`Stream::input`]).
+pub(crate) fn flush_before_wait(mut store: impl wasmtime::AsContextMut<Data = Ctx>) -> wasmtime::Result<()> {
+    let ctx = store.as_context().data();
+    if ctx.waits()
+        && let Some(flush) = ctx.wait_flush.clone()
+    {
+        flush.call(&mut store, ())?;
+    }
+    Ok(())
+}
+
 /// How far the reply so far (`Ctx::wire_out`) is known to hold whole frames.
 #[derive(Debug, Default)]
 pub(crate) struct OutScan {
@@ -51,6 +69,12 @@ pub(crate) struct OutScan {
 }
 
 impl Ctx {
+    /// Whether PostgreSQL's next read waits for the next piece of a streamed request.
+    fn waits(&self) -> bool {
+        self.wire_pos >= self.wire_in.len()
+            && self.stream.as_ref().is_some_and(|flow| flow.held.is_none() && flow.input.is_some())
+    }
+
     /// Whether request bytes wait to be read; when those at hand are used up, the stream's next
     /// piece is fetched (waiting for it).
     pub(crate) fn input_left(&mut self) -> bool {
@@ -60,7 +84,10 @@ impl Ctx {
             };
             let next = match (flow.held.take(), flow.input.as_mut()) {
                 (Some(held), _) => Some(held),
-                (None, Some(input)) => input(),
+                (None, Some(input)) => {
+                    let said = whole_frames(&mut self.wire_out, &mut self.out_scan);
+                    input(said)
+                }
                 (None, None) => None,
             };
             match next.map(|piece| split_after_copy_end(piece, &mut flow.held)) {
@@ -130,13 +157,7 @@ impl Ctx {
             return;
         };
         let scan = &mut self.out_scan;
-        while let Some(len) = crate::instance::frame_len(&self.wire_out[scan.whole..]) {
-            let tag = self.wire_out[scan.whole];
-            scan.whole += len;
-            if tag == b'd' {
-                scan.data_end = scan.whole;
-            }
-        }
+        scan.advance(&self.wire_out);
         if scan.data_end < PIECE {
             return;
         }
@@ -150,6 +171,30 @@ impl Ctx {
             flow.output = None;
         }
     }
+}
+
+impl OutScan {
+    /// Takes in the whole frames of `out` after those already seen.
+    fn advance(&mut self, out: &[u8]) {
+        while let Some(len) = crate::instance::frame_len(&out[self.whole..]) {
+            let tag = out[self.whole];
+            self.whole += len;
+            if tag == b'd' {
+                self.data_end = self.whole;
+            }
+        }
+    }
+}
+
+/// The whole frames of the reply so far, taken out of it (PGlite's debugging notices dropped);
+/// a torn frame at its end stays.
+fn whole_frames(out: &mut Vec<u8>, scan: &mut OutScan) -> Vec<u8> {
+    scan.advance(out);
+    let rest = out.split_off(scan.whole);
+    let mut said = std::mem::replace(out, rest);
+    *scan = OutScan::default();
+    crate::instance::drop_debug_notices(&mut said);
+    said
 }
 
 /// `piece` up to and including its first `CopyDone` or `CopyFail`, the rest put in `held`:

@@ -1,20 +1,28 @@
-//! COPY in a simple query, run by the bridge.
+//! COPY with the client.
 //!
-//! PGlite cannot take `COPY ... FROM STDIN` as a simple query (it waits for data its
-//! single-call transport never brings), but it can in the extended protocol when the data
+//! A backend that streams (see [`Backend::streams`]) runs COPY as PostgreSQL does. A batch
+//! that may run one (a simple query with a COPY statement, or the `Execute` of a portal whose
+//! statement is a COPY) goes in a streamed exchange, and what happens is learnt from the
+//! backend, not from the text: whenever it has read everything and waits for more, it says so
+//! with what it said meanwhile. After a `CopyInResponse` that goes to the client, whose COPY
+//! data then goes to the backend as the client sends it, up to its `CopyDone` or `CopyFail`;
+//! any other wait ends the exchange, and the client's next messages are handled as usual.
+//! COPY data the backend makes goes to the client as it comes. Memory stays bounded whatever
+//! the size, and a COPY may be anywhere: in a query with other statements, or in the
+//! extended protocol.
+//!
+//! Otherwise (PGlite 0.2: one request, one reply) a COPY alone in a simple query is run with a
+//! probe. PGlite cannot take `COPY ... FROM STDIN` as a simple query there (it waits for data
+//! its single-call transport never brings), but it can in the extended protocol when the data
 //! comes in the same request. So the bridge learns from the backend what the statement is,
 //! without reading its text: it runs it as Parse/Bind/Execute followed by a `CopyFail` (the
 //! probe). A COPY FROM STDIN answers with its `CopyInResponse`, then fails on the `CopyFail`,
 //! having changed nothing; that response goes to the client, whose `CopyData` is collected
 //! until `CopyDone` or `CopyFail`, then the statement runs again with the data in one
-//! exchange. Anything else (COPY TO STDOUT, a server file, an error) ran as it should: its
-//! output is the answer. Inside a transaction block the probe runs in a savepoint, rolled back
-//! when it was only a probe, so the failure it ends in does not fail the client's transaction.
-//!
-//! A backend that streams (see [`Backend::streams`]) gets the client's COPY data as the client
-//! sends it, in pieces, while the statement runs, and COPY data it makes goes to the client as
-//! it comes: memory stays bounded whatever the size. Otherwise the data is held until the
-//! client has sent it all, within what the backend takes in one request.
+//! exchange, within what the backend takes in one request. Anything else (COPY TO STDOUT, a
+//! server file, an error) ran as it should: its output is the answer. Inside a transaction
+//! block the probe runs in a savepoint, rolled back when it was only a probe, so the failure
+//! it ends in does not fail the client's transaction.
 
 use std::future::Future;
 use std::time::Instant;
@@ -25,12 +33,12 @@ use tokio::sync::mpsc;
 
 use super::batch::{Batch, Unnamed};
 use super::{Connection, Next};
-use crate::filter::{self, Plan};
+use crate::filter::{self, Filtered, Plan};
 use crate::protocol::backend::{Severity, TxStatus};
 use crate::protocol::frame;
 use crate::protocol::frontend::{self as message, FrontendMessage, Part};
 use crate::shared::RunGuard;
-use crate::{Backend, Error};
+use crate::{Backend, Error, Piece};
 
 /// The savepoint the probe runs in, inside a transaction block.
 const SAVEPOINT: &str = "_pgb_copy";
@@ -50,7 +58,8 @@ struct CopyIn {
 }
 
 impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
-    /// Runs the simple query `sql`, a single COPY statement.
+    /// Runs the simple query `sql`, a single COPY statement, on a backend that does not
+    /// stream (see the module's doc).
     pub(super) async fn copy_query(&mut self, sql: &[u8]) -> Result<(), Error> {
         if !self.batch.is_empty() {
             self.send().await?;
@@ -76,28 +85,19 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         probe.extend_from_slice(&statement);
         probe.extend_from_slice(&message::copy_fail("the bridge's probe"));
         probe.extend_from_slice(&message::sync());
-        let streams = self.shared.backend.streams();
-        // ParseComplete and BindComplete: the client sent a simple query.
-        let mut early = Some(Plan { drop_leading: 2, skip_ready: usize::from(savepoint), ..Plan::default() });
-        let answer = if streams {
-            self.exchange_copy(probe.freeze(), running, false, &mut early).await?
-        } else {
-            self.exchange_started(probe.freeze(), running).await?
-        };
-        let Some((output, started)) = answer else {
+        let Some((output, started)) = self.exchange_started(probe.freeze(), running).await? else {
             return Ok(());
         };
         let copy_in = frame::frames(&output).flatten().find(|(tag, _)| *tag == b'G').map(|(_, g)| g.to_vec());
         let mut batch = Batch::new();
         batch.terminated = true;
         batch.unnamed = Unnamed::Dropped;
-        // What is left of the plan once COPY data went to the client.
-        let (drop_leading, skip_ready) = early.map_or((0, 0), |plan| (plan.drop_leading, plan.skip_ready));
-        batch.plan.drop_leading = drop_leading;
+        // ParseComplete and BindComplete: the client sent a simple query.
+        batch.plan.drop_leading = 2;
         let Some(copy_in) = copy_in else {
             // Not COPY FROM STDIN: it ran, and its output is the answer.
-            batch.plan.skip_ready = skip_ready;
-            self.finish_turn(batch, output, started).await?;
+            batch.plan.skip_ready = usize::from(savepoint);
+            self.finish_turn(batch, output, started, None).await?;
             if savepoint && self.client.tx == TxStatus::InTransaction {
                 self.release_savepoint().await?;
             }
@@ -107,22 +107,6 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         // sequence cleaned up.
         self.client.pending = true;
         self.write_output(&copy_in).await?;
-        if streams {
-            let running = self.client.run.start();
-            let mut head = BytesMut::new();
-            if savepoint {
-                head.extend_from_slice(&message::query(&format!(
-                    "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"
-                )));
-                batch.plan.skip_ready = 1;
-            }
-            head.extend_from_slice(&statement);
-            // A COPY FROM makes no COPY data: nothing leaves early.
-            let Some((output, started)) = self.exchange_copy(head.freeze(), running, true, &mut None).await? else {
-                return Ok(());
-            };
-            return self.finish_turn(batch, output, started).await;
-        }
         let data = self.copy_data().await?;
         let running = self.client.run.start();
         if savepoint {
@@ -142,7 +126,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let Some((output, started)) = self.exchange_started(frames.freeze(), running).await? else {
             return Ok(());
         };
-        self.finish_turn(batch, output, started).await
+        self.finish_turn(batch, output, started, None).await
     }
 
     /// Reads the client's COPY data up to its `CopyDone` or `CopyFail`. `Flush` and `Sync`
@@ -179,18 +163,17 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         }
     }
 
-    /// [`exchange_started`](Self::exchange_started) through the backend's streamed exchange:
-    /// COPY data it makes goes to the client as it comes (the first piece filtered by `early`,
-    /// which is then used up), and with `feed` the client's COPY data goes to the backend as
-    /// the client sends it. A client that leaves or fails meanwhile ends the COPY (`CopyFail`)
-    /// and the exchange is seen to its end before its error is returned.
-    async fn exchange_copy(
+    /// [`exchange_started`](Self::exchange_started) through the backend's streamed exchange,
+    /// a COPY in it running with the client (see the module's doc). Also returns what went to
+    /// the client on the way, filtered by `plan` (its bytes already written). A client that
+    /// leaves or stops reading meanwhile ends the COPY, and the exchange is seen to its end
+    /// before its error is returned.
+    pub(super) async fn exchange_copy(
         &mut self,
         head: Bytes,
         running: RunGuard,
-        feed: bool,
-        early: &mut Option<Plan>,
-    ) -> Result<Option<(BytesMut, Instant)>, Error> {
+        plan: &mut Plan,
+    ) -> Result<Option<(BytesMut, Instant, Filtered)>, Error> {
         if self.lease.is_none() {
             return Err(Error::BackendGone);
         }
@@ -202,49 +185,54 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         let shared = self.shared.clone();
         let exchange =
             async move { shared.backend.exchange_streamed(head, input_rx, output_tx, cancel, tx_deadline).await };
-        let (answer, client) = self.pump(exchange, output, feed.then_some(input), early).await;
+        let pumped = self.pump(exchange, output, input, plan).await;
         drop(running);
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
+        let mut held = pumped.held;
+        let answer = pumped.answer.map(|rest| {
+            held.unsplit(rest);
+            held
+        });
         let output = session.exchanged(&self.shared.backend, &mut self.client.state, answer).await?;
-        client?;
-        self.answered(output, started, tx_deadline)
+        pumped.client?;
+        Ok(self.answered(output, started, tx_deadline)?.map(|(output, started)| (output, started, pumped.written)))
     }
 
-    /// Runs `exchange` to its end, meanwhile writing the pieces of output it hands on to the
-    /// client and, while `feed` is open, sending it the client's COPY data. Returns the
-    /// exchange's answer and what became of the client.
+    /// Runs `exchange` to its end: writes what the backend hands on to the client when it is
+    /// COPY data or leads to a COPY FROM STDIN, feeds that COPY the client's data, and ends the
+    /// input at any other wait, keeping what was said then for the answer.
     async fn pump(
         &mut self,
         exchange: impl Future<Output = Result<BytesMut, Error>>,
-        mut pieces: mpsc::Receiver<Bytes>,
-        mut feed: Option<mpsc::Sender<Bytes>>,
-        early: &mut Option<Plan>,
-    ) -> (Result<BytesMut, Error>, Result<(), Error>) {
+        mut pieces: mpsc::Receiver<Piece>,
+        input: mpsc::Sender<Bytes>,
+        plan: &mut Plan,
+    ) -> Pumped {
         tokio::pin!(exchange);
-        // The client's next piece, waiting for room; whether it is the last.
+        let mut feed = Some(input);
+        let mut copy = CopyState::default();
+        // The client's next piece, waiting for room; whether it ends the COPY's data.
         let mut ready: Option<Bytes> = None;
         let mut last = false;
-        let mut client = Ok(());
-        let answer = loop {
+        let mut res =
+            Pumped { answer: Ok(BytesMut::new()), client: Ok(()), held: BytesMut::new(), written: Filtered::default() };
+        res.answer = loop {
             // A disabled branch's future is still made (and dropped unpolled): the sender is
             // cloned only for a piece that is ready.
             let sender = feed.clone().filter(|_| ready.is_some());
             tokio::select! {
                 biased;
                 Some(piece) = pieces.recv() => {
-                    if client.is_ok()
-                        && let Err(error) = self.write_piece(piece, early).await
-                    {
-                        client = Err(error);
-                        // Nobody reads what the COPY makes: stop it.
-                        self.client.run.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                        self.shared.backend.cancel().await;
-                        if feed.is_some() && !last {
-                            ready = Some(ended(ready.take(), "the client stopped reading during COPY"));
-                            last = true;
-                        }
+                    let wanted = self.take_piece(piece, &mut copy, plan, &mut res).await;
+                    if !wanted {
+                        feed = None;
+                        ready = None;
+                    } else if res.client.is_err() && copy.active() && !last {
+                        // Nobody reads what the COPY says: it fails.
+                        ready = Some(ended(ready.take(), "the client stopped reading during COPY"));
+                        last = true;
                     }
                 }
                 permit = async move {
@@ -254,20 +242,23 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                     }
                 }, if ready.is_some() && feed.is_some() =>
                 {
-                    let sent = match permit {
+                    match permit {
                         Ok(permit) => {
                             drop(permit.send(ready.take().expect("a ready piece")));
-                            true
+                            copy.sent += 1;
+                            if last {
+                                copy.fed_end = true;
+                                last = false;
+                            }
                         }
                         // The exchange is over (it failed): nothing more is read.
-                        Err(_) => false,
-                    };
-                    if last || !sent {
-                        ready = None;
-                        feed = None;
+                        Err(_) => {
+                            ready = None;
+                            feed = None;
+                        }
                     }
                 }
-                next = self.copy_piece(), if feed.is_some() && ready.is_none() && !last => {
+                next = self.copy_piece(), if feed.is_some() && copy.active() && ready.is_none() && res.client.is_ok() => {
                     match next {
                         Ok((piece, end)) => {
                             ready = Some(piece.freeze());
@@ -276,41 +267,69 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                         Err(error) => {
                             ready = Some(ended(None, "the client left during COPY FROM STDIN"));
                             last = true;
-                            client = Err(error);
+                            res.client = Err(error);
                         }
                     }
                 }
                 answer = &mut exchange => break answer,
             }
         };
-        // What left before the end.
+        // What was handed on before the end.
         while let Ok(piece) = pieces.try_recv() {
-            if client.is_ok()
-                && let Err(error) = self.write_piece(piece, early).await
-            {
-                client = Err(error);
-            }
+            self.take_piece(piece, &mut copy, plan, &mut res).await;
         }
-        (answer, client)
+        res
     }
 
-    /// Writes a piece of COPY output to the client, filtered by `early` if that is still to be
-    /// done.
-    async fn write_piece(&mut self, piece: Bytes, early: &mut Option<Plan>) -> Result<(), Error> {
-        match early.take() {
-            Some(plan) => {
-                let filtered = filter::filter(BytesMut::from(&piece[..]), &plan)?;
-                self.write_output(&filtered.out).await
+    /// Takes a piece the backend handed on: COPY data and what leads to the client's COPY
+    /// data go to the client, the rest is held for the answer. Returns whether the backend is
+    /// to get more input.
+    async fn take_piece(&mut self, piece: Piece, copy: &mut CopyState, plan: &mut Plan, res: &mut Pumped) -> bool {
+        let (bytes, current) = match piece {
+            Piece::CopyOut(bytes) => (bytes, false),
+            Piece::Waits { said, read } => {
+                copy.saw(&said);
+                (said, read == copy.sent)
             }
-            None => self.write_output(&piece).await,
+        };
+        let wanted = !current || copy.active();
+        if !wanted {
+            res.held.extend_from_slice(&bytes);
+            return false;
         }
+        if copy.active() {
+            // Until the COPY is over: no notifications, and a client that leaves has its
+            // sequence cleaned up.
+            self.client.pending = true;
+        }
+        if bytes.is_empty() || res.client.is_err() {
+            return true;
+        }
+        let mut out = std::mem::take(&mut res.held);
+        out.extend_from_slice(&bytes);
+        let result = match filter::filter(out, plan) {
+            Ok(mut filtered) => {
+                let out = std::mem::take(&mut filtered.out);
+                res.written = std::mem::take(&mut res.written).then(filtered);
+                self.write_output(&out).await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            res.client = Err(error);
+            // Nobody reads what the COPY makes: stop it.
+            self.client.run.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.shared.backend.cancel().await;
+        }
+        true
     }
 
     /// The client's next COPY data for a streaming backend: whole messages, as many as it has
-    /// sent, up to about [`PIECE`] bytes; whether it is the last, which ends with the client's
-    /// `CopyDone` or `CopyFail` and a `Sync`. `Flush` and `Sync` are ignored, as PostgreSQL
-    /// ignores them during COPY FROM STDIN; any other message fails the COPY. An error when the
-    /// client left or the connection must end.
+    /// sent, up to about [`PIECE`] bytes; whether it ends the data, with the client's
+    /// `CopyDone` or `CopyFail`, or with a message that has no place in COPY (passed on for
+    /// the backend to fail the COPY with, as PostgreSQL does). `Flush` and `Sync` are left out,
+    /// as PostgreSQL ignores them during COPY FROM STDIN; a `Terminate` fails the COPY. An
+    /// error when the client left or the connection must end.
     async fn copy_piece(&mut self) -> Result<(BytesMut, bool), Error> {
         let mut piece = BytesMut::new();
         loop {
@@ -330,15 +349,13 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                         return Ok((piece, false));
                     }
                 }
-                b'c' | b'f' => {
-                    piece.extend_from_slice(frame.bytes());
-                    piece.extend_from_slice(&message::sync());
+                b'H' | b'S' => {}
+                b'X' => {
+                    piece.extend_from_slice(&message::copy_fail(&unexpected(b'X', frame.body())));
                     return Ok((piece, true));
                 }
-                b'H' | b'S' => {}
-                tag => {
-                    piece.extend_from_slice(&message::copy_fail(&unexpected(tag, frame.body())));
-                    piece.extend_from_slice(&message::sync());
+                _ => {
+                    piece.extend_from_slice(frame.bytes());
                     return Ok((piece, true));
                 }
             }
@@ -384,16 +401,57 @@ fn unexpected(tag: u8, body: &[u8]) -> String {
     }
 }
 
-/// `ready` (COPY data on its way) followed by a `CopyFail` for `reason` and a `Sync`: the end
-/// of a COPY the client cannot finish.
+/// `ready` (COPY data on its way) followed by a `CopyFail` for `reason`: the end of a COPY
+/// the client cannot finish.
 fn ended(ready: Option<Bytes>, reason: &str) -> Bytes {
     let mut res = BytesMut::new();
     if let Some(ready) = ready {
         res.extend_from_slice(&ready);
     }
     res.extend_from_slice(&message::copy_fail(reason));
-    res.extend_from_slice(&message::sync());
     res.freeze()
+}
+
+/// What a streamed exchange came to (see `pump`).
+struct Pumped {
+    answer: Result<BytesMut, Error>,
+    client: Result<(), Error>,
+    /// What the backend said at the wait that ended its input: the answer's start.
+    held: BytesMut,
+    /// What went to the client on the way.
+    written: Filtered,
+}
+
+/// Where a streamed exchange's COPY FROM STDIN stands, as the backend said it.
+#[derive(Default)]
+struct CopyState {
+    /// A `CopyInResponse` was said, and no end of that COPY since.
+    copying: bool,
+    /// The client's data up to its end went to the backend.
+    fed_end: bool,
+    /// Pieces of input sent to the backend.
+    sent: usize,
+}
+
+impl CopyState {
+    /// Takes in what the backend said.
+    fn saw(&mut self, said: &[u8]) {
+        for (tag, _) in frame::frames(said).flatten() {
+            match tag {
+                b'G' => {
+                    self.copying = true;
+                    self.fed_end = false;
+                }
+                b'C' | b'E' | b'Z' => self.copying = false,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the backend is in a COPY FROM STDIN that wants the client's data.
+    fn active(&self) -> bool {
+        self.copying && !self.fed_end
+    }
 }
 
 /// Parse, Bind and Execute of `sql` in the unnamed statement and portal.

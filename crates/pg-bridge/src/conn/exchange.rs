@@ -13,6 +13,7 @@ use super::Connection;
 use super::batch::{Batch, Unnamed};
 use crate::filter;
 use crate::protocol::backend::{TxStatus, parameter_status};
+use crate::protocol::frame;
 use crate::session::Recreate;
 
 /// Length of a `ReadyForQuery` message, the last of an output that has one.
@@ -108,6 +109,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
 
     /// Exchanges the batch with the backend and forwards the filtered output.
     pub(super) async fn send(&mut self) -> Result<(), Error> {
+        self.send_with(false).await
+    }
+
+    /// [`send`](Self::send); `streamed`: in a streamed exchange if the backend streams, so that
+    /// a COPY the batch runs goes on with the client (see `copy`).
+    pub(super) async fn send_with(&mut self, streamed: bool) -> Result<(), Error> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -164,10 +171,22 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             frames.extend_from_slice(&batch.prefix);
             frames.extend_from_slice(&batch.frames);
         }
+        if streamed && self.shared.backend.streams() {
+            batch.plan.copy = true;
+            let Some((output, started, written)) =
+                self.exchange_copy(frames.freeze(), _running, &mut batch.plan).await?
+            else {
+                return Ok(());
+            };
+            // The client's sequence may go on after its COPY: it ends where the backend
+            // answered a Sync or a query.
+            batch.terminated = frame::frames(&output).flatten().last().is_some_and(|(tag, _)| tag == b'Z');
+            return self.finish_turn(batch, output, started, Some(written)).await;
+        }
         let Some((output, started)) = self.exchange_started(frames.freeze(), _running).await? else {
             return Ok(());
         };
-        self.finish_turn(batch, output, started).await
+        self.finish_turn(batch, output, started, None).await
     }
 
     /// Exchanges `frames` for this client, which holds the lease and whose run began with
@@ -230,14 +249,24 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
 
     /// Filters the output of the exchange of `batch` that began at `started`, writes it to
     /// the client, and settles what the turn changed; lets the lease go if the client is done
-    /// with it.
-    pub(super) async fn finish_turn(&mut self, batch: Batch, output: BytesMut, started: Instant) -> Result<(), Error> {
+    /// with it. `written`: what of the exchange's output went to the client already.
+    pub(super) async fn finish_turn(
+        &mut self,
+        mut batch: Batch,
+        output: BytesMut,
+        started: Instant,
+        written: Option<filter::Filtered>,
+    ) -> Result<(), Error> {
         let id = self.client.id();
         let Some(session) = self.lease.as_mut() else {
             return Err(Error::BackendGone);
         };
         self.client.state.batch_sent();
-        let filtered = filter::filter(output, &batch.plan)?;
+        let filtered = filter::filter(output, &mut batch.plan)?;
+        let filtered = match written {
+            Some(written) => written.then(filtered),
+            None => filtered,
+        };
         if !filtered.skipped_error {
             for name in &batch.recreated.0 {
                 self.client.state.recreated(name);
@@ -273,7 +302,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             let failed = status == TxStatus::Failed;
             let reports =
                 session.report(&self.shared.backend, &self.shared.baseline, &mut self.client.state, failed).await?;
-            if !reports.is_empty() {
+            if !reports.is_empty() && out.len() >= READY_FOR_QUERY_LEN {
                 parameters.extend(
                     crate::protocol::frame::frames(&reports).flatten().filter_map(|(_, frame)| parameter_status(frame)),
                 );

@@ -10,6 +10,7 @@
 //! told to refuse is refused. This module must not block the backend on anything but this
 //! client's own messages and output.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,6 +60,10 @@ pub(crate) struct Client {
     tx: TxStatus,
     /// Extended-protocol messages were forwarded and their `Sync` has not been.
     pending: bool,
+    /// Prepared statements (by name, `""` the unnamed) that are COPY statements, and the
+    /// portals bound to them: their `Execute` runs in a streamed exchange (see `copy`).
+    copy_statements: HashSet<Vec<u8>>,
+    copy_portals: HashSet<Vec<u8>>,
     /// The session's timeouts the bridge keeps, as of the client's last exchange.
     timeouts: SessionTimeouts,
     /// When the client's transaction began (the start of the exchange that opened it).
@@ -85,6 +90,8 @@ impl Client {
             unnamed_parse: Vec::new(),
             tx: TxStatus::Idle,
             pending: false,
+            copy_statements: HashSet::new(),
+            copy_portals: HashSet::new(),
             timeouts: SessionTimeouts::default(),
             tx_started: None,
         }
@@ -335,7 +342,12 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             FrontendMessage::Parse { statement, sql, param_types } => {
                 self.parse(frame.bytes(), statement, sql, param_types).await?;
             }
-            FrontendMessage::Bind { statement, .. } => {
+            FrontendMessage::Bind { portal, statement, .. } => {
+                if self.client.copy_statements.contains(statement) {
+                    self.client.copy_portals.insert(portal.to_vec());
+                } else if !self.client.copy_portals.is_empty() {
+                    self.client.copy_portals.remove(portal);
+                }
                 if statement.is_empty() {
                     self.use_unnamed();
                 } else {
@@ -358,7 +370,14 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 }
                 self.batch.push(frame.bytes());
             }
-            FrontendMessage::Execute { .. } => self.batch.push(frame.bytes()),
+            FrontendMessage::Execute { portal, .. } => {
+                self.batch.push(frame.bytes());
+                if self.client.copy_portals.contains(portal) && self.shared.backend.streams() {
+                    // A COPY runs with the client: what it says goes out now, as PostgreSQL
+                    // sends a CopyInResponse without waiting for a Sync.
+                    self.send_with(true).await?;
+                }
+            }
             FrontendMessage::Flush => {
                 self.batch.push(frame.bytes());
                 self.send().await?;

@@ -103,26 +103,32 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     pub(super) async fn query(&mut self, sql: &[u8]) -> Result<(), Error> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(true, Refusal::unsupported(command)).await,
-            // A COPY alone is run by the bridge, which learns from the backend whether it reads
-            // from the client; with other statements, it must not.
+            // Without a streaming backend, a COPY alone is run by the bridge, which learns from
+            // the backend whether it reads from the client; with other statements, it must not.
             Verdict::Allow { statements }
-                if statements.len() == 1 && matches!(statements[0].kind, StatementKind::Copy { .. }) =>
+                if !self.shared.backend.streams()
+                    && statements.len() == 1
+                    && matches!(statements[0].kind, StatementKind::Copy { .. }) =>
             {
                 self.copy_query(sql).await
             }
             Verdict::Allow { statements }
-                if statements.iter().any(|s| s.kind == StatementKind::Copy { from_stdin: true }) =>
+                if !self.shared.backend.streams()
+                    && statements.iter().any(|s| s.kind == StatementKind::Copy { from_stdin: true }) =>
             {
                 self.refuse(true, Refusal::copy_not_alone()).await
             }
             Verdict::Allow { statements } => {
+                let copy = statements.iter().any(|s| matches!(s.kind, StatementKind::Copy { .. }));
                 let rewritten = self.rewrite(sql, &statements, true);
                 self.batch.put(b'Q', &[Part::Cstr(&rewritten)]);
                 self.batch.terminated = true;
                 // A simple query drops the unnamed statement, the client's own included.
                 self.client.unnamed_parse.clear();
+                self.client.copy_statements.remove(&b""[..]);
                 self.batch.unnamed = Unnamed::Dropped;
-                self.send().await
+                // A COPY runs with the client, in a streamed exchange (see `copy`).
+                self.send_with(copy).await
             }
         }
     }
@@ -138,11 +144,18 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
         match self.classify(sql) {
             Verdict::Refuse { command } => self.refuse(false, Refusal::unsupported(command)).await,
             Verdict::Allow { statements }
-                if statements.iter().any(|s| s.kind == StatementKind::Copy { from_stdin: true }) =>
+                if !self.shared.backend.streams()
+                    && statements.iter().any(|s| s.kind == StatementKind::Copy { from_stdin: true }) =>
             {
                 self.refuse(false, Refusal::extended_copy_in()).await
             }
             Verdict::Allow { statements } => {
+                // Portals of a COPY statement run in a streamed exchange (see `copy`).
+                if statements.iter().any(|s| matches!(s.kind, StatementKind::Copy { .. })) {
+                    self.client.copy_statements.insert(statement.to_vec());
+                } else if !self.client.copy_statements.is_empty() {
+                    self.client.copy_statements.remove(statement);
+                }
                 let rewritten = self.rewrite(sql, &statements, false);
                 let changed = matches!(rewritten, Cow::Owned(_));
                 let start = self.batch.frames.len();

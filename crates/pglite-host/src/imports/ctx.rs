@@ -50,6 +50,9 @@ pub(crate) struct Ctx {
     pub(crate) stream: Option<crate::stream::Flow>,
     pub(crate) wire_base: usize,
     pub(crate) out_scan: crate::stream::OutScan,
+    /// Sends what PostgreSQL holds in its send buffer (0.5+, whose own flushes keep it), called
+    /// before a streamed exchange waits for input, so that what it said reaches the caller.
+    pub(crate) wait_flush: Option<wasmtime::TypedFunc<(), ()>>,
     /// What may have changed session state since the last exchange (see `hooks`).
     pub(crate) events: SessionEvents,
     /// What the utility hook knows about the build's parse nodes.
@@ -82,6 +85,7 @@ impl Ctx {
             stream: None,
             wire_base: 0,
             out_scan: Default::default(),
+            wait_flush: None,
             events: SessionEvents::default(),
             calibration: Calibration::default(),
             interrupts: Interrupts::default(),

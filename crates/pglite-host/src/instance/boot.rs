@@ -131,6 +131,9 @@ fn run_main(store: &mut Store<Ctx>, instance: &wasmtime::Instance, database: &st
 /// the pending request's next bytes, `write(ptr, len)` takes reply bytes.
 pub(super) fn wire_callbacks(store: &mut Store<Ctx>) -> (Func, Func) {
     let read = Func::wrap(&mut *store, |mut c: Caller<'_, Ctx>, ptr: i32, max: i32| -> i32 {
+        if crate::stream::flush_before_wait(&mut c).is_err() {
+            return -1;
+        }
         let (mut guest, ctx) = imports::split(&mut c);
         if !ctx.input_for_read() {
             return 0;

@@ -74,7 +74,7 @@ pub(super) fn query_units(request: &[u8]) -> Vec<&[u8]> {
 /// Removes the debugging notices PGlite's build adds to PostgreSQL's output, which a client of
 /// PostgreSQL never sees: `WARNING:  # 1743: aborting transaction <xid>`, sent by
 /// `RecordTransactionAbort` whenever a transaction that wrote is rolled back.
-pub(super) fn drop_debug_notices(reply: &mut Vec<u8>) {
+pub(crate) fn drop_debug_notices(reply: &mut Vec<u8>) {
     const ROUTINE: &[u8] = b"RRecordTransactionAbort\0";
     if memchr::memmem::find(reply, ROUTINE).is_none() {
         return;

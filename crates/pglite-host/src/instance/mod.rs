@@ -16,14 +16,13 @@ use std::sync::atomic::AtomicBool;
 use wasmtime::{Memory, Store, TypedFunc};
 
 use self::frames::{
-    FLUSH, READY_FOR_QUERY_LEN, drop_debug_notices, ends_unit_of_work, first_frame_types, last_frame, query_units,
-    work_units,
+    FLUSH, READY_FOR_QUERY_LEN, ends_unit_of_work, first_frame_types, last_frame, query_units, work_units,
 };
 use crate::Error;
 use crate::imports::Ctx;
 use crate::profile::Profile;
 
-pub(crate) use self::frames::frame_len;
+pub(crate) use self::frames::{drop_debug_notices, frame_len};
 
 pub(crate) use self::initdb::{Child, make_cluster as initdb_make_cluster};
 

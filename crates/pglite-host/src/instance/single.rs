@@ -182,6 +182,7 @@ pub(super) fn start_backend(
         flush: typed(store, instance, "pgl_pq_flush")?,
         remaining: typed(store, instance, "pq_buffer_remaining_data")?,
     };
+    store.data_mut().wait_flush = Some(main_loop.flush.clone());
     Ok((main_loop, stop))
 }
 
@@ -208,8 +209,6 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
     let mut result = Ok(());
     let mut idle = 0;
     while result.is_ok() {
-        // A streamed request's next piece is waited for here, between messages.
-        let pending = store.data_mut().input_left();
         let buffered = match main_loop.remaining.call(&mut *store, ()) {
             Ok(n) => n > 0,
             Err(err) => {
@@ -217,8 +216,16 @@ pub(super) fn exchange(store: &mut Store<Ctx>, main_loop: &MainLoop, request: &[
                 break;
             }
         };
-        if !pending && !buffered {
-            break;
+        // A streamed request's next piece is waited for here, between messages, once
+        // PostgreSQL has read what it was given.
+        if !buffered {
+            if let Err(err) = crate::stream::flush_before_wait(&mut *store) {
+                result = Err(dead(err));
+                break;
+            }
+            if !store.data_mut().input_left() {
+                break;
+            }
         }
         let before = store.data().wire_taken();
         let sp = stack_pointer.get(&mut *store);

@@ -88,18 +88,32 @@ fn extended(sql: &str) -> Vec<u8> {
     req
 }
 
-/// A streamed exchange of `request` then `pieces` on a runtime of its own: the pieces that
-/// left early and what was returned.
-fn streamed(pg: &pglite_host::Pglite, request: Vec<u8>, pieces: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<u8>, usize) {
+/// What a streamed exchange gave back: the COPY data pieces that left early, what PostgreSQL
+/// had said at each wait for input, and what was returned.
+struct Streamed {
+    left: Vec<Vec<u8>>,
+    said: Vec<Vec<u8>>,
+    reply: Vec<u8>,
+}
+
+impl Streamed {
+    /// Every message of the exchange, in order, but the COPY data that left early.
+    fn types(&self) -> Vec<u8> {
+        messages(&[self.said.concat(), self.reply.clone()].concat()).iter().map(|m| m.0).collect()
+    }
+}
+
+/// A streamed exchange of `request` then `pieces` on a runtime of its own.
+fn streamed(pg: &pglite_host::Pglite, request: Vec<u8>, pieces: Vec<Vec<u8>>) -> Streamed {
     use std::sync::{Arc, Mutex};
     let left = Arc::new(Mutex::new(Vec::new()));
-    let pulled = Arc::new(Mutex::new(0usize));
+    let said = Arc::new(Mutex::new(Vec::new()));
     let mut pieces = pieces.into_iter();
     let stream = pglite_host::Stream {
         input: Box::new({
-            let pulled = pulled.clone();
-            move || {
-                *pulled.lock().unwrap() += 1;
+            let said = said.clone();
+            move |so_far| {
+                said.lock().unwrap().push(so_far);
                 pieces.next()
             }
         }),
@@ -115,8 +129,8 @@ fn streamed(pg: &pglite_host::Pglite, request: Vec<u8>, pieces: Vec<Vec<u8>>) ->
     let reply =
         runtime.block_on(pg.exec_streamed_async(request, stream, Default::default())).expect("a streamed exchange");
     let left = std::mem::take(&mut *left.lock().unwrap());
-    let pulled = *pulled.lock().unwrap();
-    (left, reply, pulled)
+    let said = std::mem::take(&mut *said.lock().unwrap());
+    Streamed { left, said, reply }
 }
 
 #[test]
@@ -124,7 +138,7 @@ fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_m
     on_each_release(|version, pg| {
         if !pg.streams() {
             // 0.2's transport takes a request whole: refused, and the session goes on.
-            let stream = pglite_host::Stream { input: Box::new(|| None), output: Box::new(|_| true) };
+            let stream = pglite_host::Stream { input: Box::new(|_| None), output: Box::new(|_| true) };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let refused = runtime.block_on(pg.exec_streamed_async(query("SELECT 1"), stream, Default::default()));
             assert!(matches!(refused, Err(pglite_host::Error::NoStreaming)), "{version}: {refused:?}");
@@ -139,26 +153,26 @@ fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_m
             (0..2000).map(|p| (0..50).flat_map(|r| frame(b'd', row(p * 50 + r).as_bytes())).collect()).collect();
         // CopyDone and Sync in one piece, as a client may send them.
         pieces.push([frame(b'c', b""), frame(b'S', b"")].concat());
-        let (left, reply, pulled) = streamed(pg, extended("COPY streamed FROM STDIN"), pieces);
-        assert!(left.is_empty(), "{version}: nothing but COPY data leaves early");
-        let types: Vec<u8> = messages(&reply).iter().map(|m| m.0).collect();
-        assert_eq!(types, b"12GCZ", "{version}");
-        assert_eq!(messages(&reply)[3].1, b"COPY 100000\0");
-        assert_eq!(pulled, 2002, "{version}: every piece, then the end, each asked for once");
+        let run = streamed(pg, extended("COPY streamed FROM STDIN"), pieces);
+        assert!(run.left.is_empty(), "{version}: nothing but COPY data leaves early");
+        assert_eq!(run.types(), b"12GCZ", "{version}");
+        // What the client must see before it sends its data comes before the first wait.
+        assert_eq!(messages(&run.said[0]).iter().map(|m| m.0).collect::<Vec<_>>(), b"12G", "{version}");
+        let all = messages(&[run.said.concat(), run.reply.clone()].concat());
+        assert_eq!(all[3].1, b"COPY 100000\0");
+        assert_eq!(run.said.len(), 2002, "{version}: every piece, then the end, each asked for once");
         assert_eq!(scalar(pg, "SELECT count(*) || ' ' || sum(i) FROM streamed"), "100000 4999950000");
 
         // A CopyFail in a later piece rolls the COPY back; the session goes on.
         let pieces = vec![frame(b'd', row(1).as_bytes()), [frame(b'f', b"gave up\0"), frame(b'S', b"")].concat()];
-        let (_, reply, _) = streamed(pg, extended("COPY streamed FROM STDIN"), pieces);
-        let types: Vec<u8> = messages(&reply).iter().map(|m| m.0).collect();
-        assert_eq!(types, b"12GEZ", "{version}");
+        let run = streamed(pg, extended("COPY streamed FROM STDIN"), pieces);
+        assert_eq!(run.types(), b"12GEZ", "{version}");
         assert_eq!(scalar(pg, "SELECT count(*) FROM streamed"), "100000");
 
         // An input that ends inside the COPY fails it, as a CopyFail would, and the instance
         // goes on (PostgreSQL itself would take it for a lost connection).
-        let (_, reply, _) = streamed(pg, extended("COPY streamed FROM STDIN"), vec![frame(b'd', row(1).as_bytes())]);
-        let types: Vec<u8> = messages(&reply).iter().map(|m| m.0).collect();
-        assert_eq!(types, b"12GEZ", "{version}");
+        let run = streamed(pg, extended("COPY streamed FROM STDIN"), vec![frame(b'd', row(1).as_bytes())]);
+        assert_eq!(run.types(), b"12GEZ", "{version}");
         assert!(pg.healthy(), "{version}");
         assert_eq!(scalar(pg, "SELECT count(*) FROM streamed"), "100000");
 
@@ -169,7 +183,8 @@ fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_m
         out.extend(extended("COPY (SELECT * FROM streamed ORDER BY i) TO STDOUT"));
         out.extend(frame(b'S', b""));
         let whole = pg.exec_protocol(out.clone()).unwrap();
-        let (left, reply, _) = streamed(pg, out, Vec::new());
+        let Streamed { left, said, reply } = streamed(pg, out, Vec::new());
+        let reply = [said.concat(), reply].concat();
         assert!(left.len() >= 30, "{version}: {} pieces of {} bytes", left.len(), whole.len());
         for piece in &left {
             assert!(piece.len() >= pglite_host::PIECE, "{version}");
@@ -181,5 +196,42 @@ fn a_streamed_copy_takes_its_data_as_it_comes_and_hands_its_output_on_in_whole_m
         assert_eq!(head, b"TDCZ12H", "{version}");
         let tail: Vec<u8> = messages(&reply).iter().map(|m| m.0).filter(|&t| t != b'd').collect();
         assert_eq!(tail, b"cCZ", "{version}");
+    });
+}
+
+#[test]
+fn a_streamed_exchange_says_what_postgresql_said_before_each_wait_so_copy_from_stdin_runs_as_sent() {
+    on_each_release(|version, pg| {
+        if !pg.streams() {
+            return;
+        }
+        let types = |bytes: &[u8]| messages(bytes).iter().map(|m| m.0).collect::<Vec<u8>>();
+        scalar(pg, "CREATE TABLE waits(i int); SELECT 1");
+        let data = |rows: &str| [frame(b'd', rows.as_bytes()), frame(b'c', b"")].concat();
+        // A simple query with two COPYs: each CopyInResponse is said before the data that the
+        // client sends only once it has seen it.
+        let run =
+            streamed(pg, query("COPY waits FROM STDIN; COPY waits FROM STDIN"), vec![data("1\n2\n"), data("3\n")]);
+        assert_eq!(run.types(), b"GCGCZ", "{version}");
+        assert_eq!(types(&run.said[0]), b"G", "{version}");
+        assert_eq!(types(&run.said[1]), b"CG", "{version}");
+        assert_eq!(run.said.len(), 3, "{version}: the data of each COPY, then the end");
+        assert_eq!(scalar(pg, "SELECT sum(i) FROM waits"), "6");
+
+        // Extended: the COPY's Execute, its data once the client saw it begin, then the Sync in
+        // an exchange of its own, as the bridge sends them.
+        let run = streamed(pg, extended("COPY waits FROM STDIN"), vec![data("4\n")]);
+        assert_eq!(types(&run.said[0]), b"12G", "{version}");
+        assert_eq!(run.types(), b"12GC", "{version}: nothing ends the sequence yet");
+        let reply = pg.exec_protocol(frame(b'S', b"")).unwrap();
+        assert_eq!(types(&reply), b"Z", "{version}");
+        assert_eq!(scalar(pg, "SELECT sum(i) FROM waits"), "10");
+
+        // A bad row ends the COPY with its error; what the client still sends is ignored.
+        let run = streamed(pg, query("COPY waits FROM STDIN"), vec![data("x\n"), data("5\n")]);
+        assert_eq!(types(&run.said[0]), b"G", "{version}");
+        assert_eq!(run.types(), b"GEZ", "{version}");
+        assert_eq!(scalar(pg, "SELECT sum(i) FROM waits"), "10");
+        assert!(pg.healthy(), "{version}");
     });
 }
