@@ -132,3 +132,57 @@ async fn eight_connections_at_once_on(version: &str) {
     assert_eq!(logged, i64::from(N_CONNS * N_TX), "{version}");
     drop(server);
 }
+
+/// COPY through tokio-postgres, which sends COPY FROM STDIN through the extended protocol: the
+/// statement prepared, then Bind, Execute and Sync, and its data only once the
+/// `CopyInResponse` came. Rows in and out, a bad row failing its COPY alone, a COPY rolled back
+/// with its transaction. PGlite 0.2 cannot stream: refused there, the connection going on.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_in_and_out_through_the_extended_protocol() {
+    for version in RELEASES {
+        copy_in_and_out_through_the_extended_protocol_on(version).await;
+    }
+}
+
+async fn copy_in_and_out_through_the_extended_protocol_on(version: &str) {
+    use futures_util::{SinkExt, TryStreamExt};
+    let dir = tempfile::tempdir().unwrap();
+    let _server = tokio::task::block_in_place(|| Server::start_release(dir.path(), version));
+    let mut client = connect(dir.path()).await;
+    client.batch_execute("CREATE TABLE c (id int8, label text)").await.unwrap();
+    let sink = client.copy_in::<_, bytes::Bytes>("COPY c FROM STDIN").await;
+    if version == "0.2.17" {
+        let err = sink.err().expect("refused on 0.2");
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+        assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+        return;
+    }
+    let sink = sink.unwrap();
+    let mut sink = std::pin::pin!(sink);
+    for chunk in 0..100 {
+        let data: String = (0..100).map(|i| format!("{}\trow {i}\n", chunk * 100 + i)).collect();
+        sink.send(bytes::Bytes::from(data)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 10_000, "{version}");
+    let row = client.query_one("SELECT count(*), sum(id)::int8 FROM c", &[]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (10_000, 49_995_000), "{version}");
+
+    let out = client.copy_out("COPY (SELECT id, label FROM c WHERE id < 3 ORDER BY id) TO STDOUT").await.unwrap();
+    let out: Vec<bytes::Bytes> = out.try_collect().await.unwrap();
+    assert_eq!(out.concat(), b"0\trow 0\n1\trow 1\n2\trow 2\n", "{version}");
+
+    // A bad row fails its COPY, which changes nothing; the connection goes on.
+    let mut bad = std::pin::pin!(client.copy_in::<_, bytes::Bytes>("COPY c (id) FROM STDIN").await.unwrap());
+    bad.send(bytes::Bytes::from_static(b"1\nx\n")).await.unwrap();
+    let err = bad.finish().await.expect_err("a bad row");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION), "{err}");
+
+    // Rolled back with its transaction.
+    let tx = client.transaction().await.unwrap();
+    let mut sink = std::pin::pin!(tx.copy_in::<_, bytes::Bytes>("COPY c (id) FROM STDIN").await.unwrap());
+    sink.send(bytes::Bytes::from_static(b"-1\n-2\n")).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    assert_eq!(tx.query_one("SELECT count(*) FROM c", &[]).await.unwrap().get::<_, i64>(0), 10_002);
+    tx.rollback().await.unwrap();
+    assert_eq!(client.query_one("SELECT count(*) FROM c", &[]).await.unwrap().get::<_, i64>(0), 10_000, "{version}");
+}

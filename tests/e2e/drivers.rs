@@ -99,12 +99,12 @@ fn run(mut cmd: Command, server: &Server) -> (ExitStatus, String) {
 /// Starts the command on each release and runs the program `make` builds against it; fails
 /// with the program's output (one line per scenario) and the server's log for every release it
 /// failed on, after trying them all.
-fn on_every_release(driver: &str, make: impl Fn() -> Command) {
+fn on_every_release(driver: &str, make: impl Fn(&str) -> Command) {
     let mut failures = Vec::new();
     for version in RELEASES {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start_release(dir.path(), version);
-        let (status, output) = run(make(), &server);
+        let (status, output) = run(make(version), &server);
         if status.success() {
             eprintln!("{driver} on PGlite {version}:\n{output}");
         } else {
@@ -131,20 +131,29 @@ fn node_program(name: &str) -> Command {
 
 #[test]
 fn asyncpg_gets_exact_results() {
-    on_every_release("asyncpg", || python_program("asyncpg_check.py"));
+    on_every_release("asyncpg", |_| python_program("asyncpg_check.py"));
 }
 
 #[test]
 fn psycopg_gets_exact_results() {
-    on_every_release("psycopg", || python_program("psycopg_check.py"));
+    on_every_release("psycopg", |_| python_program("psycopg_check.py"));
 }
 
 #[test]
 fn node_postgres_gets_exact_results() {
-    on_every_release("node-postgres", || node_program("node_pg_check.js"));
+    on_every_release("node-postgres", |_| node_program("node_pg_check.js"));
 }
 
 #[test]
 fn postgres_js_gets_exact_results() {
-    on_every_release("postgres.js", || node_program("postgres_js_check.js"));
+    on_every_release("postgres.js", |version| {
+        let mut cmd = node_program("postgres_js_check.js");
+        if version == "0.2.17" {
+            // postgres.js sends COPY through the extended protocol, which PGlite 0.2 cannot
+            // stream (README "Many clients, one backend"; the refusal is checked by
+            // `differential::scripts_extended::extended_copy_in_is_refused_on_0_2`).
+            cmd.arg("--skip=COPY");
+        }
+        cmd
+    });
 }
