@@ -343,7 +343,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 self.parse(frame.bytes(), statement, sql, param_types).await?;
             }
             FrontendMessage::Bind { portal, statement, .. } => {
-                if self.client.copy_statements.contains(statement) {
+                if !self.client.copy_statements.is_empty() && self.client.copy_statements.contains(statement) {
                     self.client.copy_portals.insert(portal.to_vec());
                 } else if !self.client.copy_portals.is_empty() {
                     self.client.copy_portals.remove(portal);
@@ -372,7 +372,10 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             }
             FrontendMessage::Execute { portal, .. } => {
                 self.batch.push(frame.bytes());
-                if self.client.copy_portals.contains(portal) && self.shared.backend.streams() {
+                if !self.client.copy_portals.is_empty()
+                    && self.client.copy_portals.contains(portal)
+                    && self.shared.backend.streams()
+                {
                     // A COPY runs with the client: what it says goes out now, as PostgreSQL
                     // sends a CopyInResponse without waiting for a Sync.
                     self.send_with(true).await?;
