@@ -504,7 +504,9 @@ fn wrap(store: &mut Store<Ctx>, table: Table, index: u32, watched: Watched, prof
         }
         result
     });
-    table.set(&mut *store, index as u64, Ref::Func(Some(wrapper))).map_err(Error::instantiate)
+    table.set(&mut *store, index as u64, Ref::Func(Some(wrapper))).map_err(Error::instantiate)?;
+    store.data_mut().invoke_cache.clear();
+    Ok(())
 }
 
 /// Makes `settings` the session's connection defaults, as PostgreSQL does with the options of a

@@ -69,6 +69,8 @@ pub(crate) struct Ctx {
     pub(crate) umask: i32,
     /// While initdb runs (0.5+): the PostgreSQL instance it runs as a child process.
     pub(crate) child: Option<Box<crate::instance::Child>>,
+    /// The table functions `invoke_*` called, checked (see `invoke`).
+    pub(crate) invoke_cache: super::invoke::InvokeCache,
 }
 
 impl Ctx {
@@ -93,6 +95,7 @@ impl Ctx {
             datum_size: 4,
             environ: super::wasi::ENVIRON.iter().map(|var| (*var).to_owned()).collect(),
             child: None,
+            invoke_cache: Default::default(),
             umask: 0o022,
         }
     }

@@ -3,10 +3,7 @@
 //! restores the stack pointer, sets `__THREW__` through `setThrew(1, 0)` and returns a zero of
 //! its result type. Anything else (exit, abort, out-of-bounds, stack exhaustion) passes through.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use rustc_hash::FxBuildHasher;
+use std::any::Any;
 
 use wasmtime::{Caller, Func, FuncType, Linker, Module, TypedFunc, Val, ValType, WasmParams, WasmResults};
 
@@ -27,108 +24,96 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmti
     Ok(())
 }
 
-/// Typed trampolines for the signatures nearly every query uses (a `SELECT 1` makes ~35
-/// invokes, all of these): a dynamic `Func::call` type-checks and converts every value on each
-/// call, which cost a third of a simple query's time. Emscripten names encode the signature
-/// (result, then parameters after the table index; `i` is i32, `v` none); should an import's
-/// type ever differ, instantiation fails cleanly. Returns false for the others, which take the
-/// dynamic path.
+/// Typed trampolines for the signatures nearly every query uses (a `SELECT 1` makes ~30
+/// invokes, an extended-protocol one ~150, all of these): a dynamic `Func::call` type-checks
+/// and converts every value on each call, which cost a third of a simple query's time.
+/// Emscripten names encode the signature (result, then parameters after the table index; `i` is
+/// i32, `v` none); should an import's type ever differ, instantiation fails cleanly. Returns
+/// false for the others, which take the dynamic path.
 fn add_typed(linker: &mut Linker<Ctx>, module: &str, name: &str) -> wasmtime::Result<bool> {
     type C<'a> = Caller<'a, Ctx>;
     match name {
-        "invoke_v" => {
-            let cache = Cache::<(), ()>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32| invoke(&cache, c, f, ()))?
-        }
-        "invoke_vi" => {
-            let cache = Cache::<i32, ()>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32| invoke(&cache, c, f, a))?
-        }
+        "invoke_v" => linker.func_wrap(module, name, |c: C<'_>, f: i32| invoke::<(), ()>(c, f, ()))?,
+        "invoke_vi" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32| invoke::<i32, ()>(c, f, a))?,
         "invoke_vii" => {
-            let cache = Cache::<(i32, i32), ()>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32| invoke(&cache, c, f, (a, b)))?
+            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32| invoke::<(i32, i32), ()>(c, f, (a, b)))?
         }
-        "invoke_viii" => {
-            let cache = Cache::<(i32, i32, i32), ()>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
-                invoke(&cache, c, f, (a, b, d))
-            })?
-        }
-        "invoke_i" => {
-            let cache = Cache::<(), i32>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32| invoke(&cache, c, f, ()))?
-        }
-        "invoke_ii" => {
-            let cache = Cache::<i32, i32>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32| invoke(&cache, c, f, a))?
-        }
-        "invoke_iii" => {
-            let cache = Cache::<(i32, i32), i32>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32| invoke(&cache, c, f, (a, b)))?
-        }
-        "invoke_iiii" => {
-            let cache = Cache::<(i32, i32, i32), i32>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
-                invoke(&cache, c, f, (a, b, d))
-            })?
-        }
-        "invoke_iiiii" => {
-            let cache = Cache::<(i32, i32, i32, i32), i32>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
-                invoke(&cache, c, f, (a, b, d, e))
-            })?
-        }
-        "invoke_iiiiii" => {
-            let cache = Cache::<(i32, i32, i32, i32, i32), i32>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
-                invoke(&cache, c, f, (a, b, d, e, g))
-            })?
-        }
-        "invoke_iiiiiii" => {
-            let cache = Cache::<(i32, i32, i32, i32, i32, i32), i32>::default();
-            linker.func_wrap(
-                module,
-                name,
-                move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
-                    invoke(&cache, c, f, (a, b, d, e, g, h))
-                },
-            )?
-        }
-        "invoke_viiii" => {
-            let cache = Cache::<(i32, i32, i32, i32), ()>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
-                invoke(&cache, c, f, (a, b, d, e))
-            })?
-        }
+        "invoke_viii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
+            invoke::<(i32, i32, i32), ()>(c, f, (a, b, d))
+        })?,
+        "invoke_viiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
+            invoke::<(i32, i32, i32, i32), ()>(c, f, (a, b, d, e))
+        })?,
         "invoke_viiiii" => {
-            let cache = Cache::<(i32, i32, i32, i32, i32), ()>::default();
-            linker.func_wrap(module, name, move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
-                invoke(&cache, c, f, (a, b, d, e, g))
+            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
+                invoke::<(i32, i32, i32, i32, i32), ()>(c, f, (a, b, d, e, g))
             })?
         }
         "invoke_viiiiii" => {
-            let cache = Cache::<(i32, i32, i32, i32, i32, i32), ()>::default();
-            linker.func_wrap(
-                module,
-                name,
-                move |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
-                    invoke(&cache, c, f, (a, b, d, e, g, h))
-                },
-            )?
+            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
+                invoke::<(i32, i32, i32, i32, i32, i32), ()>(c, f, (a, b, d, e, g, h))
+            })?
+        }
+        "invoke_i" => linker.func_wrap(module, name, |c: C<'_>, f: i32| invoke::<(), i32>(c, f, ()))?,
+        "invoke_ii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32| invoke::<i32, i32>(c, f, a))?,
+        "invoke_iii" => linker
+            .func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32| invoke::<(i32, i32), i32>(c, f, (a, b)))?,
+        "invoke_iiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
+            invoke::<(i32, i32, i32), i32>(c, f, (a, b, d))
+        })?,
+        "invoke_iiiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
+            invoke::<(i32, i32, i32, i32), i32>(c, f, (a, b, d, e))
+        })?,
+        "invoke_iiiiii" => {
+            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
+                invoke::<(i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g))
+            })?
+        }
+        "invoke_iiiiiii" => {
+            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
+                invoke::<(i32, i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g, h))
+            })?
         }
         _ => return Ok(false),
     };
     Ok(true)
 }
 
-/// Type-checked views of the table's functions, by function identity (`Func::to_raw` is
-/// unique and stable within a store; the linker, and so this cache, lives as long as it).
-/// Shared, because cloning a `TypedFunc` clones its type, which took ~6 % of a simple query's
-/// time in reference counts; a hash of a pointer needs no SipHash.
-type Cache<P, R> = Mutex<HashMap<usize, Arc<TypedFunc<P, R>>, FxBuildHasher>>;
+/// Type-checked views of the table's functions (`TypedFunc`s), by table index, kept in the
+/// store: a hit costs no table lookup, no type check and no reference count, as each of the
+/// ~150 invokes of an extended-protocol query otherwise would. An entry is taken out for its
+/// call and put back after it (an invoke of the same function inside makes its own). Emptied
+/// whenever the host replaces a table entry; entries it adds were empty, and empty ones are
+/// never cached.
+#[derive(Default)]
+pub(crate) struct InvokeCache {
+    entries: Vec<Option<Box<dyn Any + Send>>>,
+    /// Counts the times it was emptied: an entry taken out before is not put back.
+    generation: u64,
+}
 
-fn invoke<P: WasmParams, R: WasmResults + Default>(
-    cache: &Cache<P, R>,
+impl InvokeCache {
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.generation += 1;
+    }
+
+    fn take(&mut self, slot: usize) -> Option<Box<dyn Any + Send>> {
+        self.entries.get_mut(slot).and_then(Option::take)
+    }
+
+    fn put(&mut self, slot: usize, generation: u64, entry: Box<dyn Any + Send>) {
+        if generation != self.generation {
+            return;
+        }
+        if self.entries.len() <= slot {
+            self.entries.resize_with(slot + 1, || None);
+        }
+        self.entries[slot] = Some(entry);
+    }
+}
+
+fn invoke<P: WasmParams + 'static, R: WasmResults + Default + 'static>(
     mut caller: Caller<'_, Ctx>,
     index: i32,
     args: P,
@@ -136,18 +121,16 @@ fn invoke<P: WasmParams, R: WasmResults + Default>(
     let shared = caller.data().shared();
     let sp = shared.stack_pointer.get(&mut caller);
     let context = error_context(&mut caller);
-    let func = table_func(&mut caller, index)?;
-    let key = func.to_raw(&mut caller) as usize;
-    let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-    let typed = match cached {
-        Some(typed) => typed,
-        None => {
-            let typed = Arc::new(func.typed::<P, R>(&caller)?);
-            cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, typed.clone());
-            typed
-        }
+    let slot = index as u32 as usize;
+    let generation = caller.data().invoke_cache.generation;
+    let entry = match caller.data_mut().invoke_cache.take(slot) {
+        Some(entry) if entry.is::<TypedFunc<P, R>>() => entry,
+        _ => Box::new(table_func(&mut caller, index)?.typed::<P, R>(&caller)?),
     };
-    match typed.call(&mut caller, args) {
+    let typed = entry.downcast_ref::<TypedFunc<P, R>>().expect("an entry of this type");
+    let result = typed.call(&mut caller, args);
+    caller.data_mut().invoke_cache.put(slot, generation, entry);
+    match result {
         Ok(result) => Ok(result),
         Err(err) => {
             let err = overflow_to_error(&mut caller, err, sp, context);
