@@ -167,6 +167,14 @@ impl Script {
         self
     }
 
+    /// Runs on PGlite `release` alone; the others skip it for `reason`.
+    pub(crate) fn only_on(mut self, release: &'static str, reason: &'static str) -> Script {
+        for other in RELEASES.into_iter().filter(|&other| other != release) {
+            self = self.skip_on(other, reason);
+        }
+        self
+    }
+
     fn startup_params(&self) -> Vec<(&str, &str)> {
         let mut params = vec![("user", self.user.as_str()), ("database", self.database.as_str())];
         params.extend(self.startup.iter().map(|(n, v)| (n.as_str(), v.as_str())));
