@@ -107,6 +107,8 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 /// A client speaking the protocol by hand on the runtime's socket, logged in.
 fn raw_client(dir: &Path) -> UnixStream {
     let mut stream = UnixStream::connect(dir.join(".s.PGSQL.5432")).unwrap();
+    // An answer that never comes fails the test instead of hanging it.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
     let mut body = 196_608u32.to_be_bytes().to_vec();
     body.extend_from_slice(b"user\0postgres\0database\0nself\0\0");
     let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
@@ -121,7 +123,9 @@ fn read_until(stream: &mut UnixStream, tag: u8) -> String {
     let mut tags = String::new();
     loop {
         let mut head = [0u8; 5];
-        stream.read_exact(&mut head).unwrap();
+        if let Err(error) = stream.read_exact(&mut head) {
+            panic!("{error} after {tags:?}");
+        }
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut body = vec![0u8; len - 4];
         stream.read_exact(&mut body).unwrap();
@@ -157,6 +161,120 @@ fn a_client_that_dies_during_copy_from_stdin_leaves_nothing_behind() {
             assert!(stdout.contains("DELETE 1"), "{release}:\n{stdout}\n{stderr}");
         }
         drop(server);
+    }
+}
+
+/// A COPY that fails on its first row while the client still streams megabytes of data: the
+/// error and `ReadyForQuery` come once, the client is idle afterwards and another client gets
+/// the backend at once, as with PostgreSQL.
+#[test]
+fn a_copy_that_fails_early_lets_the_backend_go_when_it_is_over() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let dsn = runtime_dsn(dir.path());
+        assert!(psql_on(&dsn, "CREATE TABLE f (x int);").status.success());
+        let mut copying = raw_client(dir.path());
+        copying.write_all(&message(b'Q', b"COPY f FROM STDIN\0")).unwrap();
+        assert_eq!(read_until(&mut copying, b'G'), "G", "{release}");
+        let rows: String = (0..10_000).map(|i| format!("{i}\n")).collect();
+        let mut data = message(b'd', b"not a number\n");
+        for _ in 0..128 {
+            data.extend(message(b'd', rows.as_bytes()));
+        }
+        data.extend(message(b'c', b""));
+        copying.write_all(&data).unwrap();
+        assert_eq!(read_until(&mut copying, b'Z'), "EZ", "{release}");
+        // The failed client stays connected and idle: the next one is not kept waiting.
+        let mut next = raw_client(dir.path());
+        next.write_all(&message(b'Q', b"SELECT count(*) FROM f\0")).unwrap();
+        assert_eq!(read_until(&mut next, b'Z'), "TDCZ", "{release}");
+        copying.write_all(&message(b'Q', b"SELECT 1\0")).unwrap();
+        assert_eq!(read_until(&mut copying, b'Z'), "TDCZ", "{release}");
+        drop(server);
+    }
+}
+
+/// A client that leaves while its extended-protocol COPY TO STDOUT streams out (after a Flush,
+/// as a driver reading a COPY's rows as they come sends), inside a transaction block and
+/// before its Sync: its transaction is rolled back and the next client
+/// finds the backend as it should, not skipping messages until a Sync.
+#[test]
+fn a_client_that_leaves_during_an_extended_copy_out_leaves_nothing_behind() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let mut leaving = raw_client(dir.path());
+        leaving.write_all(&message(b'Q', b"BEGIN; CREATE TABLE left_behind (x int)\0")).unwrap();
+        read_until(&mut leaving, b'Z');
+        let mut batch = message(b'P', b"\0COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT\0\0\0");
+        batch.extend(message(b'B', &[0; 8]));
+        batch.extend(message(b'E', &[0; 5]));
+        // Flush: PostgreSQL sends what it has, without ending the sequence.
+        batch.extend(message(b'H', b""));
+        leaving.write_all(&batch).unwrap();
+        assert_eq!(read_until(&mut leaving, b'd'), "12Hd", "{release}");
+        drop(leaving);
+        let mut next = raw_client(dir.path());
+        next.write_all(&message(b'Q', b"SELECT count(*) FROM pg_class WHERE relname = 'left_behind'\0")).unwrap();
+        assert_eq!(read_until(&mut next, b'Z'), "TDCZ", "{release}");
+        next.write_all(&message(b'Q', b"CREATE TABLE left_behind (x int)\0")).unwrap();
+        assert_eq!(read_until(&mut next, b'Z'), "CZ", "{release}: the first client's table was rolled back");
+        drop(server);
+    }
+}
+
+/// A statement timeout that ends a COPY FROM STDIN while its data streams in says so, as
+/// PostgreSQL's error does (not "user request", the cancel the host uses to deliver it).
+#[test]
+fn a_statement_timeout_during_copy_from_stdin_is_named_as_such() {
+    for release in RELEASES {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_release(dir.path(), release);
+        let dsn = runtime_dsn(dir.path());
+        let setup = "CREATE TABLE slow (x int); \
+                     CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END$$; \
+                     CREATE TRIGGER slow_row BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION slow_row();";
+        assert!(psql_on(&dsn, setup).status.success());
+        let mut copying = raw_client(dir.path());
+        copying.write_all(&message(b'Q', b"SET statement_timeout = '500ms'\0")).unwrap();
+        read_until(&mut copying, b'Z');
+        copying.write_all(&message(b'Q', b"COPY slow FROM STDIN\0")).unwrap();
+        assert_eq!(read_until(&mut copying, b'G'), "G", "{release}");
+        for row in 1..=10 {
+            copying.write_all(&message(b'd', format!("{row}\n").as_bytes())).unwrap();
+        }
+        copying.write_all(&message(b'c', b"")).unwrap();
+        let (tags, error) = read_error_until_ready(&mut copying);
+        assert_eq!(tags, "EZ", "{release}");
+        assert!(error.contains("canceling statement due to statement timeout"), "{release}: {error}");
+        drop(server);
+    }
+}
+
+/// Reads messages up to `ReadyForQuery`; returns their types and the text of the error's
+/// message field, if there was an error.
+fn read_error_until_ready(stream: &mut UnixStream) -> (String, String) {
+    let mut tags = String::new();
+    let mut error = String::new();
+    loop {
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).unwrap();
+        tags.push(char::from(head[0]));
+        if head[0] == b'E' {
+            for field in body.split(|&b| b == 0) {
+                if let Some(text) = field.strip_prefix(b"M") {
+                    error = String::from_utf8_lossy(text).into_owned();
+                }
+            }
+        }
+        if head[0] == b'Z' {
+            return (tags, error);
+        }
     }
 }
 

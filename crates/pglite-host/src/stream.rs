@@ -187,10 +187,20 @@ impl OutScan {
 }
 
 /// The whole frames of the reply so far, taken out of it (PGlite's debugging notices dropped);
-/// a torn frame at its end stays.
+/// a torn frame at its end stays, and so does everything from a cancel's `57014` on: the
+/// exchange's end words it with the reason the statement was cancelled for (see
+/// `interrupts::finish_exchange`).
 fn whole_frames(out: &mut Vec<u8>, scan: &mut OutScan) -> Vec<u8> {
     scan.advance(out);
-    let rest = out.split_off(scan.whole);
+    let mut end = 0;
+    while end < scan.whole {
+        let len = crate::instance::frame_len(&out[end..]).expect("whole frames");
+        if out[end] == b'E' && memchr::memmem::find(&out[end..end + len], b"C57014\0").is_some() {
+            break;
+        }
+        end += len;
+    }
+    let rest = out.split_off(end);
     let mut said = std::mem::replace(out, rest);
     *scan = OutScan::default();
     crate::instance::drop_debug_notices(&mut said);

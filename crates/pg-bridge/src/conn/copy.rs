@@ -28,13 +28,13 @@ use std::future::Future;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::batch::{Batch, Unnamed};
 use super::{Connection, Next};
 use crate::filter::{self, Filtered, Plan};
-use crate::protocol::backend::{Severity, TxStatus};
+use crate::protocol::backend::TxStatus;
 use crate::protocol::frame;
 use crate::protocol::frontend::{self as message, FrontendMessage, Part};
 use crate::shared::RunGuard;
@@ -196,6 +196,17 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
             held
         });
         let output = session.exchanged(&self.shared.backend, &mut self.client.state, answer).await?;
+        if pumped.client.is_err() {
+            // The turn ends here: what is cleaned up after the client depends on where the
+            // backend stands.
+            match frame::frames(&output).flatten().filter(|(tag, _)| *tag == b'Z').last() {
+                Some((_, ready)) => {
+                    self.client.tx = crate::protocol::backend::ready_status(ready).unwrap_or(TxStatus::Failed);
+                    self.client.pending = false;
+                }
+                None => self.client.pending = true,
+            }
+        }
         pumped.client?;
         Ok(self.answered(output, started, tx_deadline)?.map(|(output, started)| (output, started, pumped.written)))
     }
@@ -282,26 +293,26 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     /// Takes a piece the backend handed on: COPY data and what leads to the client's COPY
-    /// data go to the client, the rest is held for the answer. Returns whether the backend is
-    /// to get more input.
+    /// data go to the client; what it said once no COPY wants the client's data (its end, an
+    /// error, `ReadyForQuery`) is held for the answer, which the turn's bookkeeping reads.
+    /// Returns whether the backend is to get more input: not after a wait that followed
+    /// everything it was sent, unless a COPY wants more.
     async fn take_piece(&mut self, piece: Piece, copy: &mut CopyState, plan: &mut Plan, res: &mut Pumped) -> bool {
-        let (bytes, current) = match piece {
-            Piece::CopyOut(bytes) => (bytes, false),
+        let bytes = match piece {
+            Piece::CopyOut(bytes) => bytes,
             Piece::Waits { said, read } => {
                 copy.saw(&said);
-                (said, read == copy.sent)
+                if !copy.active() {
+                    res.held.extend_from_slice(&said);
+                    // A wait before it read what was sent decides nothing.
+                    return read < copy.sent;
+                }
+                // Until the COPY is over: no notifications, and a client that leaves has its
+                // sequence cleaned up.
+                self.client.pending = true;
+                said
             }
         };
-        let wanted = !current || copy.active();
-        if !wanted {
-            res.held.extend_from_slice(&bytes);
-            return false;
-        }
-        if copy.active() {
-            // Until the COPY is over: no notifications, and a client that leaves has its
-            // sequence cleaned up.
-            self.client.pending = true;
-        }
         if bytes.is_empty() || res.client.is_err() {
             return true;
         }
@@ -363,7 +374,8 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
     }
 
     /// The client's next message during COPY FROM STDIN; an error when it left or the
-    /// connection must end (told to the client first).
+    /// connection must end (`Rejected`: the FATAL the connection ends with). Cancel-safe: it
+    /// writes nothing.
     async fn copy_frame(&mut self) -> Result<frame::Frame, Error> {
         match self.next_frame().await? {
             Next::Frame(frame) => Ok(frame),
@@ -371,11 +383,7 @@ impl<B: Backend, S: AsyncRead + AsyncWrite + Unpin + Send> Connection<B, S> {
                 std::io::ErrorKind::UnexpectedEof,
                 "the client left during COPY FROM STDIN",
             ))),
-            Next::Stop { sqlstate, message } => {
-                self.write_error(Severity::Fatal, sqlstate, &message).await;
-                let _ = self.stream.flush().await;
-                Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, message)))
-            }
+            Next::Stop { sqlstate, message } => Err(Error::Rejected { sqlstate: sqlstate.to_owned(), reason: message }),
         }
     }
 
