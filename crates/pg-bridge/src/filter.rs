@@ -65,14 +65,7 @@ pub(crate) struct Filtered {
 pub(crate) fn filter(output: BytesMut, plan: &mut Plan) -> Result<Filtered, Error> {
     if plan.drop_leading == 0 && plan.tags.is_empty() && plan.skip_ready == 0 {
         // Usually nothing is to be removed or replaced: the output goes out as it is.
-        let mut res = Filtered {
-            out: BytesMut::new(),
-            ready: None,
-            parameters: Vec::new(),
-            notifications: Vec::new(),
-            dropped: 0,
-            skipped_error: false,
-        };
+        let mut res = Filtered::default();
         let mut clean = true;
         for item in frames(&output) {
             let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
@@ -136,14 +129,7 @@ fn without_context(frame: &[u8]) -> BytesMut {
 
 /// `filter` for output from which something is removed or replaced.
 fn filter_copy(output: &[u8], plan: &mut Plan) -> Result<Filtered, Error> {
-    let mut res = Filtered {
-        out: BytesMut::with_capacity(output.len()),
-        ready: None,
-        parameters: Vec::new(),
-        notifications: Vec::new(),
-        dropped: 0,
-        skipped_error: false,
-    };
+    let mut res = Filtered { out: BytesMut::with_capacity(output.len()), ..Filtered::default() };
     for item in frames(output) {
         let (tag, bytes) = item.map_err(|e| Error::Upstream { reason: format!("backend output: {e}") })?;
         if plan.skip_ready > 0 {
