@@ -30,6 +30,8 @@ impl Instance {
         };
         let mut store = link::new_store(module.engine(), profile, dirs, durable, environ)?;
         let (instance, linker, stack_top) = link::instantiate(&mut store, module, profile)?;
+        let memory = store.data().shared().memory;
+        super::advise_huge_pages(&mut store, memory);
         link::register_symbols(&mut store, &instance, &linker, module, profile.memory_base);
         let exports = link::runtime_exports(&mut store, &instance)?;
         let (rc, entry, shutdown) = match profile.start {
@@ -78,7 +80,6 @@ impl Instance {
             let table = store.data().shared().table;
             hooks::install(&mut store, &instance, table, profile, dirs.settings)?;
         }
-        let memory = store.data().shared().memory;
         let mut res = Instance { store, instance, entry, shutdown, memory, profile };
         if serving {
             let facts = crate::facts::facts(dirs.wasm, dirs.wasm_sha256);
