@@ -164,3 +164,15 @@ pub(crate) fn facts(wasm: &std::path::Path, sha256: &str) -> Facts {
     known.push((sha256.to_owned(), facts));
     facts
 }
+
+/// Starts reading the [`Facts`] of the module at `wasm` on a thread of its own (a few
+/// milliseconds: the whole module is read and walked), so that they are known by the time a
+/// boot that began meanwhile needs them. Whoever comes second waits for the first or finds
+/// them known.
+pub(crate) fn read_ahead(wasm: &std::path::Path, sha256: &str) {
+    let (wasm, sha256) = (wasm.to_owned(), sha256.to_owned());
+    let spawned = std::thread::Builder::new().name("pglite-facts".into()).spawn(move || facts(&wasm, &sha256));
+    if let Err(err) = spawned {
+        tracing::debug!(%err, "no thread to read the module's facts ahead; boot reads them");
+    }
+}

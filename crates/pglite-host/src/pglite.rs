@@ -6,7 +6,7 @@
 //! in the background.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,9 @@ struct Shared {
     alive: AtomicBool,
     /// Callers blocked on `core`: the background trim gives way to them.
     waiting: AtomicUsize,
+    /// How many times a caller has taken `core`: the background trim waits for it to stand
+    /// still.
+    taken: AtomicU64,
 }
 
 /// The cluster and the stack its guest runs on.
@@ -121,6 +124,7 @@ impl Shared {
             Err(poisoned) => self.recover(poisoned.into_inner()),
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.taken.fetch_add(1, Ordering::SeqCst);
         guard
     }
 
@@ -144,32 +148,40 @@ impl Shared {
     }
 }
 
-/// Boot zeroes the whole buffer pool; handing those pages back to the OS takes ~20 ms, so it
-/// is done after the start returns, a slice at a time under the lock, giving way to callers.
+/// Boot zeroes the whole buffer pool; handing those pages back to the OS reads all of it
+/// (~20 ms of one core), so it waits for a quiet spell: it starts once no caller has taken the
+/// lock for [`QUIET`], and goes a slice at a time, going back to waiting as soon as a caller
+/// comes. A client that connects right after the start does not share the machine with it.
 fn release_zero_pages_in_background(shared: &Arc<Shared>) {
     const SLICE: usize = 8 << 20;
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
     let shared = shared.clone();
     let spawned = std::thread::Builder::new().name("pglite-trim".into()).spawn(move || {
         let mut offset = 0;
+        let mut seen = shared.taken.load(Ordering::SeqCst);
         loop {
-            // Let a caller woken by the last unlock take the lock first (bounded: a caller
-            // may be waiting behind a long query instead).
-            for _ in 0..100 {
-                if shared.waiting.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            let mut core = match shared.core.lock() {
-                Ok(core) => core,
-                Err(_) => return,
-            };
-            let Some(instance) = core.cluster.as_mut().and_then(|cluster| cluster.instance.as_mut()) else {
+            std::thread::sleep(QUIET);
+            if !shared.alive.load(Ordering::SeqCst) {
                 return;
-            };
-            match instance.release_zero_pages(offset, SLICE) {
-                Some(next) => offset = next,
-                None => return,
+            }
+            let taken = shared.taken.load(Ordering::SeqCst);
+            if taken != seen {
+                seen = taken;
+                continue;
+            }
+            // Quiet: slice after slice, until a caller wants the lock.
+            while shared.taken.load(Ordering::SeqCst) == seen && shared.waiting.load(Ordering::SeqCst) == 0 {
+                let mut core = match shared.core.lock() {
+                    Ok(core) => core,
+                    Err(_) => return,
+                };
+                let Some(instance) = core.cluster.as_mut().and_then(|cluster| cluster.instance.as_mut()) else {
+                    return;
+                };
+                match instance.release_zero_pages(offset, SLICE) {
+                    Some(next) => offset = next,
+                    None => return,
+                }
             }
         }
     });
@@ -223,6 +235,7 @@ impl Pglite {
                     core: Mutex::new(Core { cluster: Some(cluster), stack }),
                     alive: AtomicBool::new(true),
                     waiting: AtomicUsize::new(0),
+                    taken: AtomicU64::new(0),
                 });
                 release_zero_pages_in_background(&shared);
                 Ok(Pglite {
