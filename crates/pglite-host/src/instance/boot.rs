@@ -33,7 +33,7 @@ impl Instance {
         let mut store = link::new_store(module.engine(), profile, dirs, durable, environ)?;
         let (instance, linker, stack_top) = link::instantiate(&mut store, module, profile)?;
         let memory = store.data().shared().memory;
-        super::advise_huge_pages(&mut store, memory);
+        super::advise_pages(&mut store, memory, true);
         link::register_symbols(&mut store, &instance, &linker, module, profile.memory_base);
         let exports = link::runtime_exports(&mut store, &instance)?;
         let (rc, entry, shutdown) = match profile.start {

@@ -105,23 +105,27 @@ fn is_zero(bytes: &[u8]) -> bool {
     head.iter().fold(0, |acc, &b| acc | b) == 0 && rest.iter().fold(0, |acc, &b| acc | b) == 0
 }
 
-/// Asks the kernel to back `memory` with transparent huge pages where it can. Boot zeroes the
-/// whole buffer pool (128 MB) in guest code: on 4 KiB pages that is 32,768 page faults, about
-/// half of a warm restart; on 2 MiB pages it is 64. Only advice: contents and behaviour stay
-/// the same, and a kernel without THP (or with it off) ignores it.
-pub(crate) fn advise_huge_pages(store: &mut wasmtime::Store<Ctx>, memory: wasmtime::Memory) {
+/// Asks the kernel to back `memory` with transparent huge pages where it can (`huge`), or no
+/// longer to. Boot zeroes the whole buffer pool (128 MB) in guest code: on 4 KiB pages that is
+/// 32,768 page faults, about half of a warm restart; on 2 MiB pages it is 64. Once boot is
+/// done the trim hands the zero pages back and the memory goes back to small pages: khugepaged
+/// would otherwise fold them into huge pages again (with its default `max_ptes_none` it fills a
+/// 2 MiB range around a single resident page), 10 MiB more resident within seconds. Only
+/// advice: contents and behaviour stay the same, and a kernel without THP ignores it.
+pub(crate) fn advise_pages(store: &mut wasmtime::Store<Ctx>, memory: wasmtime::Memory, huge: bool) {
     let base = memory.data_ptr(&*store);
     // The whole range a memory may grow into (32,768 pages of 64 KiB): the engine reserves
     // it up front and never moves a memory, so the advice covers what later grows too.
     let len = usize::try_from(memory.ty(&*store).maximum().unwrap_or(32768)).unwrap_or(32768) * 65536;
+    let advice = if huge { rustix::mm::Advice::LinuxHugepage } else { rustix::mm::Advice::LinuxNoHugepage };
     // SAFETY: `[base, base + len)` lies inside the reservation wasmtime made for this memory
-    // (at least 4 GiB, see `engine.rs`). MADV_HUGEPAGE only marks the mapping as eligible for
-    // huge pages: it changes no byte and no protection, so nothing that reads or writes the
-    // memory, here or in the guest, can observe it.
+    // (at least 4 GiB, see `engine.rs`). MADV_(NO)HUGEPAGE only marks the mapping as eligible
+    // for huge pages or not: it changes no byte and no protection, so nothing that reads or
+    // writes the memory, here or in the guest, can observe it.
     #[expect(unsafe_code, reason = "advice on our own linear memory's reservation")]
-    let advised = unsafe { rustix::mm::madvise(base.cast(), len, rustix::mm::Advice::LinuxHugepage) };
+    let advised = unsafe { rustix::mm::madvise(base.cast(), len, advice) };
     if let Err(err) = advised {
-        tracing::debug!(%err, "madvise(HUGEPAGE) failed; the memory stays on small pages");
+        tracing::debug!(%err, huge, "madvise on the linear memory failed; its pages stay as they are");
     }
 }
 
@@ -129,8 +133,12 @@ impl Instance {
     /// Gives the pages of linear memory in `[offset, offset + len)` that hold only zeros back
     /// to the OS; they read as zeros again when touched. Boot zeroes every byte of the 128 MB
     /// buffer pool (Emscripten's anonymous `mmap` is a `memset`), so without this an idle
-    /// database is resident in full. Returns where the next slice starts, `None` past the end.
+    /// database is resident in full. The first slice (at 0) puts the memory back on small
+    /// pages (see [`advise_pages`]). Returns where the next slice starts, `None` past the end.
     pub(crate) fn release_zero_pages(&mut self, offset: usize, len: usize) -> Option<usize> {
+        if offset == 0 {
+            advise_pages(&mut self.store, self.memory, false);
+        }
         let page = rustix::param::page_size();
         let memory = self.memory.data_mut(&mut self.store);
         if offset >= memory.len() {
