@@ -124,8 +124,17 @@ impl Shared {
             Err(poisoned) => self.recover(poisoned.into_inner()),
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.taken.fetch_add(1, Ordering::SeqCst);
+        self.taken.fetch_add(1, Ordering::Relaxed);
         guard
+    }
+
+    /// Locks the core if it is free (the inline path of an exchange), counted as taken.
+    fn try_lock(&self) -> std::sync::TryLockResult<MutexGuard<'_, Core>> {
+        let res = self.core.try_lock();
+        if !matches!(res, Err(TryLockError::WouldBlock)) {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        res
     }
 
     /// A panic while the guest ran (a host bug) leaves PostgreSQL in an unknown state: its
@@ -150,27 +159,37 @@ impl Shared {
 
 /// Boot zeroes the whole buffer pool; handing those pages back to the OS reads all of it
 /// (~20 ms of one core), so it waits for a quiet spell: it starts once no caller has taken the
-/// lock for [`QUIET`], and goes a slice at a time, going back to waiting as soon as a caller
-/// comes. A client that connects right after the start does not share the machine with it.
+/// lock for [`QUIET`] and goes a slice at a time, back to waiting as soon as a caller comes. A
+/// client that connects right after the start does not share the machine with it. A database
+/// that is never quiet that long is trimmed after [`PATIENCE`] spells anyway, still giving way
+/// to callers that block on the lock.
 fn release_zero_pages_in_background(shared: &Arc<Shared>) {
     const SLICE: usize = 8 << 20;
     const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
+    const PATIENCE: u32 = 100;
     let shared = shared.clone();
     let spawned = std::thread::Builder::new().name("pglite-trim".into()).spawn(move || {
         let mut offset = 0;
-        let mut seen = shared.taken.load(Ordering::SeqCst);
+        let mut seen = shared.taken.load(Ordering::Relaxed);
+        let mut spells = 0;
+        // Whether a caller came since `seen` was read, or blocks on the lock now.
+        let busy = |seen: &mut u64, spells: u32| {
+            let taken = shared.taken.load(Ordering::Relaxed);
+            let came = taken != *seen && spells < PATIENCE;
+            *seen = taken;
+            came || shared.waiting.load(Ordering::SeqCst) != 0
+        };
         loop {
             std::thread::sleep(QUIET);
+            spells += 1;
             if !shared.alive.load(Ordering::SeqCst) {
                 return;
             }
-            let taken = shared.taken.load(Ordering::SeqCst);
-            if taken != seen {
-                seen = taken;
+            if busy(&mut seen, spells) {
                 continue;
             }
-            // Quiet: slice after slice, until a caller wants the lock.
-            while shared.taken.load(Ordering::SeqCst) == seen && shared.waiting.load(Ordering::SeqCst) == 0 {
+            // Quiet: slice after slice, until a caller comes.
+            loop {
                 let mut core = match shared.core.lock() {
                     Ok(core) => core,
                     Err(_) => return,
@@ -181,6 +200,10 @@ fn release_zero_pages_in_background(shared: &Arc<Shared>) {
                 match instance.release_zero_pages(offset, SLICE) {
                     Some(next) => offset = next,
                     None => return,
+                }
+                drop(core);
+                if busy(&mut seen, spells) {
+                    break;
                 }
             }
         }
@@ -295,7 +318,7 @@ impl Pglite {
     pub async fn exec_protocol_async(&self, request: Vec<u8>, interrupt: Interrupt) -> Result<Vec<u8>, Error> {
         let shared = &self.shared;
         // The guard must not live across the await below (it is not Send).
-        let (inline, interrupt) = match shared.core.try_lock() {
+        let (inline, interrupt) = match shared.try_lock() {
             Ok(mut core) => (Some(core.exec(&request, interrupt, &shared.alive)), Interrupt::default()),
             Err(TryLockError::Poisoned(poisoned)) => (
                 Some(shared.recover(poisoned.into_inner()).exec(&request, interrupt, &shared.alive)),
