@@ -2,7 +2,8 @@
 //! takes seconds, so its compiled form is kept on disk keyed by the wasm's SHA-256 and the
 //! engine's compatibility hash, written atomically and checked by a receipt before use. The
 //! main module's key is the artifact's SHA-256, verified against its pin when it was fetched,
-//! so a warm start neither reads nor hashes the wasm; side modules are hashed as they load.
+//! so loading it neither reads nor hashes the wasm (only `facts.rs` reads it, beside the boot);
+//! side modules are hashed as they load.
 //! Nothing here decides which module to run: callers hand in the bytes or the artifact.
 
 use std::hash::{Hash, Hasher};
@@ -20,6 +21,10 @@ use crate::{Artifact, Error};
 /// (`pglite.rs`'s `GUEST_STACK`, also the boot thread's) is comfortably larger than this.
 pub(crate) const MAX_WASM_STACK: usize = 64 << 20;
 
+/// The address space reserved for each linear memory, all of it mapped when the memory is
+/// made: the whole 32-bit range.
+pub(crate) const MEMORY_RESERVATION: u64 = 1 << 32;
+
 /// The process-wide engine: one configuration, so compiled modules can be shared.
 pub(crate) fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -34,7 +39,10 @@ pub(crate) fn engine() -> &'static Engine {
         config.parallel_compilation(true);
         // Other threads raise PostgreSQL's interrupt flags in a running guest's memory (see
         // `interrupts`), so a linear memory must stay where it was made. (Memories are capped
-        // at 2 GiB, inside the default 4 GiB reservation: growing never needed to move them.)
+        // at 2 GiB, inside the 4 GiB reservation: growing never needed to move them.) The
+        // reservation is wasmtime's default on 64-bit hosts, set here because the host advises
+        // the kernel on all of it (`instance::advise_pages`).
+        config.memory_reservation(MEMORY_RESERVATION);
         config.memory_may_move(false);
         // For profiling: `perf` finds the compiled functions' names in /tmp/perf-<pid>.map.
         if std::env::var_os("NSELF_WASM_PERFMAP").is_some() {

@@ -152,10 +152,12 @@ impl Facts {
     }
 }
 
+/// The facts this process has read, by the module's SHA-256.
+static KNOWN: std::sync::Mutex<Vec<(String, Facts)>> = std::sync::Mutex::new(Vec::new());
+
 /// The [`Facts`] of the module at `wasm`, read from its code once per module (by SHA-256) in
 /// this process.
 pub(crate) fn facts(wasm: &std::path::Path, sha256: &str) -> Facts {
-    static KNOWN: std::sync::Mutex<Vec<(String, Facts)>> = std::sync::Mutex::new(Vec::new());
     let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, facts)) = known.iter().find(|(key, _)| key == sha256) {
         return *facts;
@@ -170,6 +172,11 @@ pub(crate) fn facts(wasm: &std::path::Path, sha256: &str) -> Facts {
 /// boot that began meanwhile needs them. Whoever comes second waits for the first or finds
 /// them known.
 pub(crate) fn read_ahead(wasm: &std::path::Path, sha256: &str) {
+    if let Ok(known) = KNOWN.try_lock()
+        && known.iter().any(|(key, _)| key == sha256)
+    {
+        return;
+    }
     let (wasm, sha256) = (wasm.to_owned(), sha256.to_owned());
     let spawned = std::thread::Builder::new().name("pglite-facts".into()).spawn(move || facts(&wasm, &sha256));
     if let Err(err) = spawned {

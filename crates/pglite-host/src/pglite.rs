@@ -128,13 +128,11 @@ impl Shared {
         guard
     }
 
-    /// Locks the core if it is free (the inline path of an exchange), counted as taken.
+    /// Locks the core if it is free (the inline path of an exchange). Counted as taken either
+    /// way: a caller that finds it busy takes it from the blocking pool soon after.
     fn try_lock(&self) -> std::sync::TryLockResult<MutexGuard<'_, Core>> {
-        let res = self.core.try_lock();
-        if !matches!(res, Err(TryLockError::WouldBlock)) {
-            self.taken.fetch_add(1, Ordering::Relaxed);
-        }
-        res
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        self.core.try_lock()
     }
 
     /// A panic while the guest ran (a host bug) leaves PostgreSQL in an unknown state: its
@@ -161,8 +159,8 @@ impl Shared {
 /// (~20 ms of one core), so it waits for a quiet spell: it starts once no caller has taken the
 /// lock for [`QUIET`] and goes a slice at a time, back to waiting as soon as a caller comes. A
 /// client that connects right after the start does not share the machine with it. A database
-/// that is never quiet that long is trimmed after [`PATIENCE`] spells anyway, still giving way
-/// to callers that block on the lock.
+/// that is never quiet that long is trimmed after [`PATIENCE`] spells anyway, a slice per
+/// spell at least (~1 ms each), more while no caller blocks on the lock.
 fn release_zero_pages_in_background(shared: &Arc<Shared>) {
     const SLICE: usize = 8 << 20;
     const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
@@ -171,7 +169,7 @@ fn release_zero_pages_in_background(shared: &Arc<Shared>) {
     let spawned = std::thread::Builder::new().name("pglite-trim".into()).spawn(move || {
         let mut offset = 0;
         let mut seen = shared.taken.load(Ordering::Relaxed);
-        let mut spells = 0;
+        let mut spells: u32 = 0;
         // Whether a caller came since `seen` was read, or blocks on the lock now.
         let busy = |seen: &mut u64, spells: u32| {
             let taken = shared.taken.load(Ordering::Relaxed);
@@ -181,14 +179,14 @@ fn release_zero_pages_in_background(shared: &Arc<Shared>) {
         };
         loop {
             std::thread::sleep(QUIET);
-            spells += 1;
+            spells = spells.saturating_add(1);
             if !shared.alive.load(Ordering::SeqCst) {
                 return;
             }
-            if busy(&mut seen, spells) {
+            if busy(&mut seen, spells) && spells < PATIENCE {
                 continue;
             }
-            // Quiet: slice after slice, until a caller comes.
+            // Quiet (or out of patience): slice after slice, until a caller comes.
             loop {
                 let mut core = match shared.core.lock() {
                     Ok(core) => core,

@@ -107,23 +107,30 @@ fn is_zero(bytes: &[u8]) -> bool {
 
 /// Asks the kernel to back `memory` with transparent huge pages where it can (`huge`), or no
 /// longer to. Boot zeroes the whole buffer pool (128 MB) in guest code: on 4 KiB pages that is
-/// 32,768 page faults, about half of a warm restart; on 2 MiB pages it is 64. Once boot is
-/// done the trim hands the zero pages back and the memory goes back to small pages: khugepaged
-/// would otherwise fold them into huge pages again (with its default `max_ptes_none` it fills a
-/// 2 MiB range around a single resident page), 10 MiB more resident within seconds. Only
-/// advice: contents and behaviour stay the same, and a kernel without THP ignores it.
+/// 32,768 page faults, about half of a warm restart; on 2 MiB pages it is 64. (Whether the
+/// pool lies in the memory the module starts with or in what it grows differs between
+/// releases, so all of it is advised.) Once boot is done the trim hands the zero pages
+/// back and the memory goes back to small pages: khugepaged would otherwise fold them into
+/// huge pages again (with its default `max_ptes_none` it fills a 2 MiB range around a single
+/// resident page), 10 MiB more resident within seconds. A huge page the trim frees only in
+/// part (~10 of them, at the edges of what boot wrote) stays with the kernel whole until its
+/// deferred split, which runs under memory pressure: RSS does not count it. Only advice:
+/// contents and behaviour stay the same, and a kernel without THP ignores it.
 pub(crate) fn advise_pages(store: &mut wasmtime::Store<Ctx>, memory: wasmtime::Memory, huge: bool) {
     let base = memory.data_ptr(&*store);
-    // The whole range a memory may grow into (32,768 pages of 64 KiB): the engine reserves
-    // it up front and never moves a memory, so the advice covers what later grows too.
-    let len = usize::try_from(memory.ty(&*store).maximum().unwrap_or(32768)).unwrap_or(32768) * 65536;
+    // Up to the end of what the memory may grow into: the engine reserves it up front and
+    // never moves a memory, so the advice covers what later grows too.
+    let max = memory.ty(&*store).maximum().unwrap_or(u64::MAX).saturating_mul(65536);
+    let Ok(end) = usize::try_from(max.min(crate::engine::MEMORY_RESERVATION)) else {
+        return;
+    };
     let advice = if huge { rustix::mm::Advice::LinuxHugepage } else { rustix::mm::Advice::LinuxNoHugepage };
-    // SAFETY: `[base, base + len)` lies inside the reservation wasmtime made for this memory
-    // (at least 4 GiB, see `engine.rs`). MADV_(NO)HUGEPAGE only marks the mapping as eligible
-    // for huge pages or not: it changes no byte and no protection, so nothing that reads or
-    // writes the memory, here or in the guest, can observe it.
+    // SAFETY: `[base, base + end)` lies inside the reservation wasmtime made for this memory
+    // (`MEMORY_RESERVATION`, set in `engine.rs`). MADV_(NO)HUGEPAGE only marks the mapping as
+    // eligible for huge pages or not: it changes no byte and no protection, so nothing that
+    // reads or writes the memory, here or in the guest, can observe it.
     #[expect(unsafe_code, reason = "advice on our own linear memory's reservation")]
-    let advised = unsafe { rustix::mm::madvise(base.cast(), len, advice) };
+    let advised = unsafe { rustix::mm::madvise(base.cast(), end, advice) };
     if let Err(err) = advised {
         tracing::debug!(%err, huge, "madvise on the linear memory failed; its pages stay as they are");
     }
