@@ -28,7 +28,7 @@ impl Instance {
             Start::Exports { .. } => imports::default_environ(),
             Start::SingleUser => single::environ(profile, &single::postgres_program(profile), database),
         };
-        // Read while the guest boots, on the other core.
+        // Read on a thread of their own while the guest boots.
         crate::facts::read_ahead(dirs.wasm, dirs.wasm_sha256);
         let mut store = link::new_store(module.engine(), profile, dirs, durable, environ)?;
         let (instance, linker, stack_top) = link::instantiate(&mut store, module, profile)?;
