@@ -159,8 +159,8 @@ impl Shared {
 /// (~20 ms of one core), so it waits for a quiet spell: it starts once no caller has taken the
 /// lock for [`QUIET`] and goes a slice at a time, back to waiting as soon as a caller comes. A
 /// client that connects right after the start does not share the machine with it. A database
-/// that is never quiet that long is trimmed after [`PATIENCE`] spells anyway, a slice per
-/// spell at least (~1 ms each), more while no caller blocks on the lock.
+/// that is never quiet that long is trimmed after [`PATIENCE`] spells anyway, a slice (~1 ms)
+/// per spell.
 fn release_zero_pages_in_background(shared: &Arc<Shared>) {
     const SLICE: usize = 8 << 20;
     const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
@@ -171,9 +171,9 @@ fn release_zero_pages_in_background(shared: &Arc<Shared>) {
         let mut seen = shared.taken.load(Ordering::Relaxed);
         let mut spells: u32 = 0;
         // Whether a caller came since `seen` was read, or blocks on the lock now.
-        let busy = |seen: &mut u64, spells: u32| {
+        let busy = |seen: &mut u64| {
             let taken = shared.taken.load(Ordering::Relaxed);
-            let came = taken != *seen && spells < PATIENCE;
+            let came = taken != *seen;
             *seen = taken;
             came || shared.waiting.load(Ordering::SeqCst) != 0
         };
@@ -183,7 +183,7 @@ fn release_zero_pages_in_background(shared: &Arc<Shared>) {
             if !shared.alive.load(Ordering::SeqCst) {
                 return;
             }
-            if busy(&mut seen, spells) && spells < PATIENCE {
+            if busy(&mut seen) && spells < PATIENCE {
                 continue;
             }
             // Quiet (or out of patience): slice after slice, until a caller comes.
@@ -200,7 +200,7 @@ fn release_zero_pages_in_background(shared: &Arc<Shared>) {
                     None => return,
                 }
                 drop(core);
-                if busy(&mut seen, spells) {
+                if busy(&mut seen) {
                     break;
                 }
             }

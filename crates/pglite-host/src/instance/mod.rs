@@ -116,7 +116,7 @@ fn is_zero(bytes: &[u8]) -> bool {
 /// part (~10 of them, at the edges of what boot wrote) stays with the kernel whole until its
 /// deferred split, which runs under memory pressure: RSS does not count it. Only advice:
 /// contents and behaviour stay the same, and a kernel without THP ignores it.
-pub(crate) fn advise_pages(store: &mut wasmtime::Store<Ctx>, memory: wasmtime::Memory, huge: bool) {
+fn advise_pages(store: &mut wasmtime::Store<Ctx>, memory: wasmtime::Memory, huge: bool) {
     let base = memory.data_ptr(&*store);
     // Up to the end of what the memory may grow into: the engine reserves it up front and
     // never moves a memory, so the advice covers what later grows too.
