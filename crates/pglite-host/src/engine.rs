@@ -17,6 +17,8 @@ use wasmtime::{Config, Engine, Module};
 
 use crate::{Artifact, Error};
 
+mod patch;
+
 /// Wasm stack for PostgreSQL's recursion (parser, plpgsql); the native stack the guest runs on
 /// (`pglite.rs`'s `GUEST_STACK`, also the boot thread's) is comfortably larger than this.
 pub(crate) const MAX_WASM_STACK: usize = 64 << 20;
@@ -71,16 +73,17 @@ fn sha256_key(hex: &str) -> Option<String> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
 }
 
-/// Where the compiled form of the module with this SHA-256 lives.
-fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
-    dir.join(format!("{}-{}.cwasm", &wasm_sha256[..wasm_sha256.len().min(32)], engine_key(engine)))
+/// Where the compiled form of the module with this SHA-256 lives; `tag` names the host's
+/// changes to the module before compiling (`patch::TAG`, or none).
+fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str, tag: &str) -> PathBuf {
+    dir.join(format!("{}-{}{tag}.cwasm", &wasm_sha256[..wasm_sha256.len().min(32)], engine_key(engine)))
 }
 
 /// Where the compiled form of `artifact`'s main module lives in `dir` for this build of the
 /// host (the engine's settings are part of the name).
 pub fn compiled_module_path(artifact: &Artifact, dir: &Path) -> PathBuf {
     let sha = sha256_key(&artifact.wasm_sha256).unwrap_or_else(|| artifact.wasm_sha256.clone());
-    cache_path(engine(), dir, &sha)
+    cache_path(engine(), dir, &sha, patch::TAG)
 }
 
 /// The artifact's main module: its compiled form from the cache, found by the artifact's
@@ -95,7 +98,7 @@ pub(crate) fn load_main_module(
 }
 
 /// The module at `path`, whose verified SHA-256 is `sha256`: from the cache when it holds it
-/// (without reading `path`), else compiled and cached.
+/// (without reading `path`), else patched (`patch`), compiled and cached.
 pub(crate) fn load_module(
     engine: &Engine,
     path: &Path,
@@ -103,15 +106,15 @@ pub(crate) fn load_module(
     cache_dir: Option<&Path>,
 ) -> Result<Module, Error> {
     let read = || std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
-    let compile = |wasm: &[u8]| Module::new(engine, wasm).map_err(Error::compile);
+    let compile = |wasm: &[u8]| Module::new(engine, &patch::patch(wasm)).map_err(Error::compile);
     let Some(dir) = cache_dir else {
         return compile(&read()?);
     };
     if let Some(wasm_sha256) = sha256_key(sha256) {
-        return cached(engine, dir, &wasm_sha256, || compile(&read()?));
+        return cached(engine, dir, &wasm_sha256, patch::TAG, || compile(&read()?));
     }
     let wasm = read()?;
-    cached(engine, dir, &sha256_hex(&wasm), || compile(&wasm))
+    cached(engine, dir, &sha256_hex(&wasm), patch::TAG, || compile(&wasm))
 }
 
 /// Compiles a side module's `wasm`, or loads its cached compiled form (keyed by its hash).
@@ -119,7 +122,7 @@ pub(crate) fn compile_cached(engine: &Engine, wasm: &[u8], cache_dir: Option<&Pa
     let Some(dir) = cache_dir else {
         return Module::new(engine, wasm);
     };
-    cached(engine, dir, &sha256_hex(wasm), || Module::new(engine, wasm))
+    cached(engine, dir, &sha256_hex(wasm), "", || Module::new(engine, wasm))
 }
 
 /// The module cached in `dir` under `wasm_sha256`, or else `compile`'s, then cached; a
@@ -129,9 +132,10 @@ fn cached<E>(
     engine: &Engine,
     dir: &Path,
     wasm_sha256: &str,
+    tag: &str,
     compile: impl FnOnce() -> Result<Module, E>,
 ) -> Result<Module, E> {
-    let path = cache_path(engine, dir, wasm_sha256);
+    let path = cache_path(engine, dir, wasm_sha256, tag);
     if let Some(module) = load_verified(engine, &path) {
         return Ok(module);
     }

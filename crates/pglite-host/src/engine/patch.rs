@@ -1,0 +1,222 @@
+//! The one change the host makes to PostgreSQL's module before compiling it: `memset` of a large
+//! range to zero writes only the pages that are not zero already.
+//!
+//! Boot zeroes the 128 MB buffer pool: Emscripten's anonymous `mmap` is `memalign` plus
+//! `memset`, over memory fresh from `memory.grow` that is zero already. Written, every page of
+//! it costs the kernel a page to clear and the guest a pass to zero it again, about half of a
+//! warm restart. Read, a fresh page is the kernel's shared zero page: nothing is allocated until
+//! PostgreSQL puts a buffer there. So a large zeroing `memset` first reads each 4 KiB chunk and
+//! writes (`memory.fill`) only the chunks that hold something; smaller or non-zero fills run
+//! the module's own code. The result is the same bytes in every case.
+//!
+//! The patch keeps every function's index and only prepends code to `memset`'s body, so the
+//! module's code addresses (`facts`) and its exports are unchanged. A module whose `memset` is
+//! missing or not `(i32, i32, i32) -> i32` is compiled as it is.
+
+use std::borrow::Cow;
+
+use wasm_encoder::{BlockType, CodeSection, Function, MemArg, RawSection, ValType};
+use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+
+/// Part of the compiled module's cache name: a change to the patch must change it.
+pub(crate) const TAG: &str = "z1";
+
+/// Fills shorter than this run the module's own `memset`.
+const LARGE: i32 = 64 << 10;
+
+/// The granularity of the check: a page of the kernel's.
+const CHUNK: i32 = 4 << 10;
+
+/// `wasm` with its `memset` patched, or `wasm` itself when there is nothing to patch.
+pub(crate) fn patch(wasm: &[u8]) -> Cow<'_, [u8]> {
+    match patched(wasm) {
+        Ok(Some(bytes)) => Cow::Owned(bytes),
+        Ok(None) => Cow::Borrowed(wasm),
+        Err(err) => {
+            tracing::debug!(%err, "module not patched");
+            Cow::Borrowed(wasm)
+        }
+    }
+}
+
+fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, wasmparser::BinaryReaderError> {
+    let mut sections = Vec::new();
+    let mut func_types = Vec::new();
+    let mut imported_funcs = 0u32;
+    let mut defined_types = Vec::new();
+    let mut memset = None;
+    let mut bodies = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload?;
+        if let Some(section) = payload.as_section() {
+            sections.push(section);
+        }
+        match payload {
+            Payload::TypeSection(reader) => {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    defined_types.push(ty?);
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    if let TypeRef::Func(_) = import?.ty {
+                        imported_funcs += 1;
+                    }
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for ty in reader {
+                    func_types.push(ty?);
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export?;
+                    if export.name == "memset" && export.kind == ExternalKind::Func {
+                        memset = export.index.checked_sub(imported_funcs);
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => bodies.push(body),
+            _ => {}
+        }
+    }
+    let Some(memset) = memset.map(|i| i as usize) else { return Ok(None) };
+    let ty = func_types.get(memset).and_then(|&t| defined_types.get(t as usize));
+    let i32_ = wasmparser::ValType::I32;
+    if !ty.is_some_and(|ty| ty.params() == [i32_, i32_, i32_] && ty.results() == [i32_]) {
+        return Ok(None);
+    }
+    if memset >= bodies.len() {
+        return Ok(None);
+    }
+    let mut code = CodeSection::new();
+    for (i, body) in bodies.iter().enumerate() {
+        if i == memset {
+            let Some(function) = zero_skipping(body)? else { return Ok(None) };
+            code.function(&function);
+        } else {
+            code.raw(body.as_bytes());
+        }
+    }
+    let mut module = wasm_encoder::Module::new();
+    for (id, range) in sections {
+        if id == wasm_encoder::SectionId::Code as u8 {
+            module.section(&code);
+        } else {
+            module.section(&RawSection { id, data: &wasm[range] });
+        }
+    }
+    Ok(Some(module.finish()))
+}
+
+/// `memset`'s body with the large-zero-fill path in front of it (see the module's doc).
+fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>, wasmparser::BinaryReaderError> {
+    let mut reader = body.get_locals_reader()?;
+    let mut locals = Vec::new();
+    // memset's parameters: the destination, the byte, the length.
+    let (dst, byte, len) = (0, 1, 2);
+    let mut next = 3u32;
+    for _ in 0..reader.get_count() {
+        let (count, ty) = reader.read()?;
+        let ty = match ty {
+            wasmparser::ValType::I32 => ValType::I32,
+            wasmparser::ValType::I64 => ValType::I64,
+            wasmparser::ValType::F32 => ValType::F32,
+            wasmparser::ValType::F64 => ValType::F64,
+            wasmparser::ValType::V128 => ValType::V128,
+            wasmparser::ValType::Ref(_) => return Ok(None),
+        };
+        locals.push((count, ty));
+        next += count;
+    }
+    let expression = &body.as_bytes()[reader.original_position() - body.range().start..];
+    // The patch's own locals: the chunk being looked at, the end of the range, the scan.
+    let (at, end, scan) = (next, next + 1, next + 2);
+    locals.push((3, ValType::I32));
+
+    let mut f = Function::new(locals);
+    let v128 = |offset| MemArg { offset, align: 0, memory_index: 0 };
+    f.instructions()
+        .local_get(byte)
+        .i32_eqz()
+        .local_get(len)
+        .i32_const(LARGE)
+        .i32_ge_u()
+        .i32_and()
+        .if_(BlockType::Empty)
+        .local_get(dst)
+        .local_set(at)
+        .local_get(dst)
+        .local_get(len)
+        .i32_add()
+        .local_set(end)
+        .block(BlockType::Empty) // done
+        .loop_(BlockType::Empty) // each chunk
+        // Less than a chunk left: fill it and stop.
+        .local_get(end)
+        .local_get(at)
+        .i32_sub()
+        .i32_const(CHUNK)
+        .i32_lt_u()
+        .if_(BlockType::Empty)
+        .local_get(at)
+        .i32_const(0)
+        .local_get(end)
+        .local_get(at)
+        .i32_sub()
+        .memory_fill(0)
+        .br(2)
+        .end()
+        .local_get(at)
+        .local_set(scan)
+        .block(BlockType::Empty) // something there
+        .loop_(BlockType::Empty) // each 64 bytes
+        .local_get(scan)
+        .v128_load(v128(0))
+        .local_get(scan)
+        .v128_load(v128(16))
+        .v128_or()
+        .local_get(scan)
+        .v128_load(v128(32))
+        .v128_or()
+        .local_get(scan)
+        .v128_load(v128(48))
+        .v128_or()
+        .v128_any_true()
+        .br_if(1)
+        .local_get(scan)
+        .i32_const(64)
+        .i32_add()
+        .local_tee(scan)
+        .local_get(at)
+        .i32_const(CHUNK)
+        .i32_add()
+        .i32_lt_u()
+        .br_if(0)
+        .end()
+        // All zero: on to the next chunk.
+        .local_get(at)
+        .i32_const(CHUNK)
+        .i32_add()
+        .local_set(at)
+        .br(1)
+        .end()
+        // Something there: zero the chunk.
+        .local_get(at)
+        .i32_const(0)
+        .i32_const(CHUNK)
+        .memory_fill(0)
+        .local_get(at)
+        .i32_const(CHUNK)
+        .i32_add()
+        .local_set(at)
+        .br(0)
+        .end()
+        .end()
+        .local_get(dst)
+        .return_()
+        .end();
+    f.raw(expression.iter().copied());
+    Ok(Some(f))
+}
