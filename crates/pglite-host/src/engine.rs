@@ -106,7 +106,7 @@ pub(crate) fn load_module(
     cache_dir: Option<&Path>,
 ) -> Result<Module, Error> {
     let read = || std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
-    let compile = |wasm: &[u8]| Module::new(engine, &patch::patch(wasm)).map_err(Error::compile);
+    let compile = |wasm: &[u8]| Module::new(engine, patch::patch(wasm)).map_err(Error::compile);
     let Some(dir) = cache_dir else {
         return compile(&read()?);
     };

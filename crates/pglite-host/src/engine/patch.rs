@@ -220,3 +220,6 @@ fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>
     f.raw(expression.iter().copied());
     Ok(Some(f))
 }
+
+#[cfg(test)]
+mod tests;

@@ -144,3 +144,36 @@ fn stop_and_drop_inside_an_async_runtime(version: &str) {
         assert_eq!(scalar(&pg, "SELECT 5"), "5", "{version}");
     });
 }
+
+/// A line of this process's `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with(&format!("{field}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Boot leaves the buffer pool to the kernel's zero page until PostgreSQL puts buffers there:
+/// the memory a start takes at its peak stays under `shared_buffers` (it used to be all of it
+/// and more, written at boot).
+#[test]
+fn boot_does_not_make_the_buffer_pool_resident() {
+    for version in releases() {
+        let dir = tempfile::tempdir().unwrap();
+        // The module compiled and cached, the template made: only a boot is measured.
+        drop(start(&version, &dir.path().join("first")));
+        // Resets VmHWM, the peak resident set, to the present one.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = status_kib("VmRSS");
+        let pg = start(&version, &dir.path().join("second"));
+        let grown = status_kib("VmHWM") - before;
+        let pool: u64 = scalar(
+            &pg,
+            "SELECT setting::bigint * current_setting('block_size')::bigint / 1024 FROM pg_settings \
+             WHERE name = 'shared_buffers'",
+        )
+        .parse()
+        .unwrap();
+        assert!(pool >= 64 << 10, "{version}: a pool of {pool} KiB proves nothing");
+        assert!(grown < pool, "{version}: a start took {grown} KiB at its peak, the pool is {pool} KiB");
+    }
+}
