@@ -2,8 +2,8 @@
 //! mutex: whichever thread holds it runs the guest inline, on a large stack borrowed for the
 //! call, so an exchange costs no thread hand-off (on a small VM a futex wake-up each way cost
 //! more than PostgreSQL's own work for a simple query). Boot runs on a short-lived thread so a
-//! start can time out; after it, the zeroed pages of the buffer pool are handed back to the OS
-//! in the background.
+//! start can time out; after it, the pages boot left resident and zero are handed back to the
+//! OS in the background.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -155,8 +155,9 @@ impl Shared {
     }
 }
 
-/// Boot zeroes the whole buffer pool; handing those pages back to the OS reads all of it
-/// (~20 ms of one core), so it waits for a quiet spell: it starts once no caller has taken the
+/// Boot makes memory resident 2 MiB at a time, about half of it zero (see
+/// `Instance::release_zero_pages`); handing those pages back to the OS reads all of the
+/// memory, so it waits for a quiet spell: it starts once no caller has taken the
 /// lock for [`QUIET`] and goes a slice at a time, back to waiting as soon as a caller comes. A
 /// client that connects right after the start does not share the machine with it. A database
 /// that is never quiet that long is trimmed after [`PATIENCE`] spells anyway, a slice (~1 ms)
