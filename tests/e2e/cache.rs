@@ -52,15 +52,18 @@ impl CacheCopy {
     /// The release's wasm and the compiled form of it.
     fn wasm_and_compiled(&self, version: &str) -> (PathBuf, PathBuf) {
         let release = pglite_fetch::pinned_release(version).unwrap();
-        let compiled = std::fs::read_dir(self.dir.path().join("pglite/modules"))
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .find(|path| {
-                let name = path.file_name().unwrap().to_string_lossy();
-                name.starts_with(&release.wasm.sha256[..32]) && name.ends_with(".cwasm")
-            })
-            .expect("the test cache holds the compiled module");
-        (self.version_dir(version).join(&release.wasm.name), compiled)
+        let wasm = self.version_dir(version).join(&release.wasm.name);
+        // The entry this build loads (the cache may hold others, of earlier builds).
+        let artifact = pglite_host::Artifact {
+            version: version.to_owned(),
+            wasm: wasm.clone(),
+            wasm_sha256: release.wasm.sha256.clone(),
+            package_root: self.version_dir(version).join("root"),
+            initdb: None,
+        };
+        let compiled = pglite_host::compiled_module_path(&artifact, &self.dir.path().join("pglite/modules"));
+        assert!(compiled.is_file(), "the test cache holds the compiled module");
+        (wasm, compiled)
     }
 
     /// `nself-embedded <args>` on this cache.

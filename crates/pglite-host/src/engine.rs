@@ -1,9 +1,10 @@
 //! The wasmtime engine and the compiled-module cache. Compiling the 8 MB PostgreSQL module
-//! takes seconds, so its compiled form is kept on disk keyed by the wasm's SHA-256 and the
-//! engine's compatibility hash, written atomically and checked by a receipt before use. The
-//! main module's key is the artifact's SHA-256, verified against its pin when it was fetched,
-//! so loading it neither reads nor hashes the wasm (only `facts.rs` reads it, beside the boot);
-//! side modules are hashed as they load.
+//! takes seconds, so its compiled form is kept on disk keyed by the wasm's SHA-256, the
+//! engine's compatibility hash and the tag of the host's one change to the module (`patch`),
+//! written atomically and checked by a receipt before use. The main module's key is the
+//! artifact's SHA-256, verified against its pin when it was fetched, so loading it neither
+//! reads nor hashes the wasm (only `facts.rs` reads it, beside the boot); side modules are
+//! hashed as they load and compiled as they come.
 //! Nothing here decides which module to run: callers hand in the bytes or the artifact.
 
 use std::hash::{Hash, Hasher};
@@ -106,7 +107,20 @@ pub(crate) fn load_module(
     cache_dir: Option<&Path>,
 ) -> Result<Module, Error> {
     let read = || std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
-    let compile = |wasm: &[u8]| Module::new(engine, patch::patch(wasm)).map_err(Error::compile);
+    let compile = |wasm: &[u8]| {
+        let patched = patch::patch(wasm);
+        let is_patched = matches!(patched, std::borrow::Cow::Owned(_));
+        Module::new(engine, patched)
+            .or_else(|err| {
+                if !is_patched {
+                    return Err(err);
+                }
+                // The patch is an optimisation: a module it broke still runs as it came.
+                tracing::warn!(%err, "the patched module did not compile; compiling it as it is");
+                Module::new(engine, wasm)
+            })
+            .map_err(Error::compile)
+    };
     let Some(dir) = cache_dir else {
         return compile(&read()?);
     };

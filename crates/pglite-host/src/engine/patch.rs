@@ -3,15 +3,18 @@
 //!
 //! Boot zeroes the 128 MB buffer pool: Emscripten's anonymous `mmap` is `memalign` plus
 //! `memset`, over memory fresh from `memory.grow` that is zero already. Written, every page of
-//! it costs the kernel a page to clear and the guest a pass to zero it again, about half of a
-//! warm restart. Read, a fresh page is the kernel's shared zero page: nothing is allocated until
-//! PostgreSQL puts a buffer there. So a large zeroing `memset` first reads each 4 KiB chunk and
-//! writes (`memory.fill`) only the chunks that hold something; smaller or non-zero fills run
-//! the module's own code. The result is the same bytes in every case.
+//! it cost the kernel a page to clear and the guest a pass to zero it again, half of a warm
+//! restart. Read, a fresh page is the kernel's shared zero page (on huge pages, with the
+//! kernel's `transparent_hugepage/use_zero_page`, its huge zero page): nothing is allocated
+//! until PostgreSQL puts a buffer there. So a large zeroing `memset` first reads each 4 KiB
+//! chunk and writes (`memory.fill`, one per run of chunks that hold something) only what is not
+//! zero; smaller or non-zero fills, and a range that would wrap past 4 GiB, run the module's own
+//! code. Within the memory's bounds the result is the same bytes in every case; a fill past
+//! them traps either way.
 //!
 //! The patch keeps every function's index and only prepends code to `memset`'s body, so the
-//! module's code addresses (`facts`) and its exports are unchanged. A module whose `memset` is
-//! missing or not `(i32, i32, i32) -> i32` is compiled as it is.
+//! module's exports and its data are unchanged (`facts` reads the original file). A module
+//! whose `memset` is missing or not `(i32, i32, i32) -> i32` is compiled as it is.
 
 use std::borrow::Cow;
 
@@ -19,7 +22,7 @@ use wasm_encoder::{BlockType, CodeSection, Function, MemArg, RawSection, ValType
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 
 /// Part of the compiled module's cache name: a change to the patch must change it.
-pub(crate) const TAG: &str = "z1";
+pub(crate) const TAG: &str = "z2";
 
 /// Fills shorter than this run the module's own `memset`.
 const LARGE: i32 = 64 << 10;
@@ -31,9 +34,12 @@ const CHUNK: i32 = 4 << 10;
 pub(crate) fn patch(wasm: &[u8]) -> Cow<'_, [u8]> {
     match patched(wasm) {
         Ok(Some(bytes)) => Cow::Owned(bytes),
-        Ok(None) => Cow::Borrowed(wasm),
+        Ok(None) => {
+            tracing::info!("the module has no memset of the expected shape; compiled as it is");
+            Cow::Borrowed(wasm)
+        }
         Err(err) => {
-            tracing::debug!(%err, "module not patched");
+            tracing::info!(%err, "the module could not be read for patching; compiled as it is");
             Cow::Borrowed(wasm)
         }
     }
@@ -59,7 +65,7 @@ fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, wasmparser::BinaryReaderError
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    if let TypeRef::Func(_) = import?.ty {
+                    if let TypeRef::Func(_) | TypeRef::FuncExact(_) = import?.ty {
                         imported_funcs += 1;
                     }
                 }
@@ -72,7 +78,8 @@ fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, wasmparser::BinaryReaderError
             Payload::ExportSection(reader) => {
                 for export in reader {
                     let export = export?;
-                    if export.name == "memset" && export.kind == ExternalKind::Func {
+                    let func = matches!(export.kind, ExternalKind::Func | ExternalKind::FuncExact);
+                    if export.name == "memset" && func {
                         memset = export.index.checked_sub(imported_funcs);
                     }
                 }
@@ -131,39 +138,45 @@ fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>
         next += count;
     }
     let expression = &body.as_bytes()[reader.original_position() - body.range().start..];
-    // The patch's own locals: the chunk being looked at, the end of the range, the scan.
-    let (at, end, scan) = (next, next + 1, next + 2);
-    locals.push((3, ValType::I32));
+    // The patch's own locals: the chunk being looked at, the end of the range, where the run of
+    // chunks with something in them (not yet zeroed) starts (`at` when there is none), the scan.
+    let (at, end, run, scan) = (next, next + 1, next + 2, next + 3);
+    locals.push((4, ValType::I32));
 
     let mut f = Function::new(locals);
     let v128 = |offset| MemArg { offset, align: 0, memory_index: 0 };
     f.instructions()
+        // A zero fill, large, whose end does not wrap (so `at + CHUNK` below cannot either).
         .local_get(byte)
         .i32_eqz()
         .local_get(len)
         .i32_const(LARGE)
         .i32_ge_u()
         .i32_and()
-        .if_(BlockType::Empty)
-        .local_get(dst)
-        .local_set(at)
         .local_get(dst)
         .local_get(len)
         .i32_add()
-        .local_set(end)
+        .local_tee(end)
+        .local_get(dst)
+        .i32_ge_u()
+        .i32_and()
+        .if_(BlockType::Empty)
+        .local_get(dst)
+        .local_tee(at)
+        .local_set(run)
         .block(BlockType::Empty) // done
         .loop_(BlockType::Empty) // each chunk
-        // Less than a chunk left: fill it and stop.
+        // Less than a chunk left: zero the run and the rest, and stop.
         .local_get(end)
         .local_get(at)
         .i32_sub()
         .i32_const(CHUNK)
         .i32_lt_u()
         .if_(BlockType::Empty)
-        .local_get(at)
+        .local_get(run)
         .i32_const(0)
         .local_get(end)
-        .local_get(at)
+        .local_get(run)
         .i32_sub()
         .memory_fill(0)
         .br(2)
@@ -195,18 +208,26 @@ fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>
         .i32_lt_u()
         .br_if(0)
         .end()
-        // All zero: on to the next chunk.
+        // All zero: zero the run before it, if there is one; a run starts after it.
+        .local_get(at)
+        .local_get(run)
+        .i32_ne()
+        .if_(BlockType::Empty)
+        .local_get(run)
+        .i32_const(0)
+        .local_get(at)
+        .local_get(run)
+        .i32_sub()
+        .memory_fill(0)
+        .end()
         .local_get(at)
         .i32_const(CHUNK)
         .i32_add()
-        .local_set(at)
+        .local_tee(at)
+        .local_set(run)
         .br(1)
         .end()
-        // Something there: zero the chunk.
-        .local_get(at)
-        .i32_const(0)
-        .i32_const(CHUNK)
-        .memory_fill(0)
+        // Something there: the chunk joins the run.
         .local_get(at)
         .i32_const(CHUNK)
         .i32_add()

@@ -152,27 +152,47 @@ fn status_kib(field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The release `boot_peak_child` measures; unset, that test does nothing.
+const PEAK_RELEASE_ENV: &str = "PGLITE_HOST_TEST_PEAK_RELEASE";
+
+/// In a process of its own (peak memory is the process's): starts `version` once so that its
+/// module is compiled and its template made, then measures a second start's peak memory.
+#[test]
+fn boot_peak_child() {
+    let Ok(version) = std::env::var(PEAK_RELEASE_ENV) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    drop(start(&version, &dir.path().join("first")));
+    // Resets VmHWM, the peak resident set, to the present one.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_kib("VmRSS");
+    let pg = start(&version, &dir.path().join("second"));
+    let grown = status_kib("VmHWM") - before;
+    let pool = scalar(
+        &pg,
+        "SELECT setting::bigint * current_setting('block_size')::bigint / 1024 FROM pg_settings \
+         WHERE name = 'shared_buffers'",
+    );
+    println!("peak: grown {grown} pool {pool}");
+}
+
 /// Boot leaves the buffer pool to the kernel's zero page until PostgreSQL puts buffers there:
 /// the memory a start takes at its peak stays under `shared_buffers` (it used to be all of it
 /// and more, written at boot).
 #[test]
 fn boot_does_not_make_the_buffer_pool_resident() {
     for version in releases() {
-        let dir = tempfile::tempdir().unwrap();
-        // The module compiled and cached, the template made: only a boot is measured.
-        drop(start(&version, &dir.path().join("first")));
-        // Resets VmHWM, the peak resident set, to the present one.
-        std::fs::write("/proc/self/clear_refs", "5").unwrap();
-        let before = status_kib("VmRSS");
-        let pg = start(&version, &dir.path().join("second"));
-        let grown = status_kib("VmHWM") - before;
-        let pool: u64 = scalar(
-            &pg,
-            "SELECT setting::bigint * current_setting('block_size')::bigint / 1024 FROM pg_settings \
-             WHERE name = 'shared_buffers'",
-        )
-        .parse()
-        .unwrap();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["lifecycle::boot_peak_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(PEAK_RELEASE_ENV, &version)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{version}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+        let line = stdout.lines().find_map(|line| Some(line.split_once("peak: ")?.1)).expect("the child's measurement");
+        let numbers: Vec<u64> = line.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+        let [grown, pool] = numbers[..] else { panic!("{version}: {line}") };
         assert!(pool >= 64 << 10, "{version}: a pool of {pool} KiB proves nothing");
         assert!(grown < pool, "{version}: a start took {grown} KiB at its peak, the pool is {pool} KiB");
     }

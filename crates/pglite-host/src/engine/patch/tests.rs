@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 
 use wasm_encoder::{
-    BlockType, CodeSection, EntityType, ExportKind, ExportSection, Function, FunctionSection, ImportSection, MemArg,
-    MemorySection, MemoryType, Module, TypeSection, ValType,
+    BlockType, CodeSection, CustomSection, EntityType, ExportKind, ExportSection, Function, FunctionSection,
+    ImportSection, MemArg, MemorySection, MemoryType, Module, NameMap, NameSection, TypeSection, ValType,
 };
 use wasmtime::{Func, Instance, Store};
 
@@ -13,9 +13,10 @@ use super::{CHUNK, LARGE, patch};
 
 const MEMORY: usize = 1 << 20;
 
-/// A module shaped like PostgreSQL's where it matters: an imported function before the defined
-/// ones, another function before `memset`, and `memset` a plain byte loop with a local of its
-/// own. `memset_type` lets a test give it the wrong signature.
+/// A module shaped like PostgreSQL's where it matters: `dylink.0` first and a `name` section
+/// last, an imported function before the defined ones, another function before `memset`, and
+/// `memset` a plain byte loop with locals of several types. `memset_type` lets a test give it
+/// the wrong signature.
 fn module(memset_type: u32) -> Vec<u8> {
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]);
@@ -43,7 +44,7 @@ fn module(memset_type: u32) -> Vec<u8> {
     let mut other = Function::new([]);
     other.instructions().call(0).i32_const(1).i32_add().end();
     code.function(&other);
-    let mut memset = Function::new([(1, ValType::I32)]);
+    let mut memset = Function::new([(1, ValType::I32), (2, ValType::I64), (1, ValType::V128)]);
     let byte = MemArg { offset: 0, align: 0, memory_index: 0 };
     let i = 3;
     memset
@@ -72,8 +73,23 @@ fn module(memset_type: u32) -> Vec<u8> {
     memset.instructions().end();
     code.function(&memset);
 
+    // Memory info: no memory, table or alignment of its own.
+    let dylink = CustomSection { name: "dylink.0".into(), data: vec![1, 4, 0, 0, 0, 0].into() };
+    let mut function_names = NameMap::new();
+    function_names.append(1, "other");
+    function_names.append(2, "memset");
+    let mut names = NameSection::new();
+    names.functions(&function_names);
     let mut module = Module::new();
-    module.section(&types).section(&imports).section(&functions).section(&memories).section(&exports).section(&code);
+    module
+        .section(&dylink)
+        .section(&types)
+        .section(&imports)
+        .section(&functions)
+        .section(&memories)
+        .section(&exports)
+        .section(&code)
+        .section(&names);
     module.finish()
 }
 
@@ -150,6 +166,7 @@ fn a_large_zero_fill_clears_what_is_there_and_nothing_else() {
 fn a_zero_fill_of_exactly_the_threshold_up_to_the_end_of_memory() {
     let dst = MEMORY - LARGE as usize;
     same(dst as u32, 0, LARGE as u32, &[dst + LARGE as usize - 1, dst - 1]);
+    same(dst as u32 - 1, 0, LARGE as u32, &[dst - 1, dst + 5 * CHUNK as usize]);
     same(dst as u32 - 1, 0, LARGE as u32 - 1, &[dst - 1, dst + 5 * CHUNK as usize]);
 }
 
@@ -162,12 +179,26 @@ fn other_fills_run_the_modules_own_code() {
 }
 
 #[test]
+fn runs_of_chunks_with_something_in_them_between_zero_ones() {
+    let chunk = CHUNK as usize;
+    let dst = 3 * chunk + 100;
+    // Dirty, dirty, zero, dirty, zero, zero, dirty, then the tail.
+    let dirty: Vec<usize> = [0, 1, 3, 6].iter().map(|n| dst + n * chunk + 4000).chain([dst + 20 * chunk + 7]).collect();
+    same(dst as u32, 0, 20 * CHUNK as u32 + 9, &dirty);
+    // Every chunk dirty: one run to the end.
+    let dirty: Vec<usize> = (0..17).map(|n| dst + n * chunk + 2 * n).collect();
+    same(dst as u32, 0, 17 * CHUNK as u32, &dirty);
+}
+
+#[test]
 fn a_fill_past_the_end_of_memory_still_traps() {
     let original = module(1);
     let patched = patch(&original).into_owned();
     for wasm in [original, patched] {
         let mut guest = Guest::new(&wasm);
         assert!(guest.memset((MEMORY - LARGE as usize) as u32, 0, 2 * LARGE as u32).is_err());
+        // A range whose end wraps past 4 GiB.
+        assert!(guest.memset((MEMORY - LARGE as usize) as u32, 0, u32::MAX - 10).is_err());
     }
 }
 
@@ -183,6 +214,31 @@ fn every_other_function_and_export_is_unchanged() {
         module.exports().map(|e| format!("{} {:?}", e.name(), e.ty())).collect::<Vec<_>>()
     };
     assert_eq!(exports(&original), exports(&patched));
+
+    // Section by section: all but the code section byte for byte, in the same order, and in
+    // the code section every body but memset's.
+    let sections = |wasm: &[u8]| {
+        let mut sections = Vec::new();
+        let mut bodies = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            let payload = payload.unwrap();
+            if let wasmparser::Payload::CodeSectionEntry(body) = &payload {
+                bodies.push(body.as_bytes().to_vec());
+            }
+            if let Some((id, range)) = payload.as_section() {
+                let bytes = if id == wasm_encoder::SectionId::Code as u8 { Vec::new() } else { wasm[range].to_vec() };
+                sections.push((id, bytes));
+            }
+        }
+        (sections, bodies)
+    };
+    let (before, bodies_before) = sections(&original);
+    let (after, bodies_after) = sections(&patched);
+    assert_eq!(before.first().map(|s| s.0), Some(0), "dylink.0 comes first");
+    assert_eq!(before, after);
+    assert_eq!(bodies_before.len(), bodies_after.len());
+    assert_eq!(bodies_before[0], bodies_after[0]);
+    assert_ne!(bodies_before[1], bodies_after[1]);
 }
 
 #[test]
