@@ -26,10 +26,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmti
 
 /// Typed trampolines for the signatures nearly every query uses (a `SELECT 1` makes ~30
 /// invokes, an extended-protocol one ~150, all of these): a dynamic `Func::call` type-checks
-/// and converts every value on each call, which cost a third of a simple query's time.
-/// Emscripten names encode the signature (result, then parameters after the table index; `i` is
-/// i32, `v` none); should an import's type ever differ, instantiation fails cleanly. Returns
-/// false for the others, which take the dynamic path.
+/// and converts every value on each call, which cost a third of a simple query's time (and
+/// still ~2.5 % of 0.6.1's extended-protocol `pgbench -S` for its 4 dynamic calls a
+/// transaction, before the last seven were added). Emscripten names encode the signature
+/// (result, then parameters after the table index; `i` is i32, `j` i64, `v` none); should an
+/// import's type ever differ, instantiation fails cleanly. Returns false for the others, which
+/// take the dynamic path.
 fn add_typed(linker: &mut Linker<Ctx>, module: &str, name: &str) -> wasmtime::Result<bool> {
     type C<'a> = Caller<'a, Ctx>;
     match name {
@@ -74,6 +76,35 @@ fn add_typed(linker: &mut Linker<Ctx>, module: &str, name: &str) -> wasmtime::Re
                 invoke::<(i32, i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g, h))
             })?
         }
+        // Signatures with `j` (i64) or many parameters that one query still makes a call or
+        // two of (counted under `pgbench -S -M extended`: 3 a transaction on 0.3.16, 4 on
+        // 0.6.1).
+        "invoke_ij" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i64| invoke::<i64, i32>(c, f, a))?,
+        "invoke_ijj" => linker
+            .func_wrap(module, name, |c: C<'_>, f: i32, a: i64, b: i64| invoke::<(i64, i64), i32>(c, f, (a, b)))?,
+        "invoke_viji" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i64, d: i32| {
+            invoke::<(i32, i64, i32), ()>(c, f, (a, b, d))
+        })?,
+        "invoke_jjii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i64, b: i32, d: i32| {
+            invoke::<(i64, i32, i32), i64>(c, f, (a, b, d))
+        })?,
+        "invoke_jiiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
+            invoke::<(i32, i32, i32, i32), i64>(c, f, (a, b, d, e))
+        })?,
+        "invoke_iiiiiiii" => linker.func_wrap(
+            module,
+            name,
+            |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32, k: i32| {
+                invoke::<(i32, i32, i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g, h, k))
+            },
+        )?,
+        "invoke_viiiiiiiii" => linker.func_wrap(
+            module,
+            name,
+            |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32, k: i32, l: i32, m: i32| {
+                invoke::<(i32, i32, i32, i32, i32, i32, i32, i32, i32), ()>(c, f, (a, b, d, e, g, h, k, l, m))
+            },
+        )?,
         _ => return Ok(false),
     };
     Ok(true)
