@@ -33,78 +33,39 @@ pub(super) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmti
 /// import's type ever differ, instantiation fails cleanly. Returns false for the others, which
 /// take the dynamic path.
 fn add_typed(linker: &mut Linker<Ctx>, module: &str, name: &str) -> wasmtime::Result<bool> {
-    type C<'a> = Caller<'a, Ctx>;
+    // `wrap!(a: i32, b: i64 => i32)`: the trampoline for `(table index, a, b) -> i32`.
+    macro_rules! wrap {
+        ($($arg:ident: $ty:ty),* => $result:ty) => {
+            linker.func_wrap(module, name, |c: Caller<'_, Ctx>, f: i32, $($arg: $ty),*| {
+                invoke::<($($ty,)*), $result>(c, f, ($($arg,)*))
+            })?
+        };
+    }
     match name {
-        "invoke_v" => linker.func_wrap(module, name, |c: C<'_>, f: i32| invoke::<(), ()>(c, f, ()))?,
-        "invoke_vi" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32| invoke::<i32, ()>(c, f, a))?,
-        "invoke_vii" => {
-            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32| invoke::<(i32, i32), ()>(c, f, (a, b)))?
-        }
-        "invoke_viii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
-            invoke::<(i32, i32, i32), ()>(c, f, (a, b, d))
-        })?,
-        "invoke_viiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
-            invoke::<(i32, i32, i32, i32), ()>(c, f, (a, b, d, e))
-        })?,
-        "invoke_viiiii" => {
-            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
-                invoke::<(i32, i32, i32, i32, i32), ()>(c, f, (a, b, d, e, g))
-            })?
-        }
-        "invoke_viiiiii" => {
-            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
-                invoke::<(i32, i32, i32, i32, i32, i32), ()>(c, f, (a, b, d, e, g, h))
-            })?
-        }
-        "invoke_i" => linker.func_wrap(module, name, |c: C<'_>, f: i32| invoke::<(), i32>(c, f, ()))?,
-        "invoke_ii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32| invoke::<i32, i32>(c, f, a))?,
-        "invoke_iii" => linker
-            .func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32| invoke::<(i32, i32), i32>(c, f, (a, b)))?,
-        "invoke_iiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32| {
-            invoke::<(i32, i32, i32), i32>(c, f, (a, b, d))
-        })?,
-        "invoke_iiiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
-            invoke::<(i32, i32, i32, i32), i32>(c, f, (a, b, d, e))
-        })?,
-        "invoke_iiiiii" => {
-            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32| {
-                invoke::<(i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g))
-            })?
-        }
-        "invoke_iiiiiii" => {
-            linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32| {
-                invoke::<(i32, i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g, h))
-            })?
-        }
+        "invoke_v" => wrap!(=> ()),
+        "invoke_vi" => wrap!(a: i32 => ()),
+        "invoke_vii" => wrap!(a: i32, b: i32 => ()),
+        "invoke_viii" => wrap!(a: i32, b: i32, d: i32 => ()),
+        "invoke_viiii" => wrap!(a: i32, b: i32, d: i32, e: i32 => ()),
+        "invoke_viiiii" => wrap!(a: i32, b: i32, d: i32, e: i32, g: i32 => ()),
+        "invoke_viiiiii" => wrap!(a: i32, b: i32, d: i32, e: i32, g: i32, h: i32 => ()),
+        "invoke_i" => wrap!(=> i32),
+        "invoke_ii" => wrap!(a: i32 => i32),
+        "invoke_iii" => wrap!(a: i32, b: i32 => i32),
+        "invoke_iiii" => wrap!(a: i32, b: i32, d: i32 => i32),
+        "invoke_iiiii" => wrap!(a: i32, b: i32, d: i32, e: i32 => i32),
+        "invoke_iiiiii" => wrap!(a: i32, b: i32, d: i32, e: i32, g: i32 => i32),
+        "invoke_iiiiiii" => wrap!(a: i32, b: i32, d: i32, e: i32, g: i32, h: i32 => i32),
         // Signatures with `j` (i64) or many parameters that one query still makes a call or
         // two of (counted under `pgbench -S -M extended`: 3 a transaction on 0.3.16, 4 on
         // 0.6.1).
-        "invoke_ij" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i64| invoke::<i64, i32>(c, f, a))?,
-        "invoke_ijj" => linker
-            .func_wrap(module, name, |c: C<'_>, f: i32, a: i64, b: i64| invoke::<(i64, i64), i32>(c, f, (a, b)))?,
-        "invoke_viji" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i64, d: i32| {
-            invoke::<(i32, i64, i32), ()>(c, f, (a, b, d))
-        })?,
-        "invoke_jjii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i64, b: i32, d: i32| {
-            invoke::<(i64, i32, i32), i64>(c, f, (a, b, d))
-        })?,
-        "invoke_jiiii" => linker.func_wrap(module, name, |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32| {
-            invoke::<(i32, i32, i32, i32), i64>(c, f, (a, b, d, e))
-        })?,
-        "invoke_iiiiiiii" => linker.func_wrap(
-            module,
-            name,
-            |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32, k: i32| {
-                invoke::<(i32, i32, i32, i32, i32, i32, i32), i32>(c, f, (a, b, d, e, g, h, k))
-            },
-        )?,
-        "invoke_viiiiiiiii" => linker.func_wrap(
-            module,
-            name,
-            |c: C<'_>, f: i32, a: i32, b: i32, d: i32, e: i32, g: i32, h: i32, k: i32, l: i32, m: i32| {
-                invoke::<(i32, i32, i32, i32, i32, i32, i32, i32, i32), ()>(c, f, (a, b, d, e, g, h, k, l, m))
-            },
-        )?,
+        "invoke_ij" => wrap!(a: i64 => i32),
+        "invoke_ijj" => wrap!(a: i64, b: i64 => i32),
+        "invoke_viji" => wrap!(a: i32, b: i64, d: i32 => ()),
+        "invoke_jjii" => wrap!(a: i64, b: i32, d: i32 => i64),
+        "invoke_jiiii" => wrap!(a: i32, b: i32, d: i32, e: i32 => i64),
+        "invoke_iiiiiiii" => wrap!(a: i32, b: i32, d: i32, e: i32, g: i32, h: i32, k: i32 => i32),
+        "invoke_viiiiiiiii" => wrap!(a: i32, b: i32, d: i32, e: i32, g: i32, h: i32, k: i32, l: i32, m: i32 => ()),
         _ => return Ok(false),
     };
     Ok(true)
