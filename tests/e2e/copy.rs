@@ -120,7 +120,12 @@ fn raw_client(dir: &Path) -> UnixStream {
 
 /// Reads messages up to one of type `tag`; returns their types.
 fn read_until(stream: &mut UnixStream, tag: u8) -> String {
-    read_messages_until(stream, tag).iter().map(|(ty, _)| char::from(*ty)).collect()
+    tags(&read_messages_until(stream, tag))
+}
+
+/// The messages' types, in order.
+fn tags(messages: &[(u8, Vec<u8>)]) -> String {
+    messages.iter().map(|(ty, _)| char::from(*ty)).collect()
 }
 
 /// Reads messages up to one of type `tag`; returns their types and bodies.
@@ -129,8 +134,7 @@ fn read_messages_until(stream: &mut UnixStream, tag: u8) -> Vec<(u8, Vec<u8>)> {
     loop {
         let mut head = [0u8; 5];
         if let Err(error) = stream.read_exact(&mut head) {
-            let tags: String = messages.iter().map(|(ty, _)| char::from(*ty)).collect();
-            panic!("{error} after {tags:?}");
+            panic!("{error} after {:?}", tags(&messages));
         }
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut body = vec![0u8; len - 4];
@@ -253,8 +257,7 @@ fn a_statement_timeout_during_copy_from_stdin_is_named_as_such() {
         }
         copying.write_all(&message(b'c', b"")).unwrap();
         let answer = read_messages_until(&mut copying, b'Z');
-        let tags: String = answer.iter().map(|(ty, _)| char::from(*ty)).collect();
-        assert_eq!(tags, "EZ", "{release}");
+        assert_eq!(tags(&answer), "EZ", "{release}");
         let error = String::from_utf8_lossy(&answer[0].1);
         assert!(error.contains("Mcanceling statement due to statement timeout\0"), "{release}: {error}");
         drop(server);

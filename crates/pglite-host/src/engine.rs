@@ -109,15 +109,14 @@ pub(crate) fn load_module(
     let read = || std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
     let compile = |wasm: &[u8]| {
         let patched = patch::patch(wasm);
-        let is_patched = matches!(patched, std::borrow::Cow::Owned(_));
-        Module::new(engine, patched)
-            .or_else(|err| {
-                if !is_patched {
-                    return Err(err);
-                }
+        Module::new(engine, &patched)
+            .or_else(|err| match patched {
+                std::borrow::Cow::Borrowed(_) => Err(err),
                 // The patch is an optimisation: a module it broke still runs as it came.
-                tracing::warn!(%err, "the patched module did not compile; compiling it as it is");
-                Module::new(engine, wasm)
+                std::borrow::Cow::Owned(_) => {
+                    tracing::warn!(%err, "the patched module did not compile; compiling it as it is");
+                    Module::new(engine, wasm)
+                }
             })
             .map_err(Error::compile)
     };

@@ -112,9 +112,9 @@ fn is_zero(bytes: &[u8]) -> bool {
 /// what boot writes is faulted in 2 MiB at a time too. (Whether the pool lies in the memory the
 /// module starts with or in what it grows differs between releases, so all of it is advised.)
 /// Once boot is done the trim hands the zero pages back and the memory goes back to small
-/// pages: khugepaged would otherwise fold them into
-/// huge pages again (with its default `max_ptes_none` it fills a 2 MiB range around a single
-/// resident page), 10 MiB more resident within seconds. A huge page the trim frees only in
+/// pages: khugepaged would otherwise fold them into huge pages again (with its default
+/// `max_ptes_none` it fills a 2 MiB range around a single resident page), 10 MiB more resident
+/// within seconds. A huge page the trim frees only in
 /// part (~10 of them, at the edges of what boot wrote) stays with the kernel whole until its
 /// deferred split, which runs under memory pressure: RSS does not count it. Only advice:
 /// contents and behaviour stay the same, and a kernel without THP ignores it.
