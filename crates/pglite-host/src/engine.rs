@@ -20,6 +20,8 @@ use crate::{Artifact, Error};
 
 mod patch;
 
+pub(crate) use patch::{LONGJMP_TAG, STACK_CHECK};
+
 /// Wasm stack for PostgreSQL's recursion (parser, plpgsql); the native stack the guest runs on
 /// (`pglite.rs`'s `GUEST_STACK`, also the boot thread's) is comfortably larger than this.
 pub(crate) const MAX_WASM_STACK: usize = 64 << 20;
@@ -40,6 +42,8 @@ pub(crate) fn engine() -> &'static Engine {
         // SQL error pay for one.
         config.wasm_backtrace_max_frames(None);
         config.parallel_compilation(true);
+        // A longjmp is a wasm exception in the patched module (`patch`).
+        config.wasm_exceptions(true);
         // Other threads raise PostgreSQL's interrupt flags in a running guest's memory (see
         // `interrupts`), so a linear memory must stay where it was made. (Memories are capped
         // at 2 GiB, inside the 4 GiB reservation: growing never needed to move them.) The

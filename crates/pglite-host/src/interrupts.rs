@@ -21,11 +21,12 @@
 
 mod remote;
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use wasmtime::{AsContextMut, Store, StoreContextMut, TypedFunc};
+use wasmtime::{AsContextMut, Caller, Store, StoreContextMut, TypedFunc};
 
 pub(crate) use self::remote::Remote;
 
@@ -137,26 +138,92 @@ pub(crate) fn stack_overflow_to_error(
     if shared.stack_pointer.set(&mut *caller, sp).is_err() {
         return error;
     }
-    let memory = shared.memory;
-    let bytes = memory.data_mut(&mut *caller);
-    let word = |bytes: &[u8], at: u32| bytes.get(at as usize..at as usize + 4).map(|w| [w[0], w[1], w[2], w[3]]);
-    let (Some(limit), Some(_)) = (word(bytes, guard.max_bytes), word(bytes, guard.context_stack)) else {
-        return error;
-    };
-    bytes[guard.context_stack as usize..guard.context_stack as usize + 4].copy_from_slice(&context.to_le_bytes());
-    bytes[guard.max_bytes as usize..guard.max_bytes as usize + 4].copy_from_slice(&0u32.to_le_bytes());
-    let raised = guard.check.call(&mut *caller, ());
-    let bytes = memory.data_mut(&mut *caller);
-    bytes[guard.max_bytes as usize..guard.max_bytes as usize + 4].copy_from_slice(&limit);
-    match raised {
+    match raise_stack_depth_error(caller, &guard, Some(context)) {
         // check_stack_depth raised: its longjmp is what the caller handles.
-        Err(raised) if raised.is::<crate::imports::LongJmp>() => {
+        Some(Err(raised)) if is_longjmp(&raised) => {
             tracing::debug!("wasm stack exhausted; raised PostgreSQL's stack depth error");
             raised
         }
         // Still no room here (or no error): let an outer call site try.
-        Err(raised) => raised,
-        Ok(()) => error,
+        Some(Err(raised)) => raised,
+        Some(Ok(())) | None => error,
+    }
+}
+
+/// A longjmp on its way (see `imports::invoke`), not yet caught.
+fn is_longjmp(error: &wasmtime::Error) -> bool {
+    error.is::<crate::imports::LongJmp>() || error.is::<wasmtime::ThrownException>()
+}
+
+/// Runs `check_stack_depth` with its limit at zero, so that PostgreSQL raises its own `54001`
+/// (a longjmp), with `error_context_stack` first put back to `context` if given; the limit is
+/// restored after. None if the variables are out of the memory's bounds.
+fn raise_stack_depth_error(
+    caller: &mut StoreContextMut<'_, Ctx>,
+    guard: &StackGuard,
+    context: Option<u32>,
+) -> Option<wasmtime::Result<()>> {
+    let memory = caller.data().shared().memory;
+    let bytes = memory.data_mut(&mut *caller);
+    let word = |bytes: &[u8], at: u32| bytes.get(at as usize..at as usize + 4).map(|w| [w[0], w[1], w[2], w[3]]);
+    let (limit, _) = (word(bytes, guard.max_bytes)?, word(bytes, guard.context_stack)?);
+    if let Some(context) = context {
+        bytes[guard.context_stack as usize..guard.context_stack as usize + 4].copy_from_slice(&context.to_le_bytes());
+    }
+    bytes[guard.max_bytes as usize..guard.max_bytes as usize + 4].copy_from_slice(&0u32.to_le_bytes());
+    let raised = guard.check.call(&mut *caller, ());
+    let bytes = memory.data_mut(&mut *caller);
+    bytes[guard.max_bytes as usize..guard.max_bytes as usize + 4].copy_from_slice(&limit);
+    Some(raised)
+}
+
+/// The wasm stack left below the guest's deepest frames for PostgreSQL to raise and report
+/// an error in.
+const STACK_MARGIN: usize = 4 << 20;
+
+thread_local! {
+    /// About the top of the native stack the guest runs on on this thread; 0 when unknown.
+    static STACK_TOP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the guest's native stack as starting about here on this thread, until the mark is
+/// dropped. Wasmtime limits the wasm stack to `engine::MAX_WASM_STACK` below where the first
+/// call into wasm is made, a little deeper than this, so the stack check's reckoning is on
+/// the safe side.
+pub(crate) fn mark_stack_top() -> StackTop {
+    let marker = 0u8;
+    let here = std::hint::black_box(&raw const marker) as usize;
+    StackTop(STACK_TOP.replace(here))
+}
+
+/// See [`mark_stack_top`]: puts back the mark it replaced.
+pub(crate) struct StackTop(usize);
+
+impl Drop for StackTop {
+    fn drop(&mut self) {
+        STACK_TOP.set(self.0);
+    }
+}
+
+/// The host side of the stack check a rewritten module's `check_stack_depth` makes (see
+/// `engine::patch`): with less than `STACK_MARGIN` of the wasm stack left, raises `54001` from
+/// there (see [`StackGuard`]) before a trap could. The longjmp passes out through here.
+pub(crate) fn stack_check(mut caller: Caller<'_, Ctx>) -> wasmtime::Result<()> {
+    let top = STACK_TOP.get();
+    let marker = 0u8;
+    let here = std::hint::black_box(&raw const marker) as usize;
+    if top == 0 || top.saturating_sub(here) + STACK_MARGIN < crate::engine::MAX_WASM_STACK {
+        return Ok(());
+    }
+    let Some(guard) = caller.data().interrupts.guard.clone() else {
+        return Ok(());
+    };
+    match raise_stack_depth_error(&mut caller.as_context_mut(), &guard, None) {
+        Some(Err(raised)) => {
+            tracing::debug!("wasm stack running low; raised PostgreSQL's stack depth error");
+            Err(raised)
+        }
+        Some(Ok(())) | None => Ok(()),
     }
 }
 

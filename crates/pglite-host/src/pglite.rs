@@ -79,7 +79,10 @@ struct Core {
 /// Runs `f` on `stack` on the current thread: the caller's own stack (a tokio worker's is
 /// 2 MiB) may be too small for PostgreSQL's deepest recursion.
 fn on_stack<R>(stack: &mut DefaultStack, f: impl FnOnce() -> R) -> R {
-    let coroutine = ScopedCoroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| f());
+    let coroutine = ScopedCoroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| {
+        let _top = crate::interrupts::mark_stack_top();
+        f()
+    });
     coroutine.scope(|mut coroutine| match coroutine.as_mut().resume(()) {
         CoroutineResult::Return(value) => value,
         CoroutineResult::Yield(()) => unreachable!("the guest never suspends"),
@@ -233,6 +236,7 @@ impl Pglite {
             .name("pglite-boot".into())
             .stack_size(GUEST_STACK)
             .spawn(move || {
+                let _top = crate::interrupts::mark_stack_top();
                 let started = Instant::now();
                 let mut cluster = match Cluster::open(artifact, config, profile) {
                     Ok(cluster) => cluster,

@@ -21,8 +21,20 @@ use std::borrow::Cow;
 use wasm_encoder::{BlockType, CodeSection, Function, MemArg, RawSection, ValType};
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 
+mod invokes;
+
 /// Part of the compiled module's cache name: a change to the patch must change it.
-pub(crate) const TAG: &str = "z2";
+pub(crate) const TAG: &str = "x1";
+
+/// The exception tag a longjmp throws, exported by a module whose invokes run in wasm
+/// (`invokes`).
+pub(crate) const LONGJMP_TAG: &str = "__nself_longjmp";
+
+/// The function such a module imports from `env` to have its wasm stack checked.
+pub(crate) const STACK_CHECK: &str = "__nself_stack_check";
+
+/// `check_stack_depth` calls the stack check once in this many calls.
+const STACK_CHECK_EVERY: i32 = 16;
 
 /// Fills shorter than this run the module's own `memset`.
 const LARGE: i32 = 64 << 10;
@@ -35,7 +47,7 @@ pub(crate) fn patch(wasm: &[u8]) -> Cow<'_, [u8]> {
     match patched(wasm) {
         Ok(Some(bytes)) => Cow::Owned(bytes),
         Ok(None) => {
-            tracing::info!("the module has no memset of the expected shape; compiled as it is");
+            tracing::info!("the module has nothing the host patches; compiled as it is");
             Cow::Borrowed(wasm)
         }
         Err(err) => {
@@ -45,60 +57,17 @@ pub(crate) fn patch(wasm: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, wasmparser::BinaryReaderError> {
-    let mut sections = Vec::new();
-    let mut func_types = Vec::new();
-    let mut imported_funcs = 0u32;
-    let mut defined_types = Vec::new();
-    let mut memset = None;
-    let mut bodies = Vec::new();
-    for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload?;
-        if let Some(section) = payload.as_section() {
-            sections.push(section);
-        }
-        match payload {
-            Payload::TypeSection(reader) => {
-                for ty in reader.into_iter_err_on_gc_types() {
-                    defined_types.push(ty?);
-                }
-            }
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    if let TypeRef::Func(_) | TypeRef::FuncExact(_) = import?.ty {
-                        imported_funcs += 1;
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    func_types.push(ty?);
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for export in reader {
-                    let export = export?;
-                    let func = matches!(export.kind, ExternalKind::Func | ExternalKind::FuncExact);
-                    if export.name == "memset" && func {
-                        memset = export.index.checked_sub(imported_funcs);
-                    }
-                }
-            }
-            Payload::CodeSectionEntry(body) => bodies.push(body),
-            _ => {}
-        }
+type PatchError = Box<dyn std::error::Error + Send + Sync>;
+
+fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, PatchError> {
+    let scan = Scan::new(wasm)?;
+    let memset = scan.memset();
+    if let Some(plan) = invokes::Plan::new(&scan) {
+        return invokes::rewrite(wasm, &scan, &plan, memset).map(Some);
     }
     let Some(memset) = memset.map(|i| i as usize) else { return Ok(None) };
-    let ty = func_types.get(memset).and_then(|&t| defined_types.get(t as usize));
-    let i32_ = wasmparser::ValType::I32;
-    if !ty.is_some_and(|ty| ty.params() == [i32_, i32_, i32_] && ty.results() == [i32_]) {
-        return Ok(None);
-    }
-    if memset >= bodies.len() {
-        return Ok(None);
-    }
     let mut code = CodeSection::new();
-    for (i, body) in bodies.iter().enumerate() {
+    for (i, body) in scan.bodies.iter().enumerate() {
         if i == memset {
             let Some(function) = zero_skipping(body)? else { return Ok(None) };
             code.function(&function);
@@ -107,7 +76,7 @@ fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, wasmparser::BinaryReaderError
         }
     }
     let mut module = wasm_encoder::Module::new();
-    for (id, range) in sections {
+    for (id, range) in scan.sections {
         if id == wasm_encoder::SectionId::Code as u8 {
             module.section(&code);
         } else {
@@ -117,13 +86,120 @@ fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, wasmparser::BinaryReaderError
     Ok(Some(module.finish()))
 }
 
+/// What the patches need to know of a module, read in one pass.
+struct Scan<'a> {
+    sections: Vec<(u8, std::ops::Range<usize>)>,
+    types: Vec<wasmparser::FuncType>,
+    imports: Vec<wasmparser::Import<'a>>,
+    imported_funcs: u32,
+    imported_globals: u32,
+    imported_tables: u32,
+    /// The type of each function the module defines.
+    func_types: Vec<u32>,
+    defined_globals: u32,
+    exports: Vec<wasmparser::Export<'a>>,
+    bodies: Vec<wasmparser::FunctionBody<'a>>,
+    /// The module has a tag section or imports a tag.
+    tags: bool,
+}
+
+impl<'a> Scan<'a> {
+    fn new(wasm: &'a [u8]) -> Result<Scan<'a>, wasmparser::BinaryReaderError> {
+        let mut scan = Scan {
+            sections: Vec::new(),
+            types: Vec::new(),
+            imports: Vec::new(),
+            imported_funcs: 0,
+            imported_globals: 0,
+            imported_tables: 0,
+            func_types: Vec::new(),
+            defined_globals: 0,
+            exports: Vec::new(),
+            bodies: Vec::new(),
+            tags: false,
+        };
+        for payload in Parser::new(0).parse_all(wasm) {
+            let payload = payload?;
+            if let Some(section) = payload.as_section() {
+                scan.sections.push(section);
+            }
+            match payload {
+                Payload::TypeSection(reader) => {
+                    for ty in reader.into_iter_err_on_gc_types() {
+                        scan.types.push(ty?);
+                    }
+                }
+                Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        let import = import?;
+                        match import.ty {
+                            TypeRef::Func(_) | TypeRef::FuncExact(_) => scan.imported_funcs += 1,
+                            TypeRef::Global(_) => scan.imported_globals += 1,
+                            TypeRef::Table(_) => scan.imported_tables += 1,
+                            TypeRef::Tag(_) => scan.tags = true,
+                            TypeRef::Memory(_) => {}
+                        }
+                        scan.imports.push(import);
+                    }
+                }
+                Payload::FunctionSection(reader) => {
+                    for ty in reader {
+                        scan.func_types.push(ty?);
+                    }
+                }
+                Payload::GlobalSection(reader) => scan.defined_globals = reader.count(),
+                Payload::TagSection(_) => scan.tags = true,
+                Payload::ExportSection(reader) => {
+                    for export in reader {
+                        scan.exports.push(export?);
+                    }
+                }
+                Payload::CodeSectionEntry(body) => scan.bodies.push(body),
+                _ => {}
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The function the module exports as `name`.
+    fn exported_func(&self, name: &str) -> Option<u32> {
+        self.exports
+            .iter()
+            .find(|e| e.name == name && matches!(e.kind, ExternalKind::Func | ExternalKind::FuncExact))
+            .map(|e| e.index)
+    }
+
+    /// The type of function `index` (imported or defined).
+    fn func_type(&self, index: u32) -> Option<&wasmparser::FuncType> {
+        let ty = match index.checked_sub(self.imported_funcs) {
+            Some(defined) => *self.func_types.get(defined as usize)?,
+            None => {
+                let mut funcs = self.imports.iter().filter_map(|i| match i.ty {
+                    TypeRef::Func(t) | TypeRef::FuncExact(t) => Some(t),
+                    _ => None,
+                });
+                funcs.nth(index as usize)?
+            }
+        };
+        self.types.get(ty as usize)
+    }
+
+    /// `memset`, as an index among the defined functions, when it has a body and the type
+    /// `(i32, i32, i32) -> i32`.
+    fn memset(&self) -> Option<u32> {
+        let index = self.exported_func("memset")?;
+        let defined = index.checked_sub(self.imported_funcs)?;
+        let i32_ = wasmparser::ValType::I32;
+        let ty = self.func_type(index)?;
+        let shaped = ty.params() == [i32_, i32_, i32_] && ty.results() == [i32_];
+        (shaped && (defined as usize) < self.bodies.len()).then_some(defined)
+    }
+}
+
 /// `memset`'s body with the large-zero-fill path in front of it (see the module's doc).
 fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>, wasmparser::BinaryReaderError> {
     let mut reader = body.get_locals_reader()?;
     let mut locals = Vec::new();
-    // memset's parameters: the destination, the byte, the length.
-    let (dst, byte, len) = (0, 1, 2);
-    let mut next = 3u32;
     for _ in 0..reader.get_count() {
         let (count, ty) = reader.read()?;
         let ty = match ty {
@@ -135,14 +211,23 @@ fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>
             wasmparser::ValType::Ref(_) => return Ok(None),
         };
         locals.push((count, ty));
-        next += count;
     }
     let expression = &body.as_bytes()[reader.original_position() - body.range().start..];
+    let mut f = zero_skipping_start(locals);
+    f.raw(expression.iter().copied());
+    Ok(Some(f))
+}
+
+/// A function with `memset`'s own `locals` (after its three parameters) and four more, that
+/// starts with the large-zero-fill path (see the module's doc): `memset`'s body goes after it.
+pub(super) fn zero_skipping_start(mut locals: Vec<(u32, ValType)>) -> Function {
+    // memset's parameters: the destination, the byte, the length.
+    let (dst, byte, len) = (0, 1, 2);
+    let next = 3 + locals.iter().map(|&(count, _)| count).sum::<u32>();
     // The patch's own locals: the chunk being looked at, the end of the range, where the run of
     // chunks with something in them (not yet zeroed) starts (`at` when there is none), the scan.
     let (at, end, run, scan) = (next, next + 1, next + 2, next + 3);
     locals.push((4, ValType::I32));
-
     let mut f = Function::new(locals);
     let v128 = |offset| MemArg { offset, align: 0, memory_index: 0 };
     f.instructions()
@@ -238,8 +323,7 @@ fn zero_skipping(body: &wasmparser::FunctionBody<'_>) -> Result<Option<Function>
         .local_get(dst)
         .return_()
         .end();
-    f.raw(expression.iter().copied());
-    Ok(Some(f))
+    f
 }
 
 #[cfg(test)]

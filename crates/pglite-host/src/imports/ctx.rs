@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use wasmtime::{Caller, Func, Global, Memory, Table, TypedFunc};
+use wasmtime::{Caller, Func, Global, Memory, Table, Tag, TypedFunc};
 
 use super::dylink;
 use crate::hooks::{Calibration, SessionEvents};
@@ -32,6 +32,8 @@ pub(crate) struct Exports {
     pub(crate) dl_seterr: TypedFunc<(i32, i32), ()>,
     pub(crate) tempret_set: Func,
     pub(crate) tempret_get: Func,
+    /// The tag of a longjmp, when the module's invokes run in wasm (see `invoke`).
+    pub(crate) longjmp: Option<Tag>,
 }
 
 /// Store data: everything host functions need.

@@ -1,19 +1,35 @@
 //! `invoke_*` trampolines and `_emscripten_throw_longjmp`: Emscripten's JS-style setjmp/longjmp.
-//! A longjmp is a host error unwinding through wasm frames to the nearest `invoke_*`, which
-//! restores the stack pointer, sets `__THREW__` through `setThrew(1, 0)` and returns a zero of
-//! its result type. Anything else (exit, abort, out-of-bounds, stack exhaustion) passes through.
+//! A longjmp unwinds through wasm frames to the nearest `invoke_*`, which restores the stack
+//! pointer, sets `__THREW__` through `setThrew(1, 0)` and returns a zero of its result type.
+//! Anything else (exit, abort, out-of-bounds, stack exhaustion) passes through.
+//!
+//! The main module's own invokes run in wasm (`engine::patch`), where a longjmp is a wasm
+//! exception of the tag the module exports; the host's serve side modules (and a module the
+//! patch could not rewrite). So a longjmp is that exception whenever the main module has the
+//! tag, and a host error ([`LongJmp`]) otherwise; the host's invokes catch either.
 
 use std::any::Any;
 
-use wasmtime::{Caller, Func, FuncType, Linker, Module, TypedFunc, Val, ValType, WasmParams, WasmResults};
+use wasmtime::{
+    AsContextMut, Caller, Func, FuncType, Linker, Module, TypedFunc, Val, ValType, WasmParams, WasmResults,
+};
 
 use super::Ctx;
 use super::error::LongJmp;
 
 pub(super) fn add_to_linker(linker: &mut Linker<Ctx>, module: &Module) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "_emscripten_throw_longjmp", |_: Caller<'_, Ctx>| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::new(LongJmp))
+    linker.func_wrap("env", "_emscripten_throw_longjmp", |mut caller: Caller<'_, Ctx>| -> wasmtime::Result<()> {
+        match caller.data().exports.as_ref().and_then(|e| e.longjmp) {
+            Some(tag) => {
+                let ty = wasmtime::ExnType::from_tag_type(&tag.ty(&caller))?;
+                let pre = wasmtime::ExnRefPre::new(&mut caller, ty);
+                let exception = wasmtime::ExnRef::new(&mut caller, &pre, &tag, &[])?;
+                caller.as_context_mut().throw(exception)
+            }
+            None => Err(wasmtime::Error::new(LongJmp)),
+        }
     })?;
+    linker.func_wrap("env", crate::engine::STACK_CHECK, crate::interrupts::stack_check)?;
     for import in module.imports() {
         if let (true, wasmtime::ExternType::Func(ty)) = (import.name().starts_with("invoke_"), import.ty())
             && !add_typed(linker, import.module(), import.name())?
@@ -126,7 +142,7 @@ fn invoke<P: WasmParams + 'static, R: WasmResults + Default + 'static>(
         Ok(result) => Ok(result),
         Err(err) => {
             let err = overflow_to_error(&mut caller, err, sp, context);
-            if !err.is::<LongJmp>() {
+            if !take_longjmp(&mut caller, &err) {
                 return Err(err);
             }
             shared.stack_pointer.set(&mut caller, sp)?;
@@ -135,6 +151,18 @@ fn invoke<P: WasmParams + 'static, R: WasmResults + Default + 'static>(
             Ok(R::default())
         }
     }
+}
+
+/// Whether `err` is a longjmp (see the module's doc); the exception is taken off the store, so
+/// the guest can go on. The longjmp tag is the only one the guest has.
+pub(crate) fn take_longjmp(mut store: impl AsContextMut, err: &wasmtime::Error) -> bool {
+    if err.is::<LongJmp>() {
+        return true;
+    }
+    if err.is::<wasmtime::ThrownException>() {
+        return store.as_context_mut().take_pending_exception().is_some();
+    }
+    false
 }
 
 /// `error_context_stack` now, when a stack overflow would be turned into an error.
@@ -179,7 +207,7 @@ pub(super) fn trampoline(
             Ok(()) => Ok(()),
             Err(err) => {
                 let err = overflow_to_error(&mut caller, err, sp, context);
-                if !err.is::<LongJmp>() {
+                if !take_longjmp(&mut caller, &err) {
                     return Err(err);
                 }
                 shared.stack_pointer.set(&mut caller, sp)?;

@@ -218,6 +218,7 @@ pub(super) fn runtime_exports(store: &mut Store<Ctx>, instance: &wasmtime::Insta
         dl_seterr: typed(store, instance, "__dl_seterr")?,
         tempret_set,
         tempret_get,
+        longjmp: instance.get_tag(&mut *store, crate::engine::LONGJMP_TAG),
     };
     store.data_mut().exports = Some(exports.clone());
     Ok(exports)
