@@ -24,7 +24,7 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 mod invokes;
 
 /// Part of the compiled module's cache name: a change to the patch must change it.
-pub(crate) const TAG: &str = "x1";
+pub(crate) const TAG: &str = "x2";
 
 /// The exception tag a longjmp throws, exported by a module whose invokes run in wasm
 /// (`invokes`).
@@ -63,6 +63,7 @@ fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, PatchError> {
     let scan = Scan::new(wasm)?;
     let memset = scan.memset();
     if let Some(plan) = invokes::Plan::new(&scan) {
+        tracing::debug!(invokes = plan.invokes(), "the module's invokes run in wasm");
         return invokes::rewrite(wasm, &scan, &plan, memset).map(Some);
     }
     let Some(memset) = memset.map(|i| i as usize) else { return Ok(None) };

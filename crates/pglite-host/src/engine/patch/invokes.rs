@@ -90,6 +90,12 @@ impl Plan {
                 TypeRef::Memory(_) | TypeRef::Tag(_) => {}
             }
         }
+        // A module that is not relocatable (0.5+) defines and exports them.
+        let exported = |name: &str, kind: wasmparser::ExternalKind| {
+            scan.exports.iter().find(|e| e.name == name && e.kind == kind).map(|e| e.index)
+        };
+        let stack_pointer = stack_pointer.or_else(|| exported("__stack_pointer", wasmparser::ExternalKind::Global));
+        let table = table.or_else(|| exported("__indirect_function_table", wasmparser::ExternalKind::Table));
         let i32_ = wasmparser::ValType::I32;
         let defined_with = |name: &str, params: &[wasmparser::ValType]| {
             scan.exported_func(name).filter(|&f| {
@@ -109,6 +115,13 @@ impl Plan {
             stack_pointer: stack_pointer?,
             table: table?,
         })
+    }
+}
+
+impl Plan {
+    /// How many `invoke_*` imports get a trampoline.
+    pub(super) fn invokes(&self) -> usize {
+        self.invokes.len()
     }
 }
 
