@@ -464,3 +464,6 @@ impl Reencode for Rewriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
