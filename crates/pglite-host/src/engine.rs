@@ -1,6 +1,6 @@
 //! The wasmtime engine and the compiled-module cache. Compiling the 8 MB PostgreSQL module
 //! takes seconds, so its compiled form is kept on disk keyed by the wasm's SHA-256, the
-//! engine's compatibility hash and the tag of the host's one change to the module (`patch`),
+//! engine's compatibility hash and the tag of the host's changes to the module (`patch`),
 //! written atomically and checked by a receipt before use. The main module's key is the
 //! artifact's SHA-256, verified against its pin when it was fetched, so loading it neither
 //! reads nor hashes the wasm (only `facts.rs` reads it, beside the boot); side modules are

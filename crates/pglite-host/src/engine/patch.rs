@@ -1,5 +1,6 @@
-//! The one change the host makes to PostgreSQL's module before compiling it: `memset` of a large
-//! range to zero writes only the pages that are not zero already.
+//! The changes the host makes to PostgreSQL's module before compiling it: `memset` of a large
+//! range to zero writes only the pages that are not zero already, and Emscripten's `invoke_*`
+//! trampolines and longjmp run in wasm (`invokes`, where its doc says why).
 //!
 //! Boot zeroes the 128 MB buffer pool: Emscripten's anonymous `mmap` is `memalign` plus
 //! `memset`, over memory fresh from `memory.grow` that is zero already. Written, every page of
@@ -12,9 +13,11 @@
 //! code. Within the memory's bounds the result is the same bytes in every case; a fill past
 //! them traps either way.
 //!
-//! The patch keeps every function's index and only prepends code to `memset`'s body, so the
-//! module's exports and its data are unchanged (`facts` reads the original file). A module
-//! whose `memset` is missing or not `(i32, i32, i32) -> i32` is compiled as it is.
+//! The `memset` patch alone keeps every function's index and only prepends code to `memset`'s
+//! body; with the invokes the module is re-encoded (one import more, so the defined functions
+//! are renumbered). Either way its data and the names and addresses it exports are unchanged
+//! (`facts` reads the original file). A module with neither a `memset` of the type
+//! `(i32, i32, i32) -> i32` nor all the invokes' rewrite needs is compiled as it is.
 
 use std::borrow::Cow;
 
