@@ -76,14 +76,17 @@ pub(super) fn query_units(request: &[u8]) -> Vec<&[u8]> {
 /// `RecordTransactionAbort` whenever a transaction that wrote is rolled back.
 pub(crate) fn drop_debug_notices(reply: &mut Vec<u8>) {
     const ROUTINE: &[u8] = b"RRecordTransactionAbort\0";
-    if memchr::memmem::find(reply, ROUTINE).is_none() {
+    // Every reply is searched: the searcher is built once, not per call.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(ROUTINE));
+    if FINDER.find(reply).is_none() {
         return;
     }
     let mut kept = Vec::with_capacity(reply.len());
     let mut rest = &reply[..];
     while let Some(len) = frame_len(rest) {
         let frame = &rest[..len];
-        let debug = frame[0] == b'N' && memchr::memmem::find(frame, ROUTINE).is_some() && {
+        let debug = frame[0] == b'N' && FINDER.find(frame).is_some() && {
             let body = &frame[5..];
             body.split(|&b| b == 0).any(|field| {
                 field.starts_with(b"M# ") && memchr::memmem::find(field, b": aborting transaction ").is_some()
