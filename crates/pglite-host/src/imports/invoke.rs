@@ -4,7 +4,7 @@
 //! Anything else (exit, abort, out-of-bounds, stack exhaustion) passes through.
 //!
 //! The main module's own invokes run in wasm (`engine::patch`), where a longjmp is a wasm
-//! exception of the tag the module exports; the host's serve side modules (and a module the
+//! exception of the tag the module exports; the host's own serve side modules (and a module the
 //! patch could not rewrite). So a longjmp is that exception whenever the main module has the
 //! tag, and a host error ([`LongJmp`]) otherwise; the host's invokes catch either.
 
