@@ -134,12 +134,31 @@ pub(crate) fn load_module(
     cached(engine, dir, &sha256_hex(&wasm), patch::TAG, || compile(&wasm))
 }
 
-/// Compiles a side module's `wasm`, or loads its cached compiled form (keyed by its hash).
-pub(crate) fn compile_cached(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<Module> {
-    let Some(dir) = cache_dir else {
-        return Module::new(engine, wasm);
+/// Compiles a side module's `wasm`, with its invokes in wasm when the main module's are
+/// (`main_rewritten`, see `patch::patch_side`), or loads its cached compiled form (keyed by
+/// its hash and the patch's tag).
+pub(crate) fn compile_cached(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+    main_rewritten: bool,
+) -> wasmtime::Result<Module> {
+    let compile = || {
+        let patched = patch::patch_side(wasm, main_rewritten);
+        Module::new(engine, &patched).or_else(|err| match patched {
+            std::borrow::Cow::Borrowed(_) => Err(err),
+            // The host's invokes serve a side module as it came as well.
+            std::borrow::Cow::Owned(_) => {
+                tracing::warn!(%err, "the rewritten side module did not compile; compiling it as it is");
+                Module::new(engine, wasm)
+            }
+        })
     };
-    cached(engine, dir, &sha256_hex(wasm), "", || Module::new(engine, wasm))
+    let Some(dir) = cache_dir else {
+        return compile();
+    };
+    let tag = if main_rewritten { patch::SIDE_TAG } else { "" };
+    cached(engine, dir, &sha256_hex(wasm), tag, compile)
 }
 
 /// The module cached in `dir` under `wasm_sha256`, or else `compile`'s, then cached; a

@@ -26,8 +26,28 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 
 mod invokes;
 
+/// A side module (`dlopen`) with its invokes in wasm (see `invokes`) when the main module's
+/// are (`main_rewritten`: the side module catches the main module's tag), else as it is.
+pub(crate) fn patch_side(wasm: &[u8], main_rewritten: bool) -> Cow<'_, [u8]> {
+    let rewritten = main_rewritten
+        .then(|| Scan::new(wasm).ok())
+        .flatten()
+        .and_then(|scan| invokes::Plan::side(&scan).map(|plan| invokes::rewrite(wasm, &scan, &plan, None)));
+    match rewritten {
+        Some(Ok(bytes)) => Cow::Owned(bytes),
+        Some(Err(err)) => {
+            tracing::info!(%err, "a side module could not be rewritten; compiled as it is");
+            Cow::Borrowed(wasm)
+        }
+        None => Cow::Borrowed(wasm),
+    }
+}
+
 /// Part of the compiled module's cache name: a change to the patch must change it.
 pub(crate) const TAG: &str = "x2";
+
+/// Part of a side module's compiled cache name when its invokes run in wasm.
+pub(crate) const SIDE_TAG: &str = "s1";
 
 /// The exception tag a longjmp throws, exported by a module whose invokes run in wasm
 /// (`invokes`).
@@ -65,7 +85,7 @@ type PatchError = Box<dyn std::error::Error + Send + Sync>;
 fn patched(wasm: &[u8]) -> Result<Option<Vec<u8>>, PatchError> {
     let scan = Scan::new(wasm)?;
     let memset = scan.memset();
-    if let Some(plan) = invokes::Plan::new(&scan) {
+    if let Some(plan) = invokes::Plan::main(&scan) {
         tracing::debug!(invokes = plan.invokes(), "the module's invokes run in wasm");
         return invokes::rewrite(wasm, &scan, &plan, memset).map(Some);
     }

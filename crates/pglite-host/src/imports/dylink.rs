@@ -281,7 +281,8 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
         }
     }
     let cache = c.data().dylink.module_cache.clone();
-    let module = crate::engine::compile_cached(c.engine(), &wasm, cache.as_deref())
+    let longjmp = c.data().exports().longjmp;
+    let module = crate::engine::compile_cached(c.engine(), &wasm, cache.as_deref(), longjmp.is_some())
         .map_err(|e| Failure::Guest(format!("Could not load dynamic lib: {name}: {e}")))?;
 
     let mut imports = Vec::new();
@@ -312,6 +313,8 @@ fn dlopen(c: &mut Caller<'_, Ctx>, handle: u32) -> Result<(), Failure> {
                 global.into()
             }
             (_, _, ExternType::Func(ty)) => resolve_func(c, field, ty).into(),
+            // The main module's longjmp tag, for a side module rewritten to catch it.
+            ("env", crate::engine::LONGJMP_TAG, ExternType::Tag(_)) if let Some(tag) = longjmp => tag.into(),
             (m, f, _) => {
                 return Err(Failure::Guest(format!("Could not load dynamic lib: {name}: unsupported import {m}.{f}")));
             }

@@ -3,10 +3,11 @@
 //! pointer, sets `__THREW__` through `setThrew(1, 0)` and returns a zero of its result type.
 //! Anything else (exit, abort, out-of-bounds, stack exhaustion) passes through.
 //!
-//! The main module's own invokes run in wasm (`engine::patch`), where a longjmp is a wasm
-//! exception of the tag the module exports; the host's own serve side modules (and a module the
-//! patch could not rewrite). So a longjmp is that exception whenever the main module has the
-//! tag, and a host error ([`LongJmp`]) otherwise; the host's invokes catch either.
+//! The invokes of the main module and of the side modules loaded after it run in wasm
+//! (`engine::patch`), where a longjmp is a wasm exception of the tag the main module exports;
+//! the host's serve a module the patch could not rewrite. So a longjmp is that exception
+//! whenever the main module has the tag, and a host error ([`LongJmp`]) otherwise; the host's
+//! invokes catch either.
 
 use std::any::Any;
 

@@ -7,8 +7,10 @@
 //! function the patch adds instead, which saves the C stack pointer, calls the table entry
 //! inside a `try_table` and, when the tag `LONGJMP_TAG` is caught, puts the stack pointer back
 //! and calls `setThrew(1, 0)`, as the host did; `_emscripten_throw_longjmp` becomes `throw`.
-//! The imports stay (side modules and the host still use them), the tag is exported so the host
-//! throws and catches the same one.
+//! The imports stay (a module the patch could not rewrite still uses them), the tag is
+//! exported so the host throws and catches the same one. A side module (`Plan::side`) gets the
+//! same trampolines, catching the main module's tag, which it imports, and calling the main
+//! module's `setThrew` (imported too if it did not already).
 //!
 //! A trap is not an exception: a wasm stack overflow would pass these trampolines by, where the
 //! host's turned it into PostgreSQL's `54001` at the nearest `setjmp`. So `check_stack_depth`,
@@ -34,19 +36,71 @@ use super::{LONGJMP_TAG, PatchError, STACK_CHECK, STACK_CHECK_EVERY, Scan, zero_
 
 type Result<T> = std::result::Result<T, ReencodeError<Infallible>>;
 
+/// Where a module finds `setThrew`.
+#[derive(Clone, Copy)]
+enum SetThrew {
+    /// The main module's own, by function index.
+    Defined(u32),
+    /// A side module's import of the main module's, by function index.
+    Imported(u32),
+    /// A side module that does not import it: the rewrite adds the import.
+    Added,
+}
+
 /// What the rewrite needs, found in the module; a module without all of it is not rewritten.
 pub(super) struct Plan {
     /// Each `invoke_*` import: its function index and type.
     invokes: Vec<(u32, wasmparser::FuncType)>,
-    throw_longjmp: u32,
-    set_threw: u32,
-    check_stack_depth: u32,
+    throw_longjmp: Option<u32>,
+    set_threw: SetThrew,
+    /// The main module's (a side module has none: it calls the main module's).
+    check_stack_depth: Option<u32>,
     stack_pointer: u32,
     table: u32,
 }
 
 impl Plan {
-    pub(super) fn new(scan: &Scan<'_>) -> Option<Plan> {
+    /// The plan for a side module (loaded by `dlopen`): its trampolines catch the tag it imports
+    /// from the main module and call the main module's `setThrew`; the main module's
+    /// `check_stack_depth` guards its recursions.
+    pub(super) fn side(scan: &Scan<'_>) -> Option<Plan> {
+        let mut plan = Plan::found(scan)?;
+        let mut funcs = 0u32;
+        for import in &scan.imports {
+            if let TypeRef::Func(ty) | TypeRef::FuncExact(ty) = import.ty {
+                if import.module == "env" && import.name == "setThrew" {
+                    let i32_ = wasmparser::ValType::I32;
+                    let ty = scan.types.get(ty as usize)?;
+                    if ty.params() != [i32_, i32_] || !ty.results().is_empty() {
+                        return None;
+                    }
+                    plan.set_threw = SetThrew::Imported(funcs);
+                }
+                funcs += 1;
+            }
+        }
+        Some(plan)
+    }
+
+    /// The plan for the main module: it defines and exports the tag, `setThrew` and
+    /// `check_stack_depth`, and must have `_emscripten_throw_longjmp`.
+    pub(super) fn main(scan: &Scan<'_>) -> Option<Plan> {
+        let mut plan = Plan::found(scan)?;
+        let i32_ = wasmparser::ValType::I32;
+        let defined_with = |name: &str, params: &[wasmparser::ValType]| {
+            scan.exported_func(name).filter(|&f| {
+                f >= scan.imported_funcs
+                    && scan.func_type(f).is_some_and(|t| t.params() == params && t.results().is_empty())
+            })
+        };
+        plan.throw_longjmp?;
+        plan.set_threw = SetThrew::Defined(defined_with("setThrew", &[i32_, i32_])?);
+        plan.check_stack_depth = Some(defined_with("check_stack_depth", &[])?);
+        Some(plan)
+    }
+
+    /// What both kinds need: the invokes, the stack pointer, the table, no tags of its own.
+    fn found(scan: &Scan<'_>) -> Option<Plan> {
         if scan.tags {
             return None;
         }
@@ -96,22 +150,15 @@ impl Plan {
         };
         let stack_pointer = stack_pointer.or_else(|| exported("__stack_pointer", wasmparser::ExternalKind::Global));
         let table = table.or_else(|| exported("__indirect_function_table", wasmparser::ExternalKind::Table));
-        let i32_ = wasmparser::ValType::I32;
-        let defined_with = |name: &str, params: &[wasmparser::ValType]| {
-            scan.exported_func(name).filter(|&f| {
-                f >= scan.imported_funcs
-                    && scan.func_type(f).is_some_and(|t| t.params() == params && t.results().is_empty())
-            })
-        };
         let void = |f: &u32| scan.func_type(*f).is_some_and(|t| t.params().is_empty() && t.results().is_empty());
-        if invokes.is_empty() {
+        if invokes.is_empty() || throw_longjmp.is_some_and(|f| !void(&f)) {
             return None;
         }
         Some(Plan {
             invokes,
-            throw_longjmp: throw_longjmp.filter(void)?,
-            set_threw: defined_with("setThrew", &[i32_, i32_])?,
-            check_stack_depth: defined_with("check_stack_depth", &[])?,
+            throw_longjmp,
+            set_threw: SetThrew::Added,
+            check_stack_depth: None,
             stack_pointer: stack_pointer?,
             table: table?,
         })
@@ -135,9 +182,10 @@ pub(super) fn rewrite(
 ) -> std::result::Result<Vec<u8>, PatchError> {
     let types = u32::try_from(scan.types.len())?;
     let defined = u32::try_from(scan.func_types.len())?;
-    // The stack check's import goes after the other function imports.
-    let stack_check = scan.imported_funcs;
-    let first_trampoline = scan.imported_funcs + 1 + defined;
+    // The added function import (the main module's stack check, or a side module's
+    // `setThrew`) goes after the other function imports.
+    let added = u32::from(plan.check_stack_depth.is_some() || matches!(plan.set_threw, SetThrew::Added));
+    let first_trampoline = scan.imported_funcs + added + defined;
     let mut callee_types: Vec<wasmparser::FuncType> = Vec::new();
     let mut trampolines = Vec::new();
     let mut trampoline_of = HashMap::new();
@@ -164,7 +212,7 @@ pub(super) fn rewrite(
         };
         trampolines.push(Trampoline {
             ty: import_ty,
-            callee_ty: types + 1 + u32::try_from(at)?,
+            callee_ty: types + 2 + u32::try_from(at)?,
             params: u32::try_from(ty.params().len())?,
             result: ty.results().first().copied(),
         });
@@ -173,17 +221,18 @@ pub(super) fn rewrite(
     let mut rewriter = Rewriter {
         plan,
         imported_funcs: scan.imported_funcs,
+        added,
         void_ty: types,
         callee_types,
         trampolines,
         trampoline_of,
-        stack_check,
         counter: scan.imported_globals + scan.defined_globals,
         memset,
-        check_stack_depth: plan.check_stack_depth - scan.imported_funcs,
+        check_stack_depth: plan.check_stack_depth.map(|f| f - scan.imported_funcs),
         next_defined: 0,
-        tag_done: false,
-        global_done: false,
+        // A side module imports the tag and needs no counter.
+        tag_done: plan.check_stack_depth.is_none(),
+        global_done: plan.check_stack_depth.is_none(),
     };
     let mut module = Module::new();
     rewriter.parse_core_module(&mut module, Parser::new(0), wasm)?;
@@ -204,18 +253,20 @@ struct Trampoline {
 struct Rewriter<'p> {
     plan: &'p Plan,
     imported_funcs: u32,
-    /// The added type `() -> ()`: the tag's and the stack check's; the callee types follow it.
+    /// Function imports the rewrite adds (0 or 1), after the module's own.
+    added: u32,
+    /// The added type `() -> ()`: the tag's and the stack check's; `setThrew`'s type follows it,
+    /// then the callee types.
     void_ty: u32,
     callee_types: Vec<wasmparser::FuncType>,
     trampolines: Vec<Trampoline>,
     /// Each `invoke_*` import's trampoline, by function index (after renumbering).
     trampoline_of: HashMap<u32, u32>,
-    /// The added import's function index.
-    stack_check: u32,
     /// The added global counting down `check_stack_depth`'s calls to the next stack check.
     counter: u32,
     memset: Option<u32>,
-    check_stack_depth: u32,
+    /// The main module's, among its defined functions.
+    check_stack_depth: Option<u32>,
     /// The defined function whose body comes next.
     next_defined: u32,
     tag_done: bool,
@@ -228,7 +279,11 @@ impl Rewriter<'_> {
         let mut f = Function::new([(1, ValType::I32)]);
         let result = t.result.map(|r| self.clone_val_type(r)).transpose()?;
         let block = result.map_or(BlockType::Empty, BlockType::Result);
-        let set_threw = self.plan.set_threw + 1;
+        let set_threw = match self.plan.set_threw {
+            SetThrew::Defined(f) => f + self.added,
+            SetThrew::Imported(f) => f,
+            SetThrew::Added => self.imported_funcs,
+        };
         let mut ins = f.instructions();
         ins.global_get(self.plan.stack_pointer)
             .local_set(sp)
@@ -343,12 +398,12 @@ impl Reencode for Rewriter<'_> {
     type Error = Infallible;
 
     fn function_index(&mut self, func: u32) -> Result<u32> {
-        Ok(if func < self.imported_funcs { func } else { func + 1 })
+        Ok(if func < self.imported_funcs { func } else { func + self.added })
     }
 
     fn instruction<'a>(&mut self, op: wasmparser::Operator<'a>) -> Result<Instruction<'a>> {
         if let wasmparser::Operator::Call { function_index } = op {
-            if function_index == self.plan.throw_longjmp {
+            if Some(function_index) == self.plan.throw_longjmp {
                 return Ok(Instruction::Throw(0));
             }
             if let Some(&trampoline) = self.trampoline_of.get(&function_index) {
@@ -365,6 +420,7 @@ impl Reencode for Rewriter<'_> {
     ) -> Result<()> {
         utils::parse_type_section(self, types, section)?;
         types.ty().function([], []);
+        types.ty().function([ValType::I32, ValType::I32], []);
         for ty in self.callee_types.clone() {
             let params = ty.params().iter().map(|&t| self.clone_val_type(t)).collect::<Result<Vec<_>>>()?;
             let results = ty.results().iter().map(|&t| self.clone_val_type(t)).collect::<Result<Vec<_>>>()?;
@@ -379,7 +435,15 @@ impl Reencode for Rewriter<'_> {
         section: wasmparser::ImportSectionReader<'_>,
     ) -> Result<()> {
         utils::parse_import_section(self, imports, section)?;
-        imports.import("env", STACK_CHECK, EntityType::Function(self.void_ty));
+        if self.plan.check_stack_depth.is_some() {
+            imports.import("env", STACK_CHECK, EntityType::Function(self.void_ty));
+        } else {
+            if matches!(self.plan.set_threw, SetThrew::Added) {
+                imports.import("env", "setThrew", EntityType::Function(self.void_ty + 1));
+            }
+            let tag = TagType { kind: TagKind::Exception, func_type_idx: self.void_ty };
+            imports.import("env", LONGJMP_TAG, EntityType::Tag(tag));
+        }
         Ok(())
     }
 
@@ -421,7 +485,9 @@ impl Reencode for Rewriter<'_> {
         section: wasmparser::ExportSectionReader<'_>,
     ) -> Result<()> {
         utils::parse_export_section(self, exports, section)?;
-        exports.export(LONGJMP_TAG, ExportKind::Tag, 0);
+        if self.plan.check_stack_depth.is_some() {
+            exports.export(LONGJMP_TAG, ExportKind::Tag, 0);
+        }
         Ok(())
     }
 
@@ -432,7 +498,7 @@ impl Reencode for Rewriter<'_> {
             let locals = self.locals(&func)?;
             let f = self.body_after(zero_skipping_start(locals), &func)?;
             code.function(&f);
-        } else if index == self.check_stack_depth {
+        } else if Some(index) == self.check_stack_depth {
             let locals = self.locals(&func)?;
             let mut f = Function::new(locals);
             f.instructions()
@@ -441,7 +507,7 @@ impl Reencode for Rewriter<'_> {
                 .if_(BlockType::Empty)
                 .i32_const(STACK_CHECK_EVERY)
                 .global_set(self.counter)
-                .call(self.stack_check)
+                .call(self.imported_funcs)
                 .else_()
                 .global_get(self.counter)
                 .i32_const(1)

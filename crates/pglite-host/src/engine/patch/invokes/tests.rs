@@ -13,7 +13,7 @@ use wasm_encoder::{
 };
 use wasmtime::{AsContextMut, Caller, Extern, Func, Global, Instance, Mutability, Store, Table, Tag, Val};
 
-use super::super::{LONGJMP_TAG, STACK_CHECK, patch};
+use super::super::{LONGJMP_TAG, STACK_CHECK, patch, patch_side};
 
 /// The C stack pointer's value outside any call.
 const SP: i32 = 1000;
@@ -139,11 +139,13 @@ fn module(with_check: bool) -> Vec<u8> {
     module.finish()
 }
 
-/// What the host saw: the module's longjmp tag and how often the stack check was called.
+/// What the host saw: the longjmp tag, how often the stack check was called and what the
+/// main module's `setThrew` (for a side module) was given.
 #[derive(Default)]
 struct Seen {
     tag: Option<Tag>,
     stack_checks: u32,
+    set_threw: Vec<(i32, i32)>,
 }
 
 struct Guest {
@@ -174,6 +176,12 @@ impl Guest {
             caller.as_context_mut().throw(exception)
         });
         let stack_check = Func::wrap(&mut store, |mut caller: Caller<'_, Seen>| caller.data_mut().stack_checks += 1);
+        // What a side module imports from the main module.
+        let set_threw = Func::wrap(&mut store, |mut caller: Caller<'_, Seen>, a: i32, b: i32| {
+            caller.data_mut().set_threw.push((a, b))
+        });
+        let void = wasmtime::FuncType::new(engine, [], []);
+        let main_tag = Tag::new(&mut store, &wasmtime::TagType::new(void)).unwrap();
         let sp_ty = wasmtime::GlobalType::new(wasmtime::ValType::I32, Mutability::Var);
         let sp = Global::new(&mut store, sp_ty, Val::I32(SP)).unwrap();
         let table_ty = wasmtime::TableType::new(wasmtime::RefType::FUNCREF, 4, None);
@@ -188,11 +196,13 @@ impl Guest {
                 "__stack_pointer" => sp.into(),
                 "__indirect_function_table" => table.into(),
                 name if name == STACK_CHECK => stack_check.into(),
+                "setThrew" => set_threw.into(),
+                name if name == LONGJMP_TAG => main_tag.into(),
                 name => panic!("unexpected import {name}"),
             });
         }
         let instance = Instance::new(&mut store, &module, &imports).unwrap();
-        store.data_mut().tag = instance.get_tag(&mut store, LONGJMP_TAG);
+        store.data_mut().tag = Some(instance.get_tag(&mut store, LONGJMP_TAG).unwrap_or(main_tag));
         Guest { store, instance, sp }
     }
 
@@ -268,4 +278,23 @@ fn a_module_without_check_stack_depth_keeps_its_invokes() {
     let original = module(false);
     // Nothing else to patch (no memset): the module is compiled as it came.
     assert!(matches!(patch(&original), Cow::Borrowed(_)));
+}
+
+#[test]
+fn a_side_module_catches_the_main_modules_tag_and_calls_its_set_threw() {
+    let original = module(false);
+    assert!(
+        matches!(patch_side(&original, false), Cow::Borrowed(_)),
+        "rewritten with the main module's invokes in the host"
+    );
+    let patched = patch_side(&original, true);
+    assert!(matches!(patched, Cow::Owned(_)), "the side module was not rewritten");
+    let mut guest = Guest::new(&patched);
+    assert_eq!(guest.call_ii(SLOT_DOUBLE, 21).unwrap(), 42);
+    assert_eq!(guest.call_ii(SLOT_JUMPS, 5).unwrap(), 0);
+    assert_eq!(guest.call_ii(SLOT_HOST_JUMPS, 5).unwrap(), 0);
+    assert_eq!(guest.sp(), SP);
+    // The main module's setThrew, not the side module's own (never called).
+    assert_eq!(guest.store.data().set_threw, [(1, 0), (1, 0)]);
+    assert_eq!(guest.global("threw"), 0);
 }
