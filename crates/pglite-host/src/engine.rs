@@ -7,6 +7,7 @@
 //! hashed as they load and compiled as they come.
 //! Nothing here decides which module to run: callers hand in the bytes or the artifact.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -111,19 +112,7 @@ pub(crate) fn load_module(
     cache_dir: Option<&Path>,
 ) -> Result<Module, Error> {
     let read = || std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
-    let compile = |wasm: &[u8]| {
-        let patched = patch::patch(wasm);
-        Module::new(engine, &patched)
-            .or_else(|err| match patched {
-                std::borrow::Cow::Borrowed(_) => Err(err),
-                // The patch is an optimisation: a module it broke still runs as it came.
-                std::borrow::Cow::Owned(_) => {
-                    tracing::warn!(%err, "the patched module did not compile; compiling it as it is");
-                    Module::new(engine, wasm)
-                }
-            })
-            .map_err(Error::compile)
-    };
+    let compile = |wasm: &[u8]| compile_patched(engine, wasm, patch::patch(wasm)).map_err(Error::compile);
     let Some(dir) = cache_dir else {
         return compile(&read()?);
     };
@@ -143,22 +132,24 @@ pub(crate) fn compile_cached(
     cache_dir: Option<&Path>,
     main_rewritten: bool,
 ) -> wasmtime::Result<Module> {
-    let compile = || {
-        let patched = patch::patch_side(wasm, main_rewritten);
-        Module::new(engine, &patched).or_else(|err| match patched {
-            std::borrow::Cow::Borrowed(_) => Err(err),
-            // The host's invokes serve a side module as it came as well.
-            std::borrow::Cow::Owned(_) => {
-                tracing::warn!(%err, "the rewritten side module did not compile; compiling it as it is");
-                Module::new(engine, wasm)
-            }
-        })
-    };
+    let compile = || compile_patched(engine, wasm, patch::patch_side(wasm, main_rewritten));
     let Some(dir) = cache_dir else {
         return compile();
     };
     let tag = if main_rewritten { patch::SIDE_TAG } else { "" };
     cached(engine, dir, &sha256_hex(wasm), tag, compile)
+}
+
+/// Compiles `patched`, the host's changes to `wasm`, or else `wasm` as it came: the changes
+/// are optimisations, and the host's own invokes serve a module without them.
+fn compile_patched(engine: &Engine, wasm: &[u8], patched: Cow<'_, [u8]>) -> wasmtime::Result<Module> {
+    Module::new(engine, &patched).or_else(|err| match patched {
+        Cow::Borrowed(_) => Err(err),
+        Cow::Owned(_) => {
+            tracing::warn!(%err, "the patched module did not compile; compiling it as it is");
+            Module::new(engine, wasm)
+        }
+    })
 }
 
 /// The module cached in `dir` under `wasm_sha256`, or else `compile`'s, then cached; a

@@ -191,9 +191,14 @@ thread_local! {
 /// call into wasm is made, a little deeper than this, so the stack check's reckoning is on
 /// the safe side.
 pub(crate) fn mark_stack_top() -> StackTop {
+    StackTop(STACK_TOP.replace(stack_here()))
+}
+
+/// About where the native stack is now: the address of a local.
+#[inline(never)]
+fn stack_here() -> usize {
     let marker = 0u8;
-    let here = std::hint::black_box(&raw const marker) as usize;
-    StackTop(STACK_TOP.replace(here))
+    std::hint::black_box(&raw const marker) as usize
 }
 
 /// See [`mark_stack_top`]: puts back the mark it replaced.
@@ -210,9 +215,7 @@ impl Drop for StackTop {
 /// there (see [`StackGuard`]) before a trap could. The longjmp passes out through here.
 pub(crate) fn stack_check(mut caller: Caller<'_, Ctx>) -> wasmtime::Result<()> {
     let top = STACK_TOP.get();
-    let marker = 0u8;
-    let here = std::hint::black_box(&raw const marker) as usize;
-    if top == 0 || top.saturating_sub(here) + STACK_MARGIN < crate::engine::MAX_WASM_STACK {
+    if top == 0 || top.saturating_sub(stack_here()) + STACK_MARGIN < crate::engine::MAX_WASM_STACK {
         return Ok(());
     }
     let Some(guard) = caller.data().interrupts.guard.clone() else {

@@ -49,8 +49,8 @@ enum SetThrew {
 
 /// What the rewrite needs, found in the module; a module without all of it is not rewritten.
 pub(super) struct Plan {
-    /// Each `invoke_*` import: its function index and type.
-    invokes: Vec<(u32, wasmparser::FuncType)>,
+    /// Each `invoke_*` import: its function index and type index.
+    invokes: Vec<(u32, u32)>,
     throw_longjmp: Option<u32>,
     set_threw: SetThrew,
     /// The main module's (a side module has none: it calls the main module's).
@@ -64,22 +64,7 @@ impl Plan {
     /// from the main module and call the main module's `setThrew`; the main module's
     /// `check_stack_depth` guards its recursions.
     pub(super) fn side(scan: &Scan<'_>) -> Option<Plan> {
-        let mut plan = Plan::found(scan)?;
-        let mut funcs = 0u32;
-        for import in &scan.imports {
-            if let TypeRef::Func(ty) | TypeRef::FuncExact(ty) = import.ty {
-                if import.module == "env" && import.name == "setThrew" {
-                    let i32_ = wasmparser::ValType::I32;
-                    let ty = scan.types.get(ty as usize)?;
-                    if ty.params() != [i32_, i32_] || !ty.results().is_empty() {
-                        return None;
-                    }
-                    plan.set_threw = SetThrew::Imported(funcs);
-                }
-                funcs += 1;
-            }
-        }
-        Some(plan)
+        Plan::found(scan)
     }
 
     /// The plan for the main module: it defines and exports the tag, `setThrew` and
@@ -94,31 +79,40 @@ impl Plan {
             })
         };
         plan.throw_longjmp?;
+        // A main module defines it (an import of that name would not be the main module's).
         plan.set_threw = SetThrew::Defined(defined_with("setThrew", &[i32_, i32_])?);
         plan.check_stack_depth = Some(defined_with("check_stack_depth", &[])?);
         Some(plan)
     }
 
-    /// What both kinds need: the invokes, the stack pointer, the table, no tags of its own.
+    /// What both kinds need: the invokes, the stack pointer, the table, no tags of its own;
+    /// `setThrew` as a side module finds it.
     fn found(scan: &Scan<'_>) -> Option<Plan> {
         if scan.tags {
             return None;
         }
+        let i32_ = wasmparser::ValType::I32;
         let (mut funcs, mut globals, mut tables) = (0u32, 0u32, 0u32);
         let (mut invokes, mut throw_longjmp, mut stack_pointer, mut table) = (Vec::new(), None, None, None);
+        let mut set_threw = SetThrew::Added;
         for import in &scan.imports {
             let env = import.module == "env";
             match import.ty {
-                TypeRef::Func(ty) | TypeRef::FuncExact(ty) => {
+                TypeRef::Func(index) | TypeRef::FuncExact(index) => {
+                    let ty = scan.types.get(index as usize)?;
                     if env && import.name.starts_with("invoke_") {
-                        let ty = scan.types.get(ty as usize)?;
                         // The table index first, at most one result.
-                        if ty.params().first() != Some(&wasmparser::ValType::I32) || ty.results().len() > 1 {
+                        if ty.params().first() != Some(&i32_) || ty.results().len() > 1 {
                             return None;
                         }
-                        invokes.push((funcs, ty.clone()));
+                        invokes.push((funcs, index));
                     } else if env && import.name == "_emscripten_throw_longjmp" {
                         throw_longjmp = Some(funcs);
+                    } else if env && import.name == "setThrew" {
+                        if ty.params() != [i32_, i32_] || !ty.results().is_empty() {
+                            return None;
+                        }
+                        set_threw = SetThrew::Imported(funcs);
                     }
                     funcs += 1;
                 }
@@ -157,15 +151,13 @@ impl Plan {
         Some(Plan {
             invokes,
             throw_longjmp,
-            set_threw: SetThrew::Added,
+            set_threw,
             check_stack_depth: None,
             stack_pointer: stack_pointer?,
             table: table?,
         })
     }
-}
 
-impl Plan {
     /// How many `invoke_*` imports get a trampoline.
     pub(super) fn invokes(&self) -> usize {
         self.invokes.len()
@@ -189,7 +181,8 @@ pub(super) fn rewrite(
     let mut callee_types: Vec<wasmparser::FuncType> = Vec::new();
     let mut trampolines = Vec::new();
     let mut trampoline_of = HashMap::new();
-    for (i, (import, ty)) in plan.invokes.iter().enumerate() {
+    for (i, &(import, ty_index)) in plan.invokes.iter().enumerate() {
+        let ty = &scan.types[ty_index as usize];
         let callee = wasmparser::FuncType::new(ty.params()[1..].iter().copied(), ty.results().iter().copied());
         let at = match callee_types.iter().position(|t| *t == callee) {
             Some(at) => at,
@@ -198,25 +191,13 @@ pub(super) fn rewrite(
                 callee_types.len() - 1
             }
         };
-        let import_ty = match scan
-            .imports
-            .iter()
-            .filter_map(|i| match i.ty {
-                TypeRef::Func(t) | TypeRef::FuncExact(t) => Some(t),
-                _ => None,
-            })
-            .nth(*import as usize)
-        {
-            Some(t) => t,
-            None => return Err("an invoke import without a type".into()),
-        };
         trampolines.push(Trampoline {
-            ty: import_ty,
+            ty: ty_index,
             callee_ty: types + 2 + u32::try_from(at)?,
             params: u32::try_from(ty.params().len())?,
             result: ty.results().first().copied(),
         });
-        trampoline_of.insert(*import, first_trampoline + u32::try_from(i)?);
+        trampoline_of.insert(import, first_trampoline + u32::try_from(i)?);
     }
     let mut rewriter = Rewriter {
         plan,
@@ -277,7 +258,7 @@ impl Rewriter<'_> {
     fn trampoline(&self, t: &Trampoline) -> Result<Function> {
         let sp = t.params;
         let mut f = Function::new([(1, ValType::I32)]);
-        let result = t.result.map(|r| self.clone_val_type(r)).transpose()?;
+        let result = t.result.map(ValType::try_from).transpose()?;
         let block = result.map_or(BlockType::Empty, BlockType::Result);
         let set_threw = match self.plan.set_threw {
             SetThrew::Defined(f) => f + self.added,
@@ -322,18 +303,7 @@ impl Rewriter<'_> {
         Ok(f)
     }
 
-    fn clone_val_type(&self, ty: wasmparser::ValType) -> Result<ValType> {
-        Ok(match ty {
-            wasmparser::ValType::I32 => ValType::I32,
-            wasmparser::ValType::I64 => ValType::I64,
-            wasmparser::ValType::F32 => ValType::F32,
-            wasmparser::ValType::F64 => ValType::F64,
-            wasmparser::ValType::V128 => ValType::V128,
-            wasmparser::ValType::Ref(_) => return Err(ReencodeError::InvalidCodeSectionSize),
-        })
-    }
-
-    /// The body of a defined function, with `prologue` in front of its own code.
+    /// `f` (a prologue) followed by the body of the defined function `func`.
     fn body_after(&mut self, mut f: Function, func: &wasmparser::FunctionBody<'_>) -> Result<Function> {
         let mut reader = func.get_operators_reader()?;
         while !reader.eof() {
@@ -421,10 +391,8 @@ impl Reencode for Rewriter<'_> {
         utils::parse_type_section(self, types, section)?;
         types.ty().function([], []);
         types.ty().function([ValType::I32, ValType::I32], []);
-        for ty in self.callee_types.clone() {
-            let params = ty.params().iter().map(|&t| self.clone_val_type(t)).collect::<Result<Vec<_>>>()?;
-            let results = ty.results().iter().map(|&t| self.clone_val_type(t)).collect::<Result<Vec<_>>>()?;
-            types.ty().function(params, results);
+        for ty in &self.callee_types {
+            types.ty().func_type(&ty.clone().try_into()?);
         }
         Ok(())
     }
