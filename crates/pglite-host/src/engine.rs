@@ -163,6 +163,7 @@ fn cached<E>(
     compile: impl FnOnce() -> Result<Module, E>,
 ) -> Result<Module, E> {
     let path = cache_path(engine, dir, wasm_sha256, tag);
+    prune_stale(&path);
     if let Some(module) = load_verified(engine, &path) {
         return Ok(module);
     }
@@ -183,6 +184,47 @@ fn cached<E>(
         tracing::warn!(path = %path.display(), %err, "could not write the compiled-module cache");
     }
     Ok(module)
+}
+
+/// How long a compiled form of a module that this build of the host does not use (another
+/// build's engine, an earlier patch) stays in the cache unread: another build on the machine
+/// that still uses it reads it within this time and keeps it.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Removes the other compiled forms of the module `path` is for (same wasm, other name) that
+/// nobody has read for [`STALE_AFTER`], with their receipts and locks: each build of the host
+/// (and each change to the patch) compiles its own, ~24 MB a release, which would otherwise
+/// stay forever. When a file was last read is its access time (updated at least daily under
+/// Linux's default `relatime`; on a `noatime` mount its write time, so an entry another build
+/// still uses may go and be compiled again). Failures leave files where they are.
+fn prune_stale(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Some((module, _)) = name.split_once('-') else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(other) = file_name.to_str() else { continue };
+        let same_module = other.strip_prefix(module).is_some_and(|rest| rest.starts_with('-'));
+        if other == name || !same_module || !other.ends_with(".cwasm") {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let last_read = meta.accessed().or_else(|_| meta.modified()).unwrap_or(now);
+        if now.duration_since(last_read).is_ok_and(|idle| idle > STALE_AFTER) {
+            let stale = entry.path();
+            tracing::info!(path = %stale.display(), "removing a compiled module unread for 30 days");
+            for file in [receipt_path(&stale), stale.with_extension("lock"), stale] {
+                if let Err(err) = std::fs::remove_file(&file)
+                    && err.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::debug!(path = %file.display(), %err, "could not remove a stale cache file");
+                }
+            }
+        }
+    }
 }
 
 fn receipt_path(path: &Path) -> PathBuf {

@@ -68,3 +68,52 @@ fn compile_errors_keep_their_source() {
     assert!(std::error::Error::source(&err).is_some(), "{err}");
     assert!(err.to_string().starts_with("compiling the PostgreSQL module failed: "), "{err}");
 }
+
+/// Makes `path` (with its receipt and lock) look last read and written `days` ago.
+fn cache_entry(path: &std::path::Path, days: u64) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 24 * 60 * 60);
+    for file in [path.to_owned(), path.with_extension("cwasm.receipt"), path.with_extension("lock")] {
+        fs::write(&file, b"x").unwrap();
+        let times = fs::FileTimes::new().set_accessed(then).set_modified(then);
+        fs::File::options().write(true).open(&file).unwrap().set_times(times).unwrap();
+    }
+}
+
+#[test]
+fn compiled_forms_of_the_module_unread_for_a_month_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("modules");
+    fs::create_dir_all(&cache).unwrap();
+    let sha = sha256_hex(EMPTY_MODULE);
+    let artifact = artifact(dir.path(), &sha);
+    // Another build's engine and an earlier patch: one unread for 31 days, one read today.
+    let stale = cache.join(format!("{}-0000000000000000x0.cwasm", &sha[..32]));
+    let recent = cache.join(format!("{}-1111111111111111x0.cwasm", &sha[..32]));
+    // Another module's old entry is that module's to prune when it loads.
+    let other = cache.join(format!("{}-0000000000000000x0.cwasm", "ab".repeat(16)));
+    cache_entry(&stale, 31);
+    cache_entry(&recent, 0);
+    cache_entry(&other, 31);
+    load_main_module(engine(), &artifact, Some(&cache)).unwrap();
+    let mine = super::compiled_module_path(&artifact, &cache);
+    let mut left: Vec<String> =
+        fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    let name =
+        |p: &std::path::Path, ext: &str| p.with_extension(ext).file_name().unwrap().to_string_lossy().into_owned();
+    let mut expected = vec![
+        name(&mine, "cwasm"),
+        name(&mine, "cwasm.receipt"),
+        name(&mine, "lock"),
+        name(&recent, "cwasm"),
+        name(&recent, "cwasm.receipt"),
+        name(&recent, "lock"),
+        name(&other, "cwasm"),
+        name(&other, "cwasm.receipt"),
+        name(&other, "lock"),
+    ];
+    expected.sort();
+    assert_eq!(left, expected, "the stale entry, its receipt and its lock are gone; nothing else");
+    // The module still loads from its own entry.
+    load_main_module(engine(), &artifact, Some(&cache)).unwrap();
+}
