@@ -72,6 +72,12 @@ impl Ctx {
     pub(crate) fn pgbench_seconds(&self) -> u32 {
         if self.quick { 3 } else { 10 }
     }
+
+    /// `bench e2e`'s pgbench rows: how many rounds each system runs a workload in, the
+    /// systems taking turns, and pgbench's `-T` in each (the median round is the row's).
+    pub(crate) fn pgbench_rounds(&self) -> (usize, u32) {
+        if self.quick { (1, 3) } else { (3, 4) }
+    }
 }
 
 /// A PostgreSQL endpoint on a Unix socket: `<dir>/.s.PGSQL.<port>`.

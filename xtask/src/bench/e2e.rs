@@ -40,7 +40,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     columns.push(format!("native PostgreSQL {}", native_version.unwrap_or("")).trim_end().to_owned());
     columns.push("PgBouncer pool=1 → native".to_owned());
     columns.push(format!("Node (PGlite {})", node::PGLITE));
-    let seconds = ctx.pgbench_seconds();
+    let (rounds, seconds) = ctx.pgbench_rounds();
     let with_base = |title: &str| {
         let mut table = Table::new(title, columns.clone());
         table.base = Some(native_col);
@@ -49,7 +49,10 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let mut tables = Tables {
         start: with_base("Start-up, to the first answered SELECT 1 (median)"),
         memory: Table::new("Resident memory (VmRSS of the server process)", columns.clone()),
-        pgbench: with_base(&format!("pgbench over the Unix socket (scale 1, -T {seconds}, -I dtGvp)")),
+        pgbench: with_base(&format!(
+            "pgbench over the Unix socket (scale 1, -I dtGvp; median of {rounds} rounds of -T {seconds}, the systems \
+             taking turns)"
+        )),
         speedtest: with_base("PGlite benchmark suite (SQLite speedtest 1–16), one script per test"),
         copy: with_base("COPY of a million rows (two int columns, 11.9 MB), wall time of psql"),
         tests: speedtest::tests(if ctx.quick { 5 } else { 1 }),
@@ -136,15 +139,28 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     for system in systems.iter_mut().filter(|system| !system.pgbench_only && !pgbench_runs.is_empty()) {
         system.attempt(report, "pgbench -i", |system| pgbench::init(&system.endpoint));
     }
+    // Rounds, each starting one system further on: the machine's speed drifts within minutes
+    // (on a small VM by ±10 % and more), and a single run per system put all of a slow spell
+    // on whichever system it fell on.
     for &run in pgbench_runs {
-        for system in &mut systems {
-            eprintln!("bench: {}: {}", system.name, run.name());
-            system.attempt(report, &run.name(), |system| {
-                pgbench::warm_up(ctx, &system.endpoint, run)?;
-                let tps = pgbench::run(ctx, &system.endpoint, run)?;
+        let mut rounds_tps: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
+        for round in 0..rounds {
+            for turn in 0..systems.len() {
+                let at = (turn + round) % systems.len();
+                let system = &mut systems[at];
+                eprintln!("bench: {}: {} (round {})", system.name, run.name(), round + 1);
+                let samples = &mut rounds_tps[at];
+                system.attempt(report, &run.name(), |system| {
+                    pgbench::warm_up(ctx, &system.endpoint, run)?;
+                    samples.push(pgbench::run_seconds(&system.endpoint, run, seconds)?);
+                    Ok(())
+                });
+            }
+        }
+        for (system, samples) in systems.iter().zip(&rounds_tps) {
+            if let Some(tps) = median(samples) {
                 tables.pgbench.set(&run.name(), Unit::Tps, system.column, tps);
-                Ok(())
-            });
+            }
         }
     }
     match copy::data_file(ctx.scratch.path()) {
@@ -177,9 +193,21 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         }
     }
 
-    add_targets(report, &tables, native_col, pgbouncer_col);
+    add_targets(report, &tables, Columns { native: native_col, pgbouncer: pgbouncer_col, node: node_col });
     report.tables.extend([tables.start, tables.memory, tables.pgbench, tables.speedtest, tables.copy]);
     Ok(())
+}
+
+/// The middle of `samples` (of an even number, the mean of the two in the middle).
+pub(super) fn median(samples: &[f64]) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
 }
 
 /// A running system under test, after its start-up measurements.
@@ -259,7 +287,15 @@ async fn settings(endpoint: &Endpoint) -> anyhow::Result<String> {
     Ok(res.join(", "))
 }
 
-fn add_targets(report: &mut Report, tables: &Tables, native: usize, pgbouncer: usize) {
+/// The baselines' columns.
+struct Columns {
+    native: usize,
+    pgbouncer: usize,
+    node: usize,
+}
+
+fn add_targets(report: &mut Report, tables: &Tables, columns: Columns) {
+    let Columns { native, pgbouncer, node } = columns;
     for (column, version) in VERSIONS.iter().enumerate() {
         let who = format!("PGlite {version}");
         for run in pgbench::E2E_RUNS
@@ -283,7 +319,42 @@ fn add_targets(report: &mut Report, tables: &Tables, native: usize, pgbouncer: u
             };
             report.targets.push(target);
         }
+        // Issue #22's: the extended protocol against native and against PgBouncer in front of it.
+        let extended = pgbench::Run::new(pgbench::Workload::SelectExtended, 1).name();
+        report.targets.push(Target::at_least(
+            &format!("{who}: {extended}"),
+            "≥ 0.9x native",
+            tables.pgbench.get(&extended, column),
+            tables.pgbench.get(&extended, native),
+            0.9,
+            Unit::Tps,
+        ));
+        report.targets.push(Target::at_least(
+            &format!("{who}: {extended}"),
+            "≥ PgBouncer pool=1",
+            tables.pgbench.get(&extended, column),
+            tables.pgbench.get(&extended, pgbouncer),
+            1.0,
+            Unit::Tps,
+        ));
         report.targets.push(speedtest_target(&who, &tables.speedtest, column, native, tables.tests.len()));
+        report.targets.push(speedtest_vs_node(&who, &tables.speedtest, column, node, tables.tests.len()));
+        report.targets.push(Target::at_most_times(
+            &format!("{who}: speedtest {SPEEDTEST_TOTAL}"),
+            "≤ 1.8x native",
+            tables.speedtest.get(SPEEDTEST_TOTAL, column),
+            tables.speedtest.get(SPEEDTEST_TOTAL, native),
+            1.8,
+            Unit::Ms,
+        ));
+        report.targets.push(Target::at_most_times(
+            &format!("{who}: {WARM_RESTART}"),
+            "≤ 1.5x native",
+            tables.start.get(WARM_RESTART, column),
+            tables.start.get(WARM_RESTART, native),
+            1.5,
+            Unit::Ms,
+        ));
         report.targets.push(Target::at_most(
             &format!("{who}: {WARM_RESTART}"),
             tables.start.get(WARM_RESTART, column),
@@ -303,6 +374,27 @@ fn add_targets(report: &mut Report, tables: &Tables, native: usize, pgbouncer: u
             Unit::Mib,
         ));
     }
+}
+
+/// Issue #22's: no speedtest test slower than in PGlite in Node.
+pub(super) fn speedtest_vs_node(who: &str, table: &Table, column: usize, node: usize, n_tests: usize) -> Target {
+    let slower: Vec<String> = table
+        .rows
+        .iter()
+        .take(n_tests)
+        .filter(|row| matches!((row.cells[column], row.cells[node]), (Some(ours), Some(theirs)) if ours > theirs))
+        .map(|row| row.name.trim().split('.').next().unwrap_or("").to_owned())
+        .collect();
+    let measured_all =
+        table.rows.iter().take(n_tests).all(|row| row.cells[column].is_some() && row.cells[node].is_some());
+    let name = format!("{who}: every speedtest test");
+    let goal = "≤ PGlite in Node".to_owned();
+    if table.rows.len() < n_tests || !measured_all {
+        return Target { name, goal, measured: "not measured".to_owned(), pass: None };
+    }
+    let measured =
+        if slower.is_empty() { "none slower".to_owned() } else { format!("slower on test {}", slower.join(", ")) };
+    Target { name, goal, measured, pass: Some(slower.is_empty()) }
 }
 
 /// One target for the whole suite: every test within 1.5x of native.

@@ -34,7 +34,7 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    const fn new(workload: Workload, clients: u32) -> Run {
+    pub(crate) const fn new(workload: Workload, clients: u32) -> Run {
         Run { workload, clients }
     }
 
@@ -95,11 +95,6 @@ pub(crate) fn init(endpoint: &Endpoint) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `run` for the context's duration; returns transactions per second.
-pub(crate) fn run(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<f64> {
-    Ok(run_counted(ctx, endpoint, run)?.0)
-}
-
 /// `run`, also returning how many transactions were processed.
 pub(crate) fn run_counted(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<(f64, u64)> {
     run_for(endpoint, run, ctx.pgbench_seconds())
@@ -109,6 +104,11 @@ pub(crate) fn run_counted(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::R
 /// connecting, cold caches or the scheduler settling after another system was busy.
 pub(crate) fn warm_up(ctx: &Ctx, endpoint: &Endpoint, run: Run) -> anyhow::Result<()> {
     run_for(endpoint, run, if ctx.quick { 1 } else { 2 }).map(drop)
+}
+
+/// `run` for `seconds`; returns transactions per second.
+pub(crate) fn run_seconds(endpoint: &Endpoint, run: Run, seconds: u32) -> anyhow::Result<f64> {
+    Ok(run_for(endpoint, run, seconds)?.0)
 }
 
 fn run_for(endpoint: &Endpoint, run: Run, seconds: u32) -> anyhow::Result<(f64, u64)> {

@@ -154,6 +154,18 @@ impl Target {
         Target { name: name.to_owned(), goal: goal.to_owned(), measured: text, pass }
     }
 
+    /// `measured ≤ factor × reference` (times, sizes).
+    pub(crate) fn at_most_times(
+        name: &str,
+        goal: &str,
+        measured: Option<f64>,
+        reference: Option<f64>,
+        factor: f64,
+        unit: Unit,
+    ) -> Target {
+        Target::relative(name, goal, measured, reference, unit, |m, r| m <= factor * r)
+    }
+
     /// `measured ≤ limit`.
     pub(crate) fn at_most(name: &str, measured: Option<f64>, limit: f64, unit: Unit) -> Target {
         Target {

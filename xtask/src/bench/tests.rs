@@ -2,6 +2,7 @@
 //! ratios, targets and rendering.
 
 use super::bridge::{cpu_seconds_of, migrations_of, paired_target};
+use super::e2e::{median, speedtest_vs_node};
 use super::pgbench::{parse_tps, parse_transactions};
 use super::report::{Report, Table, Target, Unit};
 use super::speedtest::{number_name, tests};
@@ -112,4 +113,35 @@ fn chart_is_an_svg_with_every_series() {
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.starts_with("<svg"), "{svg}");
     assert!(svg.contains("nself") && svg.contains("node") && svg.contains("0.20x"), "{svg}");
+}
+
+#[test]
+fn a_row_is_the_median_round() {
+    assert_eq!(median(&[]), None);
+    assert_eq!(median(&[5.0]), Some(5.0));
+    assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
+    assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+}
+
+#[test]
+fn the_node_target_names_every_test_slower_than_node() {
+    // Columns: ours, Node. Two tests and a total row after them.
+    let mut table = Table::new("speedtest", vec!["ours".to_owned(), "node".to_owned()]);
+    table.set("1. first", Unit::Ms, 0, 10.0);
+    table.set("1. first", Unit::Ms, 1, 12.0);
+    table.set("2. second", Unit::Ms, 0, 30.0);
+    table.set("2. second", Unit::Ms, 1, 20.0);
+    table.set("total", Unit::Ms, 0, 40.0);
+    table.set("total", Unit::Ms, 1, 32.0);
+    let target = speedtest_vs_node("ours", &table, 0, 1, 2);
+    assert_eq!((target.pass, target.measured.as_str()), (Some(false), "slower on test 2"));
+    table.set("2. second", Unit::Ms, 0, 20.0);
+    let target = speedtest_vs_node("ours", &table, 0, 1, 2);
+    assert_eq!((target.pass, target.measured.as_str()), (Some(true), "none slower"));
+    // A test Node did not run leaves the target unjudged.
+    let mut partial = Table::new("speedtest", vec!["ours".to_owned(), "node".to_owned()]);
+    partial.set("1. first", Unit::Ms, 0, 10.0);
+    partial.set("2. second", Unit::Ms, 0, 10.0);
+    partial.set("2. second", Unit::Ms, 1, 20.0);
+    assert_eq!(speedtest_vs_node("ours", &partial, 0, 1, 2).pass, None);
 }
