@@ -1,7 +1,8 @@
 //! `bench e2e`: every system through its Unix socket: start-up times, resident memory, the
 //! speedtest suite and pgbench. Columns: nself-embedded per PGlite release, native PostgreSQL
 //! (the base of every ratio) and PGlite in Node. All servers run side by side (idle but for
-//! the one measured), and each workload visits them in turn.
+//! the one measured), and each workload visits them in turn: pgbench and the speedtest in
+//! rounds (the first system rotating), each row the median round.
 
 use super::native::{self, pg_bin, pg_tool, version_of};
 use super::nself::{Starts, measure_starts};
