@@ -136,7 +136,8 @@ impl Target {
         Target::relative(name, goal, measured, reference, unit, |m, r| m >= factor * r)
     }
 
-    fn relative(
+    /// `check(measured, reference)`, shown with their ratio.
+    pub(crate) fn relative(
         name: &str,
         goal: &str,
         measured: Option<f64>,
@@ -152,18 +153,6 @@ impl Target {
             _ => ("not measured".to_owned(), None),
         };
         Target { name: name.to_owned(), goal: goal.to_owned(), measured: text, pass }
-    }
-
-    /// `measured ≤ factor × reference` (times, sizes).
-    pub(crate) fn at_most_times(
-        name: &str,
-        goal: &str,
-        measured: Option<f64>,
-        reference: Option<f64>,
-        factor: f64,
-        unit: Unit,
-    ) -> Target {
-        Target::relative(name, goal, measured, reference, unit, |m, r| m <= factor * r)
     }
 
     /// `measured ≤ limit`.
