@@ -14,7 +14,7 @@ const FIRST_RUN: &str = "first run: empty cache, files local (compile + initdb)"
 const NEW_DATABASE: &str = "new database (warm cache)";
 const WARM_RESTART: &str = "warm restart of an existing database";
 const RSS_BOOT: &str = "RSS after boot";
-const RSS_SPEEDTEST: &str = "RSS after the speedtest";
+const RSS_SPEEDTEST: &str = "RSS after the speedtest (its last round)";
 const SPEEDTEST_TOTAL: &str = "total";
 const COPY_IN: &str = "COPY 1 million rows in (psql \\copy FROM)";
 const COPY_OUT: &str = "COPY 1 million rows out (psql \\copy TO)";
@@ -123,23 +123,20 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     // The whole suite in rounds too, the systems taking turns; each test's row is its median
     // round, the total their sum.
     let mut suite_ms: Vec<Vec<Vec<f64>>> = vec![Vec::new(); systems.len()];
-    for round in 0..rounds {
-        for turn in 0..systems.len() {
-            let at = (turn + round) % systems.len();
-            let system = &mut systems[at];
-            if system.pgbench_only {
-                continue;
-            }
-            eprintln!("bench: {}: speedtest (round {})", system.name, round + 1);
-            let runs = &mut suite_ms[at];
-            system.attempt(report, "speedtest", |system| {
-                runs.push(ctx.rt.block_on(speedtest::run(&system.endpoint, &tables.tests))?);
-                if system.single_process && round + 1 == rounds {
-                    tables.memory.set(RSS_SPEEDTEST, Unit::Mib, system.column, system.server.rss_mib()?);
-                }
-                Ok(())
-            });
+    for (round, at) in in_turns(rounds, systems.len()) {
+        let system = &mut systems[at];
+        if system.pgbench_only {
+            continue;
         }
+        eprintln!("bench: {}: speedtest (round {})", system.name, round + 1);
+        let runs = &mut suite_ms[at];
+        system.attempt(report, "speedtest", |system| {
+            runs.push(ctx.rt.block_on(speedtest::run(&system.endpoint, &tables.tests))?);
+            if system.single_process && round + 1 == rounds {
+                tables.memory.set(RSS_SPEEDTEST, Unit::Mib, system.column, system.server.rss_mib()?);
+            }
+            Ok(())
+        });
     }
     for (system, runs) in systems.iter().zip(&suite_ms) {
         let medians: Option<Vec<f64>> = (0..tables.tests.len())
@@ -166,18 +163,15 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     // on whichever system it fell on.
     for &run in pgbench_runs {
         let mut rounds_tps: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
-        for round in 0..rounds {
-            for turn in 0..systems.len() {
-                let at = (turn + round) % systems.len();
-                let system = &mut systems[at];
-                eprintln!("bench: {}: {} (round {})", system.name, run.name(), round + 1);
-                let samples = &mut rounds_tps[at];
-                system.attempt(report, &run.name(), |system| {
-                    pgbench::warm_up(ctx, &system.endpoint, run)?;
-                    samples.push(pgbench::run_seconds(&system.endpoint, run, seconds)?);
-                    Ok(())
-                });
-            }
+        for (round, at) in in_turns(rounds, systems.len()) {
+            let system = &mut systems[at];
+            eprintln!("bench: {}: {} (round {})", system.name, run.name(), round + 1);
+            let samples = &mut rounds_tps[at];
+            system.attempt(report, &run.name(), |system| {
+                pgbench::warm_up(ctx, &system.endpoint, run)?;
+                samples.push(pgbench::run_seconds(&system.endpoint, run, seconds)?);
+                Ok(())
+            });
         }
         for (system, samples) in systems.iter().zip(&rounds_tps) {
             if let Some(tps) = median(samples) {
@@ -218,6 +212,12 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     add_targets(report, &tables, Columns { native: native_col, pgbouncer: pgbouncer_col, node: node_col });
     report.tables.extend([tables.start, tables.memory, tables.pgbench, tables.speedtest, tables.copy]);
     Ok(())
+}
+
+/// `(round, system)` for `rounds` rounds over `systems` systems, each round starting one
+/// system further on.
+pub(super) fn in_turns(rounds: usize, systems: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..rounds).flat_map(move |round| (0..systems).map(move |turn| (round, (turn + round) % systems)))
 }
 
 /// The middle of `samples` (of an even number, the mean of the two in the middle).

@@ -2,7 +2,7 @@
 //! ratios, targets and rendering.
 
 use super::bridge::{cpu_seconds_of, migrations_of, paired_target};
-use super::e2e::{median, speedtest_vs_node};
+use super::e2e::{in_turns, median, speedtest_vs_node};
 use super::pgbench::{parse_tps, parse_transactions};
 use super::report::{Report, Table, Target, Unit};
 use super::speedtest::{number_name, tests};
@@ -113,6 +113,13 @@ fn chart_is_an_svg_with_every_series() {
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.starts_with("<svg"), "{svg}");
     assert!(svg.contains("nself") && svg.contains("node") && svg.contains("0.20x"), "{svg}");
+}
+
+#[test]
+fn each_round_starts_one_system_further_on() {
+    let turns: Vec<(usize, usize)> = in_turns(3, 3).collect();
+    assert_eq!(turns, [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0), (2, 2), (2, 0), (2, 1)]);
+    assert_eq!(in_turns(2, 0).count(), 0);
 }
 
 #[test]
